@@ -1,0 +1,45 @@
+"""asyncstart: the path ``docker start`` takes inside dockerd, as an async (anyio) engine.
+
+Embed it in an asyncio or trio program::
+
+    async with asyncstart.open_daemon(asyncstart.DaemonConfig(data_root=..., exec_root=...)) as d:
+        cid = await d.container_create(name="web", config={"Image": "busybox", "Cmd": ["true"]})
+        await d.container_start("web")
+"""
+
+from . import errors
+from .clock import Clock, FakeClock, SystemClock
+from .config import Config, HostConfig, RestartPolicy
+from .daemon import Daemon, DaemonConfig, DaemonStatistics, open_daemon
+from .images import FakeMounter, MountDriver
+from .lifecycle import Event, InvalidTransition, Lifecycle, State
+from .network import FakeNetwork, NetworkDriver
+from .runtime import FakeRuntime, Runtime, RuntimeBackend, StateInfo
+
+__all__ = [
+    "Clock",
+    "Config",
+    "Daemon",
+    "DaemonConfig",
+    "DaemonStatistics",
+    "Event",
+    "FakeClock",
+    "FakeMounter",
+    "FakeNetwork",
+    "FakeRuntime",
+    "HostConfig",
+    "InvalidTransition",
+    "Lifecycle",
+    "MountDriver",
+    "NetworkDriver",
+    "RestartPolicy",
+    "Runtime",
+    "RuntimeBackend",
+    "State",
+    "StateInfo",
+    "SystemClock",
+    "errors",
+    "open_daemon",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""Time for timers: the event loop's clock, or a fake one that tests move by hand.
+
+Timers (restart backoff, stop timeouts) compute an absolute deadline when they are armed, then
+sleep until it; a test can therefore arm a timer, observe that it was armed (an event), and
+advance a :class:`FakeClock` past it without a race and without sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Protocol
+
+import anyio
+
+__all__ = ["Clock", "FakeClock", "SystemClock"]
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return once ``now() >= deadline``."""
+        ...
+
+
+class SystemClock:
+    """The running event loop's clock (``anyio.current_time``)."""
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        await anyio.sleep_until(deadline)
+
+
+class FakeClock:
+    """A clock that only moves when :meth:`advance` is called."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self._now:
+            await anyio.lowlevel.checkpoint()
+            return
+        event = anyio.Event()
+        heapq.heappush(self._sleepers, (deadline, next(self._order), event))
+        await event.wait()
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose deadline has come."""
+        if seconds < 0:
+            raise ValueError("time does not run backwards")
+        self._now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            heapq.heappop(self._sleepers)[2].set()
+
+    @property
+    def sleepers(self) -> int:
+        """How many timers are armed (including ones whose task was cancelled)."""
+        return len(self._sleepers)

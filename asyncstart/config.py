@@ -1,0 +1,192 @@
+"""Typed container configuration in the Docker Engine API's JSON shapes.
+
+``Config`` and ``HostConfig`` are msgspec Structs whose wire names are Docker's field names, so a
+body from ``docker create`` decodes straight into them and encodes back into the same keys for
+``inspect``. Python attribute names are snake_case; the few fields whose Docker name is not plain
+PascalCase say so with ``name=``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from . import errors
+
+__all__ = [
+    "Config",
+    "HostConfig",
+    "Mount",
+    "PortBinding",
+    "RestartPolicy",
+    "Ulimit",
+    "parse_config",
+    "parse_host_config",
+    "validate_host_config",
+]
+
+
+class _Docker(msgspec.Struct, rename="pascal", omit_defaults=False, kw_only=True):
+    """Base: Docker's PascalCase keys, unknown keys ignored (newer clients send more)."""
+
+
+class RestartPolicy(_Docker):
+    name: str = "no"
+    maximum_retry_count: int = 0
+
+
+class Ulimit(_Docker):
+    name: str
+    soft: int
+    hard: int
+
+
+class PortBinding(_Docker):
+    host_ip: str = msgspec.field(default="", name="HostIp")
+    host_port: str = ""
+
+
+class Mount(_Docker):
+    type: str = "bind"
+    source: str = ""
+    target: str = ""
+    read_only: bool = False
+
+
+class LogConfig(_Docker):
+    type: str = "json-file"
+    config: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Config(_Docker):
+    """The ``Config`` of ``POST /containers/create`` (what the image and the user ask to run)."""
+
+    hostname: str = ""
+    domainname: str = ""
+    user: str = ""
+    attach_stdin: bool = False
+    attach_stdout: bool = False
+    attach_stderr: bool = False
+    exposed_ports: dict[str, dict[str, Any]] | None = None
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+    env: list[str] | None = None
+    cmd: list[str] | None = None
+    image: str = ""
+    volumes: dict[str, dict[str, Any]] | None = None
+    working_dir: str = ""
+    entrypoint: list[str] | None = None
+    network_disabled: bool = False
+    mac_address: str = ""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+
+
+class HostConfig(_Docker):
+    """The ``HostConfig`` of ``POST /containers/create`` (what the host grants the container)."""
+
+    binds: list[str] | None = None
+    network_mode: str = "default"
+    port_bindings: dict[str, list[PortBinding] | None] | None = None
+    restart_policy: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
+    auto_remove: bool = False
+    mounts: list[Mount] | None = None
+    dns: list[str] | None = None
+    dns_options: list[str] | None = None
+    dns_search: list[str] | None = None
+    extra_hosts: list[str] | None = None
+    cap_add: list[str] | None = None
+    cap_drop: list[str] | None = None
+    privileged: bool = False
+    readonly_rootfs: bool = False
+    tmpfs: dict[str, str] | None = None
+    ulimits: list[Ulimit] | None = None
+    memory: int = 0
+    nano_cpus: int = 0
+    cpu_shares: int = 0
+    pids_limit: int | None = None
+    oom_score_adj: int = 0
+    shm_size: int = 0
+    runtime: str = ""
+    security_opt: list[str] | None = None
+    sysctls: dict[str, str] | None = None
+    log_config: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+def _convert(kind: type[Any], value: Any, what: str) -> Any:
+    if value is None:
+        return kind()
+    if isinstance(value, kind):
+        return value
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise errors.InvalidParameter(f"invalid {what}: {exc}") from None
+
+
+def parse_config(value: Config | dict[str, Any] | None) -> Config:
+    """Decode a ``Config`` from its JSON shape; a wrong type is a 400 naming the field."""
+    config: Config = _convert(Config, value, "Config")
+    return config
+
+
+def parse_host_config(value: HostConfig | dict[str, Any] | None) -> HostConfig:
+    """Decode a ``HostConfig`` from its JSON shape; a wrong type is a 400 naming the field."""
+    host_config: HostConfig = _convert(HostConfig, value, "HostConfig")
+    return host_config
+
+
+_RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+
+
+def validate_host_config(host_config: HostConfig) -> None:
+    """dockerd's ``verifyContainerSettings`` for what this engine supports: 400 on violation."""
+    policy = host_config.restart_policy
+    if policy.name == "":
+        policy.name = "no"
+    if policy.name not in _RESTART_POLICIES:
+        raise errors.InvalidParameter(
+            f"invalid restart policy: unknown policy '{policy.name}'; "
+            "use one of 'no', 'always', 'on-failure', or 'unless-stopped'"
+        )
+    count = policy.maximum_retry_count
+    if policy.name == "on-failure" and count < 0:
+        raise errors.InvalidParameter(
+            "invalid restart policy: maximum retry count cannot be negative"
+        )
+    if policy.name != "on-failure" and count != 0:
+        message = "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+        if count < 0:
+            message += " and cannot be negative"
+        raise errors.InvalidParameter(message)
+    if host_config.auto_remove and policy.name != "no":
+        raise errors.InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    if host_config.memory < 0 or host_config.nano_cpus < 0 or host_config.cpu_shares < 0:
+        raise errors.InvalidParameter("invalid resources: values cannot be negative")
+    if host_config.oom_score_adj < -1000 or host_config.oom_score_adj > 1000:
+        raise errors.InvalidParameter(
+            f"Invalid value {host_config.oom_score_adj}, range for oom score adj is [-1000, 1000]"
+        )
+    for ulimit in host_config.ulimits or ():
+        if ulimit.soft > ulimit.hard:
+            raise errors.InvalidParameter(
+                f"ulimit soft limit must be less than or equal to hard limit: "
+                f"{ulimit.soft} > {ulimit.hard}"
+            )
+
+
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+
+
+def validate_name(name: str) -> str:
+    """Return the canonical ``/name`` or raise dockerd's 400 for an invalid one."""
+    bare = name[1:] if name.startswith("/") else name
+    if not NAME_PATTERN.fullmatch(bare):
+        raise errors.InvalidParameter(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )
+    return "/" + bare

@@ -1,0 +1,392 @@
+"""The daemon: the composition root of the engine, and its public library API.
+
+``open_daemon`` builds the drivers, loads the records, starts one actor per container in one
+task group, and hands back a :class:`Daemon` whose methods are those of dockerd's container
+backend (``container_create``, ``container_start``, ...). The daemon resolves references and
+validates requests; everything that changes a container is done by that container's actor.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from . import errors
+from .actor import ActorServices, ContainerActor
+from .clock import Clock, SystemClock
+from .config import (
+    Config,
+    HostConfig,
+    parse_config,
+    parse_host_config,
+    validate_host_config,
+    validate_name,
+)
+from .events import EventBus
+from .images import FakeMounter, MountDriver
+from .lifecycle import PROCESS_STATES
+from .network import FakeNetwork, NetworkDriver
+from .runtime import FakeRuntime, Runtime, StateInfo
+from .signals import parse_signal
+from .steps import MountStep, NetworkStep, RuntimeStep, SpecStep, Step
+from .store import ContainerIndex, ContainerRecord, RecordStore, new_id
+from .views import format_time, list_view
+
+__all__ = ["Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
+
+log = structlog.get_logger("asyncstart.daemon")
+
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Where the daemon keeps its state and how it runs containers."""
+
+    data_root: Path | str
+    exec_root: Path | str
+    #: ``fake`` (in memory); the real ``runc`` runtime arrives with the runc backend.
+    runtime: str = "fake"
+    #: fsync each record before the rename that publishes it (durability across power loss).
+    fsync: bool = True
+    #: Seconds a stop waits before SIGKILL when neither request nor container says.
+    stop_timeout: float = 10.0
+    cgroup_parent: str = "asyncstart"
+    #: Checkpoint/restore is experimental in dockerd too.
+    experimental: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatistics:
+    containers: int
+    running: int
+    paused: int
+    stopped: int
+    events_dropped: int
+
+
+class Daemon:
+    """The engine's public face. Obtain one with :func:`open_daemon`."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        runtime: Runtime,
+        mounter: MountDriver,
+        network: NetworkDriver,
+        clock: Clock,
+        task_group: anyio.abc.TaskGroup,
+    ) -> None:
+        self.config = config
+        self.data_root = Path(config.data_root)
+        self.exec_root = Path(config.exec_root)
+        self.runtime = runtime
+        self.mounter = mounter
+        self.network = network
+        self.clock = clock
+        self.events = EventBus()
+        self.records = RecordStore(self.data_root / "containers", fsync=config.fsync)
+        self._index = ContainerIndex()
+        self._actors: dict[str, ContainerActor] = {}
+        steps: Sequence[Step] = (
+            MountStep(mounter),
+            NetworkStep(network),
+            SpecStep(cgroup_parent=config.cgroup_parent),
+            RuntimeStep(runtime, self.exec_root),
+        )
+        self._services = ActorServices(
+            runtime=runtime,
+            mounter=mounter,
+            steps=steps,
+            records=self.records,
+            bus=self.events,
+            clock=clock,
+            task_group=task_group,
+            forget=self._forget,
+            stop_timeout=config.stop_timeout,
+        )
+        self._task_group = task_group
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def state_changed(self, container_id: str, info: StateInfo) -> None:
+        """The runtime backend's callback: route the report to the container's actor."""
+        actor = self._actors.get(container_id)
+        if actor is None:
+            log.debug("runtime.unknown_container", container_id=container_id, state=info.state)
+            return
+        actor.state_changed(info)
+
+    def _forget(self, record: ContainerRecord) -> None:
+        self._actors.pop(record.id, None)
+        self._index.remove(record.id, record.name)
+
+    async def _adopt(self, record: ContainerRecord) -> ContainerActor:
+        actor = ContainerActor(record, self._services)
+        await self._task_group.start(actor.run)
+        self._actors[record.id] = actor
+        return actor
+
+    async def _restore(self) -> None:
+        for record in await self.records.load_all():
+            self._index.add(record.id, record.name)
+            if record.state in ("running", "paused"):
+                live = await self.runtime.state(record.id)
+                if live is None:
+                    # The process died with the old daemon; its exit code is unknown.
+                    record.state = "exited"
+                    record.pid = 0
+                    record.exit_code = 255
+                    record.finished_at = format_time(time.time())
+                    await self.records.save(record)
+            elif record.state == "restarting":
+                record.state = "exited"  # the pending restart's timer died with the daemon
+            await self._adopt(record)
+
+    def _actor(self, reference: str) -> ContainerActor:
+        container_id = self._index.resolve(reference)
+        actor = self._actors.get(container_id)
+        if actor is None:  # removed between resolve and now
+            raise errors.NotFound(f"No such container: {reference}")
+        return actor
+
+    # -- containers -------------------------------------------------------------------------
+
+    async def container_create(
+        self,
+        name: str | None = None,
+        config: Config | Mapping[str, Any] | None = None,
+        host_config: HostConfig | Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create a container (``docker create``); return its 64-hex ID."""
+        parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
+        host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
+        validate_host_config(host)
+        if not parsed.cmd and not parsed.entrypoint:
+            raise errors.InvalidParameter("No command specified")
+        canonical = validate_name(name) if name else self._generate_name()
+        container_id = new_id()
+        if not parsed.hostname:
+            parsed.hostname = container_id[:12]
+        self._index.reserve_name(canonical, container_id)
+        record = ContainerRecord(
+            id=container_id,
+            name=canonical,
+            created=format_time(time.time()),
+            image=parsed.image,
+            config=parsed,
+            host_config=host,
+        )
+        try:
+            await self.mounter.create(container_id, parsed.image)
+            try:
+                await self.records.save(record)
+            except errors.DockerError:
+                await self.mounter.remove(container_id)
+                raise
+        except BaseException:
+            self._index.release_name(canonical)
+            raise
+        self._index.add(container_id, canonical)
+        actor = await self._adopt(record)
+        actor.emit("create")
+        return container_id
+
+    def _generate_name(self) -> str:
+        while True:
+            name = f"/{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}"
+            if not self._index.has_name(name):
+                return name
+
+    async def container_start(
+        self,
+        reference: str,
+        checkpoint: str | None = None,
+        checkpoint_dir: str | None = None,
+    ) -> None:
+        """Start a container (``docker start``); returns once its process is running.
+
+        Raises ``NotModified`` if it already runs; concurrent starts of one container make one
+        runtime create and all return once it runs.
+        """
+        if checkpoint:
+            validate_name(checkpoint)
+            if not self.config.experimental:
+                raise errors.InvalidParameter("checkpoint is only supported in experimental mode")
+        actor = self._actor(reference)
+        validate_host_config(actor.record.host_config)
+        if checkpoint and not checkpoint_dir:
+            checkpoint_dir = str(self.records.path(actor.id) / "checkpoints")
+        await actor.start(checkpoint or None, checkpoint_dir if checkpoint else None)
+
+    async def container_inspect(self, reference: str) -> dict[str, Any]:
+        """``docker inspect``: a dict shaped like dockerd's inspect JSON."""
+        return self._actor(reference).inspect()
+
+    async def containers_list(
+        self,
+        all: bool = False,  # noqa: A002 - dockerd's parameter name
+        limit: int = -1,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """``docker ps``: newest first; stopped ones only with ``all`` (or a ``limit``)."""
+        wanted = _normalise_filters(filters)
+        now = time.time()
+        rows = []
+        actors = sorted(self._actors.values(), key=lambda a: a.record.created, reverse=True)
+        for actor in actors:
+            lifecycle = actor.lifecycle
+            if not (all or limit > 0 or wanted.get("status")) and lifecycle.status not in (
+                "running",
+                "paused",
+                "restarting",
+            ):
+                continue
+            if not _matches(actor.record, lifecycle.status, wanted):
+                continue
+            rows.append(list_view(actor.record, lifecycle, now))
+            if 0 < limit <= len(rows):
+                break
+        return rows
+
+    async def container_wait(self, reference: str, condition: str = "not-running") -> dict[str, Any]:
+        """``docker wait``: ``{"StatusCode": n}`` (plus ``Error``) once the condition holds."""
+        if condition == "":
+            condition = "not-running"
+        if condition not in WAIT_CONDITIONS:
+            raise errors.InvalidParameter(f'invalid condition: "{condition}"')
+        return await self._actor(reference).wait(condition)
+
+    async def container_kill(self, reference: str, signal: str | int = "KILL") -> None:
+        """``docker kill``: send a signal; with KILL, return once the process has exited."""
+        number = parse_signal(signal)
+        await self._actor(reference).kill(number, reference)
+
+    async def container_stop(self, reference: str, timeout: float | None = None) -> None:
+        """``docker stop``: stop signal, then KILL after ``timeout`` seconds (-1: wait forever)."""
+        await self._actor(reference).stop(timeout)
+
+    async def container_pause(self, reference: str) -> None:
+        await self._actor(reference).pause()
+
+    async def container_unpause(self, reference: str) -> None:
+        await self._actor(reference).unpause()
+
+    async def container_remove(self, reference: str, force: bool = False) -> None:
+        """``docker rm``; ``force`` kills a running container first."""
+        await self._actor(reference).remove(force, reference)
+
+    async def container_close_stdin(self, reference: str) -> None:
+        """What an attached client's EOF does: close stdin now, or once the process is ready."""
+        await self._actor(reference).close_stdin()
+
+    def container_start_phases(self, reference: str) -> dict[str, float]:
+        """Seconds spent in each phase of the container's latest start."""
+        return self._actor(reference).last_start
+
+    # -- events and statistics --------------------------------------------------------------
+
+    def subscribe_events(self) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[dict[str, Any]]]:
+        """``async with daemon.subscribe_events() as events: async for event in events: ...``"""
+        return self.events.subscribe()
+
+    def statistics(self) -> DaemonStatistics:
+        states = [actor.lifecycle.state for actor in self._actors.values()]
+        running = sum(1 for s in states if s in PROCESS_STATES)
+        paused = sum(1 for s in states if s.value == "paused")
+        return DaemonStatistics(
+            containers=len(states),
+            running=running - paused,
+            paused=paused,
+            stopped=len(states) - running,
+            events_dropped=self.events.dropped,
+        )
+
+
+def _normalise_filters(filters: Mapping[str, Any] | None) -> dict[str, set[str]]:
+    """Docker sends ``{"status": ["running"]}`` or the older ``{"status": {"running": true}}``."""
+    result: dict[str, set[str]] = {}
+    for key, value in (filters or {}).items():
+        if key not in ("id", "name", "status", "label", "exited"):
+            raise errors.InvalidParameter(f"invalid filter '{key}'")
+        values = value.keys() if isinstance(value, Mapping) else value
+        result[key] = {str(v) for v in values}
+    for status in result.get("status", ()):
+        if status not in ("created", "restarting", "running", "removing", "paused", "exited", "dead"):
+            raise errors.InvalidParameter(f"invalid filter 'status={status}'")
+    return result
+
+
+def _matches(record: ContainerRecord, status: str, wanted: dict[str, set[str]]) -> bool:
+    if "id" in wanted and not any(record.id.startswith(v) for v in wanted["id"]):
+        return False
+    if "name" in wanted and not any(v.lstrip("/") in record.name for v in wanted["name"]):
+        return False
+    if "status" in wanted and status not in wanted["status"]:
+        return False
+    if "exited" in wanted and (status != "exited" or str(record.exit_code) not in wanted["exited"]):
+        return False
+    for label in wanted.get("label", ()):
+        key, has_value, value = label.partition("=")
+        labels = record.config.labels
+        if key not in labels or (has_value and labels[key] != value):
+            return False
+    return True
+
+
+_ADJECTIVES = (
+    "brisk", "calm", "deft", "eager", "fond", "glad", "hardy", "keen", "lucid", "merry",
+    "nimble", "plucky", "quiet", "rapid", "sober", "tidy", "vivid", "witty", "zesty", "bold",
+)  # fmt: skip
+_NOUNS = (
+    "otter", "heron", "badger", "falcon", "lynx", "marten", "osprey", "puffin", "raven",
+    "salmon", "tern", "vole", "wren", "yak", "bison", "crane", "dingo", "egret", "finch", "gecko",
+)  # fmt: skip
+
+
+@asynccontextmanager
+async def open_daemon(
+    config: DaemonConfig,
+    *,
+    runtime: Runtime | None = None,
+    mounter: MountDriver | None = None,
+    network: NetworkDriver | None = None,
+    clock: Clock | None = None,
+) -> AsyncIterator[Daemon]:
+    """Run a daemon for the duration of the ``async with`` block.
+
+    Drivers not given are chosen by ``config.runtime``. Leaving the block stops the actors;
+    containers are left as they are (dockerd's live-restore), and a daemon reopened on the same
+    roots finds them again.
+    """
+    clock = clock or SystemClock()
+    if runtime is None:
+        if config.runtime != "fake":
+            raise errors.InvalidParameter(f"unknown runtime specified {config.runtime}")
+        runtime = FakeRuntime(clock=clock)
+    mounter = mounter or FakeMounter()
+    network = network or FakeNetwork()
+    Path(config.data_root).mkdir(parents=True, exist_ok=True)
+    Path(config.exec_root).mkdir(parents=True, exist_ok=True, mode=0o700)
+    async with anyio.create_task_group() as tg:
+        daemon = Daemon(
+            config, runtime=runtime, mounter=mounter, network=network, clock=clock, task_group=tg
+        )
+        await tg.start(runtime.run, daemon)
+        await daemon._restore()
+        log.info("daemon.ready", containers=len(daemon._actors), runtime=runtime.name)
+        try:
+            yield daemon
+        finally:
+            tg.cancel_scope.cancel()

@@ -1,0 +1,29 @@
+"""The mount driver interface (dockerd's layer store + ``conditionalMountOnStart``)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["MountDriver"]
+
+
+class MountDriver(Protocol):
+    async def create(self, container_id: str, image: str) -> None:
+        """Make the container's writable layer on top of ``image`` (at container create)."""
+        ...
+
+    async def mount(self, container_id: str) -> str:
+        """Mount the root filesystem (reference counted); return its path."""
+        ...
+
+    async def unmount(self, container_id: str) -> None:
+        """Drop one reference; unmount when none is left."""
+        ...
+
+    async def remove(self, container_id: str) -> None:
+        """Delete the writable layer (at container remove); unmounts first if needed."""
+        ...
+
+    def mounted(self, container_id: str) -> bool:
+        """Whether the root filesystem is mounted now."""
+        ...

@@ -1,0 +1,68 @@
+"""The restart manager: dockerd's restart policies and backoff. Sans-io.
+
+It only decides; the actor keeps the timer. The decision follows dockerd's ``ShouldRestart``:
+the delay starts at 100 ms and doubles up to one minute, and falls back to 100 ms when the
+process ran for ten seconds or more. A cancelled manager never restarts again; a user start
+replaces it with a fresh one (dockerd's ``ResetRestartManager``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import RestartPolicy
+
+__all__ = ["BACKOFF_MAX", "BACKOFF_START", "RESET_AFTER", "RestartManager"]
+
+BACKOFF_START = 0.1
+BACKOFF_MAX = 60.0
+BACKOFF_MULTIPLIER = 2
+#: A process that ran this long resets the backoff.
+RESET_AFTER = 10.0
+
+
+@dataclass(slots=True)
+class RestartManager:
+    """Decides whether, and after how long, an exited container restarts."""
+
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    restart_count: int = 0
+    delay: float = 0.0
+    cancelled: bool = False
+
+    def should_restart(
+        self, exit_code: int, *, manually_stopped: bool, ran_for: float
+    ) -> float | None:
+        """Return the delay before the restart, or ``None`` not to restart.
+
+        ``manually_stopped`` matters for ``unless-stopped`` only; a user stop of an ``always``
+        container is honoured because the stop cancels the manager (dockerd's ``ExitOnNext``).
+        """
+        name = self.policy.name
+        if name in ("", "no") or self.cancelled:
+            return None
+        if ran_for >= RESET_AFTER:
+            self.delay = 0.0
+        if self.delay == 0.0:
+            self.delay = BACKOFF_START
+        elif self.delay < BACKOFF_MAX:
+            self.delay *= BACKOFF_MULTIPLIER
+        self.delay = min(self.delay, BACKOFF_MAX)
+
+        if name == "always":
+            restart = True
+        elif name == "unless-stopped":
+            restart = not manually_stopped
+        elif name == "on-failure":
+            limit = self.policy.maximum_retry_count
+            restart = exit_code != 0 and (limit == 0 or self.restart_count < limit)
+        else:
+            restart = False
+        if not restart:
+            return None
+        self.restart_count += 1
+        return self.delay
+
+    def cancel(self) -> None:
+        """No restart from now on (a user stop or kill); only a user start undoes it."""
+        self.cancelled = True

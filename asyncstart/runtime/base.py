@@ -1,0 +1,145 @@
+"""The runtime interface (libcontainerd's role) and what crosses it.
+
+A runtime creates and runs one process per container from an OCI bundle and reports what
+happens to it through :meth:`RuntimeBackend.state_changed`. Implementations: ``fake`` (in
+memory, public, for tests and the engine-overhead benchmark); ``runc`` follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import anyio
+
+from .. import errors
+
+__all__ = [
+    "Bundle",
+    "Runtime",
+    "RuntimeBackend",
+    "RuntimeFailure",
+    "StateInfo",
+    "Stdio",
+    "translate_start_error",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StateInfo:
+    """What the runtime reports: ``start`` (with pid), ``exit`` (with exit code), and when."""
+
+    state: Literal["start", "exit", "pause", "resume", "oom"]
+    pid: int = 0
+    exit_code: int = 0
+    #: Wall-clock time it happened, seconds since the epoch (0: the engine stamps it).
+    at: float = 0.0
+    oom_killed: bool = False
+
+
+class RuntimeBackend(Protocol):
+    def state_changed(self, container_id: str, info: StateInfo) -> None:
+        """Called by the runtime; must not block (the engine queues it)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stdio:
+    """The process's standard streams as the engine wants them."""
+
+    open_stdin: bool = False
+    tty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """An OCI bundle: its directory and the ``config.json`` to write there."""
+
+    path: Path
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+class RuntimeFailure(errors.SystemError):
+    """The runtime refused or failed; the message is the runtime's own."""
+
+
+class Runtime(Protocol):
+    """What the engine needs of an OCI runtime."""
+
+    name: str
+
+    async def run(
+        self, backend: RuntimeBackend, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Serve until cancelled: watch processes, report through ``backend``."""
+        ...
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: Bundle,
+        stdio: Stdio,
+        *,
+        checkpoint: str | None = None,
+        checkpoint_dir: str | None = None,
+        runtime_args: tuple[str, ...] = (),
+        no_pivot_root: bool = False,
+    ) -> int:
+        """Create (or restore) the container's process, stopped before exec; return its pid."""
+        ...
+
+    async def start(self, container_id: str) -> None:
+        """Let the created process run; the runtime then reports ``StateInfo("start", pid)``."""
+        ...
+
+    async def kill(self, container_id: str, signal: int) -> None: ...
+
+    async def pause(self, container_id: str) -> None: ...
+
+    async def resume(self, container_id: str) -> None: ...
+
+    async def close_stdin(self, container_id: str) -> None: ...
+
+    async def delete(self, container_id: str, *, force: bool = False) -> None:
+        """Forget the container's runtime state; ``force`` kills a live process first."""
+        ...
+
+    async def state(self, container_id: str) -> StateInfo | None:
+        """The live process, if any (used when a daemon reopens its roots)."""
+        ...
+
+
+#: dockerd's exit codes for a process that could not be started.
+EXIT_EACCES = 126
+EXIT_CMD_NOT_FOUND = 127
+EXIT_UNKNOWN = 128
+
+
+def translate_start_error(message: str) -> tuple[int, errors.DockerError]:
+    """dockerd's ``setExitCodeFromError``: the exit code and error class for a start failure.
+
+    The runtime's message decides: permission problems give 126, a missing command or file 127
+    (both 400: the container's configuration is at fault), anything else 128 and a 500.
+    """
+    lower = message.lower()
+    if "permission denied" in lower:
+        return EXIT_EACCES, errors.InvalidParameter(message)
+    if "is a directory" in lower:
+        return EXIT_EACCES, errors.InvalidParameter(message + ": permission denied")
+    if "not a directory" in lower:
+        return EXIT_CMD_NOT_FOUND, errors.InvalidParameter(
+            message + ": Are you trying to mount a directory onto a file (or vice-versa)? "
+            "Check if the specified host path exists and is the expected type"
+        )
+    if any(
+        needle in lower
+        for needle in (
+            "executable file not found",
+            "no such file or directory",
+            "system cannot find the file specified",
+            "failed to run runc create/exec call",
+        )
+    ):
+        return EXIT_CMD_NOT_FOUND, errors.InvalidParameter(message)
+    return EXIT_UNKNOWN, errors.SystemError(message)

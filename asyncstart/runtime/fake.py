@@ -1,0 +1,254 @@
+"""An in-memory OCI runtime: deterministic, fast, with fault injection. Public.
+
+Used by the tests and the engine-overhead benchmark, never in place of the real runtime. It
+behaves like a process would, from the container's arguments:
+
+* ``true`` / ``false`` / ``sh -c "exit N"`` exit at once with 0 / 1 / N;
+* ``sleep N`` exits 0 after N seconds of the runtime's clock (``sleep infinity`` never);
+* ``cat`` with an open stdin exits 0 when its stdin is closed;
+* anything else runs until signalled, or until a test calls :meth:`FakeRuntime.exit`.
+
+Signals are honoured as by a process with default handlers: a terminating signal ends it with
+``128 + signal`` (KILL gives 137, TERM 143); ``SIGCHLD``, ``SIGWINCH``, ``SIGURG`` and ``SIGCONT``
+are ignored; while paused, signals other than KILL wait for the resume.
+"""
+
+from __future__ import annotations
+
+import collections
+import shlex
+import signal as _signal
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+import anyio.abc
+
+from ..clock import Clock, SystemClock
+from ..faults import FaultPlan
+from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
+
+__all__ = ["FakeProcess", "FakeRuntime"]
+
+_IGNORED = frozenset({_signal.SIGCHLD, _signal.SIGWINCH, _signal.SIGURG, _signal.SIGCONT})
+PHASES = ("create", "start", "kill", "pause", "resume", "delete")
+
+
+@dataclass(slots=True)
+class FakeProcess:
+    container_id: str
+    pid: int
+    args: list[str]
+    stdio: Stdio
+    spec: dict[str, object]
+    status: Literal["created", "running", "paused", "stopped"] = "created"
+    exit_code: int | None = None
+    stdin_closes: int = 0
+    pending_signals: list[int] = field(default_factory=list)
+    timer: anyio.CancelScope | None = None
+
+
+class FakeRuntime:
+    """See the module docstring. ``delays`` maps a phase to seconds of the runtime's clock."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        delays: dict[str, float] | None = None,
+        first_pid: int = 1000,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.delays = dict(delays or {})
+        self.faults = FaultPlan(default_error=RuntimeFailure)
+        self.processes: dict[str, FakeProcess] = {}
+        #: How many times each container was created (the engine must create once per start).
+        self.creates: collections.Counter[str] = collections.Counter()
+        #: Checkpoints that :meth:`create` can restore from.
+        self.checkpoints: set[str] = set()
+        #: The last exit reported for each container (kept after delete, for replays).
+        self.exits: dict[str, StateInfo] = {}
+        self._next_pid = first_pid
+        self._backend: RuntimeBackend | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def run(
+        self,
+        backend: RuntimeBackend,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._backend = backend
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _phase(self, phase: str, container_id: str) -> None:
+        delay = self.delays.get(phase, 0.0)
+        if delay:
+            await self.clock.sleep_until(self.clock.now() + delay)
+        self.faults.check(phase, container_id)
+
+    def _process(self, container_id: str) -> FakeProcess:
+        process = self.processes.get(container_id)
+        if process is None:
+            raise RuntimeFailure(f"container {container_id} does not exist")
+        return process
+
+    def _report(self, container_id: str, info: StateInfo) -> None:
+        assert self._backend is not None, "FakeRuntime.run() is not running"
+        self._backend.state_changed(container_id, info)
+
+    def _finish(self, process: FakeProcess, exit_code: int) -> None:
+        if process.status == "stopped":
+            return
+        process.status = "stopped"
+        process.exit_code = exit_code
+        if process.timer is not None:
+            process.timer.cancel()
+        info = StateInfo("exit", pid=process.pid, exit_code=exit_code, at=time.time())
+        self.exits[process.container_id] = info
+        self._report(process.container_id, info)
+
+    async def _exit_after(self, process: FakeProcess, seconds: float) -> None:
+        with anyio.CancelScope() as scope:
+            process.timer = scope
+            await self.clock.sleep_until(self.clock.now() + seconds)
+            self._finish(process, 0)
+
+    def _run_program(self, process: FakeProcess) -> None:
+        args = process.args
+        program = args[0].rsplit("/", 1)[-1] if args else ""
+        if program == "true":
+            self._finish(process, 0)
+        elif program == "false":
+            self._finish(process, 1)
+        elif program == "sh" and len(args) == 3 and args[1] == "-c":
+            words = shlex.split(args[2])
+            if len(words) == 2 and words[0] == "exit" and words[1].isdigit():
+                self._finish(process, int(words[1]) & 0xFF)
+        elif program == "sleep" and len(args) == 2 and args[1] != "infinity":
+            assert self._tg is not None
+            self._tg.start_soon(self._exit_after, process, float(args[1]))
+
+    def _deliver(self, process: FakeProcess, signal: int) -> None:
+        if signal in _IGNORED:
+            return
+        if process.status == "paused" and signal != _signal.SIGKILL:
+            process.pending_signals.append(signal)
+            return
+        self._finish(process, 128 + signal)
+
+    # -- the runtime interface -------------------------------------------------------------
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: Bundle,
+        stdio: Stdio,
+        *,
+        checkpoint: str | None = None,
+        checkpoint_dir: str | None = None,
+        runtime_args: tuple[str, ...] = (),
+        no_pivot_root: bool = False,
+    ) -> int:
+        await self._phase("create", container_id)
+        if checkpoint is not None and checkpoint not in self.checkpoints:
+            raise RuntimeFailure(
+                f"failed to restore container {container_id}: checkpoint {checkpoint} "
+                f"does not exist in {checkpoint_dir or 'the default directory'}"
+            )
+        stale = self.processes.get(container_id)
+        if stale is not None and stale.status != "stopped":
+            raise RuntimeFailure(f"container with id exists: {container_id}")
+        process_spec = bundle.spec.get("process", {})
+        args = list(process_spec.get("args", [])) if isinstance(process_spec, dict) else []
+        self._next_pid += 1
+        self.processes[container_id] = FakeProcess(
+            container_id, self._next_pid, args, stdio, bundle.spec
+        )
+        self.creates[container_id] += 1
+        return self._next_pid
+
+    async def start(self, container_id: str) -> None:
+        await self._phase("start", container_id)
+        process = self._process(container_id)
+        if process.status != "created":
+            raise RuntimeFailure(f"cannot start a container that has {process.status}")
+        process.status = "running"
+        self._report(container_id, StateInfo("start", pid=process.pid, at=time.time()))
+        self._run_program(process)
+
+    async def kill(self, container_id: str, signal: int) -> None:
+        await self._phase("kill", container_id)
+        process = self._process(container_id)
+        if process.status == "stopped":
+            raise RuntimeFailure("container not running")
+        self._deliver(process, signal)
+
+    async def pause(self, container_id: str) -> None:
+        await self._phase("pause", container_id)
+        process = self._process(container_id)
+        if process.status != "running":
+            raise RuntimeFailure(f"container not running: {process.status}")
+        process.status = "paused"
+
+    async def resume(self, container_id: str) -> None:
+        await self._phase("resume", container_id)
+        process = self._process(container_id)
+        if process.status != "paused":
+            raise RuntimeFailure("container not paused")
+        process.status = "running"
+        pending, process.pending_signals = process.pending_signals, []
+        for signal in pending:
+            self._deliver(process, signal)
+
+    async def close_stdin(self, container_id: str) -> None:
+        process = self._process(container_id)
+        process.stdin_closes += 1
+        program = process.args[0].rsplit("/", 1)[-1] if process.args else ""
+        if program == "cat" and process.status == "running":
+            self._finish(process, 0)
+
+    async def delete(self, container_id: str, *, force: bool = False) -> None:
+        await self._phase("delete", container_id)
+        process = self.processes.get(container_id)
+        if process is None:
+            return
+        if process.status != "stopped" and process.status != "created" and not force:
+            raise RuntimeFailure(f"cannot delete container {container_id} that is not stopped")
+        if process.timer is not None:
+            process.timer.cancel()
+        del self.processes[container_id]
+
+    async def state(self, container_id: str) -> StateInfo | None:
+        process = self.processes.get(container_id)
+        if process is None or process.status == "stopped":
+            return None
+        return StateInfo("start", pid=process.pid)
+
+    # -- for tests -------------------------------------------------------------------------
+
+    def exit(self, container_id: str, exit_code: int) -> None:
+        """Make the container's process exit now with ``exit_code`` (as if it returned)."""
+        process = self._process(container_id)
+        if process.status == "created":
+            raise RuntimeFailure("process has not started")
+        self._finish(process, exit_code)
+
+    def replay_exit(self, container_id: str) -> None:
+        """Report the last exit again (runtimes may deliver an exit twice)."""
+        info = self.exits.get(container_id)
+        if info is None:
+            raise RuntimeFailure("process has not exited")
+        self._report(container_id, info)
+
+    def live(self) -> set[str]:
+        """Containers whose process exists and has not exited."""
+        return {cid for cid, p in self.processes.items() if p.status != "stopped"}

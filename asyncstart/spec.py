@@ -1,0 +1,206 @@
+"""The OCI runtime spec (``config.json``) for a container. A pure function: no I/O.
+
+Defaults follow dockerd's ``oci.DefaultSpec`` and ``createSpec``: the default mounts, masked
+and read-only paths, namespaces and capability set, with the container's Config and HostConfig
+applied on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from . import errors
+from .config import Config, HostConfig
+
+__all__ = ["DEFAULT_CAPABILITIES", "DEFAULT_PATH", "build_spec", "process_args"]
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+
+MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+
+READONLY_PATHS = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+
+_DEFAULT_MOUNTS: tuple[dict[str, Any], ...] = (
+    {"destination": "/proc", "type": "proc", "source": "proc",
+     "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+     "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+     "options": ["ro", "nosuid", "noexec", "nodev"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+     "options": ["nosuid", "noexec", "nodev"]},
+)  # fmt: skip
+
+_RLIMITS = {
+    "core": "RLIMIT_CORE", "cpu": "RLIMIT_CPU", "data": "RLIMIT_DATA", "fsize": "RLIMIT_FSIZE",
+    "locks": "RLIMIT_LOCKS", "memlock": "RLIMIT_MEMLOCK", "msgqueue": "RLIMIT_MSGQUEUE",
+    "nice": "RLIMIT_NICE", "nofile": "RLIMIT_NOFILE", "nproc": "RLIMIT_NPROC",
+    "rss": "RLIMIT_RSS", "rtprio": "RLIMIT_RTPRIO", "rttime": "RLIMIT_RTTIME",
+    "sigpending": "RLIMIT_SIGPENDING", "stack": "RLIMIT_STACK", "as": "RLIMIT_AS",
+}  # fmt: skip
+
+
+def process_args(config: Config) -> list[str]:
+    """``Entrypoint + Cmd``, as dockerd joins them."""
+    return [*(config.entrypoint or ()), *(config.cmd or ())]
+
+
+def _user(user: str) -> dict[str, Any]:
+    # Names need the image's /etc/passwd, which the mount step's driver resolves; numeric
+    # users (the common case in tests and benchmarks) are taken as they are.
+    uid, _, gid = user.partition(":")
+    if uid and not uid.isdigit():
+        raise errors.InvalidParameter(f"unable to find user {uid}: no matching entries in passwd file")
+    if gid and not gid.isdigit():
+        raise errors.InvalidParameter(f"unable to find group {gid}: no matching entries in group file")
+    return {"uid": int(uid or 0), "gid": int(gid or 0)}
+
+
+def _rlimits(host_config: HostConfig, host_hard: Mapping[str, int]) -> list[dict[str, Any]]:
+    limits = []
+    for ulimit in host_config.ulimits or ():
+        kind = _RLIMITS.get(ulimit.name)
+        if kind is None:
+            raise errors.InvalidParameter(f"invalid ulimit type: {ulimit.name}")
+        ceiling = host_hard.get(kind)
+        if ceiling is not None and ceiling >= 0 and ulimit.hard > ceiling:
+            raise errors.InvalidParameter(
+                f"ulimit {ulimit.name}: hard limit {ulimit.hard} is above the daemon's own "
+                f"hard limit {ceiling}"
+            )
+        limits.append({"type": kind, "hard": ulimit.hard, "soft": ulimit.soft})
+    return limits
+
+
+def build_spec(
+    container_id: str,
+    config: Config,
+    host_config: HostConfig,
+    *,
+    rootfs: str,
+    netns: str | None,
+    host_hard_limits: Mapping[str, int] | None = None,
+    cgroup_parent: str = "asyncstart",
+) -> dict[str, Any]:
+    """The ``config.json`` for one start. ``netns`` None shares the host's network namespace."""
+    env = list(config.env or ())
+    if not any(item.startswith("PATH=") for item in env):
+        env.insert(0, DEFAULT_PATH)
+    if config.tty and not any(item.startswith("TERM=") for item in env):
+        env.append("TERM=xterm")
+    capabilities = sorted(
+        (set(DEFAULT_CAPABILITIES) | {_cap(c) for c in host_config.cap_add or ()})
+        - {_cap(c) for c in host_config.cap_drop or ()}
+    )
+    namespaces: list[dict[str, str]] = [
+        {"type": "mount"},
+        {"type": "uts"},
+        {"type": "ipc"},
+        {"type": "pid"},
+    ]
+    if netns is not None:
+        namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if host_config.memory:
+        resources["memory"] = {"limit": host_config.memory}
+    if host_config.nano_cpus:
+        period = 100_000
+        resources["cpu"] = {"quota": host_config.nano_cpus * period // 1_000_000_000,
+                            "period": period}  # fmt: skip
+    if host_config.cpu_shares:
+        resources.setdefault("cpu", {})["shares"] = host_config.cpu_shares
+    if host_config.pids_limit is not None and host_config.pids_limit > 0:
+        resources["pids"] = {"limit": host_config.pids_limit}
+    mounts = [dict(m) for m in _DEFAULT_MOUNTS]
+    shm = host_config.shm_size or 64 * 1024 * 1024
+    mounts.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                   "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm}"]})  # fmt: skip
+    for target, options in (host_config.tmpfs or {}).items():
+        extra = [o for o in options.split(",") if o]
+        mounts.append({"destination": target, "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nosuid", "noexec", "nodev", *extra]})  # fmt: skip
+    for bind in host_config.binds or ():
+        source, _, rest = bind.partition(":")
+        target, _, mode = rest.partition(":")
+        if not source.startswith("/") or not target.startswith("/"):
+            raise errors.InvalidParameter(f"invalid volume specification: '{bind}'")
+        options = ["rbind", "ro" if "ro" in mode.split(",") else "rw"]
+        mounts.append({"destination": target, "type": "bind", "source": source,
+                       "options": options})  # fmt: skip
+    for mount in host_config.mounts or ():
+        if mount.type != "bind":
+            raise errors.InvalidParameter(f"mount type {mount.type!r} is not supported")
+        mounts.append({"destination": mount.target, "type": "bind", "source": mount.source,
+                       "options": ["rbind", "ro" if mount.read_only else "rw"]})  # fmt: skip
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": config.tty,
+            "user": _user(config.user),
+            "args": process_args(config),
+            "env": env,
+            "cwd": config.working_dir or "/",
+            "capabilities": {k: capabilities for k in ("bounding", "effective", "permitted")},
+            "rlimits": _rlimits(host_config, host_hard_limits or {}),
+            "noNewPrivileges": "no-new-privileges" in (host_config.security_opt or ())
+            or "no-new-privileges:true" in (host_config.security_opt or ()),
+            "oomScoreAdj": host_config.oom_score_adj,
+        },
+        "root": {"path": rootfs, "readonly": host_config.readonly_rootfs},
+        "hostname": config.hostname or container_id[:12],
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": f"{cgroup_parent}/{container_id}",
+            "namespaces": namespaces,
+            "resources": resources,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "sysctl": dict(host_config.sysctls or {}),
+        },
+    }
+
+
+def _cap(name: str) -> str:
+    name = name.upper()
+    return name if name.startswith("CAP_") else "CAP_" + name

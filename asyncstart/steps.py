@@ -1,0 +1,169 @@
+"""The steps of the start saga: each ``do`` has an ``undo`` that takes back exactly what it did.
+
+The actor runs them in order and, when one fails, undoes the ones that were done in reverse
+order. A step knows one driver and the :class:`StartContext` it reads and fills; it never changes
+the container's state (that is the actor's job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+
+from . import errors
+from .images import MountDriver
+from .lifecycle import State
+from .network import NetworkDriver
+from .runtime import Bundle, Runtime, Stdio, translate_start_error
+from .runtime.base import RuntimeFailure
+from .spec import build_spec
+from .stdin import StdinCloser
+from .store import ContainerRecord
+
+__all__ = ["MountStep", "NetworkStep", "RuntimeStep", "SpecStep", "StartContext", "Step"]
+
+
+@dataclass(slots=True)
+class StartContext:
+    """What one start has produced so far; lives as long as the process it starts."""
+
+    record: ContainerRecord
+    checkpoint: str | None = None
+    checkpoint_dir: str | None = None
+    stdin: StdinCloser = field(default_factory=StdinCloser)
+    rootfs: str | None = None
+    network: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None
+    pid: int = 0
+    #: Set by a step that knows better than dockerd's default 128 (e.g. 127: not found).
+    exit_code: int = 0
+    #: Seconds spent in each phase of this start, for logs, the demo and benchmarks.
+    durations: dict[str, float] = field(default_factory=dict)
+
+
+class Step(Protocol):
+    #: Short name for logs ("mount", "network", ...).
+    name: str
+    #: The lifecycle state the step runs in.
+    phase: State
+
+    async def do(self, ctx: StartContext) -> None: ...
+
+    async def undo(self, ctx: StartContext) -> None: ...
+
+
+class MountStep:
+    name = "mount"
+    phase = State.MOUNTING
+
+    def __init__(self, mounter: MountDriver) -> None:
+        self.mounter = mounter
+
+    async def do(self, ctx: StartContext) -> None:
+        ctx.rootfs = await self.mounter.mount(ctx.record.id)
+
+    async def undo(self, ctx: StartContext) -> None:
+        await self.mounter.unmount(ctx.record.id)
+        ctx.rootfs = None
+
+
+class NetworkStep:
+    name = "network"
+    phase = State.NETWORKING
+
+    def __init__(self, network: NetworkDriver) -> None:
+        self.network = network
+
+    async def do(self, ctx: StartContext) -> None:
+        ctx.network = await self.network.setup(
+            ctx.record.id, ctx.record.host_config.network_mode
+        )
+
+    async def undo(self, ctx: StartContext) -> None:
+        await self.network.teardown(ctx.record.id)
+        ctx.network = None
+
+
+def _host_hard_limits() -> dict[str, int]:
+    limits = {}
+    for name in dir(resource):
+        if name.startswith("RLIMIT_"):
+            limits[name] = resource.getrlimit(getattr(resource, name))[1]
+    return limits
+
+
+class SpecStep:
+    """Builds the OCI spec (pure) from the record and what the earlier steps produced."""
+
+    name = "spec"
+    phase = State.SPEC_READY
+
+    def __init__(self, *, cgroup_parent: str = "asyncstart") -> None:
+        self.cgroup_parent = cgroup_parent
+        # The daemon's own hard limits are the ceiling for any container's (read once).
+        self.host_hard_limits = _host_hard_limits()
+
+    async def do(self, ctx: StartContext) -> None:
+        record = ctx.record
+        sandbox = (ctx.network or {}).get("SandboxKey", "")
+        ctx.spec = build_spec(
+            record.id,
+            record.config,
+            record.host_config,
+            rootfs=ctx.rootfs or "",
+            netns=sandbox or None,
+            host_hard_limits=self.host_hard_limits,
+            cgroup_parent=self.cgroup_parent,
+        )
+
+    async def undo(self, ctx: StartContext) -> None:
+        ctx.spec = None
+
+
+class RuntimeStep:
+    """Has the runtime create the process, closes stdin if that was asked for, and starts it."""
+
+    name = "create"
+    phase = State.SPEC_READY
+
+    def __init__(self, runtime: Runtime, bundles: Path) -> None:
+        self.runtime = runtime
+        self.bundles = bundles
+
+    async def do(self, ctx: StartContext) -> None:
+        record = ctx.record
+        bundle = Bundle(self.bundles / record.id, ctx.spec or {})
+        stdio = Stdio(open_stdin=record.config.open_stdin, tty=record.config.tty)
+        try:
+            ctx.pid = await self.runtime.create(
+                record.id,
+                bundle,
+                stdio,
+                checkpoint=ctx.checkpoint,
+                checkpoint_dir=ctx.checkpoint_dir,
+            )
+        except RuntimeFailure as exc:
+            ctx.exit_code, error = translate_start_error(exc.message)
+            raise error from exc
+        # A step that fails leaves nothing behind: from here on the process exists.
+        try:
+            if ctx.stdin.ready():
+                await self.runtime.close_stdin(record.id)
+            await self.runtime.start(record.id)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True), contextlib.suppress(errors.DockerError):
+                await self.undo(ctx)
+            if isinstance(exc, RuntimeFailure):
+                ctx.exit_code, error = translate_start_error(exc.message)
+                raise error from exc
+            raise
+
+    async def undo(self, ctx: StartContext) -> None:
+        ctx.stdin.failed()
+        await self.runtime.delete(ctx.record.id, force=True)
+        ctx.pid = 0

@@ -1,0 +1,189 @@
+"""Container records on disk, and the in-memory index that finds them.
+
+Each record lives in ``data_root/containers/<id>/container.json``. A write goes to a temporary
+file in the same directory, is flushed and fsynced, then renamed over the record: a reader —
+or a daemon reopened after being killed mid-write — sees the old record or the new one, never a
+torn one. The index resolves a reference as dockerd does: exact full ID, then exact name, then
+unique ID prefix.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from . import errors
+from .config import Config, HostConfig
+
+__all__ = ["ZERO_TIME", "ContainerIndex", "ContainerRecord", "RecordStore", "new_id"]
+
+#: How Go prints its zero ``time.Time``; dockerd shows it for times that never happened.
+ZERO_TIME = "0001-01-01T00:00:00Z"
+RECORD_FILE = "container.json"
+_TMP_SUFFIX = ".tmp"
+
+
+class ContainerRecord(msgspec.Struct, kw_only=True):
+    """Everything the daemon persists about one container."""
+
+    id: str
+    name: str
+    created: str
+    image: str
+    config: Config
+    host_config: HostConfig
+    #: A stable lifecycle state (the start saga's inner states are never written).
+    state: str = "created"
+    pid: int = 0
+    exit_code: int = 0
+    error: str = ""
+    oom_killed: bool = False
+    started_at: str = ZERO_TIME
+    finished_at: str = ZERO_TIME
+    has_been_started_before: bool = False
+    has_been_manually_stopped: bool = False
+    restart_count: int = 0
+    network_settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def new_id() -> str:
+    """64 random hex digits whose short form is not all digits (it would read as a number)."""
+    while True:
+        candidate = secrets.token_hex(32)
+        if not candidate[:12].isdigit():
+            return candidate
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ContainerRecord)
+
+
+class RecordStore:
+    """Atomic persistence of :class:`ContainerRecord` under ``root``."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+
+    def path(self, container_id: str) -> Path:
+        return self.root / container_id
+
+    def _write(self, container_id: str, data: bytes) -> None:
+        directory = self.root / container_id
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / RECORD_FILE
+        tmp = directory / (RECORD_FILE + _TMP_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+
+    async def save(self, record: ContainerRecord) -> None:
+        """Write ``record`` atomically (in a worker thread: the event loop never waits on disk)."""
+        data = _encoder.encode(record)
+        try:
+            await anyio.to_thread.run_sync(self._write, record.id, data)
+        except OSError as exc:
+            raise errors.SystemError(
+                f"failed to save container {record.id}: {exc.strerror or exc}"
+            ) from exc
+
+    async def delete(self, container_id: str) -> None:
+        directory = self.root / container_id
+        try:
+            await anyio.to_thread.run_sync(shutil.rmtree, directory)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise errors.SystemError(
+                f"unable to remove filesystem for {container_id}: {exc.strerror or exc}"
+            ) from exc
+
+    def _load_all(self) -> list[ContainerRecord]:
+        records = []
+        if not self.root.is_dir():
+            return records
+        for entry in sorted(self.root.iterdir()):
+            target = entry / RECORD_FILE
+            (entry / (RECORD_FILE + _TMP_SUFFIX)).unlink(missing_ok=True)
+            if not target.is_file():
+                # Killed between mkdir and the first rename: the create never completed.
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            records.append(_decoder.decode(target.read_bytes()))
+        return records
+
+    async def load_all(self) -> list[ContainerRecord]:
+        """Every persisted record; leftovers of interrupted writes are swept away."""
+        return await anyio.to_thread.run_sync(self._load_all)
+
+
+class ContainerIndex:
+    """ID and name lookup, as dockerd's ``GetContainer``: sorted IDs for prefix search."""
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._names: dict[str, str] = {}  # "/name" -> id
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, container_id: str, name: str) -> None:
+        """Index a container under its ID and reserve its ``/name`` (409 if taken)."""
+        self.reserve_name(name, container_id)
+        bisect.insort(self._ids, container_id)
+
+    def reserve_name(self, name: str, container_id: str) -> None:
+        owner = self._names.get(name)
+        if owner is not None and owner != container_id:
+            raise errors.Conflict(
+                f'Conflict. The container name "{name}" is already in use by container '
+                f'"{owner}". You have to remove (or rename) that container to be able to '
+                "reuse that name."
+            )
+        self._names[name] = container_id
+
+    def release_name(self, name: str) -> None:
+        self._names.pop(name, None)
+
+    def remove(self, container_id: str, name: str) -> None:
+        index = bisect.bisect_left(self._ids, container_id)
+        if index < len(self._ids) and self._ids[index] == container_id:
+            del self._ids[index]
+        if self._names.get(name) == container_id:
+            del self._names[name]
+
+    def has_name(self, name: str) -> bool:
+        return name in self._names
+
+    def resolve(self, reference: str) -> str:
+        """Return the container ID ``reference`` names, or raise 400/404 as dockerd does."""
+        if not reference:
+            raise errors.InvalidParameter('invalid name or ID supplied: ""')
+        index = bisect.bisect_left(self._ids, reference)
+        if index < len(self._ids) and self._ids[index] == reference:
+            return reference
+        by_name = self._names.get(reference if reference.startswith("/") else "/" + reference)
+        if by_name is not None:
+            return by_name
+        if index < len(self._ids) and self._ids[index].startswith(reference):
+            following = index + 1
+            if following < len(self._ids) and self._ids[following].startswith(reference):
+                raise errors.InvalidParameter(
+                    f"multiple IDs found with provided prefix: {reference}"
+                )
+            return self._ids[index]
+        raise errors.NotFound(f"No such container: {reference}")

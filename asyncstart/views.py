@@ -1,0 +1,155 @@
+"""How dockerd shows a container: the ``inspect`` document and the ``ps`` row. Pure functions."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import msgspec
+
+from .lifecycle import PROCESS_STATES, STARTING_STATES, Lifecycle, State
+from .spec import process_args
+from .store import ZERO_TIME, ContainerRecord
+
+__all__ = ["format_time", "human_duration", "inspect_view", "list_view", "parse_time"]
+
+
+def format_time(timestamp: float) -> str:
+    """Go's ``time.RFC3339Nano`` in UTC: trailing zeros of the fraction trimmed."""
+    moment = _dt.datetime.fromtimestamp(timestamp, _dt.UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
+    return text + "Z"
+
+
+def parse_time(text: str) -> float:
+    """Inverse of :func:`format_time` (0.0 for the zero time)."""
+    if text == ZERO_TIME:
+        return 0.0
+    return _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def human_duration(seconds: float) -> str:
+    """go-units ``HumanDuration``, as ``docker ps`` prints it."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 2:
+        return "1 second"
+    if seconds < 60:
+        return f"{int(seconds)} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def _state(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any]:
+    state = lifecycle.state
+    restarting = state is State.RESTARTING or (state in STARTING_STATES and lifecycle.via_restart)
+    return {
+        "Status": lifecycle.status,
+        "Running": state in PROCESS_STATES or restarting,
+        "Paused": state is State.PAUSED,
+        "Restarting": restarting,
+        "OOMKilled": record.oom_killed,
+        "Dead": state is State.DEAD,
+        "Pid": record.pid,
+        "ExitCode": record.exit_code,
+        "Error": record.error,
+        "StartedAt": record.started_at,
+        "FinishedAt": record.finished_at,
+    }
+
+
+def inspect_view(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any]:
+    """The document ``GET /containers/{id}/json`` returns."""
+    args = process_args(record.config)
+    network = record.network_settings
+    return {
+        "Id": record.id,
+        "Created": record.created,
+        "Path": args[0] if args else "",
+        "Args": args[1:],
+        "State": _state(record, lifecycle),
+        "Image": record.image,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": "",
+        "Name": record.name,
+        "RestartCount": record.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": None,
+        "HostConfig": msgspec.to_builtins(record.host_config),
+        "GraphDriver": {"Data": None, "Name": "overlay2"},
+        "Mounts": [],
+        "Config": msgspec.to_builtins(record.config),
+        "NetworkSettings": {
+            "SandboxID": "",
+            "SandboxKey": network.get("SandboxKey", ""),
+            "Ports": {},
+            "Gateway": network.get("Gateway", ""),
+            "IPAddress": network.get("IPAddress", ""),
+            "IPPrefixLen": network.get("IPPrefixLen", 0),
+            "MacAddress": network.get("MacAddress", ""),
+            "Networks": network.get("Networks", {}),
+        },
+    }
+
+
+def _status_text(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> str:
+    state = lifecycle.state
+    status = lifecycle.status
+    if status in ("running", "paused"):
+        text = "Up " + human_duration(now - parse_time(record.started_at))
+        return text + " (Paused)" if state is State.PAUSED else text
+    if status == "restarting":
+        ago = human_duration(now - parse_time(record.finished_at))
+        return f"Restarting ({record.exit_code}) {ago} ago"
+    if status == "removing":
+        return "Removal In Progress"
+    if status == "dead":
+        return "Dead"
+    if record.started_at == ZERO_TIME:
+        return "Created"
+    if record.finished_at == ZERO_TIME:
+        return ""
+    ago = human_duration(now - parse_time(record.finished_at))
+    return f"Exited ({record.exit_code}) {ago} ago"
+
+
+def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict[str, Any]:
+    """One row of ``GET /containers/json``."""
+    args = process_args(record.config)
+    network = record.network_settings
+    return {
+        "Id": record.id,
+        "Names": [record.name],
+        "Image": record.image,
+        "ImageID": "",
+        "Command": " ".join(args),
+        "Created": int(parse_time(record.created)),
+        "Ports": [],
+        "Labels": dict(record.config.labels),
+        "State": lifecycle.status,
+        "Status": _status_text(record, lifecycle, now),
+        "HostConfig": {"NetworkMode": record.host_config.network_mode},
+        "NetworkSettings": {"Networks": network.get("Networks", {})},
+        "Mounts": [],
+    }

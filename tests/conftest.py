@@ -1,0 +1,76 @@
+"""Every async test runs on asyncio and on trio (anyio's pytest plugin)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import asyncstart
+from asyncstart import Daemon, FakeClock, FakeMounter, FakeNetwork, FakeRuntime
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """An async test module must say ``pytestmark = pytest.mark.anyio``: no test runs on one loop."""
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            if item.get_closest_marker("anyio") is None or "anyio_backend" not in item.fixturenames:
+                raise pytest.UsageError(f"{item.nodeid} is async but not marked anyio")
+
+
+@dataclass
+class Engine:
+    """A daemon on fake drivers, with the drivers at hand for assertions and faults."""
+
+    daemon: Daemon
+    runtime: FakeRuntime
+    mounter: FakeMounter
+    network: FakeNetwork
+    clock: FakeClock | None
+    root: Path
+
+
+OpenEngine = Callable[..., AbstractAsyncContextManager[Engine]]
+
+
+@pytest.fixture
+def open_engine(tmp_path: Path) -> OpenEngine:
+    """``async with open_engine(fake_clock=True) as engine: ...``; reopenable on the same roots."""
+
+    @asynccontextmanager
+    async def _open(
+        *,
+        fake_clock: bool = False,
+        runtime: FakeRuntime | None = None,
+        mounter: FakeMounter | None = None,
+        network: FakeNetwork | None = None,
+        **config: object,
+    ) -> AsyncIterator[Engine]:
+        clock = FakeClock() if fake_clock else None
+        runtime = runtime or FakeRuntime(clock=clock)
+        mounter = mounter or FakeMounter()
+        network = network or FakeNetwork()
+        daemon_config = asyncstart.DaemonConfig(
+            data_root=tmp_path / "data", exec_root=tmp_path / "exec", fsync=False, **config
+        )
+        async with asyncstart.open_daemon(
+            daemon_config, runtime=runtime, mounter=mounter, network=network, clock=clock
+        ) as daemon:
+            yield Engine(daemon, runtime, mounter, network, clock, tmp_path)
+
+    return _open
+
+
+@pytest.fixture
+async def engine(open_engine: OpenEngine) -> AsyncIterator[Engine]:
+    async with open_engine() as opened:
+        yield opened

@@ -1,0 +1,129 @@
+"""The lifecycle table, sans-io: every allowed step, every refused one, the derived status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncstart.lifecycle import (
+    TRANSITIONS,
+    Branch,
+    Event,
+    InvalidTransition,
+    Lifecycle,
+    State,
+    docker_status,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The transitions of the design, written out independently of the table.
+EXPECTED = {
+    (State.CREATED, Event.START): State.MOUNTING,
+    (State.EXITED, Event.START): State.MOUNTING,
+    (State.MOUNTING, Event.MOUNTED): State.NETWORKING,
+    (State.NETWORKING, Event.NETWORKED): State.SPEC_READY,
+    (State.SPEC_READY, Event.STARTED): State.RUNNING,
+    (State.RUNNING, Event.STOP): State.STOPPING,
+    (State.RUNNING, Event.PAUSE): State.PAUSED,
+    (State.PAUSED, Event.UNPAUSE): State.RUNNING,
+    (State.PAUSED, Event.STOP): State.STOPPING,
+    (State.RESTARTING, Event.RESTART_DUE): State.MOUNTING,
+    (State.RESTARTING, Event.CANCEL_RESTART): State.EXITED,
+    (State.CREATED, Event.REMOVE): State.REMOVING,
+    (State.EXITED, Event.REMOVE): State.REMOVING,
+    (State.DEAD, Event.REMOVE): State.REMOVING,
+    (State.REMOVING, Event.REMOVED): State.REMOVED,
+    (State.REMOVING, Event.REMOVE_FAILED): State.DEAD,
+}
+
+
+@pytest.mark.parametrize(("state", "event"), sorted(EXPECTED, key=str))
+def test_plain_transitions(state: State, event: Event) -> None:
+    lifecycle = Lifecycle("c" * 64, state)
+    assert lifecycle.handle(event) is EXPECTED[state, event]
+    assert lifecycle.state is EXPECTED[state, event]
+
+
+@pytest.mark.parametrize("state", [State.MOUNTING, State.NETWORKING, State.SPEC_READY])
+@pytest.mark.parametrize(("ran_before", "target"), [(False, State.CREATED), (True, State.EXITED)])
+def test_failed_start_lands_where_the_container_was(
+    state: State, ran_before: bool, target: State
+) -> None:
+    lifecycle = Lifecycle("c" * 64, state, ran_before=ran_before)
+    assert lifecycle.handle(Event.FAILED) is target
+
+
+@pytest.mark.parametrize("state", [State.RUNNING, State.PAUSED, State.STOPPING])
+@pytest.mark.parametrize(("restart", "target"), [(False, State.EXITED), (True, State.RESTARTING)])
+def test_exit_restarts_only_when_the_policy_says(state: State, restart: bool, target: State) -> None:
+    lifecycle = Lifecycle("c" * 64, state, ran_before=True)
+    assert lifecycle.handle(Event.EXITED, restart=restart) is target
+
+
+def test_every_other_pair_is_refused_with_a_precise_error() -> None:
+    allowed = {(s, e) for s, row in TRANSITIONS.items() for e in row}
+    refused = [(s, e) for s in State for e in Event if (s, e) not in allowed]
+    assert len(refused) > 100
+    for state, event in refused:
+        lifecycle = Lifecycle("abcdef0123456789" * 4, state)
+        with pytest.raises(InvalidTransition) as info:
+            lifecycle.handle(event)
+        assert info.value.state is state and info.value.event is event
+        assert f"{event.value!r} in state {state.value!r}" in str(info.value)
+        assert "abcdef012345" in str(info.value)
+        assert lifecycle.state is state, "a refused event must not move the state"
+
+
+def test_table_covers_every_state_and_only_known_targets() -> None:
+    assert set(TRANSITIONS) == set(State)
+    for row in TRANSITIONS.values():
+        for target in row.values():
+            targets = target.targets() if isinstance(target, Branch) else (target,)
+            assert all(isinstance(t, State) for t in targets)
+
+
+def test_full_life_and_ran_before() -> None:
+    lifecycle = Lifecycle("c" * 64)
+    for event in (Event.START, Event.MOUNTED, Event.NETWORKED):
+        lifecycle.handle(event)
+    assert lifecycle.status == "created" and not lifecycle.ran_before
+    lifecycle.handle(Event.STARTED)
+    assert lifecycle.ran_before and lifecycle.status == "running"
+    lifecycle.handle(Event.EXITED, restart=True)
+    assert lifecycle.status == "restarting"
+    lifecycle.handle(Event.RESTART_DUE)
+    assert lifecycle.status == "restarting", "a policy restart shows as restarting until it runs"
+    lifecycle.handle(Event.FAILED)
+    assert lifecycle.state is State.EXITED and lifecycle.status == "exited"
+    lifecycle.handle(Event.START)
+    assert lifecycle.status == "exited", "a user start of an exited container shows exited"
+
+
+@pytest.mark.parametrize(
+    ("state", "ran_before", "status"),
+    [
+        (State.CREATED, False, "created"),
+        (State.MOUNTING, False, "created"),
+        (State.SPEC_READY, True, "exited"),
+        (State.STOPPING, True, "running"),
+        (State.PAUSED, True, "paused"),
+        (State.DEAD, True, "dead"),
+        (State.REMOVING, False, "removing"),
+    ],
+)
+def test_docker_status(state: State, ran_before: bool, status: str) -> None:
+    assert docker_status(state, ran_before=ran_before) == status
+
+
+def test_rendered_diagram_is_up_to_date() -> None:
+    rendered = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render_lifecycle.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
