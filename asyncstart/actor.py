@@ -300,10 +300,8 @@ class ContainerActor:
     async def _timer(self, kind: str, scope: anyio.CancelScope, deadline: float) -> None:
         with scope:
             await self.services.clock.sleep_until(deadline)
-            try:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._send.send_nowait(_TimerFired(kind, scope))
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
 
     def _wait_result(self) -> dict[str, Any]:
         result: dict[str, Any] = {"StatusCode": self.record.exit_code}
@@ -328,7 +326,9 @@ class ContainerActor:
 
     # -- start ------------------------------------------------------------------------------
 
-    async def _h_start(self, reply: _Reply, checkpoint: str | None, checkpoint_dir: str | None) -> None:
+    async def _h_start(
+        self, reply: _Reply, checkpoint: str | None, checkpoint_dir: str | None
+    ) -> None:
         state = self.lifecycle.state
         if state is State.SPEC_READY:
             self._start_waiters.append(reply)  # a start is in flight: answer with it
@@ -405,7 +405,9 @@ class ContainerActor:
                     "phase.undo_failed", container_id=self.id, phase=step.name, error=exc.message
                 )
 
-    async def _abort_start(self, ctx: StartContext, done: list[Step], exc: errors.DockerError) -> None:
+    async def _abort_start(
+        self, ctx: StartContext, done: list[Step], exc: errors.DockerError
+    ) -> None:
         ctx.stdin.failed()
         self._stdin = StdinCloser()
         await self._undo(ctx, done)
@@ -421,6 +423,9 @@ class ContainerActor:
         for waiter in self._start_waiters:
             waiter.fail(exc)
         self._start_waiters.clear()
+        if after_restart:
+            # dockerd's SetStopped after a failed restart wakes those waiting for the stop.
+            self._resolve(self._exit_waiters, self._wait_result())
         if record.host_config.auto_remove:
             await self._remove_now()
 
@@ -501,9 +506,8 @@ class ContainerActor:
             exit_code=info.exit_code,
             restart_in=delay,
         )
-        if self._removals and self.lifecycle.state is State.EXITED:
-            await self._remove_now()
-        elif delay is None and record.host_config.auto_remove:
+        removal_due = self._removals and self.lifecycle.state is State.EXITED
+        if removal_due or (delay is None and record.host_config.auto_remove):
             await self._remove_now()
 
     # -- timers -----------------------------------------------------------------------------

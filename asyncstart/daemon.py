@@ -171,7 +171,9 @@ class Daemon:
     ) -> str:
         """Create a container (``docker create``); return its 64-hex ID."""
         parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
-        host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
+        host = parse_host_config(
+            dict(host_config) if isinstance(host_config, Mapping) else host_config
+        )
         validate_host_config(host)
         if not parsed.cmd and not parsed.entrypoint:
             raise errors.InvalidParameter("No command specified")
@@ -236,7 +238,7 @@ class Daemon:
 
     async def containers_list(
         self,
-        all: bool = False,  # noqa: A002 - dockerd's parameter name
+        all: bool = False,
         limit: int = -1,
         filters: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
@@ -260,7 +262,9 @@ class Daemon:
                 break
         return rows
 
-    async def container_wait(self, reference: str, condition: str = "not-running") -> dict[str, Any]:
+    async def container_wait(
+        self, reference: str, condition: str = "not-running"
+    ) -> dict[str, Any]:
         """``docker wait``: ``{"StatusCode": n}`` (plus ``Error``) once the condition holds."""
         if condition == "":
             condition = "not-running"
@@ -297,7 +301,9 @@ class Daemon:
 
     # -- events and statistics --------------------------------------------------------------
 
-    def subscribe_events(self) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[dict[str, Any]]]:
+    def subscribe_events(
+        self,
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[dict[str, Any]]]:
         """``async with daemon.subscribe_events() as events: async for event in events: ...``"""
         return self.events.subscribe()
 
@@ -323,7 +329,15 @@ def _normalise_filters(filters: Mapping[str, Any] | None) -> dict[str, set[str]]
         values = value.keys() if isinstance(value, Mapping) else value
         result[key] = {str(v) for v in values}
     for status in result.get("status", ()):
-        if status not in ("created", "restarting", "running", "removing", "paused", "exited", "dead"):
+        if status not in (
+            "created",
+            "restarting",
+            "running",
+            "removing",
+            "paused",
+            "exited",
+            "dead",
+        ):
             raise errors.InvalidParameter(f"invalid filter 'status={status}'")
     return result
 
@@ -377,8 +391,8 @@ async def open_daemon(
         runtime = FakeRuntime(clock=clock)
     mounter = mounter or FakeMounter()
     network = network or FakeNetwork()
-    Path(config.data_root).mkdir(parents=True, exist_ok=True)
-    Path(config.exec_root).mkdir(parents=True, exist_ok=True, mode=0o700)
+    await anyio.Path(config.data_root).mkdir(parents=True, exist_ok=True)
+    await anyio.Path(config.exec_root).mkdir(parents=True, exist_ok=True, mode=0o700)
     async with anyio.create_task_group() as tg:
         daemon = Daemon(
             config, runtime=runtime, mounter=mounter, network=network, clock=clock, task_group=tg

@@ -67,7 +67,7 @@ class NotModified(DockerError):
     status = 304
 
 
-class SystemError(DockerError):  # noqa: A001 - the name errdefs uses; always qualified by module
+class SystemError(DockerError):
     """500: the daemon failed for a reason that is not the caller's fault."""
 
     status = 500

@@ -136,7 +136,7 @@ PROCESS_STATES = frozenset({State.RUNNING, State.PAUSED, State.STOPPING})
 STARTING_STATES = frozenset({State.MOUNTING, State.NETWORKING, State.SPEC_READY})
 
 
-class InvalidTransition(Exception):  # noqa: N818 - the name the design uses
+class InvalidTransition(Exception):
     """An event that the lifecycle table does not allow in the current state."""
 
     def __init__(self, container_id: str, state: State, event: Event) -> None:
@@ -206,4 +206,5 @@ def docker_status(state: State, *, ran_before: bool, via_restart: bool = False) 
         return "running"
     if state is State.REMOVED:
         return "removing"
-    return state.value
+    status: str = state.value
+    return status

@@ -91,9 +91,13 @@ def _user(user: str) -> dict[str, Any]:
     # users (the common case in tests and benchmarks) are taken as they are.
     uid, _, gid = user.partition(":")
     if uid and not uid.isdigit():
-        raise errors.InvalidParameter(f"unable to find user {uid}: no matching entries in passwd file")
+        raise errors.InvalidParameter(
+            f"unable to find user {uid}: no matching entries in passwd file"
+        )
     if gid and not gid.isdigit():
-        raise errors.InvalidParameter(f"unable to find group {gid}: no matching entries in group file")
+        raise errors.InvalidParameter(
+            f"unable to find group {gid}: no matching entries in group file"
+        )
     return {"uid": int(uid or 0), "gid": int(gid or 0)}
 
 
@@ -154,8 +158,10 @@ def build_spec(
         resources["pids"] = {"limit": host_config.pids_limit}
     mounts = [dict(m) for m in _DEFAULT_MOUNTS]
     shm = host_config.shm_size or 64 * 1024 * 1024
-    mounts.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                   "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm}"]})  # fmt: skip
+    shm_options = ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm}"]
+    mounts.append(
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": shm_options}
+    )
     for target, options in (host_config.tmpfs or {}).items():
         extra = [o for o in options.split(",") if o]
         mounts.append({"destination": target, "type": "tmpfs", "source": "tmpfs",
@@ -165,9 +171,9 @@ def build_spec(
         target, _, mode = rest.partition(":")
         if not source.startswith("/") or not target.startswith("/"):
             raise errors.InvalidParameter(f"invalid volume specification: '{bind}'")
-        options = ["rbind", "ro" if "ro" in mode.split(",") else "rw"]
+        bind_options = ["rbind", "ro" if "ro" in mode.split(",") else "rw"]
         mounts.append({"destination": target, "type": "bind", "source": source,
-                       "options": options})  # fmt: skip
+                       "options": bind_options})  # fmt: skip
     for mount in host_config.mounts or ():
         if mount.type != "bind":
             raise errors.InvalidParameter(f"mount type {mount.type!r} is not supported")

@@ -80,9 +80,7 @@ class NetworkStep:
         self.network = network
 
     async def do(self, ctx: StartContext) -> None:
-        ctx.network = await self.network.setup(
-            ctx.record.id, ctx.record.host_config.network_mode
-        )
+        ctx.network = await self.network.setup(ctx.record.id, ctx.record.host_config.network_mode)
 
     async def undo(self, ctx: StartContext) -> None:
         await self.network.teardown(ctx.record.id)

@@ -113,7 +113,7 @@ class RecordStore:
             ) from exc
 
     def _load_all(self) -> list[ContainerRecord]:
-        records = []
+        records: list[ContainerRecord] = []
         if not self.root.is_dir():
             return records
         for entry in sorted(self.root.iterdir()):

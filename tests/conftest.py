@@ -20,11 +20,12 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """An async test module must say ``pytestmark = pytest.mark.anyio``: no test runs on one loop."""
+    """Async test modules say ``pytestmark = pytest.mark.anyio``: no test runs on one loop."""
     for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            if item.get_closest_marker("anyio") is None or "anyio_backend" not in item.fixturenames:
-                raise pytest.UsageError(f"{item.nodeid} is async but not marked anyio")
+        if not (isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)):
+            continue
+        if item.get_closest_marker("anyio") is None or "anyio_backend" not in item.fixturenames:
+            raise pytest.UsageError(f"{item.nodeid} is async but not marked anyio")
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from asyncstart import Daemon

@@ -51,7 +51,9 @@ async def test_lookup_by_id_name_and_prefix(engine: Engine) -> None:
     # Two IDs among 40 share a first hex digit for sure: an ambiguous prefix is a 400.
     firsts = [cid[0] for cid in ids]
     shared = next(c for c in firsts if firsts.count(c) > 1)
-    with pytest.raises(errors.InvalidParameter, match=f"^multiple IDs found with provided prefix: {shared}$"):
+    with pytest.raises(
+        errors.InvalidParameter, match=f"^multiple IDs found with provided prefix: {shared}$"
+    ):
         await daemon.container_inspect(shared)
     with pytest.raises(errors.NotFound, match="^No such container: nope$") as info:
         await daemon.container_start("nope")
@@ -199,7 +201,11 @@ async def test_failed_start_after_a_run_shows_exited(engine: Engine) -> None:
     with pytest.raises(errors.SystemError):
         await daemon.container_start("job")
     state = (await daemon.container_inspect("job"))["State"]
-    assert (state["Status"], state["ExitCode"], state["Error"]) == ("exited", 128, "no address left")
+    assert (state["Status"], state["ExitCode"], state["Error"]) == (
+        "exited",
+        128,
+        "no address left",
+    )
     assert (await daemon.container_wait("job")) == {
         "StatusCode": 128,
         "Error": {"Message": "no address left"},
@@ -455,8 +461,12 @@ async def test_list_filters_and_limit(engine: Engine) -> None:
     rows = await daemon.containers_list(all=True)
     assert [r["Id"] for r in rows] == [b, a], "newest first"
     assert [r["Id"] for r in await daemon.containers_list(all=True, limit=1)] == [b]
-    assert [r["Id"] for r in await daemon.containers_list(filters={"label": ["tier=web"]}, all=True)] == [a]
-    assert [r["Id"] for r in await daemon.containers_list(filters={"status": {"created": True}})] == [a]
+    assert [
+        r["Id"] for r in await daemon.containers_list(filters={"label": ["tier=web"]}, all=True)
+    ] == [a]
+    assert [
+        r["Id"] for r in await daemon.containers_list(filters={"status": {"created": True}})
+    ] == [a]
     assert [r["Id"] for r in await daemon.containers_list(filters={"name": ["bb"]})] == [b]
     with pytest.raises(errors.InvalidParameter, match="invalid filter 'colour'"):
         await daemon.containers_list(filters={"colour": ["red"]})

@@ -59,7 +59,9 @@ def test_failed_start_lands_where_the_container_was(
 
 @pytest.mark.parametrize("state", [State.RUNNING, State.PAUSED, State.STOPPING])
 @pytest.mark.parametrize(("restart", "target"), [(False, State.EXITED), (True, State.RESTARTING)])
-def test_exit_restarts_only_when_the_policy_says(state: State, restart: bool, target: State) -> None:
+def test_exit_restarts_only_when_the_policy_says(
+    state: State, restart: bool, target: State
+) -> None:
     lifecycle = Lifecycle("c" * 64, state, ran_before=True)
     assert lifecycle.handle(Event.EXITED, restart=restart) is target
 

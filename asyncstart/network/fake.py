@@ -29,7 +29,9 @@ class FakeNetwork:
         try:
             return next(self._free)
         except StopIteration:
-            raise errors.SystemError(f"no available IPv4 addresses on network {self.subnet}")
+            raise errors.SystemError(
+                f"no available IPv4 addresses on network {self.subnet}"
+            ) from None
 
     async def setup(self, container_id: str, network_mode: str) -> dict[str, Any]:
         self.faults.check("setup", container_id)

@@ -10,7 +10,7 @@ behaves like a process would, from the container's arguments:
 
 Signals are honoured as by a process with default handlers: a terminating signal ends it with
 ``128 + signal`` (KILL gives 137, TERM 143); ``SIGCHLD``, ``SIGWINCH``, ``SIGURG`` and ``SIGCONT``
-are ignored; while paused, signals other than KILL wait for the resume.
+are ignored; while paused (frozen), signals wait for the resume, KILL included.
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ class FakeRuntime:
             words = shlex.split(args[2])
             if len(words) == 2 and words[0] == "exit" and words[1].isdigit():
                 self._finish(process, int(words[1]) & 0xFF)
+        elif program == "cat" and process.stdin_closes:
+            self._finish(process, 0)  # its stdin was closed before it ran: EOF at once
         elif program == "sleep" and len(args) == 2 and args[1] != "infinity":
             assert self._tg is not None
             self._tg.start_soon(self._exit_after, process, float(args[1]))
@@ -140,7 +142,7 @@ class FakeRuntime:
     def _deliver(self, process: FakeProcess, signal: int) -> None:
         if signal in _IGNORED:
             return
-        if process.status == "paused" and signal != _signal.SIGKILL:
+        if process.status == "paused":
             process.pending_signals.append(signal)
             return
         self._finish(process, 128 + signal)
