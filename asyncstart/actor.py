@@ -371,6 +371,9 @@ class ContainerActor:
     async def _run_step(self, step: Step, ctx: StartContext) -> None:
         clock = self.services.clock
         began = clock.now()
+        log.debug(
+            "phase.started", container_id=self.id, phase=step.name, state=self.lifecycle.state.value
+        )
         try:
             await step.do(ctx)
         except errors.DockerError as exc:

@@ -8,6 +8,7 @@ validates requests; everything that changes a container is done by that containe
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -206,10 +207,15 @@ class Daemon:
         return container_id
 
     def _generate_name(self) -> str:
-        while True:
+        # Like dockerd: a few plain tries, then a growing numeric suffix, so the space of names
+        # never runs out however many containers there are.
+        for attempt in itertools.count():
             name = f"/{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}"
+            if attempt >= 3:
+                name += str(random.randrange(10 ** (attempt - 2)))
             if not self._index.has_name(name):
                 return name
+        raise AssertionError("unreachable")
 
     async def container_start(
         self,

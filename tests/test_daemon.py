@@ -482,3 +482,11 @@ async def test_a_caller_that_goes_away_does_not_disturb_the_operation(engine: En
     await daemon.container_start("web")
     assert engine.runtime.creates[cid] == 1
     assert (await daemon.container_inspect("web"))["State"]["Running"]
+
+
+async def test_generated_names_never_run_out(engine: Engine) -> None:
+    names = set()
+    for _ in range(600):  # more than the plain adjective_noun combinations
+        cid = await engine.daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        names.add((await engine.daemon.container_inspect(cid))["Name"])
+    assert len(names) == 600

@@ -20,7 +20,9 @@ class FakeNetwork:
         self.faults = FaultPlan()
         #: container ID -> (namespace path, address)
         self.sandboxes: dict[str, tuple[str, str]] = {}
-        self._free = (str(h) for h in list(self.subnet.hosts())[1:])
+        hosts = self.subnet.hosts()
+        next(hosts)  # the gateway's
+        self._free = (str(h) for h in hosts)
         self._released: list[str] = []
 
     def _allocate(self) -> str:

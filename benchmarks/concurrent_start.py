@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Engine overhead: concurrent starts on the fake runtime (no real process, mount or netns).
+
+Creates N containers, then starts them all with at most C in flight, and prints starts/s and
+the start-call latency percentiles. Records are persisted (fsync on by default) and info-level
+logs are written, as in production; what is measured is the engine's own cost per start.
+
+    python benchmarks/concurrent_start.py --containers 1000 --in-flight 100 --backend trio
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import anyio
+from _common import summary_ms
+
+import asyncstart
+from asyncstart.logs import configure_logging
+
+
+async def run(containers: int, in_flight: int, fsync: bool, root: str) -> tuple[float, list[float]]:
+    config = asyncstart.DaemonConfig(
+        data_root=f"{root}/data", exec_root=f"{root}/exec", runtime="fake", fsync=fsync
+    )
+    async with asyncstart.open_daemon(config) as daemon:
+        ids = [
+            await daemon.container_create(config={"Image": "busybox", "Cmd": ["sleep", "infinity"]})
+            for _ in range(containers)
+        ]
+        latencies: list[float] = []
+        limiter = anyio.CapacityLimiter(in_flight)
+
+        async def start(container_id: str) -> None:
+            async with limiter:
+                began = time.perf_counter()
+                await daemon.container_start(container_id)
+                latencies.append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for container_id in ids:
+                tg.start_soon(start, container_id)
+        elapsed = time.perf_counter() - began
+        assert daemon.statistics().running == containers
+    return elapsed, latencies
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as file:
+        return sum(1 for _ in file)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--containers", type=int, default=1000)
+    parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both")
+    parser.add_argument("--no-fsync", action="store_true", help="skip fsync of records")
+    args = parser.parse_args()
+    backends = ["asyncio", "trio"] if args.backend == "both" else [args.backend]
+    # One start at a time shows the latency of a start without queueing behind the others.
+    runs = [(args.containers, args.in_flight), (max(1, args.containers // 5), 1)]
+    with tempfile.TemporaryDirectory(prefix="asyncstart-bench-") as logs:
+        log_path = os.path.join(logs, "engine.log")
+        with open(log_path, "w") as log:
+            configure_logging("info", log)
+            for backend in backends:
+                for containers, in_flight in runs:
+                    with tempfile.TemporaryDirectory(prefix="asyncstart-bench-") as root:
+                        lines_before = _count_lines(log_path)
+                        elapsed, latencies = anyio.run(
+                            run, containers, in_flight, not args.no_fsync, root, backend=backend
+                        )
+                        log.flush()
+                        lines = _count_lines(log_path) - lines_before
+                    print(
+                        f"concurrent_start backend={backend} containers={containers} "
+                        f"in_flight={in_flight} fsync={not args.no_fsync} log_lines={lines}: "
+                        f"{containers / elapsed:.0f} starts/s, latency {summary_ms(latencies)}"
+                    )
+
+
+if __name__ == "__main__":
+    main()
