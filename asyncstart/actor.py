@@ -617,26 +617,26 @@ class ContainerActor:
             raise errors.Conflict(f"container {self.id} is already paused")
         if state is not State.RUNNING:
             raise errors.Conflict(f"container {self.id} is not running")
-        try:
-            await self.services.runtime.pause(self.id)
-        except RuntimeFailure as exc:
-            raise errors.SystemError(f"cannot pause container {self.id}: {exc.message}") from exc
-        self.lifecycle.handle(Event.PAUSE)
-        await self._save()
-        self.emit("pause")
+        await self._freeze(self.services.runtime.pause, Event.PAUSE, "cannot pause container")
         reply.set()
 
     async def _h_unpause(self, reply: _Reply) -> None:
         if self.lifecycle.state is not State.PAUSED:
             raise errors.SystemError(f"Container {self.id} is not paused")
-        try:
-            await self.services.runtime.resume(self.id)
-        except RuntimeFailure as exc:
-            raise errors.SystemError(f"Cannot unpause container {self.id}: {exc.message}") from exc
-        self.lifecycle.handle(Event.UNPAUSE)
-        await self._save()
-        self.emit("unpause")
+        await self._freeze(self.services.runtime.resume, Event.UNPAUSE, "Cannot unpause container")
         reply.set()
+
+    async def _freeze(
+        self, call: Callable[[str], Awaitable[None]], event: Event, failure: str
+    ) -> None:
+        """Pause or thaw the process, then move the lifecycle and announce it."""
+        try:
+            await call(self.id)
+        except RuntimeFailure as exc:
+            raise errors.SystemError(f"{failure} {self.id}: {exc.message}") from exc
+        self.lifecycle.handle(event)
+        await self._save()
+        self.emit(event.value)
 
     # -- wait and remove -------------------------------------------------------------------
 

@@ -39,6 +39,11 @@ class Engine:
     clock: FakeClock | None
     root: Path
 
+    @property
+    def fake_clock(self) -> FakeClock:
+        assert self.clock is not None, "open the engine with fake_clock=True"
+        return self.clock
+
 
 OpenEngine = Callable[..., AbstractAsyncContextManager[Engine]]
 
@@ -74,4 +79,11 @@ def open_engine(tmp_path: Path) -> OpenEngine:
 @pytest.fixture
 async def engine(open_engine: OpenEngine) -> AsyncIterator[Engine]:
     async with open_engine() as opened:
+        yield opened
+
+
+@pytest.fixture
+async def clocked(open_engine: OpenEngine) -> AsyncIterator[Engine]:
+    """An engine whose time moves only when the test advances ``engine.fake_clock``."""
+    async with open_engine(fake_clock=True) as opened:
         yield opened

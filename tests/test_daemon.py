@@ -142,20 +142,18 @@ async def test_concurrent_starts_create_once(engine: Engine) -> None:
         await daemon.container_start("web")
 
 
-async def test_many_containers_start_concurrently(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock = engine.daemon, engine.clock
-        assert clock is not None
-        engine.runtime.delays["create"] = 1.0
-        ids = [await create(daemon) for _ in range(50)]
-        async with anyio.create_task_group() as tg:
-            for cid in ids:
-                tg.start_soon(daemon.container_start, cid)
-            await anyio.wait_all_tasks_blocked()
-            assert clock.sleepers == 50, "all 50 creates are under way at once"
-            clock.advance(1.0)
-        assert engine.daemon.statistics().running == 50
-        assert len(engine.network.addresses()) == 50
+async def test_many_containers_start_concurrently(clocked: Engine) -> None:
+    daemon, clock = clocked.daemon, clocked.fake_clock
+    clocked.runtime.delays["create"] = 1.0
+    ids = [await create(daemon) for _ in range(50)]
+    async with anyio.create_task_group() as tg:
+        for cid in ids:
+            tg.start_soon(daemon.container_start, cid)
+        await anyio.wait_all_tasks_blocked()
+        assert clock.sleepers == 50, "all 50 creates are under way at once"
+        clock.advance(1.0)
+    assert clocked.daemon.statistics().running == 50
+    assert len(clocked.network.addresses()) == 50
 
 
 @pytest.mark.parametrize(
@@ -275,35 +273,33 @@ async def _started(fn, *args, task_status=anyio.TASK_STATUS_IGNORED):  # type: i
     await fn(*args)
 
 
-async def test_stop_sends_term_then_kill(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock = engine.daemon, engine.clock
-        assert clock is not None
-        cid = await create(daemon, "web")
-        await daemon.container_start("web")
-        async with daemon.subscribe_events() as events:
-            await daemon.container_stop("web")
-            assert actions(events) == ["kill", "die", "stop"]
-        assert (await daemon.container_inspect("web"))["State"]["ExitCode"] == 143
+async def test_stop_sends_term_then_kill(clocked: Engine) -> None:
+    daemon, clock = clocked.daemon, clocked.fake_clock
+    cid = await create(daemon, "web")
+    await daemon.container_start("web")
+    async with daemon.subscribe_events() as events:
+        await daemon.container_stop("web")
+        assert actions(events) == ["kill", "die", "stop"]
+    assert (await daemon.container_inspect("web"))["State"]["ExitCode"] == 143
 
-        # A process that ignores TERM (here: a stop signal it ignores) is killed at the timeout.
-        cid = await daemon.container_create(
-            name="stubborn",
-            config={"Image": "busybox", "Cmd": ["sleep", "infinity"], "StopSignal": "SIGWINCH"},
-        )
-        await daemon.container_start("stubborn")
-        async with daemon.subscribe_events() as events, anyio.create_task_group() as tg:
-            tg.start_soon(daemon.container_stop, "stubborn", 5)
-            await next_action(events, "kill")
-            clock.advance(4.9)
-            await anyio.wait_all_tasks_blocked()
-            assert cid in engine.runtime.live()
-            clock.advance(0.1)
-            kill = await next_action(events, "kill")
-            assert kill["Actor"]["Attributes"]["signal"] == "9"
-        assert (await daemon.container_inspect("stubborn"))["State"]["ExitCode"] == 137
-        with pytest.raises(errors.NotModified, match="^container is already stopped$"):
-            await daemon.container_stop("stubborn")
+    # A process that ignores TERM (here: a stop signal it ignores) is killed at the timeout.
+    cid = await daemon.container_create(
+        name="stubborn",
+        config={"Image": "busybox", "Cmd": ["sleep", "infinity"], "StopSignal": "SIGWINCH"},
+    )
+    await daemon.container_start("stubborn")
+    async with daemon.subscribe_events() as events, anyio.create_task_group() as tg:
+        tg.start_soon(daemon.container_stop, "stubborn", 5)
+        await next_action(events, "kill")
+        clock.advance(4.9)
+        await anyio.wait_all_tasks_blocked()
+        assert cid in clocked.runtime.live()
+        clock.advance(0.1)
+        kill = await next_action(events, "kill")
+        assert kill["Actor"]["Attributes"]["signal"] == "9"
+    assert (await daemon.container_inspect("stubborn"))["State"]["ExitCode"] == 137
+    with pytest.raises(errors.NotModified, match="^container is already stopped$"):
+        await daemon.container_stop("stubborn")
 
 
 async def test_kill(engine: Engine) -> None:

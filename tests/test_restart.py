@@ -9,7 +9,7 @@ from asyncstart import errors
 from asyncstart.config import RestartPolicy
 from asyncstart.restart import RestartManager
 
-from .conftest import OpenEngine
+from .conftest import Engine
 from .helpers import create, next_action
 
 pytestmark = pytest.mark.anyio
@@ -50,126 +50,111 @@ def test_on_failure_counts_and_cancel_is_final() -> None:
     assert manager.should_restart(1, manually_stopped=False, ran_for=0) is None
 
 
-async def test_always_restarts_with_backoff(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock, runtime = engine.daemon, engine.clock, engine.runtime
-        assert clock is not None
-        cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
-        async with daemon.subscribe_events() as events:
-            await daemon.container_start("web")
-            for delay, count in ((0.1, 1), (0.2, 2), (0.4, 3)):
-                runtime.exit(cid, 1)
-                await next_action(events, "die")
-                state = (await daemon.container_inspect("web"))["State"]
-                assert state["Status"] == "restarting" and state["Restarting"] and state["Running"]
-                assert not engine.mounter.mounted(cid), "resources are released between runs"
-                clock.advance(delay - 0.01)
-                clock.advance(0.01)
-                await next_action(events, "start")
-                info = await daemon.container_inspect("web")
-                assert info["RestartCount"] == count and info["State"]["Status"] == "running"
-            # A run of ten seconds resets the backoff.
-            clock.advance(10)
+async def test_always_restarts_with_backoff(clocked: Engine) -> None:
+    daemon, clock, runtime = clocked.daemon, clocked.fake_clock, clocked.runtime
+    cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
+    async with daemon.subscribe_events() as events:
+        await daemon.container_start("web")
+        for delay, count in ((0.1, 1), (0.2, 2), (0.4, 3)):
             runtime.exit(cid, 1)
             await next_action(events, "die")
-            clock.advance(0.1)
+            state = (await daemon.container_inspect("web"))["State"]
+            assert state["Status"] == "restarting" and state["Restarting"] and state["Running"]
+            assert not clocked.mounter.mounted(cid), "resources are released between runs"
+            clock.advance(delay - 0.01)
+            clock.advance(0.01)
             await next_action(events, "start")
-        assert runtime.creates[cid] == 5
+            info = await daemon.container_inspect("web")
+            assert info["RestartCount"] == count and info["State"]["Status"] == "running"
+        # A run of ten seconds resets the backoff.
+        clock.advance(10)
+        runtime.exit(cid, 1)
+        await next_action(events, "die")
+        clock.advance(0.1)
+        await next_action(events, "start")
+    assert runtime.creates[cid] == 5
 
 
-async def test_user_stop_cancels_a_pending_restart(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock = engine.daemon, engine.clock
-        assert clock is not None
-        cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
-        async with daemon.subscribe_events() as events:
-            await daemon.container_start("web")
-            engine.runtime.exit(cid, 2)
-            await next_action(events, "die")
-            await daemon.container_stop("web")
-            await next_action(events, "stop")
-            clock.advance(120)
-        state = (await daemon.container_inspect("web"))["State"]
-        assert (state["Status"], state["ExitCode"]) == ("exited", 2)
-        assert engine.runtime.creates[cid] == 1
-
-
-async def test_stop_of_an_always_container_does_not_restart_it(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock = engine.daemon, engine.clock
-        assert clock is not None
-        cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
+async def test_user_stop_cancels_a_pending_restart(clocked: Engine) -> None:
+    daemon, clock = clocked.daemon, clocked.fake_clock
+    cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
+    async with daemon.subscribe_events() as events:
         await daemon.container_start("web")
+        clocked.runtime.exit(cid, 2)
+        await next_action(events, "die")
         await daemon.container_stop("web")
+        await next_action(events, "stop")
         clock.advance(120)
-        assert (await daemon.container_inspect("web"))["State"]["Status"] == "exited"
-        # A user start resets the manager: the policy applies again.
-        async with daemon.subscribe_events() as events:
-            await daemon.container_start("web")
-            engine.runtime.exit(cid, 0)
+    state = (await daemon.container_inspect("web"))["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 2)
+    assert clocked.runtime.creates[cid] == 1
+
+
+async def test_stop_of_an_always_container_does_not_restart_it(clocked: Engine) -> None:
+    daemon, clock = clocked.daemon, clocked.fake_clock
+    cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
+    await daemon.container_start("web")
+    await daemon.container_stop("web")
+    clock.advance(120)
+    assert (await daemon.container_inspect("web"))["State"]["Status"] == "exited"
+    # A user start resets the manager: the policy applies again.
+    async with daemon.subscribe_events() as events:
+        await daemon.container_start("web")
+        clocked.runtime.exit(cid, 0)
+        await next_action(events, "die")
+        assert (await daemon.container_inspect("web"))["State"]["Status"] == "restarting"
+        clock.advance(0.1)
+        await next_action(events, "start")
+
+
+async def test_on_failure_limit_and_user_start_resets_count(clocked: Engine) -> None:
+    daemon, clock = clocked.daemon, clocked.fake_clock
+    cid = await create(daemon, "job", RestartPolicy={"Name": "on-failure", "MaximumRetryCount": 2})
+    async with daemon.subscribe_events() as events:
+        await daemon.container_start("job")
+        for delay in (0.1, 0.2):
+            clocked.runtime.exit(cid, 1)
             await next_action(events, "die")
-            assert (await daemon.container_inspect("web"))["State"]["Status"] == "restarting"
-            clock.advance(0.1)
+            clock.advance(delay)
             await next_action(events, "start")
+        clocked.runtime.exit(cid, 1)
+        await next_action(events, "die")
+        info = await daemon.container_inspect("job")
+        assert info["State"]["Status"] == "exited" and info["RestartCount"] == 2
+        await daemon.container_start("job")
+        assert (await daemon.container_inspect("job"))["RestartCount"] == 0
 
 
-async def test_on_failure_limit_and_user_start_resets_count(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock = engine.daemon, engine.clock
-        assert clock is not None
-        cid = await create(
-            daemon, "job", RestartPolicy={"Name": "on-failure", "MaximumRetryCount": 2}
-        )
-        async with daemon.subscribe_events() as events:
-            await daemon.container_start("job")
-            for delay in (0.1, 0.2):
-                engine.runtime.exit(cid, 1)
-                await next_action(events, "die")
-                clock.advance(delay)
-                await next_action(events, "start")
-            engine.runtime.exit(cid, 1)
-            await next_action(events, "die")
-            info = await daemon.container_inspect("job")
-            assert info["State"]["Status"] == "exited" and info["RestartCount"] == 2
-            await daemon.container_start("job")
-            assert (await daemon.container_inspect("job"))["RestartCount"] == 0
+async def test_failed_restart_keeps_the_exit_code_and_records_the_error(clocked: Engine) -> None:
+    daemon, clock = clocked.daemon, clocked.fake_clock
+    cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
+    async with daemon.subscribe_events() as events:
+        await daemon.container_start("web")
+        clocked.mounter.faults.inject("mount", "overlay went away")
+        clocked.runtime.exit(cid, 5)
+        await next_action(events, "die")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.container_wait, "web")  # returns when the restart gives up
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(0.1)
+    state = (await daemon.container_inspect("web"))["State"]
+    assert (state["Status"], state["ExitCode"], state["Error"]) == (
+        "exited",
+        5,
+        "overlay went away",
+    )
+    assert not clocked.mounter.mounted(cid)
 
 
-async def test_failed_restart_keeps_the_exit_code_and_records_the_error(
-    open_engine: OpenEngine,
-) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock = engine.daemon, engine.clock
-        assert clock is not None
-        cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
-        async with daemon.subscribe_events() as events:
-            await daemon.container_start("web")
-            engine.mounter.faults.inject("mount", "overlay went away")
-            engine.runtime.exit(cid, 5)
-            await next_action(events, "die")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(daemon.container_wait, "web")  # returns when the restart gives up
-            await anyio.wait_all_tasks_blocked()
-            clock.advance(0.1)
-        state = (await daemon.container_inspect("web"))["State"]
-        assert (state["Status"], state["ExitCode"], state["Error"]) == (
-            "exited",
-            5,
-            "overlay went away",
-        )
-        assert not engine.mounter.mounted(cid)
-
-
-async def test_remove_force_cancels_a_pending_restart(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon = engine.daemon
-        cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
-        async with daemon.subscribe_events() as events:
-            await daemon.container_start("web")
-            engine.runtime.exit(cid, 1)
-            await next_action(events, "die")
-        with pytest.raises(errors.Conflict, match="container is restarting"):
-            await daemon.container_remove("web")
-        await daemon.container_remove("web", force=True)
-        with pytest.raises(errors.NotFound):
-            await daemon.container_inspect(cid)
+async def test_remove_force_cancels_a_pending_restart(clocked: Engine) -> None:
+    daemon = clocked.daemon
+    cid = await create(daemon, "web", RestartPolicy={"Name": "always"})
+    async with daemon.subscribe_events() as events:
+        await daemon.container_start("web")
+        clocked.runtime.exit(cid, 1)
+        await next_action(events, "die")
+    with pytest.raises(errors.Conflict, match="container is restarting"):
+        await daemon.container_remove("web")
+    await daemon.container_remove("web", force=True)
+    with pytest.raises(errors.NotFound):
+        await daemon.container_inspect(cid)

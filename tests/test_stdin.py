@@ -10,7 +10,7 @@ import pytest
 from asyncstart import errors
 from asyncstart.stdin import StdinCloser, StdinState
 
-from .conftest import OpenEngine
+from .conftest import Engine, OpenEngine
 from .helpers import next_action
 
 pytestmark = pytest.mark.anyio
@@ -73,23 +73,21 @@ async def test_close_before_start_closes_once_the_process_is_ready(open_engine: 
         assert engine.runtime.creates[cid] == 1
 
 
-async def test_close_while_the_create_is_under_way(open_engine: OpenEngine) -> None:
-    async with open_engine(fake_clock=True) as engine:
-        daemon, clock = engine.daemon, engine.clock
-        assert clock is not None
-        engine.runtime.delays["create"] = 1.0
-        cid = await _cat(daemon, "cat")
-        async with daemon.subscribe_events() as events, anyio.create_task_group() as tg:
-            tg.start_soon(daemon.container_start, "cat")
-            await anyio.wait_all_tasks_blocked()
-            assert clock.sleepers == 1  # the create is in flight
-            with anyio.fail_after(5):  # the close returns at once (no clock moves meanwhile)
-                await daemon.container_close_stdin("cat")
-                await daemon.container_close_stdin("cat")
-            clock.advance(1.0)
-            die = await next_action(events, "die")
-        assert die["Actor"]["Attributes"]["exitCode"] == "0"
-        assert engine.runtime.exits[cid].exit_code == 0
+async def test_close_while_the_create_is_under_way(clocked: Engine) -> None:
+    daemon, clock = clocked.daemon, clocked.fake_clock
+    clocked.runtime.delays["create"] = 1.0
+    cid = await _cat(daemon, "cat")
+    async with daemon.subscribe_events() as events, anyio.create_task_group() as tg:
+        tg.start_soon(daemon.container_start, "cat")
+        await anyio.wait_all_tasks_blocked()
+        assert clock.sleepers == 1  # the create is in flight
+        with anyio.fail_after(5):  # the close returns at once (no clock moves meanwhile)
+            await daemon.container_close_stdin("cat")
+            await daemon.container_close_stdin("cat")
+        clock.advance(1.0)
+        die = await next_action(events, "die")
+    assert die["Actor"]["Attributes"]["exitCode"] == "0"
+    assert clocked.runtime.exits[cid].exit_code == 0
 
 
 async def test_close_after_running(open_engine: OpenEngine) -> None:
