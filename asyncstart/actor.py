@@ -58,7 +58,8 @@ class ActorServices:
 
     runtime: Runtime
     mounter: MountDriver
-    steps: Sequence[Step]
+    #: The start saga: each step with the lifecycle state it runs in.
+    saga: Sequence[tuple[State, Step]]
     records: RecordStore
     bus: EventBus
     clock: Clock
@@ -154,8 +155,9 @@ class ContainerActor:
         if self.lifecycle.state in PROCESS_STATES:
             # Reopened on a live process: all a start does is held, and undone at its exit.
             self._ctx = StartContext(record, pid=record.pid, network=record.network_settings)
-            self._done = list(services.steps)
+            self._done = [step for _, step in services.saga]
             self._started_at = services.clock.now()
+            self._stdin.ready()
 
     @property
     def id(self) -> str:
@@ -165,6 +167,9 @@ class ContainerActor:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The actor's task: handle messages until the container is removed."""
+        if self.lifecycle.state is State.RESTARTING:
+            # Reopened while a restart was pending: its timer died with the old daemon.
+            self._arm("restart", self._restart.should_restart_again())
         task_status.started()
         async with self._receive:
             async for message in self._receive:
@@ -173,23 +178,37 @@ class ContainerActor:
                     await self._dispatch(self._deferred.popleft())
                 if self.lifecycle.state is State.REMOVED:
                     break
-        for call in self._deferred:
-            call.reply.fail(errors.NotFound(f"No such container: {self.id}"))
+            # Removed: whatever is still queued gets an answer, never silence.
+            gone = errors.NotFound(f"No such container: {self.id}")
+            while True:
+                try:
+                    message = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                if isinstance(message, _Call):
+                    self._deferred.append(message)
+            for call in self._deferred:
+                if call.handler == self._h_wait and call.args == ("removed",):
+                    call.reply.set(self._wait_result())
+                else:
+                    call.reply.fail(gone)
+            self._deferred.clear()
 
     async def _dispatch(self, message: _Message) -> None:
-        if isinstance(message, _RuntimeReport):
-            await self._on_report(message.info)
-        elif isinstance(message, _TimerFired):
-            if self._timers.get(message.kind) is message.scope:
-                del self._timers[message.kind]
-                await self._on_timer(message.kind)
+        if not isinstance(message, _Call):
+            # Nobody waits on a report or a timer: a failure is logged, and the actor goes on.
+            try:
+                if isinstance(message, _RuntimeReport):
+                    await self._on_report(message.info)
+                elif self._timers.get(message.kind) is message.scope:
+                    del self._timers[message.kind]
+                    await self._on_timer(message.kind)
+            except Exception:
+                log.exception("actor.event_failed", container_id=self.id, message=repr(message))
         elif self.lifecycle.state is State.REMOVED:
             message.reply.fail(errors.NotFound(f"No such container: {self.id}"))
-        elif self.lifecycle.state is State.SPEC_READY and message.handler not in (
-            self._h_start,
-            self._h_wait,
-        ):
-            self._deferred.append(message)
+        elif self.lifecycle.state is State.SPEC_READY and message.handler != self._h_start:
+            self._deferred.append(message)  # as dockerd's lock: after the start is decided
         else:
             try:
                 await message.handler(message.reply, *message.args)
@@ -242,6 +261,10 @@ class ContainerActor:
         result: dict[str, Any] = await self._call(self._h_wait, condition)
         return result
 
+    async def process_lost(self) -> None:
+        """The process died while no daemon watched it (found on reopen); its code is lost."""
+        await self._call(self._h_process_lost)
+
     async def close_stdin(self) -> None:
         """Close the process's stdin now, or as soon as it is ready; never waits for it."""
         if self._stdin.request():
@@ -284,6 +307,13 @@ class ContainerActor:
             persisted = state.value
         self.record.state = persisted
         await self.services.records.save(self.record)
+
+    async def _save_quietly(self) -> None:
+        """Save where no caller can be told of a failure (runtime reports, timers)."""
+        try:
+            await self._save()
+        except errors.DockerError as exc:
+            log.error("container.save_failed", container_id=self.id, error=exc.message)
 
     def _arm(self, kind: str, delay: float) -> None:
         self._disarm(kind)
@@ -352,13 +382,17 @@ class ContainerActor:
         self._ctx = ctx
         done: list[Step] = []
         try:
-            for step in self.services.steps:
-                while self.lifecycle.state is not step.phase:
+            for phase, step in self.services.saga:
+                while self.lifecycle.state is not phase:
                     self.lifecycle.handle(_PHASE_DONE[self.lifecycle.state])
                 await self._run_step(step, ctx)
                 done.append(step)
         except errors.DockerError as exc:
             await self._abort_start(ctx, done, exc)
+        except Exception as exc:
+            # A driver let a foreign error through: still a failed start, never a wedged actor.
+            log.exception("phase.untranslated_error", container_id=self.id)
+            await self._abort_start(ctx, done, errors.SystemError(f"{type(exc).__name__}: {exc}"))
         except BaseException:
             # Cancelled (the daemon is closing): still give back what was taken.
             with anyio.CancelScope(shield=True):
@@ -388,7 +422,8 @@ class ContainerActor:
             )
             raise
         duration = clock.now() - began
-        ctx.durations[step.phase.value] = ctx.durations.get(step.phase.value, 0.0) + duration
+        phase = self.lifecycle.state.value
+        ctx.durations[phase] = ctx.durations.get(phase, 0.0) + duration
         log.debug(
             "phase.complete",
             container_id=self.id,
@@ -419,10 +454,13 @@ class ContainerActor:
         record = self.record
         record.error = exc.message
         record.pid = 0
-        if not after_restart:
-            # A failed policy restart keeps the exit code of the run that ended (dockerd).
-            record.exit_code = ctx.exit_code or EXIT_UNKNOWN
-        await self._save()
+        if ctx.exit_code:
+            record.exit_code = ctx.exit_code
+        elif record.exit_code == 0 and not after_restart:
+            # dockerd's default for a start that failed; a failed policy restart keeps the
+            # exit code of the run that ended, and so does any earlier non-zero one.
+            record.exit_code = EXIT_UNKNOWN
+        await self._save_quietly()
         for waiter in self._start_waiters:
             waiter.fail(exc)
         self._start_waiters.clear()
@@ -444,6 +482,10 @@ class ContainerActor:
         elif info.state == "exit":
             if state in PROCESS_STATES and info.pid == self.record.pid:
                 await self._on_exited(info)
+            elif state is State.SPEC_READY and self._ctx is not None and info.pid == self._ctx.pid:
+                # The start report was lost or overtaken: the process did start, then ended.
+                await self._on_started(StateInfo("start", pid=info.pid, at=info.at))
+                await self._on_exited(info)
             else:
                 log.debug("runtime.duplicate_exit", container_id=self.id, pid=info.pid)
         elif info.state == "oom":
@@ -463,7 +505,7 @@ class ContainerActor:
         record.oom_killed = False
         record.has_been_started_before = True
         record.network_settings = ctx.network or {}
-        await self._save()
+        await self._save_quietly()
         self.emit("start")
         self._resolve(self._start_waiters)
         log.info(
@@ -493,7 +535,7 @@ class ContainerActor:
             record.restart_count += 1
             # Armed before the die event is published: whoever sees the event sees the timer.
             self._arm("restart", delay)
-        await self._save()
+        await self._save_quietly()
         self.emit("die", exitCode=str(info.exit_code), execDuration=str(int(ran_for)))
         result = self._wait_result()
         if self._stop_waiters:
@@ -513,6 +555,13 @@ class ContainerActor:
         if removal_due or (delay is None and record.host_config.auto_remove):
             await self._remove_now()
 
+    async def _h_process_lost(self, reply: _Reply) -> None:
+        if self.lifecycle.state in PROCESS_STATES:
+            # Taken as an exit, so that what its start took is given back as at any exit.
+            lost = StateInfo("exit", pid=self.record.pid, exit_code=255, at=time.time())
+            await self._on_exited(lost)
+        reply.set()
+
     # -- timers -----------------------------------------------------------------------------
 
     async def _on_timer(self, kind: str) -> None:
@@ -521,7 +570,13 @@ class ContainerActor:
             log.info("container.restarting", container_id=self.id, count=self.record.restart_count)
             await self._start_saga(StartContext(self.record))
         elif kind == "stop-timeout" and self.lifecycle.state is State.STOPPING:
-            await self._signal(_signal.SIGKILL, resume=False)
+            try:
+                await self._signal(_signal.SIGKILL, resume=False)
+            except errors.SystemError as exc:
+                error = errors.SystemError(f"cannot stop container: {self.id}: {exc.message}")
+                for reply in self._stop_waiters:
+                    reply.fail(error)
+                self._stop_waiters.clear()
 
     def _cancel_restart(self) -> None:
         """A stop, kill or remove while a restart is pending: it will not happen."""
@@ -529,6 +584,8 @@ class ContainerActor:
         self._disarm("restart")
         self.lifecycle.handle(Event.CANCEL_RESTART)
         self.record.has_been_manually_stopped = True
+        # dockerd's SetStopped: those waiting for the container to stop are answered.
+        self._resolve(self._exit_waiters, self._wait_result())
 
     # -- stop, kill, pause -----------------------------------------------------------------
 
@@ -573,15 +630,14 @@ class ContainerActor:
         if state not in PROCESS_STATES:
             raise errors.NotModified("container is already stopped")
         self._stop_waiters.append(reply)
-        if state is State.STOPPING:
-            return
         config = self.record.config
         if timeout is None:
             timeout = config.stop_timeout
         if timeout is None:
             timeout = self.services.stop_timeout
         stop_signal = parse_signal(config.stop_signal or None, default=_signal.SIGTERM)
-        self.lifecycle.handle(Event.STOP)
+        if state is not State.STOPPING:  # a second stop signals again, as dockerd's does
+            self.lifecycle.handle(Event.STOP)
         try:
             await self._signal(stop_signal, resume=state is State.PAUSED)
         except errors.SystemError:
@@ -667,9 +723,13 @@ class ContainerActor:
             if state is State.RESTARTING:
                 self._cancel_restart()
             else:
-                self._removals.append(reply)  # answered once the process has exited
-                with contextlib.suppress(errors.SystemError):  # already dying: fine
+                try:
                     await self._signal(_signal.SIGKILL, resume=state is State.PAUSED)
+                except errors.SystemError as exc:
+                    raise errors.SystemError(
+                        f'cannot remove container "{name}": could not kill: {exc.message}'
+                    ) from exc
+                self._removals.append(reply)  # answered once the process has exited
                 return
         self._removals.append(reply)
         await self._remove_now()

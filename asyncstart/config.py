@@ -146,9 +146,7 @@ _RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 def validate_host_config(host_config: HostConfig) -> None:
     """dockerd's ``verifyContainerSettings`` for what this engine supports: 400 on violation."""
     policy = host_config.restart_policy
-    if policy.name == "":
-        policy.name = "no"
-    if policy.name not in _RESTART_POLICIES:
+    if policy.name not in ("", *_RESTART_POLICIES):
         raise errors.InvalidParameter(
             f"invalid restart policy: unknown policy '{policy.name}'; "
             "use one of 'no', 'always', 'on-failure', or 'unless-stopped'"
@@ -158,12 +156,12 @@ def validate_host_config(host_config: HostConfig) -> None:
         raise errors.InvalidParameter(
             "invalid restart policy: maximum retry count cannot be negative"
         )
-    if policy.name != "on-failure" and count != 0:
+    if policy.name not in ("", "on-failure") and count != 0:
         message = "invalid restart policy: maximum retry count can only be used with 'on-failure'"
         if count < 0:
             message += " and cannot be negative"
         raise errors.InvalidParameter(message)
-    if host_config.auto_remove and policy.name != "no":
+    if host_config.auto_remove and policy.name not in ("", "no"):
         raise errors.InvalidParameter("can't create 'AutoRemove' container with restart policy")
     if host_config.memory < 0 or host_config.nano_cpus < 0 or host_config.cpu_shares < 0:
         raise errors.InvalidParameter("invalid resources: values cannot be negative")

@@ -35,7 +35,7 @@ from .config import (
 )
 from .events import EventBus
 from .images import FakeMounter, MountDriver
-from .lifecycle import PROCESS_STATES
+from .lifecycle import PROCESS_STATES, State
 from .network import FakeNetwork, NetworkDriver
 from .runtime import FakeRuntime, Runtime, StateInfo
 from .signals import parse_signal
@@ -100,16 +100,17 @@ class Daemon:
         self.records = RecordStore(self.data_root / "containers", fsync=config.fsync)
         self._index = ContainerIndex()
         self._actors: dict[str, ContainerActor] = {}
-        steps: Sequence[Step] = (
-            MountStep(mounter),
-            NetworkStep(network),
-            SpecStep(cgroup_parent=config.cgroup_parent),
-            RuntimeStep(runtime, self.exec_root),
+        # The start saga: each step with the lifecycle state it runs in.
+        saga: Sequence[tuple[State, Step]] = (
+            (State.MOUNTING, MountStep(mounter)),
+            (State.NETWORKING, NetworkStep(network)),
+            (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent)),
+            (State.SPEC_READY, RuntimeStep(runtime, self.exec_root)),
         )
         self._services = ActorServices(
             runtime=runtime,
             mounter=mounter,
-            steps=steps,
+            saga=saga,
             records=self.records,
             bus=self.events,
             clock=clock,
@@ -142,18 +143,11 @@ class Daemon:
     async def _restore(self) -> None:
         for record in await self.records.load_all():
             self._index.add(record.id, record.name)
-            if record.state in ("running", "paused"):
+            actor = await self._adopt(record)
+            if actor.lifecycle.state in PROCESS_STATES:
                 live = await self.runtime.state(record.id)
                 if live is None:
-                    # The process died with the old daemon; its exit code is unknown.
-                    record.state = "exited"
-                    record.pid = 0
-                    record.exit_code = 255
-                    record.finished_at = format_time(time.time())
-                    await self.records.save(record)
-            elif record.state == "restarting":
-                record.state = "exited"  # the pending restart's timer died with the daemon
-            await self._adopt(record)
+                    await actor.process_lost()
 
     def _actor(self, reference: str) -> ContainerActor:
         container_id = self._index.resolve(reference)

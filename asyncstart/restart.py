@@ -63,6 +63,10 @@ class RestartManager:
         self.restart_count += 1
         return self.delay
 
+    def should_restart_again(self) -> float:
+        """The delay for a restart that was pending when the daemon stopped."""
+        return self.delay or BACKOFF_START
+
     def cancel(self) -> None:
         """No restart from now on (a user stop or kill); only a user start undoes it."""
         self.cancelled = True

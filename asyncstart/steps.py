@@ -17,7 +17,6 @@ import anyio
 
 from . import errors
 from .images import MountDriver
-from .lifecycle import State
 from .network import NetworkDriver
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
@@ -49,8 +48,6 @@ class StartContext:
 class Step(Protocol):
     #: Short name for logs ("mount", "network", ...).
     name: str
-    #: The lifecycle state the step runs in.
-    phase: State
 
     async def do(self, ctx: StartContext) -> None: ...
 
@@ -59,7 +56,6 @@ class Step(Protocol):
 
 class MountStep:
     name = "mount"
-    phase = State.MOUNTING
 
     def __init__(self, mounter: MountDriver) -> None:
         self.mounter = mounter
@@ -74,7 +70,6 @@ class MountStep:
 
 class NetworkStep:
     name = "network"
-    phase = State.NETWORKING
 
     def __init__(self, network: NetworkDriver) -> None:
         self.network = network
@@ -99,7 +94,6 @@ class SpecStep:
     """Builds the OCI spec (pure) from the record and what the earlier steps produced."""
 
     name = "spec"
-    phase = State.SPEC_READY
 
     def __init__(self, *, cgroup_parent: str = "asyncstart") -> None:
         self.cgroup_parent = cgroup_parent
@@ -127,7 +121,6 @@ class RuntimeStep:
     """Has the runtime create the process, closes stdin if that was asked for, and starts it."""
 
     name = "create"
-    phase = State.SPEC_READY
 
     def __init__(self, runtime: Runtime, bundles: Path) -> None:
         self.runtime = runtime

@@ -142,7 +142,10 @@ class EngineMachine(RuleBasedStateMachine):
             driver, phase, message, code, error = FAULTS[fault]
             getattr(self, driver).faults.inject(phase, message, container_id=model.id)
             assert message in self.expect_error(error, self.daemon.container_start, name)
-            model.exit_code = code
+            # A runtime error always sets its code (dockerd's setExitCodeFromError); any other
+            # failed start sets 128 only over a clean previous exit.
+            if driver == "runtime" or model.exit_code == 0:
+                model.exit_code = code
         else:
             self.call(self.daemon.container_start, name)
             model.status, model.exit_code, model.cancelled = "running", 0, False
@@ -238,6 +241,15 @@ class EngineMachine(RuleBasedStateMachine):
             self.expect_error(errors.NotFound, self.daemon.container_close_stdin, name)
         else:
             self.call(self.daemon.container_close_stdin, name)
+
+    @rule(name=names)
+    def wait_not_running(self, name: str) -> None:
+        model = self.model[name]
+        if model.status == "removed":
+            self.expect_error(errors.NotFound, self.daemon.container_wait, name)
+        elif model.status not in (*LIVE, "restarting"):
+            result = self.call(self.daemon.container_wait, name)
+            assert result["StatusCode"] == model.exit_code
 
     @rule(name=consumes(names), force=st.booleans(), fail=st.booleans())
     def remove(self, name: str, force: bool, fail: bool) -> None:
