@@ -43,6 +43,7 @@ class FakeClock:
         self._now = start
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._order = itertools.count()
+        self._armed = anyio.Event()
 
     def now(self) -> float:
         return self._now
@@ -53,6 +54,8 @@ class FakeClock:
             return
         event = anyio.Event()
         heapq.heappush(self._sleepers, (deadline, next(self._order), event))
+        self._armed.set()
+        self._armed = anyio.Event()
         await event.wait()
 
     def advance(self, seconds: float) -> None:
@@ -62,6 +65,11 @@ class FakeClock:
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:
             heapq.heappop(self._sleepers)[2].set()
+
+    async def wait_sleepers(self, count: int) -> None:
+        """Return once at least ``count`` timers are armed (a test's cue to advance)."""
+        while len(self._sleepers) < count:
+            await self._armed.wait()
 
     @property
     def sleepers(self) -> int:

@@ -40,7 +40,7 @@ async def test_requests_queued_behind_a_remove_are_answered(clocked: Engine) -> 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(ask, "rm", daemon.container_remove("web"))
-        await anyio.wait_all_tasks_blocked()  # the remove waits in the runtime's delete
+        await clocked.fake_clock.wait_sleepers(1)  # the remove waits in the runtime's delete
         tg.start_soon(ask, "wait", daemon.container_wait("web", "removed"))
         tg.start_soon(ask, "stop", daemon.container_stop("web"))
         await anyio.wait_all_tasks_blocked()
@@ -130,7 +130,7 @@ async def test_a_wait_sent_during_a_start_waits_for_the_exit(clocked: Engine) ->
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.container_start, "web")
-        await anyio.wait_all_tasks_blocked()
+        await clocked.fake_clock.wait_sleepers(1)  # the create is under way
         tg.start_soon(wait)
         await anyio.wait_all_tasks_blocked()
         clocked.fake_clock.advance(1.0)
