@@ -103,12 +103,14 @@ class SpecStep:
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
         sandbox = (ctx.network or {}).get("SandboxKey", "")
+        # host: no namespace of its own; "" : a new one (loopback only); else join that path.
+        netns = None if record.host_config.network_mode == "host" else sandbox
         ctx.spec = build_spec(
             record.id,
             record.config,
             record.host_config,
             rootfs=ctx.rootfs or "",
-            netns=sandbox or None,
+            netns=netns,
             host_hard_limits=self.host_hard_limits,
             cgroup_parent=self.cgroup_parent,
         )
@@ -122,14 +124,17 @@ class RuntimeStep:
 
     name = "create"
 
-    def __init__(self, runtime: Runtime, bundles: Path) -> None:
+    def __init__(self, runtime: Runtime, bundles: Path, logs: Path | None = None) -> None:
         self.runtime = runtime
         self.bundles = bundles
+        #: ``logs/<id>/<id>-json.log`` is the container's json-file log.
+        self.logs = logs
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
         bundle = Bundle(self.bundles / record.id, ctx.spec or {})
-        stdio = Stdio(open_stdin=record.config.open_stdin, tty=record.config.tty)
+        log_path = str(self.logs / record.id / f"{record.id}-json.log") if self.logs else None
+        stdio = Stdio(open_stdin=record.config.open_stdin, tty=record.config.tty, log_path=log_path)
         try:
             ctx.pid = await self.runtime.create(
                 record.id,

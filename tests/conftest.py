@@ -66,7 +66,11 @@ def open_engine(tmp_path: Path) -> OpenEngine:
         mounter = mounter or FakeMounter()
         network = network or FakeNetwork()
         daemon_config = asyncstart.DaemonConfig(
-            data_root=tmp_path / "data", exec_root=tmp_path / "exec", fsync=False, **config
+            data_root=tmp_path / "data",
+            exec_root=tmp_path / "exec",
+            runtime="fake",
+            fsync=False,
+            **config,
         )
         async with asyncstart.open_daemon(
             daemon_config, runtime=runtime, mounter=mounter, network=network, clock=clock

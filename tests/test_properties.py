@@ -67,7 +67,10 @@ class EngineMachine(RuleBasedStateMachine):
         self.mounter = FakeMounter()
         self.network = FakeNetwork()
         config = asyncstart.DaemonConfig(
-            data_root=f"{self.root}/data", exec_root=f"{self.root}/exec", fsync=False
+            data_root=f"{self.root}/data",
+            exec_root=f"{self.root}/exec",
+            runtime="fake",
+            fsync=False,
         )
         self._daemon_cm = self.portal.wrap_async_context_manager(
             asyncstart.open_daemon(

@@ -50,6 +50,8 @@ class Stdio:
 
     open_stdin: bool = False
     tty: bool = False
+    #: Where the runtime writes stdout/stderr, in dockerd's json-file format (None: discard).
+    log_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,99 @@
+"""Overlay root filesystems: the image's layers read-only, the container's upper and work dirs.
+
+Created with the container, mounted on start (reference counted, dockerd's
+``conditionalMountOnStart``), unmounted on exit, stop and failed start, deleted on remove.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import os
+import shutil
+from pathlib import Path
+
+import anyio
+
+from .. import errors
+from .store import ImageStore
+
+__all__ = ["OverlayMounter"]
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_MNT_DETACH = 2
+
+
+def _mount(lower: str, upper: str, work: str, target: str) -> None:
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+    if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options) != 0:
+        code = ctypes.get_errno()
+        raise errors.SystemError(f"error mounting overlay on {target}: {os.strerror(code)}")
+
+
+def _umount(target: str) -> None:
+    if _libc.umount2(target.encode(), 0) != 0:
+        code = ctypes.get_errno()
+        if code == 22:  # EINVAL: not mounted
+            return
+        # Busy (a process still has it open): detach now, the kernel frees it when unused.
+        if _libc.umount2(target.encode(), _MNT_DETACH) != 0:
+            raise errors.SystemError(f"error unmounting {target}: {os.strerror(code)}")
+
+
+class OverlayMounter:
+    """Per container: ``root/<id>/{upper,work,merged}`` and a ``lower`` file naming the layers."""
+
+    def __init__(self, root: Path, images: ImageStore) -> None:
+        self.root = root
+        self.images = images
+        self.refs: collections.Counter[str] = collections.Counter()
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _dir(self, container_id: str) -> Path:
+        return self.root / container_id
+
+    async def create(self, container_id: str, image: str) -> None:
+        layers = self.images.layer_paths(self.images.resolve(image))
+        directory = self._dir(container_id)
+
+        def make() -> None:
+            for sub in ("upper", "work", "merged"):
+                (directory / sub).mkdir(parents=True, exist_ok=True)
+            # overlayfs lists the top layer first.
+            (directory / "lower").write_text(":".join(str(p) for p in reversed(layers)))
+
+        await anyio.to_thread.run_sync(make)
+
+    async def mount(self, container_id: str) -> str:
+        directory = self._dir(container_id)
+        merged = str(directory / "merged")
+        if self.refs[container_id] == 0:
+            try:
+                lower = (directory / "lower").read_text()
+            except FileNotFoundError:
+                raise errors.SystemError(
+                    f"layer of container {container_id} does not exist"
+                ) from None
+            await anyio.to_thread.run_sync(
+                _mount, lower, str(directory / "upper"), str(directory / "work"), merged
+            )
+        self.refs[container_id] += 1
+        return merged
+
+    async def unmount(self, container_id: str) -> None:
+        if self.refs[container_id] <= 0:
+            return
+        self.refs[container_id] -= 1
+        if self.refs[container_id] == 0:
+            del self.refs[container_id]
+            await anyio.to_thread.run_sync(_umount, str(self._dir(container_id) / "merged"))
+
+    async def remove(self, container_id: str) -> None:
+        self.refs.pop(container_id, None)
+        directory = self._dir(container_id)
+        await anyio.to_thread.run_sync(_umount, str(directory / "merged"))
+        await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
+
+    def mounted(self, container_id: str) -> bool:
+        return os.path.ismount(self._dir(container_id) / "merged")

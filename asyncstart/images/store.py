@@ -1,0 +1,331 @@
+"""The image store: root filesystem layers on disk and the images that name them.
+
+Layout under ``data_root/image``::
+
+    layers/<hex of the layer's diff ID>/   an extracted layer (a directory tree)
+    configs/<hex of the image ID>.json     the image config; the ID is sha256 of these bytes
+    repositories.json                      {"busybox:latest": "sha256:..."}
+
+Extraction is safe: a member with an absolute path or ``..``, one that would be written through
+a symlink out of the layer, a hard link to outside the layer, or a device node is refused with a
+clear error, and a failed import leaves nothing behind (it extracts into a temporary directory
+that is renamed into place only when complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+from collections.abc import AsyncIterable, Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .. import errors
+
+__all__ = ["ImageStore", "parse_reference"]
+
+_CHANGE_KEYS = {"CMD": "Cmd", "ENTRYPOINT": "Entrypoint", "ENV": "Env", "WORKDIR": "WorkingDir",
+                "USER": "User"}  # fmt: skip
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    """``busybox`` -> (``busybox``, ``latest``); ``reg:5000/a/b:1`` -> (``reg:5000/a/b``, ``1``)."""
+    name, sep, tag = reference.rpartition(":")
+    if not sep or "/" in tag:
+        return reference, "latest"
+    return name, tag
+
+
+def _reject(name: str, reason: str) -> errors.InvalidParameter:
+    return errors.InvalidParameter(f"refusing to extract {name!r} from the archive: {reason}")
+
+
+def _safe_extract(archive: tarfile.TarFile, destination: str) -> None:
+    root = os.path.realpath(destination)
+
+    def inside(path: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
+    for member in archive:
+        name = member.name
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts:
+            raise _reject(name, "absolute paths and '..' are not allowed")
+        if not parts:
+            continue
+        if member.ischr() or member.isblk():
+            raise _reject(name, "device nodes are not allowed")
+        # realpath resolves symlinks already extracted: a parent that is a link out of the
+        # layer (``evil -> /etc``, then ``evil/passwd``) is caught here.
+        target = os.path.realpath(os.path.join(root, *parts[:-1]))
+        if not inside(target):
+            raise _reject(name, "it would be written outside the layer through a symlink")
+        if member.islnk():
+            link_parts = [p for p in member.linkname.split("/") if p not in ("", ".")]
+            if member.linkname.startswith("/") or ".." in link_parts:
+                raise _reject(name, "hard links must stay inside the layer")
+            if not inside(os.path.realpath(os.path.join(root, *link_parts))):
+                raise _reject(name, "hard links must stay inside the layer")
+        member.name = "/".join(parts)
+        archive.extract(member, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+
+
+def _parse_changes(changes: Iterable[str], config: dict[str, Any]) -> None:
+    for change in changes:
+        keyword, _, rest = change.strip().partition(" ")
+        key = _CHANGE_KEYS.get(keyword.upper())
+        if key is None:
+            raise errors.InvalidParameter(f"{keyword} is not a valid change command")
+        rest = rest.strip()
+        if key in ("Cmd", "Entrypoint"):
+            if rest.startswith("["):
+                try:
+                    value = json.loads(rest)
+                except json.JSONDecodeError as exc:
+                    raise errors.InvalidParameter(f"invalid {keyword}: {exc}") from None
+            else:
+                value = ["/bin/sh", "-c", rest]
+            config[key] = value
+        elif key == "Env":
+            name, eq, value = rest.partition("=")
+            if not eq:
+                name, _, value = rest.partition(" ")
+            env = [e for e in config.get("Env", []) if not e.startswith(name + "=")]
+            config["Env"] = [*env, f"{name}={value.strip()}"]
+        else:
+            config[key] = shlex.split(rest)[0] if rest else ""
+
+
+class ImageStore:
+    """Images and their layers under ``root`` (``data_root/image``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layers = root / "layers"
+        self.configs = root / "configs"
+        self._repositories = root / "repositories.json"
+        for directory in (self.layers, self.configs):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- names -----------------------------------------------------------------------------
+
+    def _tags(self) -> dict[str, str]:
+        try:
+            tags: dict[str, str] = json.loads(self._repositories.read_text())
+            return tags
+        except FileNotFoundError:
+            return {}
+
+    def _save_tags(self, tags: dict[str, str]) -> None:
+        tmp = self._repositories.with_suffix(".tmp")
+        tmp.write_text(json.dumps(tags, sort_keys=True))
+        os.replace(tmp, self._repositories)
+
+    def resolve(self, reference: str) -> str:
+        """The image ID (``sha256:...``) for a ``name[:tag]``, a full or short ID; 404 else."""
+        name, tag = parse_reference(reference)
+        tags = self._tags()
+        if f"{name}:{tag}" in tags:
+            return tags[f"{name}:{tag}"]
+        hex_part = reference.removeprefix("sha256:")
+        if len(hex_part) >= 4 and all(c in "0123456789abcdef" for c in hex_part):
+            found = [p.stem for p in self.configs.glob(f"{hex_part}*.json")]
+            if len(found) == 1:
+                return "sha256:" + found[0]
+        raise errors.NotFound(f"No such image: {reference}")
+
+    def config(self, image_id: str) -> dict[str, Any]:
+        path = self.configs / (image_id.removeprefix("sha256:") + ".json")
+        try:
+            config: dict[str, Any] = json.loads(path.read_bytes())
+            return config
+        except FileNotFoundError:
+            raise errors.NotFound(f"No such image: {image_id}") from None
+
+    def layer_paths(self, image_id: str) -> list[Path]:
+        """The image's layers, lowest first."""
+        return [
+            self.layers / diff_id.removeprefix("sha256:")
+            for diff_id in self.config(image_id)["rootfs"]["diff_ids"]
+        ]
+
+    # -- import ----------------------------------------------------------------------------
+
+    def _store_layer(self, tar_path: Path) -> str:
+        """Extract an uncompressed layer tar; return its diff ID (reused if already stored)."""
+        digest = hashlib.sha256()
+        with tar_path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+        diff_id = "sha256:" + digest.hexdigest()
+        target = self.layers / digest.hexdigest()
+        if target.exists():
+            return diff_id
+        tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=self.layers))
+        try:
+            os.chmod(tmp, 0o755)
+            try:
+                with tarfile.open(tar_path, "r:") as archive:
+                    _safe_extract(archive, str(tmp))
+            except (tarfile.TarError, EOFError) as exc:
+                raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return diff_id
+
+    def _import(self, tar_path: Path, repo: str, tag: str, changes: list[str]) -> str:
+        if not tar_path.is_file():
+            raise errors.InvalidParameter(f"no such file: {tar_path}")
+        container_config: dict[str, Any] = {"Env": []}
+        _parse_changes(changes, container_config)  # before any work: a bad change costs nothing
+        with tar_path.open("rb") as file:
+            compressed = file.read(2) == b"\x1f\x8b"
+        if compressed:
+            plain = tar_path.with_suffix(".plain")
+            with gzip.open(tar_path, "rb") as src, plain.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            tar_path = plain
+        diff_id = self._store_layer(tar_path)
+        if not container_config["Env"]:
+            container_config["Env"] = [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            ]
+        image_id = self._write_config(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "config": container_config,
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                "history": [
+                    {"created_by": "asyncstart import", "comment": "Imported from tarball"}
+                ],
+            }
+        )
+        if repo:
+            self._tag(image_id, repo, tag or "latest")
+        return image_id
+
+    def _write_config(self, config: dict[str, Any]) -> str:
+        data = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        hex_id = hashlib.sha256(data).hexdigest()
+        path = self.configs / f"{hex_id}.json"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return "sha256:" + hex_id
+
+    def _tag(self, image_id: str, repo: str, tag: str) -> None:
+        tags = self._tags()
+        tags[f"{repo}:{tag}"] = image_id
+        self._save_tags(tags)
+
+    async def import_(
+        self,
+        source: str | os.PathLike[str] | AsyncIterable[bytes],
+        *,
+        repo: str = "",
+        tag: str = "",
+        changes: Iterable[str] = (),
+    ) -> str:
+        """``docker import``: a rootfs tarball (plain or gzip) becomes a one-layer image."""
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".upload-") as tmpdir:
+            tar_path = Path(tmpdir) / "layer.tar"
+            if isinstance(source, (str, os.PathLike)):
+                tar_path = Path(source)
+            else:
+                async with await anyio.open_file(tar_path, "wb") as out:
+                    async for chunk in source:
+                        await out.write(chunk)
+            return await anyio.to_thread.run_sync(self._import, tar_path, repo, tag, list(changes))
+
+    # -- inspect, list, tag, remove -------------------------------------------------------
+
+    def tags_of(self, image_id: str) -> list[str]:
+        return sorted(name for name, target in self._tags().items() if target == image_id)
+
+    def inspect(self, reference: str) -> dict[str, Any]:
+        image_id = self.resolve(reference)
+        config = self.config(image_id)
+        size = sum(_tree_size(p) for p in self.layer_paths(image_id))
+        return {
+            "Id": image_id,
+            "RepoTags": self.tags_of(image_id),
+            "RepoDigests": [],
+            "Created": config.get("created", ""),
+            "Architecture": config.get("architecture", ""),
+            "Os": config.get("os", ""),
+            "Config": config.get("config", {}),
+            "RootFS": {"Type": "layers", "Layers": config["rootfs"]["diff_ids"]},
+            "Size": size,
+        }
+
+    def list_images(self) -> list[dict[str, Any]]:
+        rows = []
+        for path in sorted(self.configs.glob("*.json")):
+            info = self.inspect(path.stem)
+            rows.append(
+                {
+                    "Id": info["Id"],
+                    "RepoTags": info["RepoTags"],
+                    "Created": info["Created"],
+                    "Size": info["Size"],
+                    "Labels": info["Config"].get("Labels") or {},
+                }
+            )
+        return rows
+
+    def tag(self, reference: str, repo: str, tag: str = "latest") -> None:
+        self._tag(self.resolve(reference), repo, tag or "latest")
+
+    def remove(self, reference: str, *, in_use_by: str | None, force: bool = False) -> list[str]:
+        """``docker rmi``; returns what was untagged/deleted. 409 while a container uses it."""
+        image_id = self.resolve(reference)
+        if in_use_by is not None:
+            raise errors.Conflict(
+                f'conflict: unable to remove repository reference "{reference}" (must force)'
+                f" - container {in_use_by[:12]} is using its referenced image {image_id[7:19]}"
+                if not force
+                else f"conflict: unable to delete {image_id[7:19]} (cannot be forced) - image is"
+                f" being used by running container {in_use_by[:12]}"
+            )
+        tags = self._tags()
+        removed = [f"Untagged: {name}" for name, target in tags.items() if target == image_id]
+        self._save_tags({n: t for n, t in tags.items() if t != image_id})
+        config = self.config(image_id)
+        (self.configs / (image_id[7:] + ".json")).unlink()
+        removed.append(f"Deleted: {image_id}")
+        still_used = {
+            d
+            for p in self.configs.glob("*.json")
+            for d in json.loads(p.read_bytes())["rootfs"]["diff_ids"]
+        }
+        for diff_id in config["rootfs"]["diff_ids"]:
+            if diff_id not in still_used:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(self.layers / diff_id[7:])
+        return removed
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

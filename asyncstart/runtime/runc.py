@@ -1,0 +1,332 @@
+"""The runc runtime: OCI bundles, stdio FIFOs, ``runc create``/``start``, exit monitoring.
+
+Exit monitoring: the daemon makes itself a *child subreaper*. ``runc create`` forks the
+container's init and exits; the orphaned init is then re-parented to the daemon, which opens a
+pidfd on it at create time and, once the pidfd is readable, reaps it with ``waitpid`` — so every
+exit code is delivered (a signal gives 128 + signal), with no polling and no extra process per
+container. The cost: a daemon restart loses the parent link, so a reopened daemon learns *that*
+a process ended (pidfd) but not its code; a per-container monitor process would keep it.
+
+Every error from runc is translated into :class:`RuntimeFailure` carrying runc's own message
+(from its JSON log), which the engine maps to dockerd's exit codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime as _dt
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import structlog
+
+from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
+
+__all__ = ["RuncRuntime"]
+
+log = structlog.get_logger("asyncstart.runtime.runc")
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(slots=True)
+class _Container:
+    bundle: Path
+    pid: int = 0
+    pidfd: int = -1
+    stdin: int = -1  # our write end of the stdin FIFO
+    readers: list[int] = field(default_factory=list)
+    log_path: str | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+def _set_subreaper() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _runc_error(log_file: Path, fallback: str) -> str:
+    """The last error runc wrote to its JSON log, else ``fallback``."""
+    message = ""
+    with contextlib.suppress(OSError):
+        for line in log_file.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("level") in ("error", "fatal"):
+                    message = entry.get("msg", "")
+    return message or fallback.strip() or "runc failed"
+
+
+class RuncRuntime:
+    """Runs containers with the ``runc`` binary; see the module docstring."""
+
+    name = "runc"
+
+    def __init__(
+        self,
+        state_root: Path,
+        *,
+        binary: str = "runc",
+        runtime_args: tuple[str, ...] = (),
+        no_pivot_root: bool = False,
+    ) -> None:
+        self.state_root = state_root
+        self.binary = binary
+        self.runtime_args = runtime_args
+        self.no_pivot_root = no_pivot_root or bool(os.environ.get("DOCKER_RAMDISK"))
+        self._containers: dict[str, _Container] = {}
+        self._backend: RuntimeBackend | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def run(
+        self,
+        backend: RuntimeBackend,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        _set_subreaper()
+        self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._backend = backend
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
+
+    # -- running runc ----------------------------------------------------------------------
+
+    async def _runc(
+        self, *args: str, log_file: Path | None = None, **fds: int
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = [self.binary, "--root", str(self.state_root)]
+        if log_file is not None:
+            argv += ["--log", str(log_file), "--log-format", "json"]
+        argv += list(args)
+        try:
+            return await anyio.run_process(
+                argv,
+                check=False,
+                stdin=fds.get("stdin", subprocess.DEVNULL),
+                stdout=fds.get("stdout", subprocess.PIPE),
+                stderr=fds.get("stderr", subprocess.PIPE),
+            )
+        except OSError as exc:
+            raise RuntimeFailure(f"failed to run {self.binary}: {exc.strerror}") from exc
+
+    async def _checked(self, *args: str) -> None:
+        result = await self._runc(*args)
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).decode(errors="replace").strip()
+            raise RuntimeFailure(f"runc {args[0]} failed: {message}")
+
+    # -- stdio -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _fifo(path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.mkfifo(path, 0o600)
+
+    def _open_stdio(self, bundle: Path, stdio: Stdio, box: _Container) -> dict[str, int]:
+        """Make the FIFOs; keep our ends in ``box``, return the child's ends."""
+        child: dict[str, int] = {}
+        for stream in ("stdout", "stderr"):
+            path = bundle / f"init-{stream}"
+            self._fifo(path)
+            box.readers.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            child[stream] = os.open(path, os.O_WRONLY)
+        if stdio.open_stdin:
+            path = bundle / "init-stdin"
+            self._fifo(path)
+            read_end = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            box.stdin = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            flags = fcntl.fcntl(read_end, fcntl.F_GETFL)
+            fcntl.fcntl(read_end, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+            child["stdin"] = read_end
+        return child
+
+    async def _pump(self, fd: int, stream: str, log_path: str | None) -> None:
+        """Copy one output FIFO into the json-file log until the container closes it."""
+        pending = b""
+        # A local append-only file: writes of a few lines never stall the loop noticeably.
+        log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115, ASYNC230
+        try:
+            while True:
+                await anyio.wait_readable(fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if log_file is not None:
+                    for line in lines:
+                        log_file.write(_json_log(line + b"\n", stream))
+                    log_file.flush()
+            if pending and log_file is not None:
+                log_file.write(_json_log(pending, stream))
+        finally:
+            os.close(fd)
+            if log_file is not None:
+                log_file.close()
+
+    # -- the runtime interface -------------------------------------------------------------
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: Bundle,
+        stdio: Stdio,
+        *,
+        checkpoint: str | None = None,
+        checkpoint_dir: str | None = None,
+        runtime_args: tuple[str, ...] = (),
+        no_pivot_root: bool = False,
+    ) -> int:
+        await self._forget_stale(container_id)
+        path = bundle.path
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+        tmp = path / "config.json.tmp"
+        tmp.write_text(json.dumps(bundle.spec))
+        os.replace(tmp, path / "config.json")
+        box = _Container(path, log_path=stdio.log_path)
+        child = self._open_stdio(path, stdio, box)
+        pid_file = path / "init.pid"
+        log_file = path / "runc.log"
+        extra = ["--no-pivot"] if (no_pivot_root or self.no_pivot_root) else []
+        if checkpoint:
+            images = os.path.join(checkpoint_dir or "", checkpoint)
+            args = ["restore", "--detach", "--image-path", images, "--bundle", str(path),
+                    "--pid-file", str(pid_file), *extra, container_id]  # fmt: skip
+        else:
+            args = ["create", "--bundle", str(path), "--pid-file", str(pid_file), *extra,
+                    container_id]  # fmt: skip
+        try:
+            result = await self._runc(
+                *self.runtime_args, *runtime_args, *args, log_file=log_file, **child
+            )
+        finally:
+            for fd in child.values():
+                os.close(fd)
+        if result.returncode != 0:
+            message = _runc_error(log_file, (result.stderr or b"").decode(errors="replace"))
+            self._close(box)
+            await self._run_quietly("delete", "--force", container_id)
+            shutil.rmtree(path, ignore_errors=True)
+            raise RuntimeFailure(message)
+        box.pid = int(pid_file.read_text())
+        box.pidfd = os.pidfd_open(box.pid)
+        self._containers[container_id] = box
+        assert self._tg is not None, "RuncRuntime.run() is not running"
+        for fd, stream in zip(box.readers, ("stdout", "stderr"), strict=True):
+            self._tg.start_soon(self._pump, fd, stream, box.log_path)
+        box.readers = []
+        return box.pid
+
+    async def start(self, container_id: str) -> None:
+        box = self._box(container_id)
+        await self._checked("start", container_id)
+        assert self._backend is not None and self._tg is not None
+        self._backend.state_changed(container_id, StateInfo("start", pid=box.pid, at=time.time()))
+        self._tg.start_soon(self._monitor, container_id, box)
+
+    async def _monitor(self, container_id: str, box: _Container) -> None:
+        with box.scope:
+            await anyio.wait_readable(box.pidfd)
+            try:
+                _, status = os.waitpid(box.pid, 0)  # noqa: ASYNC222 - the pidfd says it exited
+                code = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                code = 255  # not our child (adopted after a daemon restart): code unknown
+            if code < 0:
+                code = 128 - code
+            assert self._backend is not None
+            info = StateInfo("exit", pid=box.pid, exit_code=code, at=time.time())
+            self._backend.state_changed(container_id, info)
+
+    def _box(self, container_id: str) -> _Container:
+        box = self._containers.get(container_id)
+        if box is None:
+            raise RuntimeFailure(f"container {container_id} does not exist")
+        return box
+
+    async def kill(self, container_id: str, signal: int) -> None:
+        self._box(container_id)
+        await self._checked("kill", container_id, str(signal))
+
+    async def pause(self, container_id: str) -> None:
+        await self._checked("pause", container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._checked("resume", container_id)
+
+    async def close_stdin(self, container_id: str) -> None:
+        box = self._box(container_id)
+        if box.stdin >= 0:
+            os.close(box.stdin)
+            box.stdin = -1
+
+    def _close(self, box: _Container) -> None:
+        for fd in (*box.readers, box.stdin, box.pidfd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        box.readers, box.stdin, box.pidfd = [], -1, -1
+
+    async def _run_quietly(self, *args: str) -> None:
+        with contextlib.suppress(RuntimeFailure):
+            await self._runc(*args)
+
+    async def _forget_stale(self, container_id: str) -> None:
+        """A leftover runc container or bundle with this ID is replaced, not an error."""
+        result = await self._runc("state", container_id)
+        if result.returncode == 0:
+            await self._checked("delete", "--force", container_id)
+
+    async def delete(self, container_id: str, *, force: bool = False) -> None:
+        box = self._containers.pop(container_id, None)
+        args = ["delete", *(["--force"] if force else []), container_id]
+        result = await self._runc(*args)
+        if result.returncode != 0:
+            message = (result.stderr or b"").decode(errors="replace")
+            if "not exist" not in message and "not found" not in message:
+                raise RuntimeFailure(f"runc delete failed: {message.strip()}")
+        if box is not None:
+            box.scope.cancel()
+            if box.pid:
+                # Reap it if the monitor did not get to (force delete of a live process).
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(box.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+            self._close(box)
+            shutil.rmtree(box.bundle, ignore_errors=True)
+
+    async def state(self, container_id: str) -> StateInfo | None:
+        result = await self._runc("state", container_id)
+        if result.returncode != 0:
+            return None
+        state = json.loads(result.stdout)
+        if state.get("status") not in ("running", "paused", "created"):
+            return None
+        return StateInfo("start", pid=int(state.get("pid", 0)))
+
+    def live(self) -> list[str]:
+        return list(self._containers)
+
+
+def _json_log(data: bytes, stream: str) -> bytes:
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    entry = {"log": data.decode(errors="replace"), "stream": stream, "time": now}
+    return json.dumps(entry).encode() + b"\n"

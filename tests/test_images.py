@@ -1,0 +1,130 @@
+"""The image store: import with changes, inspect, tag, remove, and hostile archives refused."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from asyncstart import errors
+from asyncstart.images.store import ImageStore, parse_reference
+
+pytestmark = pytest.mark.anyio
+
+
+def _tar(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    return info, data
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+def test_parse_reference() -> None:
+    assert parse_reference("busybox") == ("busybox", "latest")
+    assert parse_reference("busybox:1.36") == ("busybox", "1.36")
+    assert parse_reference("localhost:5000/a/b") == ("localhost:5000/a/b", "latest")
+
+
+async def test_import_inspect_tag_list_remove(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "image")
+    tar = _tar(tmp_path / "root.tar", _file("bin/tool", b"#!"), _link("bin/alias", "/bin/tool"))
+    image_id = await store.import_(
+        str(tar),
+        repo="tools",
+        tag="1",
+        changes=['CMD ["tool", "--go"]', "ENV MODE=fast", "WORKDIR /srv", "USER 1000"],
+    )
+    assert image_id.startswith("sha256:") and len(image_id) == 71
+    info = store.inspect("tools:1")
+    assert info["Id"] == image_id and info["RepoTags"] == ["tools:1"]
+    assert info["Config"]["Cmd"] == ["tool", "--go"]
+    assert info["Config"]["Env"] == ["MODE=fast"] and info["Config"]["WorkingDir"] == "/srv"
+    assert info["Config"]["User"] == "1000"
+    layer = store.layer_paths(image_id)[0]
+    assert (layer / "bin/tool").read_bytes() == b"#!"
+    assert os.readlink(layer / "bin/alias") == "/bin/tool"
+    # The same tarball imported again is the same layer (content addressed).
+    assert await store.import_(str(tar)) != image_id  # no changes: another config
+    assert len(list(store.layers.iterdir())) == 1
+    store.tag(image_id[:12], "tools", "stable")
+    assert store.inspect("tools:stable")["Id"] == image_id
+    assert {tuple(r["RepoTags"]) for r in store.list_images()} == {("tools:1", "tools:stable"), ()}
+    with pytest.raises(errors.Conflict, match="is using its referenced image"):
+        store.remove("tools:1", in_use_by="f" * 64)
+    assert store.remove("tools:1", in_use_by=None)[-1] == f"Deleted: {image_id}"
+    with pytest.raises(errors.NotFound, match="^No such image: tools:1$"):
+        store.inspect("tools:1")
+
+
+async def test_import_from_an_async_byte_stream_and_gzip(tmp_path: Path) -> None:
+    import gzip
+
+    store = ImageStore(tmp_path / "image")
+    raw = _tar(tmp_path / "root.tar", _file("hello", b"hi")).read_bytes()
+    packed = gzip.compress(raw)
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(packed), 100):
+            yield packed[i : i + 100]
+
+    image_id = await store.import_(chunks(), repo="hello")
+    assert (store.layer_paths(image_id)[0] / "hello").read_bytes() == b"hi"
+
+
+def _device(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+    return info, None
+
+
+HOSTILE = {
+    "absolute": [_file("/etc/evil")],
+    "dotdot": [_file("a/../../evil")],
+    "through-symlink": [_link("escape", "/tmp"), _file("escape/evil")],
+    "relative-symlink-parent": [_link("up", "../.."), _file("up/evil")],
+    "hardlink-out": [_link("h", "../../etc/passwd", tarfile.LNKTYPE)],
+    "hardlink-absolute": [_link("h", "/etc/passwd", tarfile.LNKTYPE)],
+    "device": [_device("dev/mem")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_hostile_archives_are_refused_and_leave_nothing(tmp_path: Path, case: str) -> None:
+    store = ImageStore(tmp_path / "image")
+    tar = _tar(tmp_path / "bad.tar", _file("ok", b"fine"), *HOSTILE[case])
+    with pytest.raises(errors.InvalidParameter, match="refusing to extract") as info:
+        await store.import_(str(tar), repo="bad")
+    assert info.value.status == 400
+    assert list(store.layers.iterdir()) == [] and list(store.configs.iterdir()) == []
+    assert not (tmp_path / "evil").exists() and not Path("/tmp/evil").exists()
+    with pytest.raises(errors.NotFound):
+        store.resolve("bad")
+
+
+async def test_garbage_is_a_clear_error(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "image")
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(errors.InvalidParameter, match="invalid tar archive"):
+        await store.import_(str(tmp_path / "junk.tar"))
+    with pytest.raises(errors.InvalidParameter, match="no such file"):
+        await store.import_(str(tmp_path / "missing.tar"))
+    with pytest.raises(errors.InvalidParameter, match="not a valid change command"):
+        await store.import_(str(_tar(tmp_path / "t.tar", _file("f"))), changes=["RUN rm -rf /"])
+    assert list(store.layers.iterdir()) == [] and list(store.configs.iterdir()) == []

@@ -1,0 +1,208 @@
+"""Real containers: runc, overlay mounts, a busybox image built from the static binary.
+
+These need root, runc and a static busybox (``./dev`` installs them on Debian as root; CI is
+root). Every test checks that nothing is left behind: mounts, runc state, bundles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import asyncstart
+from asyncstart import errors
+from asyncstart.images.busybox import build_busybox_tar, find_static_busybox
+from asyncstart.network.loopback import LoopbackNetwork
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
+    pytest.mark.skipif(find_static_busybox() is None, reason="needs a static busybox"),
+]
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_busybox_tar(tmp_path_factory.mktemp("image") / "busybox.tar")
+
+
+class _Roots:
+    def __init__(self, base: Path) -> None:
+        # Short paths: overlay mount options and unix socket paths have length limits.
+        self.data = base / "d"
+        self.exec = base / "x"
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> _Roots:
+    return _Roots(tmp_path)
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as info:
+        return [line.split()[4] for line in info if str(path) in line.split()[4]]
+
+
+def _runc_list(roots: _Roots) -> list[dict[str, object]]:
+    state = roots.exec / "runc"
+    if not state.exists():
+        return []
+    out = subprocess.run(
+        ["runc", "--root", str(state), "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out or "null") or []
+
+
+def assert_nothing_left(roots: _Roots) -> None:
+    assert _mounts_under(roots.data) == []
+    assert _runc_list(roots) == []
+    bundles = [p.name for p in roots.exec.iterdir() if p.name != "runc"]
+    assert bundles == []
+
+
+@pytest.fixture
+async def runc_daemon(roots: _Roots, busybox_tar: Path) -> AsyncIterator[asyncstart.Daemon]:
+    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        try:
+            yield daemon
+        finally:
+            # Whatever a failing test left: remove it, so the machine stays clean.
+            for row in await daemon.containers_list(all=True):
+                with contextlib.suppress(errors.DockerError):
+                    await daemon.container_remove(row["Id"], force=True)
+
+
+async def _run(daemon: asyncstart.Daemon, *cmd: str, **config: object) -> str:
+    cid = await daemon.container_create(config={"Image": "busybox", "Cmd": list(cmd), **config})
+    await daemon.container_start(cid)
+    return cid
+
+
+async def _logs(daemon: asyncstart.Daemon, cid: str) -> list[tuple[str, bytes]]:
+    return [item async for item in daemon.container_logs(cid)]
+
+
+async def test_echo_is_logged_and_exit_codes_arrive(
+    runc_daemon: asyncstart.Daemon, roots: _Roots
+) -> None:
+    cid = await _run(runc_daemon, "sh", "-c", "echo hello; echo oops >&2; exit 3")
+    assert await runc_daemon.container_wait(cid) == {"StatusCode": 3}
+    assert await _logs(runc_daemon, cid) == [("stdout", b"hello\n"), ("stderr", b"oops\n")]
+    info = await runc_daemon.container_inspect(cid)
+    assert info["State"]["Status"] == "exited" and info["Image"].startswith("sha256:")
+    assert info["Config"]["Env"][0].startswith("PATH=")
+    await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_missing_command_is_127_and_leaves_nothing(
+    runc_daemon: asyncstart.Daemon, roots: _Roots
+) -> None:
+    cid = await runc_daemon.container_create(config={"Image": "busybox", "Cmd": ["/nope"]})
+    with pytest.raises(errors.InvalidParameter, match="no such file or directory") as info:
+        await runc_daemon.container_start(cid)
+    assert info.value.status == 400
+    state = (await runc_daemon.container_inspect(cid))["State"]
+    assert (state["Status"], state["ExitCode"]) == ("created", 127)
+    assert "/nope" in state["Error"]
+    assert _mounts_under(roots.data) == [] and _runc_list(roots) == []
+    await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_running_process_is_real_and_stop_kills_it(
+    runc_daemon: asyncstart.Daemon, roots: _Roots
+) -> None:
+    cid = await _run(runc_daemon, "sleep", "1000")
+    pid = (await runc_daemon.container_inspect(cid))["State"]["Pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        assert cmdline.read().split(b"\0")[:2] == [b"sleep", b"1000"]
+    assert _mounts_under(roots.data), "the rootfs is mounted while it runs"
+    await runc_daemon.container_pause(cid)
+    assert _runc_list(roots)[0]["status"] == "paused"
+    await runc_daemon.container_unpause(cid)
+    # busybox sleep as pid 1 ignores TERM: the stop ends in KILL, as with dockerd.
+    await runc_daemon.container_stop(cid, timeout=1)
+    assert (await runc_daemon.container_inspect(cid))["State"]["ExitCode"] == 137
+    assert not os.path.exists(f"/proc/{pid}")
+    assert _mounts_under(roots.data) == []
+    await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_fifty_concurrent_starts(runc_daemon: asyncstart.Daemon, roots: _Roots) -> None:
+    ids = [
+        await runc_daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", f"exit {i}"]}
+        )
+        for i in range(50)
+    ]
+    codes: dict[str, int] = {}
+
+    async def run(cid: str) -> None:
+        await runc_daemon.container_start(cid)
+        codes[cid] = (await runc_daemon.container_wait(cid))["StatusCode"]
+
+    async with anyio.create_task_group() as tg:
+        for cid in ids:
+            tg.start_soon(run, cid)
+    assert [codes[cid] for cid in ids] == list(range(50))
+    for cid in ids:
+        await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_stdin_closed_before_start_reaches_cat(
+    runc_daemon: asyncstart.Daemon, roots: _Roots
+) -> None:
+    cid = await runc_daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True}
+    )
+    await runc_daemon.container_close_stdin(cid)
+    await runc_daemon.container_start(cid)
+    with anyio.fail_after(30):  # cat sees EOF and exits: it never hangs
+        assert await runc_daemon.container_wait(cid) == {"StatusCode": 0}
+    await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+class _BrokenNetwork(LoopbackNetwork):
+    async def setup(self, container_id: str, network_mode: str) -> dict[str, object]:
+        raise errors.SystemError("netlink: operation not permitted")
+
+
+async def test_failed_network_phase_unmounts(roots: _Roots, busybox_tar: Path) -> None:
+    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
+    async with asyncstart.open_daemon(config, network=_BrokenNetwork()) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox")
+        cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        with pytest.raises(errors.SystemError, match="netlink"):
+            await daemon.container_start(cid)
+        assert _mounts_under(roots.data) == [] and _runc_list(roots) == []
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_image_in_use_cannot_be_removed(runc_daemon: asyncstart.Daemon) -> None:
+    cid = await runc_daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+    with pytest.raises(errors.Conflict):
+        await runc_daemon.image_remove("busybox")
+    await runc_daemon.container_remove(cid)
+    assert (await runc_daemon.image_remove("busybox"))[0] == "Untagged: busybox:latest"
+    with pytest.raises(errors.NotFound, match="^No such image: busybox$"):
+        await runc_daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
