@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Real starts: asyncstart on runc beside bare ``runc create`` + ``runc start``, same run.
+
+Sequential start latency (start call until the process runs) of a busybox ``sleep`` container,
+p50/p90, for asyncstart and for bare runc on a prepared bundle (same rootfs, same spec); then the
+throughput of 50 concurrent asyncstart starts. Needs root, runc and a static busybox.
+
+    sudo .venv/bin/python benchmarks/runc_start.py --runs 30 --backend asyncio
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from _common import summary_ms
+
+import asyncstart
+from asyncstart.images.busybox import build_busybox_tar
+from asyncstart.logs import configure_logging
+
+
+def bare_runc(
+    root: Path, bundle_template: dict[str, object], rootfs: str, runs: int
+) -> list[float]:
+    """Time ``runc create`` + ``runc start`` of a prepared bundle, then clean it up."""
+    state = root / "bare-state"
+    samples = []
+    for i in range(runs):
+        bundle = root / f"bare-{i}"
+        bundle.mkdir(mode=0o700)
+        spec = json.loads(json.dumps(bundle_template))
+        spec["root"] = {"path": rootfs, "readonly": True}
+        (bundle / "config.json").write_text(json.dumps(spec))
+        name = f"bare-{os.getpid()}-{i}"
+        runc = ["runc", "--root", str(state)]
+        began = time.perf_counter()
+        subprocess.run([*runc, "create", "--bundle", str(bundle), name], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run([*runc, "start", name], check=True)
+        samples.append(time.perf_counter() - began)
+        subprocess.run([*runc, "delete", "--force", name], check=True)
+    return samples
+
+
+async def engine(
+    root: Path, tar: Path, runs: int, concurrent: int
+) -> tuple[list[float], float, dict]:
+    config = asyncstart.DaemonConfig(data_root=root / "d", exec_root=root / "x", runtime="runc")
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(tar), repo="busybox")
+        samples = []
+        spec: dict[str, object] = {}
+        for _ in range(runs):
+            cid = await daemon.container_create(
+                config={"Image": "busybox", "Cmd": ["sleep", "1000"]}
+            )
+            began = time.perf_counter()
+            await daemon.container_start(cid)
+            samples.append(time.perf_counter() - began)
+            if not spec:
+                spec = json.loads((root / "x" / cid / "config.json").read_text())
+            await daemon.container_remove(cid, force=True)
+        ids = [
+            await daemon.container_create(config={"Image": "busybox", "Cmd": ["sleep", "1000"]})
+            for _ in range(concurrent)
+        ]
+        began = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for cid in ids:
+                tg.start_soon(daemon.container_start, cid)
+        elapsed = time.perf_counter() - began
+        for cid in ids:
+            await daemon.container_remove(cid, force=True)
+    return samples, elapsed, spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--concurrent", type=int, default=50)
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args()
+    configure_logging("warning")
+    with tempfile.TemporaryDirectory(prefix="asyncstart-runc-bench-") as tmp:
+        root = Path(tmp)
+        tar = build_busybox_tar(root / "busybox.tar")
+        samples, elapsed, spec = anyio.run(
+            engine, root, tar, args.runs, args.concurrent, backend=args.backend
+        )
+        rootfs = root / "rootfs"
+        rootfs.mkdir()
+        subprocess.run(["tar", "-xf", str(tar), "-C", str(rootfs)], check=True)
+        process = dict(spec["process"])  # type: ignore[arg-type]
+        process["args"] = ["sleep", "1000"]
+        spec["process"] = process
+        spec["mounts"] = [m for m in spec["mounts"] if m["type"] != "bind"]  # type: ignore[union-attr, index]
+        bare = bare_runc(root, spec, str(rootfs), args.runs)
+    p50 = sorted(samples)[len(samples) // 2]
+    bare_p50 = sorted(bare)[len(bare) // 2]
+    print(f"runc_start backend={args.backend} asyncstart sequential: {summary_ms(samples)}")
+    print(f"runc_start bare runc create+start:        {summary_ms(bare)}")
+    print(f"runc_start asyncstart p50 / bare p50 = {p50 / bare_p50:.2f}x")
+    print(
+        f"runc_start {args.concurrent} concurrent starts: {elapsed:.2f}s, "
+        f"{args.concurrent / elapsed:.1f} starts/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
