@@ -47,7 +47,7 @@ from .runtime.runc import RuncRuntime
 from .signals import parse_signal
 from .steps import MountStep, NetworkStep, RuntimeStep, SpecStep, Step
 from .store import ContainerIndex, ContainerRecord, RecordStore, new_id
-from .views import format_time, list_view
+from .views import format_time, list_view, parse_time
 
 __all__ = ["Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
 
@@ -259,20 +259,73 @@ class Daemon:
     # -- logs -------------------------------------------------------------------------------
 
     async def container_logs(
-        self, reference: str, stdout: bool = True, stderr: bool = True
+        self,
+        reference: str,
+        stdout: bool = True,
+        stderr: bool = True,
+        follow: bool = False,
+        tail: str | int = "all",
+        since: float = 0,
+        until: float = 0,
+        timestamps: bool = False,
     ) -> AsyncIterator[tuple[str, bytes]]:
-        """The container's output so far, from its json-file log, as ``(stream, bytes)``."""
+        """``docker logs``: ``(stream, bytes)`` from the container's json-file log.
+
+        ``since``/``until`` are seconds since the epoch (0: unbounded); ``tail`` keeps the last
+        N lines; ``follow`` goes on until the container stops. The file is polled every 20 ms
+        while following.
+        """
+        if not (stdout or stderr):
+            raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
+        if tail not in ("all", "") and not str(tail).lstrip("-").isdigit():
+            raise errors.InvalidParameter(f"invalid value for tail: {tail}")
         actor = self._actor(reference)
-        path = self.records.path(actor.id) / f"{actor.id}-json.log"
+        path = anyio.Path(self.records.path(actor.id) / f"{actor.id}-json.log")
         wanted = {name for name, on in (("stdout", stdout), ("stderr", stderr)) if on}
+
+        def select(lines: list[bytes]) -> list[tuple[str, bytes]]:
+            chosen = []
+            for line in lines:
+                entry = json.loads(line)
+                if entry["stream"] not in wanted:
+                    continue
+                at = parse_time(entry["time"])
+                if (since and at < since) or (until and at > until):
+                    continue
+                data = entry["log"].encode()
+                if timestamps:
+                    data = entry["time"].encode() + b" " + data
+                chosen.append((entry["stream"], data))
+            return chosen
+
+        offset = 0
         try:
-            data = await anyio.Path(path).read_bytes()
+            data = await path.read_bytes()
         except FileNotFoundError:
-            return
-        for line in data.splitlines():
-            entry = json.loads(line)
-            if entry["stream"] in wanted:
-                yield entry["stream"], entry["log"].encode()
+            data = b""
+        complete = data[: data.rfind(b"\n") + 1]
+        offset = len(complete)
+        backlog = select(complete.splitlines())
+        if str(tail).isdigit():
+            backlog = backlog[len(backlog) - int(tail) :] if int(tail) else []
+        for item in backlog:
+            yield item
+        while follow and not (until and time.time() > until):
+            running = actor.lifecycle.state in PROCESS_STATES or actor.lifecycle.via_restart
+            try:
+                async with await anyio.open_file(path, "rb") as file:
+                    await file.seek(offset)
+                    data = await file.read()
+            except FileNotFoundError:
+                data = b""
+            complete = data[: data.rfind(b"\n") + 1]
+            offset += len(complete)
+            for item in select(complete.splitlines()):
+                yield item
+            if not running and not complete:
+                return
+            if not complete:
+                await anyio.sleep(0.02)
 
     def _generate_name(self) -> str:
         # Like dockerd: a few plain tries, then a growing numeric suffix, so the space of names

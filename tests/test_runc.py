@@ -206,3 +206,27 @@ async def test_image_in_use_cannot_be_removed(runc_daemon: asyncstart.Daemon) ->
     assert (await runc_daemon.image_remove("busybox"))[0] == "Untagged: busybox:latest"
     with pytest.raises(errors.NotFound, match="^No such image: busybox$"):
         await runc_daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+
+
+async def test_logs_options(runc_daemon: asyncstart.Daemon) -> None:
+    cid = await _run(runc_daemon, "sh", "-c", "for i in 1 2 3 4; do echo line$i; done; echo e >&2")
+    await runc_daemon.container_wait(cid)
+    logs = await _logs(runc_daemon, cid)
+    assert [d for _, d in logs] == [b"line1\n", b"line2\n", b"line3\n", b"line4\n", b"e\n"]
+    tail = [d async for _, d in runc_daemon.container_logs(cid, stderr=False, tail=2)]
+    assert tail == [b"line3\n", b"line4\n"]
+    stamped = [d async for _, d in runc_daemon.container_logs(cid, stdout=False, timestamps=True)]
+    assert len(stamped) == 1 and stamped[0].endswith(b"Z e\n")
+    assert [d async for _, d in runc_daemon.container_logs(cid, since=2**40)] == []
+    with pytest.raises(errors.InvalidParameter, match="at least one stream"):
+        _ = [d async for _, d in runc_daemon.container_logs(cid, stdout=False, stderr=False)]
+
+
+async def test_follow_streams_until_the_container_exits(runc_daemon: asyncstart.Daemon) -> None:
+    cid = await _run(runc_daemon, "sh", "-c", "echo first; sleep 1; echo second")
+    seen = []
+    with anyio.fail_after(30):
+        async for _, data in runc_daemon.container_logs(cid, follow=True):
+            seen.append(data)
+    assert seen == [b"first\n", b"second\n"]
+    assert (await runc_daemon.container_inspect(cid))["State"]["Status"] == "exited"

@@ -48,6 +48,9 @@ class _Container:
     readers: list[int] = field(default_factory=list)
     log_path: str | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: Output streams still being copied; the exit is reported once they are drained.
+    pumping: int = 0
+    drained: anyio.Event = field(default_factory=anyio.Event)
 
 
 def _set_subreaper() -> None:
@@ -155,8 +158,9 @@ class RuncRuntime:
             child["stdin"] = read_end
         return child
 
-    async def _pump(self, fd: int, stream: str, log_path: str | None) -> None:
+    async def _pump(self, box: _Container, fd: int, stream: str) -> None:
         """Copy one output FIFO into the json-file log until the container closes it."""
+        log_path = box.log_path
         pending = b""
         # A local append-only file: writes of a few lines never stall the loop noticeably.
         log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115, ASYNC230
@@ -181,6 +185,9 @@ class RuncRuntime:
             os.close(fd)
             if log_file is not None:
                 log_file.close()
+            box.pumping -= 1
+            if box.pumping == 0:
+                box.drained.set()
 
     # -- the runtime interface -------------------------------------------------------------
 
@@ -231,8 +238,9 @@ class RuncRuntime:
         box.pidfd = os.pidfd_open(box.pid)
         self._containers[container_id] = box
         assert self._tg is not None, "RuncRuntime.run() is not running"
+        box.pumping = len(box.readers)
         for fd, stream in zip(box.readers, ("stdout", "stderr"), strict=True):
-            self._tg.start_soon(self._pump, fd, stream, box.log_path)
+            self._tg.start_soon(self._pump, box, fd, stream)
         box.readers = []
         return box.pid
 
@@ -253,6 +261,10 @@ class RuncRuntime:
                 code = 255  # not our child (adopted after a daemon restart): code unknown
             if code < 0:
                 code = 128 - code
+            # As dockerd waits for the streams: the die comes after the last line is logged
+            # (bounded: a child the process left behind may hold the pipes open).
+            with anyio.move_on_after(2):
+                await box.drained.wait()
             assert self._backend is not None
             info = StateInfo("exit", pid=box.pid, exit_code=code, at=time.time())
             self._backend.state_changed(container_id, info)
