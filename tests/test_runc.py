@@ -102,7 +102,7 @@ async def test_echo_is_logged_and_exit_codes_arrive(
 ) -> None:
     cid = await _run(runc_daemon, "sh", "-c", "echo hello; echo oops >&2; exit 3")
     assert await runc_daemon.container_wait(cid) == {"StatusCode": 3}
-    assert await _logs(runc_daemon, cid) == [("stdout", b"hello\n"), ("stderr", b"oops\n")]
+    assert sorted(await _logs(runc_daemon, cid)) == [("stderr", b"oops\n"), ("stdout", b"hello\n")]
     info = await runc_daemon.container_inspect(cid)
     assert info["State"]["Status"] == "exited" and info["Image"].startswith("sha256:")
     assert info["Config"]["Env"][0].startswith("PATH=")
