@@ -31,6 +31,7 @@ import anyio.abc
 import structlog
 
 from . import errors
+from .attach import StdioHub
 from .clock import Clock
 from .events import EventBus
 from .images import MountDriver
@@ -140,6 +141,8 @@ class ContainerActor:
         self._restart.restart_count = record.restart_count
         #: The closer for the next (or current) process's stdin.
         self._stdin = StdinCloser()
+        #: Attached clients and input kept for a process that does not exist yet.
+        self.stdio = StdioHub()
         self._ctx: StartContext | None = None
         self._done: list[Step] = []
         self._started_at = 0.0
@@ -158,6 +161,7 @@ class ContainerActor:
             self._done = [step for _, step in services.saga]
             self._started_at = services.clock.now()
             self._stdin.ready()
+            self.stdio.ready = True
 
     @property
     def id(self) -> str:
@@ -264,6 +268,19 @@ class ContainerActor:
     async def process_lost(self) -> None:
         """The process died while no daemon watched it (found on reopen); its code is lost."""
         await self._call(self._h_process_lost)
+
+    async def write_stdin(self, data: bytes) -> None:
+        """An attached client's input: to the process now, or once it exists."""
+        if not self.record.config.open_stdin:
+            return  # as dockerd: input to a container without an open stdin is dropped
+
+        async def write(chunk: bytes) -> None:
+            await self.services.runtime.write_stdin(self.id, chunk)
+
+        try:
+            await self.stdio.write(data, write)
+        except RuntimeFailure as exc:
+            raise errors.Conflict(f"cannot write to the stdin of {self.id}: {exc.message}") from exc
 
     async def close_stdin(self) -> None:
         """Close the process's stdin now, or as soon as it is ready; never waits for it."""
@@ -379,6 +396,7 @@ class ContainerActor:
 
     async def _start_saga(self, ctx: StartContext) -> None:
         ctx.stdin = self._stdin
+        ctx.stdio = self.stdio
         self._ctx = ctx
         done: list[Step] = []
         try:
@@ -448,6 +466,7 @@ class ContainerActor:
     ) -> None:
         ctx.stdin.failed()
         self._stdin = StdinCloser()
+        self.stdio.run_ended()
         await self._undo(ctx, done)
         after_restart = self.lifecycle.via_restart
         self.lifecycle.handle(Event.FAILED)
@@ -521,6 +540,7 @@ class ContainerActor:
         if self._ctx is not None:
             await self._undo(self._ctx, self._done)
         self._stdin = StdinCloser()
+        self.stdio.run_ended()
         ran_for = self.services.clock.now() - self._started_at
         delay = self._restart.should_restart(
             info.exit_code, manually_stopped=record.has_been_manually_stopped, ran_for=ran_for

@@ -49,7 +49,35 @@ from .steps import MountStep, NetworkStep, RuntimeStep, SpecStep, Step
 from .store import ContainerIndex, ContainerRecord, RecordStore, new_id
 from .views import format_time, list_view, parse_time
 
-__all__ = ["Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
+__all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
+
+
+class AttachSession:
+    """One attached client: its input to the container, the container's output to it."""
+
+    def __init__(
+        self,
+        actor: ContainerActor,
+        output: MemoryObjectReceiveStream[tuple[str, bytes]],
+        stdin: bool,
+    ) -> None:
+        self._actor = actor
+        self._output = output
+        self._stdin = stdin
+
+    async def send(self, data: bytes) -> None:
+        if not self._stdin:
+            raise errors.InvalidParameter("attached without stdin")
+        await self._actor.write_stdin(data)
+
+    async def send_eof(self) -> None:
+        """Close the container's stdin — now, or once its process is ready."""
+        if self._stdin:
+            await self._actor.close_stdin()
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
+        return self._output.__aiter__()
+
 
 log = structlog.get_logger("asyncstart.daemon")
 
@@ -417,6 +445,24 @@ class Daemon:
     async def container_remove(self, reference: str, force: bool = False) -> None:
         """``docker rm``; ``force`` kills a running container first."""
         await self._actor(reference).remove(force, reference)
+
+    @asynccontextmanager
+    async def container_attach(
+        self, reference: str, stdin: bool = False, stdout: bool = True, stderr: bool = True
+    ) -> AsyncIterator[AttachSession]:
+        """``docker attach``: ``async with daemon.container_attach("web", stdin=True) as s:``
+        then ``await s.send(b"...")``, ``await s.send_eof()``, ``async for stream, data in s``.
+
+        Attaching before the start is allowed: the output of the next run arrives, and input
+        sent meanwhile reaches the process once it exists. The output ends with the run.
+        """
+        actor = self._actor(reference)
+        streams = frozenset(n for n, on in (("stdout", stdout), ("stderr", stderr)) if on)
+        receive = actor.stdio.subscribe(streams)
+        try:
+            yield AttachSession(actor, receive, stdin)
+        finally:
+            actor.stdio.unsubscribe(receive)
 
     async def container_close_stdin(self, reference: str) -> None:
         """What an attached client's EOF does: close stdin now, or once the process is ready."""

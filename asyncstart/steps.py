@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import anyio
 
 from . import errors
+from .attach import StdioHub
 from .images import MountDriver
 from .network import NetworkDriver
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
@@ -35,6 +36,7 @@ class StartContext:
     checkpoint: str | None = None
     checkpoint_dir: str | None = None
     stdin: StdinCloser = field(default_factory=StdinCloser)
+    stdio: StdioHub = field(default_factory=StdioHub)
     rootfs: str | None = None
     network: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
@@ -134,7 +136,12 @@ class RuntimeStep:
         record = ctx.record
         bundle = Bundle(self.bundles / record.id, ctx.spec or {})
         log_path = str(self.logs / record.id / f"{record.id}-json.log") if self.logs else None
-        stdio = Stdio(open_stdin=record.config.open_stdin, tty=record.config.tty, log_path=log_path)
+        stdio = Stdio(
+            open_stdin=record.config.open_stdin,
+            tty=record.config.tty,
+            log_path=log_path,
+            on_output=ctx.stdio.publish,
+        )
         try:
             ctx.pid = await self.runtime.create(
                 record.id,
@@ -148,6 +155,11 @@ class RuntimeStep:
             raise error from exc
         # A step that fails leaves nothing behind: from here on the process exists.
         try:
+            if record.config.open_stdin:
+                # Input sent before the process existed goes first, then any pending EOF.
+                await ctx.stdio.process_ready(
+                    lambda data: self.runtime.write_stdin(record.id, data)
+                )
             if ctx.stdin.ready():
                 await self.runtime.close_stdin(record.id)
             await self.runtime.start(record.id)

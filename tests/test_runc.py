@@ -232,3 +232,35 @@ async def test_follow_streams_until_the_container_exits(runc_daemon: asyncstart.
             seen.append(data)
     assert seen == [b"first\n", b"second\n"]
     assert (await runc_daemon.container_inspect(cid))["State"]["Status"] == "exited"
+
+
+@pytest.mark.parametrize("eof_before_start", [True, False])
+async def test_attached_cat_gets_input_sent_before_and_after_start(
+    runc_daemon: asyncstart.Daemon, roots: _Roots, eof_before_start: bool
+) -> None:
+    cid = await runc_daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True}
+    )
+    output: list[bytes] = []
+    with anyio.fail_after(30):  # never hangs, whatever the order of EOF and start
+        async with runc_daemon.container_attach(cid, stdin=True) as session:
+
+            async def read() -> None:
+                async for _, data in session:
+                    output.append(data)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await session.send(b"before\n")
+                if eof_before_start:
+                    await session.send_eof()
+                    await runc_daemon.container_start(cid)
+                else:
+                    await runc_daemon.container_start(cid)
+                    await session.send(b"after\n")
+                    await session.send_eof()
+        assert await runc_daemon.container_wait(cid) == {"StatusCode": 0}
+    expected = b"before\n" if eof_before_start else b"before\nafter\n"
+    assert b"".join(output) == expected
+    await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)

@@ -7,6 +7,7 @@ memory, public, for tests and the engine-overhead benchmark); ``runc`` follows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -52,6 +53,8 @@ class Stdio:
     tty: bool = False
     #: Where the runtime writes stdout/stderr, in dockerd's json-file format (None: discard).
     log_path: str | None = None
+    #: Called with ``(stream, chunk)`` for every chunk of output (attached clients); must not block.
+    on_output: Callable[[str, bytes], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,10 @@ class Runtime(Protocol):
     async def pause(self, container_id: str) -> None: ...
 
     async def resume(self, container_id: str) -> None: ...
+
+    async def write_stdin(self, container_id: str, data: bytes) -> None:
+        """Write to the process's stdin (created with ``open_stdin``)."""
+        ...
 
     async def close_stdin(self, container_id: str) -> None: ...
 

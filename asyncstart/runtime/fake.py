@@ -211,6 +211,14 @@ class FakeRuntime:
         for signal in pending:
             self._deliver(process, signal)
 
+    async def write_stdin(self, container_id: str, data: bytes) -> None:
+        process = self._process(container_id)
+        if process.stdin_closes:
+            raise RuntimeFailure("stdin is closed")
+        program = process.args[0].rsplit("/", 1)[-1] if process.args else ""
+        if program == "cat" and process.stdio.on_output is not None:
+            process.stdio.on_output("stdout", data)  # cat echoes its input
+
     async def close_stdin(self, container_id: str) -> None:
         process = self._process(container_id)
         process.stdin_closes += 1

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class _Container:
     stdin: int = -1  # our write end of the stdin FIFO
     readers: list[int] = field(default_factory=list)
     log_path: str | None = None
+    on_output: Callable[[str, bytes], None] | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Output streams still being copied; the exit is reported once they are drained.
     pumping: int = 0
@@ -173,6 +175,8 @@ class RuncRuntime:
                     continue
                 if not chunk:
                     break
+                if box.on_output is not None:
+                    box.on_output(stream, chunk)
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 if log_file is not None:
@@ -209,7 +213,7 @@ class RuncRuntime:
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(bundle.spec))
         os.replace(tmp, path / "config.json")
-        box = _Container(path, log_path=stdio.log_path)
+        box = _Container(path, log_path=stdio.log_path, on_output=stdio.on_output)
         child = self._open_stdio(path, stdio, box)
         pid_file = path / "init.pid"
         log_file = path / "runc.log"
@@ -284,6 +288,20 @@ class RuncRuntime:
 
     async def resume(self, container_id: str) -> None:
         await self._checked("resume", container_id)
+
+    async def write_stdin(self, container_id: str, data: bytes) -> None:
+        box = self._box(container_id)
+        view = memoryview(data)
+        while view:
+            if box.stdin < 0:
+                raise RuntimeFailure("stdin is closed")
+            await anyio.wait_writable(box.stdin)
+            try:
+                view = view[os.write(box.stdin, view) :]
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                raise RuntimeFailure("the container closed its stdin") from None
 
     async def close_stdin(self, container_id: str) -> None:
         box = self._box(container_id)
