@@ -264,3 +264,23 @@ async def test_attached_cat_gets_input_sent_before_and_after_start(
     assert b"".join(output) == expected
     await runc_daemon.container_remove(cid)
     assert_nothing_left(roots)
+
+
+async def test_checkpoint_restore_fails_clearly_and_leaves_nothing(
+    roots: _Roots, busybox_tar: Path, tmp_path: Path
+) -> None:
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", experimental=True
+    )
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox")
+        cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        with pytest.raises(errors.DockerError) as info:
+            await daemon.container_start(cid, checkpoint="cp1", checkpoint_dir=str(tmp_path))
+        # runc restore needs CRIU and a checkpoint image; the error says what went wrong.
+        assert "restore" in str(info.value).lower() or "criu" in str(info.value).lower()
+        state = (await daemon.container_inspect(cid))["State"]
+        assert state["Status"] == "created" and state["Error"]
+        assert _mounts_under(roots.data) == [] and _runc_list(roots) == []
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
