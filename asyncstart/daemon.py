@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -42,7 +43,7 @@ from .images.store import ImageStore
 from .lifecycle import PROCESS_STATES, State
 from .network import FakeNetwork, NetworkDriver
 from .network.loopback import LoopbackNetwork
-from .runtime import FakeRuntime, Runtime, StateInfo
+from .runtime import FakeRuntime, Runtime, StateInfo, Stdio
 from .runtime.runc import RuncRuntime
 from .signals import parse_signal
 from .steps import MountStep, NetworkStep, RuntimeStep, SpecStep, Step
@@ -176,13 +177,30 @@ class Daemon:
         return actor
 
     async def _restore(self) -> None:
-        for record in await self.records.load_all():
+        """Reconcile with reality: every record gets its actor; live processes are taken back,
+        dead ones become exits; what removed containers left (runtime state, mounts, bundles)
+        is deleted."""
+        records = await self.records.load_all()
+        live: set[str] = set()
+        for record in records:
             self._index.add(record.id, record.name)
             actor = await self._adopt(record)
             if actor.lifecycle.state in PROCESS_STATES:
-                live = await self.runtime.state(record.id)
-                if live is None:
+                stdio = Stdio(
+                    open_stdin=record.config.open_stdin,
+                    tty=record.config.tty,
+                    log_path=str(self.records.path(record.id) / f"{record.id}-json.log"),
+                    on_output=actor.stdio.publish,
+                )
+                if await self.runtime.restore(record.id, stdio) is None:
                     await actor.process_lost()
+                else:
+                    live.add(record.id)
+        await self.runtime.cleanup(live)
+        await self.mounter.cleanup(live, {r.id for r in records})
+        for bundle in await anyio.to_thread.run_sync(lambda: list(self.exec_root.iterdir())):
+            if bundle.is_dir() and bundle.name not in live and len(bundle.name) == 64:
+                await anyio.to_thread.run_sync(shutil.rmtree, bundle, True)
 
     def _actor(self, reference: str) -> ContainerActor:
         container_id = self._index.resolve(reference)

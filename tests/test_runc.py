@@ -284,3 +284,40 @@ async def test_checkpoint_restore_fails_clearly_and_leaves_nothing(
         assert _mounts_under(roots.data) == [] and _runc_list(roots) == []
         await daemon.container_remove(cid)
     assert_nothing_left(roots)
+
+
+async def test_reopen_reconciles_with_reality(roots: _Roots, busybox_tar: Path) -> None:
+    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox")
+        keeps = await _run(daemon, "sh", "-c", "echo before; read line; echo got $line; sleep 1000",
+                           OpenStdin=True)  # fmt: skip
+        dies = await _run(daemon, "sleep", "1000")
+        orphan = await _run(daemon, "sleep", "1000")
+        dying_pid = (await daemon.container_inspect(dies))["State"]["Pid"]
+    # The daemon is gone; its containers run on. One process dies meanwhile, and one
+    # container's record disappears (a removal that crashed half-way).
+    os.kill(dying_pid, 9)
+    shutil.rmtree(roots.data / "containers" / orphan)
+    async with asyncstart.open_daemon(config) as daemon:
+        state = (await daemon.container_inspect(keeps))["State"]
+        assert state["Status"] == "running"
+        state = (await daemon.container_inspect(dies))["State"]
+        assert (state["Status"], state["ExitCode"]) == ("exited", 255)
+        with pytest.raises(errors.NotFound):
+            await daemon.container_inspect(orphan)
+        assert [c["id"] for c in _runc_list(roots)] == [keeps]
+        assert len(_mounts_under(roots.data)) == 1
+        assert not (roots.exec / orphan).exists() and not (roots.exec / dies).exists()
+        # The adopted container is fully managed: input, output, stop.
+        async with daemon.container_attach(keeps, stdin=True) as session:
+            await session.send(b"hi\n")
+            with anyio.fail_after(20):
+                async for _, data in session:
+                    if b"got hi" in data:
+                        break
+        await daemon.container_stop(keeps, timeout=1)
+        assert (await daemon.container_inspect(keeps))["State"]["Status"] == "exited"
+        for cid in (keeps, dies):
+            await daemon.container_remove(cid)
+    assert_nothing_left(roots)

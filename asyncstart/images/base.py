@@ -24,6 +24,10 @@ class MountDriver(Protocol):
         """Delete the writable layer (at container remove); unmounts first if needed."""
         ...
 
+    async def cleanup(self, keep: set[str], known: set[str]) -> None:
+        """After a daemon restart: unmount all but ``keep``; delete layers not in ``known``."""
+        ...
+
     def mounted(self, container_id: str) -> bool:
         """Whether the root filesystem is mounted now."""
         ...

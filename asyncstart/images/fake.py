@@ -44,5 +44,11 @@ class FakeMounter:
         self.refs.pop(container_id, None)
         self.layers.pop(container_id, None)
 
+    async def cleanup(self, keep: set[str], known: set[str]) -> None:
+        for container_id in set(self.refs) - keep:
+            del self.refs[container_id]
+        for container_id in set(self.layers) - known:
+            del self.layers[container_id]
+
     def mounted(self, container_id: str) -> bool:
         return self.refs[container_id] > 0

@@ -82,12 +82,20 @@ class OverlayMounter:
         return merged
 
     async def unmount(self, container_id: str) -> None:
-        if self.refs[container_id] <= 0:
+        if self.refs[container_id] > 1:
+            self.refs[container_id] -= 1
             return
-        self.refs[container_id] -= 1
-        if self.refs[container_id] == 0:
-            del self.refs[container_id]
-            await anyio.to_thread.run_sync(_umount, str(self._dir(container_id) / "merged"))
+        # The last reference — or none counted in this process (mounted before a restart).
+        self.refs.pop(container_id, None)
+        await anyio.to_thread.run_sync(_umount, str(self._dir(container_id) / "merged"))
+
+    async def cleanup(self, keep: set[str], known: set[str]) -> None:
+        for directory in list(self.root.iterdir()):
+            if directory.name in keep:
+                continue
+            await anyio.to_thread.run_sync(_umount, str(directory / "merged"))
+            if directory.name not in known:
+                await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
     async def remove(self, container_id: str) -> None:
         self.refs.pop(container_id, None)

@@ -114,8 +114,13 @@ class Runtime(Protocol):
         """Forget the container's runtime state; ``force`` kills a live process first."""
         ...
 
-    async def state(self, container_id: str) -> StateInfo | None:
-        """The live process, if any (used when a daemon reopens its roots)."""
+    async def restore(self, container_id: str, stdio: Stdio) -> StateInfo | None:
+        """After a daemon restart: take a live process back under watch (its output to
+        ``stdio``) and return it, or None if it is gone (its leftovers are deleted)."""
+        ...
+
+    async def cleanup(self, keep: set[str]) -> None:
+        """After a daemon restart: delete every container of this runtime not in ``keep``."""
         ...
 
 

@@ -237,11 +237,17 @@ class FakeRuntime:
             process.timer.cancel()
         del self.processes[container_id]
 
-    async def state(self, container_id: str) -> StateInfo | None:
+    async def restore(self, container_id: str, stdio: Stdio) -> StateInfo | None:
         process = self.processes.get(container_id)
-        if process is None or process.status == "stopped":
+        if process is None or process.status in ("stopped", "created"):
+            self.processes.pop(container_id, None)
             return None
+        process.stdio = stdio
         return StateInfo("start", pid=process.pid)
+
+    async def cleanup(self, keep: set[str]) -> None:
+        for container_id in set(self.processes) - keep:
+            del self.processes[container_id]
 
     # -- for tests -------------------------------------------------------------------------
 

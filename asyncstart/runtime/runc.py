@@ -343,14 +343,47 @@ class RuncRuntime:
             self._close(box)
             shutil.rmtree(box.bundle, ignore_errors=True)
 
-    async def state(self, container_id: str) -> StateInfo | None:
+    async def restore(self, container_id: str, stdio: Stdio) -> StateInfo | None:
         result = await self._runc("state", container_id)
         if result.returncode != 0:
             return None
         state = json.loads(result.stdout)
-        if state.get("status") not in ("running", "paused", "created"):
+        if state.get("status") not in ("running", "paused"):
+            await self._run_quietly("delete", "--force", container_id)
             return None
-        return StateInfo("start", pid=int(state.get("pid", 0)))
+        bundle = Path(state["bundle"])
+        box = _Container(bundle, pid=int(state["pid"]), log_path=stdio.log_path,
+                         on_output=stdio.on_output)  # fmt: skip
+        try:
+            box.pidfd = os.pidfd_open(box.pid)
+        except ProcessLookupError:
+            await self._run_quietly("delete", "--force", container_id)
+            return None
+        # The FIFOs are still there: read the output again, keep the stdin writable.
+        for stream in ("stdout", "stderr"):
+            with contextlib.suppress(OSError):
+                box.readers.append(os.open(bundle / f"init-{stream}", os.O_RDONLY | os.O_NONBLOCK))
+        if stdio.open_stdin:
+            with contextlib.suppress(OSError):
+                box.stdin = os.open(bundle / "init-stdin", os.O_WRONLY | os.O_NONBLOCK)
+        self._containers[container_id] = box
+        assert self._tg is not None
+        box.pumping = len(box.readers)
+        if not box.readers:
+            box.drained.set()
+        for fd, stream in zip(box.readers, ("stdout", "stderr")[: len(box.readers)], strict=True):
+            self._tg.start_soon(self._pump, box, fd, stream)
+        box.readers = []
+        self._tg.start_soon(self._monitor, container_id, box)
+        return StateInfo("start", pid=box.pid)
+
+    async def cleanup(self, keep: set[str]) -> None:
+        result = await self._runc("list", "--format", "json")
+        for entry in json.loads(result.stdout or b"null") or []:
+            if entry["id"] not in keep:
+                log.info("runtime.cleanup", container_id=entry["id"], status=entry["status"])
+                await self._run_quietly("delete", "--force", entry["id"])
+                shutil.rmtree(entry["bundle"], ignore_errors=True)
 
     def live(self) -> list[str]:
         return list(self._containers)
