@@ -287,6 +287,10 @@ class Daemon:
         """``docker import``: a root filesystem tarball becomes an image; returns its ID."""
         return await self.images.import_(source, repo=repo, tag=tag, changes=changes)
 
+    async def image_load(self, source: str | os.PathLike[str] | AsyncIterable[bytes]) -> list[str]:
+        """``docker load``: the images of a ``docker save`` archive."""
+        return await self.images.load(source)
+
     async def images_list(self) -> list[dict[str, Any]]:
         return await anyio.to_thread.run_sync(self.images.list_images)
 

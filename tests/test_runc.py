@@ -321,3 +321,87 @@ async def test_reopen_reconciles_with_reality(roots: _Roots, busybox_tar: Path) 
         for cid in (keeps, dies):
             await daemon.container_remove(cid)
     assert_nothing_left(roots)
+
+
+def _saved_archive(tmp_path: Path, busybox_tar: Path) -> Path:
+    """A ``docker save`` archive: busybox plus a layer that deletes and hides files."""
+    import hashlib
+    import io
+    import tarfile
+
+    def layer(members: dict[str, bytes | None]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                if data is None:
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    archive.addfile(info)
+                else:
+                    info.size, info.mode = len(data), 0o644
+                    archive.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    base = layer({"data": None, "data/a": b"a", "data/dir": None, "data/dir/x": b"x"})
+    top = layer({"data/.wh.a": b"", "data/dir/.wh..wh..opq": b"", "data/dir/y": b"y"})
+    layers = [busybox_tar.read_bytes(), base, top]
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh", "-c", "ls /data; ls /data/dir"],
+                   "Env": ["PATH=/usr/bin:/bin"]},
+        "rootfs": {"type": "layers",
+                   "diff_ids": ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]},
+    }).encode()  # fmt: skip
+    path = tmp_path / "saved.tar"
+    with tarfile.open(path, "w") as archive:
+        entries = {"config.json": config}
+        entries |= {f"l{i}/layer.tar": data for i, data in enumerate(layers)}
+        manifest = [{"Config": "config.json", "RepoTags": ["saved:1"],
+                     "Layers": [f"l{i}/layer.tar" for i in range(len(layers))]}]  # fmt: skip
+        entries["manifest.json"] = json.dumps(manifest).encode()
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+async def test_load_a_saved_image_with_whiteouts(
+    runc_daemon: asyncstart.Daemon, busybox_tar: Path, tmp_path: Path, roots: _Roots
+) -> None:
+    loaded = await runc_daemon.image_load(str(_saved_archive(tmp_path, busybox_tar)))
+    assert loaded == ["Loaded image: saved:1"]
+    info = await runc_daemon.image_inspect("saved:1")
+    assert len(info["RootFS"]["Layers"]) == 3
+    cid = await runc_daemon.container_create(config={"Image": "saved:1"})
+    await runc_daemon.container_start(cid)
+    assert await runc_daemon.container_wait(cid) == {"StatusCode": 0}
+    # /data/a is deleted by the top layer; /data/dir is opaque: only its own y shows.
+    assert [d async for _, d in runc_daemon.container_logs(cid)] == [b"dir\n", b"y\n"]
+    await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_load_rejects_a_layer_that_does_not_match_its_config(
+    runc_daemon: asyncstart.Daemon, busybox_tar: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    good = _saved_archive(tmp_path, busybox_tar)
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(good) as src, tarfile.open(bad, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == "l2/layer.tar":
+                data = data.replace(b"y", b"z", 1)
+            member.size = len(data)
+            import io
+
+            dst.addfile(member, io.BytesIO(data))
+    layers = runc_daemon.images.layers
+    before = sorted(layers.iterdir())
+    with pytest.raises(errors.InvalidParameter, match="the config says"):
+        await runc_daemon.image_load(str(bad))
+    assert sorted(layers.iterdir()) == before
+    with pytest.raises(errors.NotFound):
+        await runc_daemon.image_inspect("saved:1")

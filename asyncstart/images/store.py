@@ -35,6 +35,8 @@ from .. import errors
 
 __all__ = ["ImageStore", "parse_reference"]
 
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
 _CHANGE_KEYS = {"CMD": "Cmd", "ENTRYPOINT": "Entrypoint", "ENV": "Env", "WORKDIR": "WorkingDir",
                 "USER": "User"}  # fmt: skip
 
@@ -66,6 +68,20 @@ def _safe_extract(archive: tarfile.TarFile, destination: str) -> None:
             continue
         if member.ischr() or member.isblk():
             raise _reject(name, "device nodes are not allowed")
+        base = parts[-1]
+        if base.startswith(_WHITEOUT):
+            # A whiteout hides what lower layers have; overlayfs spells it as a 0/0 device
+            # (or, for ``.wh..wh..opq``, an opaque directory).
+            parent = os.path.realpath(os.path.join(root, *parts[:-1]))
+            if not inside(parent):
+                raise _reject(name, "it would be written outside the layer through a symlink")
+            os.makedirs(parent, exist_ok=True)
+            if base == _OPAQUE:
+                os.setxattr(parent, "trusted.overlay.opaque", b"y")
+            else:
+                hidden = os.path.join(parent, base[len(_WHITEOUT) :])
+                os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            continue
         # realpath resolves symlinks already extracted: a parent that is a link out of the
         # layer (``evil -> /etc``, then ``evil/passwd``) is caught here.
         target = os.path.realpath(os.path.join(root, *parts[:-1]))
@@ -162,6 +178,16 @@ class ImageStore:
 
     # -- import ----------------------------------------------------------------------------
 
+    def _plain(self, path: Path) -> Path:
+        """``path`` itself if it is not gzip, else a decompressed copy beside it."""
+        with path.open("rb") as file:
+            if file.read(2) != b"\x1f\x8b":
+                return path
+        plain = path.with_name(path.name + ".plain")
+        with gzip.open(path, "rb") as src, plain.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        return plain
+
     def _store_layer(self, tar_path: Path) -> str:
         """Extract an uncompressed layer tar; return its diff ID (reused if already stored)."""
         digest = hashlib.sha256()
@@ -191,14 +217,7 @@ class ImageStore:
             raise errors.InvalidParameter(f"no such file: {tar_path}")
         container_config: dict[str, Any] = {"Env": []}
         _parse_changes(changes, container_config)  # before any work: a bad change costs nothing
-        with tar_path.open("rb") as file:
-            compressed = file.read(2) == b"\x1f\x8b"
-        if compressed:
-            plain = tar_path.with_suffix(".plain")
-            with gzip.open(tar_path, "rb") as src, plain.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            tar_path = plain
-        diff_id = self._store_layer(tar_path)
+        diff_id = self._store_layer(self._plain(tar_path))
         if not container_config["Env"]:
             container_config["Env"] = [
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -220,7 +239,12 @@ class ImageStore:
         return image_id
 
     def _write_config(self, config: dict[str, Any]) -> str:
-        data = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        return self._write_config_bytes(
+            json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        )
+
+    def _write_config_bytes(self, data: bytes) -> str:
+        """Store an image config as it is: its ID is the sha256 of exactly these bytes."""
         hex_id = hashlib.sha256(data).hexdigest()
         path = self.configs / f"{hex_id}.json"
         if not path.exists():
@@ -252,6 +276,65 @@ class ImageStore:
                     async for chunk in source:
                         await out.write(chunk)
             return await anyio.to_thread.run_sync(self._import, tar_path, repo, tag, list(changes))
+
+    def _load(self, archive_path: Path, workdir: Path) -> list[str]:
+        try:
+            with tarfile.open(self._plain(archive_path), "r:") as archive:
+                _safe_extract(archive, str(workdir))
+        except (tarfile.TarError, EOFError) as exc:
+            raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
+        try:
+            manifest = json.loads((workdir / "manifest.json").read_bytes())
+        except (FileNotFoundError, ValueError) as exc:
+            raise errors.InvalidParameter(f"invalid archive: manifest.json: {exc}") from None
+        before = set(os.listdir(self.layers))
+        try:
+            return self._load_manifest(workdir, manifest)
+        except BaseException:
+            # A failed load leaves no layer behind that it brought in.
+            for name in set(os.listdir(self.layers)) - before:
+                shutil.rmtree(self.layers / name, ignore_errors=True)
+            raise
+
+    def _load_manifest(self, workdir: Path, manifest: list[dict[str, Any]]) -> list[str]:
+        loaded = []
+        for entry in manifest:
+            config_path = _member(workdir, entry.get("Config", ""))
+            config_bytes = config_path.read_bytes()
+            config = json.loads(config_bytes)
+            expected = config.get("rootfs", {}).get("diff_ids", [])
+            layers = [_member(workdir, layer) for layer in entry.get("Layers", [])]
+            if len(layers) != len(expected):
+                raise errors.InvalidParameter("invalid archive: layers do not match the config")
+            for layer, want in zip(layers, expected, strict=True):
+                got = self._store_layer(self._plain(layer))
+                if got != want:
+                    raise errors.InvalidParameter(
+                        f"invalid archive: layer {layer.name} is {got}, the config says {want}"
+                    )
+            image_id = self._write_config_bytes(config_bytes)
+            for reference in entry.get("RepoTags") or []:
+                name, tag = parse_reference(reference)
+                self._tag(image_id, name, tag)
+                loaded.append(f"Loaded image: {reference}")
+            if not entry.get("RepoTags"):
+                loaded.append(f"Loaded image ID: {image_id}")
+        return loaded
+
+    async def load(self, source: str | os.PathLike[str] | AsyncIterable[bytes]) -> list[str]:
+        """``docker load`` of a ``docker save`` archive (layers with whiteouts); returns the
+        ``Loaded image: ...`` lines."""
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".load-") as tmpdir:
+            archive_path = Path(tmpdir) / "archive.tar"
+            if isinstance(source, (str, os.PathLike)):
+                archive_path = Path(source)
+            else:
+                async with await anyio.open_file(archive_path, "wb") as out:
+                    async for chunk in source:
+                        await out.write(chunk)
+            workdir = Path(tmpdir) / "unpacked"
+            workdir.mkdir()
+            return await anyio.to_thread.run_sync(self._load, archive_path, workdir)
 
     # -- inspect, list, tag, remove -------------------------------------------------------
 
@@ -319,6 +402,14 @@ class ImageStore:
                 with contextlib.suppress(FileNotFoundError):
                     shutil.rmtree(self.layers / diff_id[7:])
         return removed
+
+
+def _member(root: Path, name: str) -> Path:
+    """A file named by the manifest, which must be inside the archive."""
+    path = (root / name).resolve()
+    if not str(path).startswith(str(root.resolve()) + os.sep) or not path.is_file():
+        raise errors.InvalidParameter(f"invalid archive: no file {name!r}")
+    return path
 
 
 def _tree_size(path: Path) -> int:
