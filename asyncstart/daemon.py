@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ class DaemonConfig:
     cgroup_parent: str = "asyncstart"
     #: Checkpoint/restore is experimental in dockerd too.
     experimental: bool = False
+    #: OCI runtimes a container may name in ``HostConfig.Runtime``: name -> (path, *args),
+    #: as dockerd's ``runtimes`` setting. ``runc`` is always there.
+    runtimes: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,8 @@ class Daemon:
         self.events = EventBus()
         self.records = RecordStore(self.data_root / "containers", fsync=config.fsync)
         self.images = ImageStore(self.data_root / "image")
+        self._runtimes: dict[str, tuple[str, ...]] = {"runc": ("runc",)}
+        self._runtimes.update({name: tuple(v) for name, v in config.runtimes.items()})
         self._index = ContainerIndex()
         self._actors: dict[str, ContainerActor] = {}
         # The start saga: each step with the lifecycle state it runs in.
@@ -141,7 +146,10 @@ class Daemon:
             (State.MOUNTING, MountStep(mounter)),
             (State.NETWORKING, NetworkStep(network)),
             (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent)),
-            (State.SPEC_READY, RuntimeStep(runtime, self.exec_root, self.records.root)),
+            (
+                State.SPEC_READY,
+                RuntimeStep(runtime, self.exec_root, self.records.root, self._runtimes),
+            ),
         )
         self._services = ActorServices(
             runtime=runtime,
@@ -223,6 +231,8 @@ class Daemon:
             dict(host_config) if isinstance(host_config, Mapping) else host_config
         )
         validate_host_config(host)
+        if host.runtime and host.runtime not in self._runtimes:
+            raise errors.InvalidParameter(f"unknown or invalid runtime name: {host.runtime}")
         image_id = self._apply_image(parsed)
         if not parsed.cmd and not parsed.entrypoint:
             raise errors.InvalidParameter("No command specified")

@@ -86,19 +86,42 @@ def process_args(config: Config) -> list[str]:
     return [*(config.entrypoint or ()), *(config.cmd or ())]
 
 
-def _user(user: str) -> dict[str, Any]:
-    # Names need the image's /etc/passwd, which the mount step's driver resolves; numeric
-    # users (the common case in tests and benchmarks) are taken as they are.
-    uid, _, gid = user.partition(":")
-    if uid and not uid.isdigit():
-        raise errors.InvalidParameter(
-            f"unable to find user {uid}: no matching entries in passwd file"
-        )
-    if gid and not gid.isdigit():
-        raise errors.InvalidParameter(
-            f"unable to find group {gid}: no matching entries in group file"
-        )
-    return {"uid": int(uid or 0), "gid": int(gid or 0)}
+def _lookup(table: str | None, name: str) -> list[str] | None:
+    for line in (table or "").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name:
+            return fields
+    return None
+
+
+def _user(user: str, passwd: str | None, group: str | None) -> dict[str, Any]:
+    """``user[:group]`` by number or by name in the image's /etc/passwd and /etc/group."""
+    name, _, group_name = user.partition(":")
+    uid = gid = 0
+    if name.isdigit():
+        uid = int(name)
+        for line in (passwd or "").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 4 and fields[2] == name and fields[3].isdigit():
+                gid = int(fields[3])
+                break
+    elif name:
+        entry = _lookup(passwd, name)
+        if entry is None or len(entry) < 4:
+            raise errors.InvalidParameter(
+                f"unable to find user {name}: no matching entries in passwd file"
+            )
+        uid, gid = int(entry[2]), int(entry[3])
+    if group_name.isdigit():
+        gid = int(group_name)
+    elif group_name:
+        entry = _lookup(group, group_name)
+        if entry is None:
+            raise errors.InvalidParameter(
+                f"unable to find group {group_name}: no matching entries in group file"
+            )
+        gid = int(entry[2])
+    return {"uid": uid, "gid": gid}
 
 
 def _rlimits(host_config: HostConfig, host_hard: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -126,6 +149,8 @@ def build_spec(
     netns: str | None,
     host_hard_limits: Mapping[str, int] | None = None,
     cgroup_parent: str = "asyncstart",
+    passwd: str | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` for one start. ``netns`` None shares the host's network namespace."""
     env = list(config.env or ())
@@ -183,7 +208,7 @@ def build_spec(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": config.tty,
-            "user": _user(config.user),
+            "user": _user(config.user, passwd, group),
             "args": process_args(config),
             "env": env,
             "cwd": config.working_dir or "/",

@@ -8,7 +8,9 @@ the container's state (that is the actor's job).
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,6 +94,19 @@ def _host_hard_limits() -> dict[str, int]:
     return limits
 
 
+def _read_inside(root: str, relative: str) -> str | None:
+    """A text file of the container's root filesystem; None if absent or if it would be
+    read from outside the root (a symlink in a hostile image)."""
+    path = os.path.realpath(os.path.join(root, relative))
+    if not path.startswith(os.path.realpath(root) + os.sep):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read(1 << 20)
+    except OSError:
+        return None
+
+
 class SpecStep:
     """Builds the OCI spec (pure) from the record and what the earlier steps produced."""
 
@@ -115,6 +130,8 @@ class SpecStep:
             netns=netns,
             host_hard_limits=self.host_hard_limits,
             cgroup_parent=self.cgroup_parent,
+            passwd=_read_inside(ctx.rootfs, "etc/passwd") if ctx.rootfs else None,
+            group=_read_inside(ctx.rootfs, "etc/group") if ctx.rootfs else None,
         )
 
     async def undo(self, ctx: StartContext) -> None:
@@ -126,9 +143,17 @@ class RuntimeStep:
 
     name = "create"
 
-    def __init__(self, runtime: Runtime, bundles: Path, logs: Path | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        bundles: Path,
+        logs: Path | None = None,
+        runtimes: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.bundles = bundles
+        #: ``HostConfig.Runtime`` name -> (path, *args)
+        self.runtimes = dict(runtimes or {})
         #: ``logs/<id>/<id>-json.log`` is the container's json-file log.
         self.logs = logs
 
@@ -143,12 +168,15 @@ class RuntimeStep:
             on_output=ctx.stdio.publish,
         )
         try:
+            binary, *args = self.runtimes.get(record.host_config.runtime, ("",))
             ctx.pid = await self.runtime.create(
                 record.id,
                 bundle,
                 stdio,
                 checkpoint=ctx.checkpoint,
                 checkpoint_dir=ctx.checkpoint_dir,
+                runtime_args=tuple(args),
+                binary=binary or None,
             )
         except RuntimeFailure as exc:
             ctx.exit_code, error = translate_start_error(exc.message)

@@ -405,3 +405,56 @@ async def test_load_rejects_a_layer_that_does_not_match_its_config(
     assert sorted(layers.iterdir()) == before
     with pytest.raises(errors.NotFound):
         await runc_daemon.image_inspect("saved:1")
+
+
+async def test_the_spec_reaches_the_process(
+    roots: _Roots, busybox_tar: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "note").write_text("from the host\n")
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data,
+        exec_root=roots.exec,
+        runtime="runc",
+        runtimes={"debugging": ["runc", "--debug"]},
+    )
+    script = (
+        "echo $(hostname) $GREETING $(pwd) $(id -u):$(id -g); cat /data/note; "
+        "touch /x 2>/dev/null || echo ro; touch /scratch/y && echo tmpfs-ok; ulimit -n"
+    )
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox")
+        cid = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", script], "Hostname": "box",
+                    "Env": ["GREETING=hi"], "WorkingDir": "/tmp", "User": "nobody"},
+            host_config={"ReadonlyRootfs": True, "Binds": [f"{shared}:/data:ro"],
+                         "Tmpfs": {"/scratch": "mode=1777"}, "Runtime": "debugging",
+                         "Ulimits": [{"Name": "nofile", "Soft": 512, "Hard": 1024}]},
+        )  # fmt: skip
+        await daemon.container_start(cid)
+        assert await daemon.container_wait(cid) == {"StatusCode": 0}
+        out = b"".join([d async for s, d in daemon.container_logs(cid) if s == "stdout"])
+        assert out.decode().split("\n") == [
+            "box hi /tmp 65534:65534",
+            "from the host",
+            "ro",
+            "tmpfs-ok",
+            "512",
+            "",
+        ]
+        # Above the daemon's own hard limit: the start fails with a clear error.
+        hard = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[1]
+        too_many = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["true"]},
+            host_config={"Ulimits": [{"Name": "nofile", "Soft": 1, "Hard": hard + 1}]},
+        )
+        with pytest.raises(errors.InvalidParameter, match="above the daemon's own hard limit"):
+            await daemon.container_start(too_many)
+        with pytest.raises(errors.InvalidParameter, match="unknown or invalid runtime name: x"):
+            await daemon.container_create(
+                config={"Image": "busybox", "Cmd": ["true"]}, host_config={"Runtime": "x"}
+            )
+        for container in (cid, too_many):
+            await daemon.container_remove(container)
+    assert_nothing_left(roots)

@@ -90,6 +90,7 @@ class Runtime(Protocol):
         checkpoint_dir: str | None = None,
         runtime_args: tuple[str, ...] = (),
         no_pivot_root: bool = False,
+        binary: str | None = None,
     ) -> int:
         """Create (or restore) the container's process, stopped before exec; return its pid."""
         ...

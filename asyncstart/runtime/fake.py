@@ -159,6 +159,7 @@ class FakeRuntime:
         checkpoint_dir: str | None = None,
         runtime_args: tuple[str, ...] = (),
         no_pivot_root: bool = False,
+        binary: str | None = None,
     ) -> int:
         await self._phase("create", container_id)
         if checkpoint is not None and checkpoint not in self.checkpoints:

@@ -49,6 +49,8 @@ class _Container:
     readers: list[int] = field(default_factory=list)
     log_path: str | None = None
     on_output: Callable[[str, bytes], None] | None = None
+    #: The runtime binary that created it (``HostConfig.Runtime``); the same one drives it.
+    binary: str | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Output streams still being copied; the exit is reported once they are drained.
     pumping: int = 0
@@ -111,9 +113,9 @@ class RuncRuntime:
     # -- running runc ----------------------------------------------------------------------
 
     async def _runc(
-        self, *args: str, log_file: Path | None = None, **fds: int
+        self, *args: str, log_file: Path | None = None, binary: str | None = None, **fds: int
     ) -> subprocess.CompletedProcess[bytes]:
-        argv = [self.binary, "--root", str(self.state_root)]
+        argv = [binary or self.binary, "--root", str(self.state_root)]
         if log_file is not None:
             argv += ["--log", str(log_file), "--log-format", "json"]
         argv += list(args)
@@ -128,8 +130,9 @@ class RuncRuntime:
         except OSError as exc:
             raise RuntimeFailure(f"failed to run {self.binary}: {exc.strerror}") from exc
 
-    async def _checked(self, *args: str) -> None:
-        result = await self._runc(*args)
+    async def _checked(self, *args: str, container_id: str) -> None:
+        box = self._containers.get(container_id)
+        result = await self._runc(*args, binary=box.binary if box else None)
         if result.returncode != 0:
             message = (result.stderr or result.stdout).decode(errors="replace").strip()
             raise RuntimeFailure(f"runc {args[0]} failed: {message}")
@@ -205,6 +208,7 @@ class RuncRuntime:
         checkpoint_dir: str | None = None,
         runtime_args: tuple[str, ...] = (),
         no_pivot_root: bool = False,
+        binary: str | None = None,
     ) -> int:
         await self._forget_stale(container_id)
         path = bundle.path
@@ -213,7 +217,7 @@ class RuncRuntime:
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(bundle.spec))
         os.replace(tmp, path / "config.json")
-        box = _Container(path, log_path=stdio.log_path, on_output=stdio.on_output)
+        box = _Container(path, log_path=stdio.log_path, on_output=stdio.on_output, binary=binary)
         child = self._open_stdio(path, stdio, box)
         pid_file = path / "init.pid"
         log_file = path / "runc.log"
@@ -227,7 +231,7 @@ class RuncRuntime:
                     container_id]  # fmt: skip
         try:
             result = await self._runc(
-                *self.runtime_args, *runtime_args, *args, log_file=log_file, **child
+                *self.runtime_args, *runtime_args, *args, log_file=log_file, binary=binary, **child
             )
         finally:
             for fd in child.values():
@@ -250,7 +254,7 @@ class RuncRuntime:
 
     async def start(self, container_id: str) -> None:
         box = self._box(container_id)
-        await self._checked("start", container_id)
+        await self._checked("start", container_id, container_id=container_id)
         assert self._backend is not None and self._tg is not None
         self._backend.state_changed(container_id, StateInfo("start", pid=box.pid, at=time.time()))
         self._tg.start_soon(self._monitor, container_id, box)
@@ -281,13 +285,13 @@ class RuncRuntime:
 
     async def kill(self, container_id: str, signal: int) -> None:
         self._box(container_id)
-        await self._checked("kill", container_id, str(signal))
+        await self._checked("kill", container_id, str(signal), container_id=container_id)
 
     async def pause(self, container_id: str) -> None:
-        await self._checked("pause", container_id)
+        await self._checked("pause", container_id, container_id=container_id)
 
     async def resume(self, container_id: str) -> None:
-        await self._checked("resume", container_id)
+        await self._checked("resume", container_id, container_id=container_id)
 
     async def write_stdin(self, container_id: str, data: bytes) -> None:
         box = self._box(container_id)
@@ -324,12 +328,12 @@ class RuncRuntime:
         """A leftover runc container or bundle with this ID is replaced, not an error."""
         result = await self._runc("state", container_id)
         if result.returncode == 0:
-            await self._checked("delete", "--force", container_id)
+            await self._checked("delete", "--force", container_id, container_id=container_id)
 
     async def delete(self, container_id: str, *, force: bool = False) -> None:
         box = self._containers.pop(container_id, None)
         args = ["delete", *(["--force"] if force else []), container_id]
-        result = await self._runc(*args)
+        result = await self._runc(*args, binary=box.binary if box else None)
         if result.returncode != 0:
             message = (result.stderr or b"").decode(errors="replace")
             if "not exist" not in message and "not found" not in message:
