@@ -3,28 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from . import DaemonConfig, open_daemon
+from .images.busybox import build_busybox_tar, find_static_busybox
 from .logs import configure_logging
 
 PHASES = ("mounting", "networking", "spec-ready", "running")
 
 
+def _choose_runtime(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if os.geteuid() == 0 and shutil.which("runc") and find_static_busybox():
+        return "runc"
+    print("not root, or no runc/static busybox: running on the fake runtime", file=sys.stderr)
+    return "fake"
+
+
 async def _demo(args: argparse.Namespace) -> int:
+    runtime = _choose_runtime(args.runtime)
     with tempfile.TemporaryDirectory(prefix="asyncstart-demo-") as root:
         config = DaemonConfig(
             data_root=args.data_root or f"{root}/data",
             exec_root=args.exec_root or f"{root}/exec",
-            runtime=args.runtime,
+            runtime=runtime,
         )
         async with open_daemon(config) as daemon:
+            if runtime == "runc":
+                tar = build_busybox_tar(Path(root) / "busybox.tar")
+                await daemon.image_import(str(tar), repo="busybox", tag="latest")
             ids = [
                 await daemon.container_create(
                     config={"Image": "busybox", "Cmd": ["sleep", "infinity"]}
@@ -80,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="start containers concurrently, show per-phase latency")
     demo.add_argument("-n", "--containers", type=int, default=100)
-    demo.add_argument("--runtime", default="fake", choices=["fake"])
+    demo.add_argument("--runtime", default="auto", choices=["auto", "runc", "fake"])
     demo.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     demo.add_argument("--data-root")
     demo.add_argument("--exec-root")
