@@ -103,6 +103,21 @@ class DaemonConfig:
     #: OCI runtimes a container may name in ``HostConfig.Runtime``: name -> (path, *args),
     #: as dockerd's ``runtimes`` setting. ``runc`` is always there.
     runtimes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: User-namespace remapping, ``"UID:GID[:SIZE]"``: container root is that host uid/gid
+    #: (dockerd's ``--userns-remap``, given as numbers). Empty: no remapping.
+    userns_remap: str = ""
+
+    def userns(self) -> tuple[int, int, int] | None:
+        """``userns_remap`` parsed: (uid, gid, size), or None."""
+        if not self.userns_remap:
+            return None
+        parts = self.userns_remap.split(":")
+        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+            raise errors.InvalidParameter(
+                f"invalid userns-remap {self.userns_remap!r}: expected UID:GID[:SIZE]"
+            )
+        uid, gid = int(parts[0]), int(parts[1])
+        return uid, gid, int(parts[2]) if len(parts) == 3 else 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +156,21 @@ class Daemon:
         self._runtimes.update({name: tuple(v) for name, v in config.runtimes.items()})
         self._index = ContainerIndex()
         self._actors: dict[str, ContainerActor] = {}
+        userns = config.userns()
         # The start saga: each step with the lifecycle state it runs in.
         saga: Sequence[tuple[State, Step]] = (
             (State.MOUNTING, MountStep(mounter)),
             (State.NETWORKING, NetworkStep(network)),
-            (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent)),
+            (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent, userns=userns)),
             (
                 State.SPEC_READY,
-                RuntimeStep(runtime, self.exec_root, self.records.root, self._runtimes),
+                RuntimeStep(
+                    runtime,
+                    self.exec_root,
+                    self.records.root,
+                    self._runtimes,
+                    owner=userns[:2] if userns else None,
+                ),
             ),
         )
         self._services = ActorServices(
@@ -599,7 +621,9 @@ async def open_daemon(
     elif config.runtime == "runc":
         images = ImageStore(Path(config.data_root) / "image")
         runtime = runtime or RuncRuntime(Path(config.exec_root) / "runc")
-        mounter = mounter or OverlayMounter(Path(config.data_root) / "overlay", images)
+        userns = config.userns()
+        owner = userns[:2] if userns else None
+        mounter = mounter or OverlayMounter(Path(config.data_root) / "overlay", images, owner)
         network = network or LoopbackNetwork()
     else:
         raise errors.InvalidParameter(f"unknown runtime specified {config.runtime}")

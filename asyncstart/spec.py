@@ -151,8 +151,10 @@ def build_spec(
     cgroup_parent: str = "asyncstart",
     passwd: str | None = None,
     group: str | None = None,
+    userns: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
-    """The ``config.json`` for one start. ``netns`` None shares the host's network namespace."""
+    """The ``config.json`` for one start. ``netns`` None shares the host's network namespace;
+    ``userns`` (uid, gid, size) runs it in a user namespace whose root is that uid/gid."""
     env = list(config.env or ())
     if not any(item.startswith("PATH=") for item in env):
         env.insert(0, DEFAULT_PATH)
@@ -170,6 +172,14 @@ def build_spec(
     ]
     if netns is not None:
         namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    id_mappings: dict[str, Any] = {}
+    if userns is not None:
+        uid, gid, size = userns
+        namespaces.append({"type": "user"})
+        id_mappings = {
+            "uidMappings": [{"containerID": 0, "hostID": uid, "size": size}],
+            "gidMappings": [{"containerID": 0, "hostID": gid, "size": size}],
+        }
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
     if host_config.memory:
         resources["memory"] = {"limit": host_config.memory}
@@ -228,6 +238,7 @@ def build_spec(
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
             "sysctl": dict(host_config.sysctls or {}),
+            **id_mappings,
         },
     }
 

@@ -112,8 +112,11 @@ class SpecStep:
 
     name = "spec"
 
-    def __init__(self, *, cgroup_parent: str = "asyncstart") -> None:
+    def __init__(
+        self, *, cgroup_parent: str = "asyncstart", userns: tuple[int, int, int] | None = None
+    ) -> None:
         self.cgroup_parent = cgroup_parent
+        self.userns = userns
         # The daemon's own hard limits are the ceiling for any container's (read once).
         self.host_hard_limits = _host_hard_limits()
 
@@ -132,6 +135,7 @@ class SpecStep:
             cgroup_parent=self.cgroup_parent,
             passwd=_read_inside(ctx.rootfs, "etc/passwd") if ctx.rootfs else None,
             group=_read_inside(ctx.rootfs, "etc/group") if ctx.rootfs else None,
+            userns=self.userns,
         )
 
     async def undo(self, ctx: StartContext) -> None:
@@ -149,8 +153,11 @@ class RuntimeStep:
         bundles: Path,
         logs: Path | None = None,
         runtimes: Mapping[str, tuple[str, ...]] | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         self.runtime = runtime
+        #: With user-namespace remapping: the bundle belongs to the remapped root.
+        self.owner = owner
         self.bundles = bundles
         #: ``HostConfig.Runtime`` name -> (path, *args)
         self.runtimes = dict(runtimes or {})
@@ -159,7 +166,7 @@ class RuntimeStep:
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
-        bundle = Bundle(self.bundles / record.id, ctx.spec or {})
+        bundle = Bundle(self.bundles / record.id, ctx.spec or {}, owner=self.owner)
         log_path = str(self.logs / record.id / f"{record.id}-json.log") if self.logs else None
         stdio = Stdio(
             open_stdin=record.config.open_stdin,

@@ -458,3 +458,44 @@ async def test_the_spec_reaches_the_process(
         for container in (cid, too_many):
             await daemon.container_remove(container)
     assert_nothing_left(roots)
+
+
+async def test_user_namespace_remapping(busybox_tar: Path) -> None:
+    # The remapped root must be able to reach its root filesystem: every directory above it
+    # has to be traversable (pytest's own temporary directories are 0700).
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="asyncstart-userns-"))
+    base.chmod(0o711)
+    try:
+        await _userns_case(_Roots(base), busybox_tar)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def _userns_case(roots: _Roots, busybox_tar: Path) -> None:
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", userns_remap="100000:100000"
+    )
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox")
+        cid = await _run(
+            daemon,
+            "sh",
+            "-c",
+            "id -u; touch /made && echo wrote; read line; exit 0",
+            OpenStdin=True,
+        )
+        pid = (await daemon.container_inspect(cid))["State"]["Pid"]
+        bundle = (roots.exec / cid).stat()
+        assert (bundle.st_uid, bundle.st_gid, bundle.st_mode & 0o777) == (100000, 100000, 0o700)
+        with open(f"/proc/{pid}/status") as status:
+            uids = next(line for line in status if line.startswith("Uid:")).split()[1:]
+        assert uids[0] == "100000", "container root is the remapped uid on the host"
+        await daemon.container_close_stdin(cid)
+        with anyio.fail_after(20):
+            assert await daemon.container_wait(cid) == {"StatusCode": 0}
+        lines = [d async for s, d in daemon.container_logs(cid) if s == "stdout"]
+        assert lines[:2] == [b"0\n", b"wrote\n"]
+        await daemon.container_remove(cid, force=True)
+    assert_nothing_left(roots)

@@ -44,9 +44,13 @@ def _umount(target: str) -> None:
 class OverlayMounter:
     """Per container: ``root/<id>/{upper,work,merged}`` and a ``lower`` file naming the layers."""
 
-    def __init__(self, root: Path, images: ImageStore) -> None:
+    def __init__(
+        self, root: Path, images: ImageStore, owner: tuple[int, int] | None = None
+    ) -> None:
         self.root = root
         self.images = images
+        #: With user-namespace remapping, the remapped root owns what the container writes.
+        self.owner = owner
         self.refs: collections.Counter[str] = collections.Counter()
         root.mkdir(parents=True, exist_ok=True)
 
@@ -60,6 +64,8 @@ class OverlayMounter:
         def make() -> None:
             for sub in ("upper", "work", "merged"):
                 (directory / sub).mkdir(parents=True, exist_ok=True)
+                if self.owner is not None and sub != "merged":
+                    os.chown(directory / sub, *self.owner)
             # overlayfs lists the top layer first.
             (directory / "lower").write_text(":".join(str(p) for p in reversed(layers)))
 

@@ -63,6 +63,8 @@ class Bundle:
 
     path: Path
     spec: dict[str, Any] = field(default_factory=dict)
+    #: (uid, gid) the bundle directory belongs to (the remapped root), else the daemon's.
+    owner: tuple[int, int] | None = None
 
 
 class RuntimeFailure(errors.SystemError):

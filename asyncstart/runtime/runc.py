@@ -214,6 +214,8 @@ class RuncRuntime:
         path = bundle.path
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path, 0o700)
+        if bundle.owner is not None:
+            os.chown(path, *bundle.owner)
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(bundle.spec))
         os.replace(tmp, path / "config.json")
