@@ -499,3 +499,93 @@ async def _userns_case(roots: _Roots, busybox_tar: Path) -> None:
         assert lines[:2] == [b"0\n", b"wrote\n"]
         await daemon.container_remove(cid, force=True)
     assert_nothing_left(roots)
+
+
+async def test_a_failed_start_at_each_real_phase_leaves_nothing(
+    roots: _Roots, busybox_tar: Path, tmp_path: Path
+) -> None:
+    # A runc that fails its "start" subcommand (after a successful create).
+    wrapper = tmp_path / "runc-start-fails"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = start ] && { echo "start refused" >&2; exit 1; }; done\n'
+        'exec runc "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data,
+        exec_root=roots.exec,
+        runtime="runc",
+        runtimes={"flaky": [str(wrapper)]},
+    )
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox")
+        # runtime start
+        cid = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["true"]}, host_config={"Runtime": "flaky"}
+        )
+        with pytest.raises(errors.SystemError, match="start refused"):
+            await daemon.container_start(cid)
+        assert _mounts_under(roots.data) == [] and _runc_list(roots) == []
+        assert not (roots.exec / cid).exists()
+        # spec (a ulimit above the daemon's own)
+        hard = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[1]
+        spec_fails = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["true"]},
+            host_config={"Ulimits": [{"Name": "nofile", "Soft": 1, "Hard": hard + 1}]},
+        )
+        with pytest.raises(errors.InvalidParameter):
+            await daemon.container_start(spec_fails)
+        assert _mounts_under(roots.data) == [] and _runc_list(roots) == []
+        # mount (the container's layer directory vanished)
+        mount_fails = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        shutil.rmtree(roots.data / "overlay" / mount_fails / "work")
+        with pytest.raises(errors.SystemError, match="error mounting overlay"):
+            await daemon.container_start(mount_fails)
+        assert _mounts_under(roots.data) == [] and _runc_list(roots) == []
+        for container in (cid, spec_fails, mount_fails):
+            await daemon.container_remove(container)
+    assert_nothing_left(roots)
+
+
+async def test_a_stale_runc_container_with_the_same_id_is_replaced(
+    runc_daemon: asyncstart.Daemon, roots: _Roots, tmp_path: Path, busybox_tar: Path
+) -> None:
+    cid = await runc_daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+    # Leave a runc container with that ID behind, as a crashed daemon would.
+    stale = tmp_path / "stale"
+    (stale / "rootfs").mkdir(parents=True)
+    subprocess.run(["tar", "-xf", str(busybox_tar), "-C", str(stale / "rootfs")], check=True)
+    process = {"args": ["sleep", "1000"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+               "env": ["PATH=/bin"]}  # fmt: skip
+    spec = {"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": process,
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]}}  # fmt: skip
+    (stale / "config.json").write_text(json.dumps(spec))
+    subprocess.run(
+        ["runc", "--root", str(roots.exec / "runc"), "create", "--bundle", str(stale), cid],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert [c["id"] for c in _runc_list(roots)] == [cid]
+    await runc_daemon.container_start(cid)
+    assert await runc_daemon.container_wait(cid) == {"StatusCode": 0}
+    await runc_daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_memory_and_pids_limits_reach_the_cgroup(runc_daemon: asyncstart.Daemon) -> None:
+    cid = await runc_daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["sleep", "1000"]},
+        host_config={"Memory": 64 * 1024 * 1024, "PidsLimit": 50},
+    )
+    await runc_daemon.container_start(cid)
+    pid = (await runc_daemon.container_inspect(cid))["State"]["Pid"]
+    with open(f"/proc/{pid}/cgroup") as cgroups:
+        paths = dict(line.strip().split(":", 2)[1:] for line in cgroups)
+    memory = Path("/sys/fs/cgroup/memory") / paths["memory"].lstrip("/")
+    pids = Path("/sys/fs/cgroup/pids") / paths["pids"].lstrip("/")
+    assert cid in paths["memory"]
+    assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
+    assert (pids / "pids.max").read_text().strip() == "50"
+    await runc_daemon.container_remove(cid, force=True)
