@@ -12,7 +12,9 @@ import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -73,18 +75,28 @@ def assert_nothing_left(roots: _Roots) -> None:
     assert bundles == []
 
 
-@pytest.fixture
-async def runc_daemon(roots: _Roots, busybox_tar: Path) -> AsyncIterator[asyncstart.Daemon]:
-    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
-    async with asyncstart.open_daemon(config) as daemon:
-        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+@asynccontextmanager
+async def open_clean(
+    config: asyncstart.DaemonConfig, **drivers: Any
+) -> AsyncIterator[asyncstart.Daemon]:
+    """A daemon that force-removes every container it has when the block ends, even when a
+    test fails half-way: the machine stays clean."""
+    async with asyncstart.open_daemon(config, **drivers) as daemon:
         try:
             yield daemon
         finally:
-            # Whatever a failing test left: remove it, so the machine stays clean.
-            for row in await daemon.containers_list(all=True):
-                with contextlib.suppress(errors.DockerError):
-                    await daemon.container_remove(row["Id"], force=True)
+            with anyio.CancelScope(shield=True):
+                for row in await daemon.containers_list(all=True):
+                    with contextlib.suppress(errors.DockerError):
+                        await daemon.container_remove(row["Id"], force=True)
+
+
+@pytest.fixture
+async def runc_daemon(roots: _Roots, busybox_tar: Path) -> AsyncIterator[asyncstart.Daemon]:
+    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
+    async with open_clean(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        yield daemon
 
 
 async def _run(daemon: asyncstart.Daemon, *cmd: str, **config: object) -> str:
@@ -188,7 +200,7 @@ class _BrokenNetwork(LoopbackNetwork):
 
 async def test_failed_network_phase_unmounts(roots: _Roots, busybox_tar: Path) -> None:
     config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
-    async with asyncstart.open_daemon(config, network=_BrokenNetwork()) as daemon:
+    async with open_clean(config, network=_BrokenNetwork()) as daemon:
         await daemon.image_import(str(busybox_tar), repo="busybox")
         cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
         with pytest.raises(errors.SystemError, match="netlink"):
@@ -272,7 +284,7 @@ async def test_checkpoint_restore_fails_clearly_and_leaves_nothing(
     config = asyncstart.DaemonConfig(
         data_root=roots.data, exec_root=roots.exec, runtime="runc", experimental=True
     )
-    async with asyncstart.open_daemon(config) as daemon:
+    async with open_clean(config) as daemon:
         await daemon.image_import(str(busybox_tar), repo="busybox")
         cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
         with pytest.raises(errors.DockerError) as info:
@@ -299,7 +311,7 @@ async def test_reopen_reconciles_with_reality(roots: _Roots, busybox_tar: Path) 
     # container's record disappears (a removal that crashed half-way).
     os.kill(dying_pid, 9)
     shutil.rmtree(roots.data / "containers" / orphan)
-    async with asyncstart.open_daemon(config) as daemon:
+    async with open_clean(config) as daemon:
         state = (await daemon.container_inspect(keeps))["State"]
         assert state["Status"] == "running"
         state = (await daemon.container_inspect(dies))["State"]
@@ -423,7 +435,7 @@ async def test_the_spec_reaches_the_process(
         "echo $(hostname) $GREETING $(pwd) $(id -u):$(id -g); cat /data/note; "
         "touch /x 2>/dev/null || echo ro; touch /scratch/y && echo tmpfs-ok; ulimit -n"
     )
-    async with asyncstart.open_daemon(config) as daemon:
+    async with open_clean(config) as daemon:
         await daemon.image_import(str(busybox_tar), repo="busybox")
         cid = await daemon.container_create(
             config={"Image": "busybox", "Cmd": ["sh", "-c", script], "Hostname": "box",
@@ -477,7 +489,7 @@ async def _userns_case(roots: _Roots, busybox_tar: Path) -> None:
     config = asyncstart.DaemonConfig(
         data_root=roots.data, exec_root=roots.exec, runtime="runc", userns_remap="100000:100000"
     )
-    async with asyncstart.open_daemon(config) as daemon:
+    async with open_clean(config) as daemon:
         await daemon.image_import(str(busybox_tar), repo="busybox")
         cid = await _run(
             daemon,
@@ -518,7 +530,7 @@ async def test_a_failed_start_at_each_real_phase_leaves_nothing(
         runtime="runc",
         runtimes={"flaky": [str(wrapper)]},
     )
-    async with asyncstart.open_daemon(config) as daemon:
+    async with open_clean(config) as daemon:
         await daemon.image_import(str(busybox_tar), repo="busybox")
         # runtime start
         cid = await daemon.container_create(
