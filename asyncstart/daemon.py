@@ -335,8 +335,14 @@ class Daemon:
     async def image_remove(self, reference: str, force: bool = False) -> list[str]:
         """``docker rmi``; 409 while a container uses the image."""
         image_id = self.images.resolve(reference)
-        user = next((a.id for a in self._actors.values() if a.record.image == image_id), None)
-        return self.images.remove(reference, in_use_by=user, force=force)
+        users = [
+            (actor.id, actor.lifecycle.state in PROCESS_STATES)
+            for actor in self._actors.values()
+            if actor.record.image == image_id
+        ]
+        return await anyio.to_thread.run_sync(
+            lambda: self.images.remove(reference, users=users, force=force)
+        )
 
     # -- logs -------------------------------------------------------------------------------
 

@@ -65,12 +65,26 @@ async def test_import_inspect_tag_list_remove(tmp_path: Path) -> None:
     assert len(list(store.layers.iterdir())) == 1
     store.tag(image_id[:12], "tools", "stable")
     assert store.inspect("tools:stable")["Id"] == image_id
-    assert {tuple(r["RepoTags"]) for r in store.list_images()} == {("tools:1", "tools:stable"), ()}
+    assert {tuple(r["RepoTags"]) for r in store.list_images()} == {
+        ("tools:1", "tools:stable"),
+        (),
+    }
+    # One tag of several: only untagged, even while a container runs it.
+    assert store.remove("tools:stable", users=[("f" * 64, True)]) == ["Untagged: tools:stable"]
+    store.tag(image_id, "tools", "stable")
+    with pytest.raises(errors.Conflict, match="referenced in multiple repositories"):
+        store.remove(image_id)
+    store.remove("tools:stable")
+    with pytest.raises(errors.Conflict, match="being used by running container ffffffffffff"):
+        store.remove("tools:1", users=[("f" * 64, True)])
     with pytest.raises(errors.Conflict, match="is using its referenced image"):
-        store.remove("tools:1", in_use_by="f" * 64)
-    assert store.remove("tools:1", in_use_by=None)[-1] == f"Deleted: {image_id}"
+        store.remove("tools:1", users=[("f" * 64, False)])
+    assert store.remove("tools:1", users=[("f" * 64, False)], force=True) == ["Untagged: tools:1"]
+    assert store.inspect(image_id)["RepoTags"] == []
+    assert store.remove(image_id)[-1] == f"Deleted: {image_id}"
     with pytest.raises(errors.NotFound, match="^No such image: tools:1$"):
         store.inspect("tools:1")
+    assert list(store.layers.iterdir()) != [], "the other image still uses the layer"
 
 
 async def test_import_from_an_async_byte_stream_and_gzip(tmp_path: Path) -> None:
@@ -128,3 +142,65 @@ async def test_garbage_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(errors.InvalidParameter, match="not a valid change command"):
         await store.import_(str(_tar(tmp_path / "t.tar", _file("f"))), changes=["RUN rm -rf /"])
     assert list(store.layers.iterdir()) == [] and list(store.configs.iterdir()) == []
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o777
+    return info, None
+
+
+@pytest.mark.parametrize("replacement", ["file", "dir"])
+async def test_an_entry_never_writes_through_an_earlier_symlink(
+    tmp_path: Path, replacement: str
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (victim / "file").write_text("original")
+    target = victim / "file" if replacement == "file" else victim
+    second = _file("x", b"PWNED") if replacement == "file" else _dir("x")
+    store = ImageStore(tmp_path / "image")
+    tar = _tar(tmp_path / "evil.tar", _link("x", str(target)), second)
+    image_id = await store.import_(str(tar))
+    layer = store.layer_paths(image_id)[0]
+    assert not (layer / "x").is_symlink(), "the later entry replaced the link"
+    assert (victim / "file").read_text() == "original"
+    assert victim.stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_whiteout_cannot_name_a_parent(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "image")
+    tar = _tar(tmp_path / "wh.tar", _file("a/.wh..."))
+    with pytest.raises(errors.InvalidParameter, match="not a valid whiteout"):
+        await store.import_(str(tar))
+    assert list(store.layers.iterdir()) == []
+
+
+async def test_a_gzip_import_leaves_no_copy_beside_the_source(tmp_path: Path) -> None:
+    import gzip
+
+    store = ImageStore(tmp_path / "image")
+    raw = _tar(tmp_path / "root.tar", _file("hello", b"hi")).read_bytes()
+    source = tmp_path / "src" / "root.tar.gz"
+    source.parent.mkdir()
+    source.write_bytes(gzip.compress(raw))
+    await store.import_(str(source), repo="hello")
+    assert sorted(p.name for p in source.parent.iterdir()) == ["root.tar.gz"]
+
+
+async def test_concurrent_imports_of_one_layer(tmp_path: Path) -> None:
+    import anyio
+
+    store = ImageStore(tmp_path / "image")
+    tar = _tar(tmp_path / "root.tar", *[_file(f"f{i}", b"x" * 1000) for i in range(200)])
+    results: list[str] = []
+
+    async def one(n: int) -> None:
+        results.append(await store.import_(str(tar), repo="same", tag=str(n)))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+            tg.start_soon(one, n)
+    # Every import succeeds (the config's timestamp may differ), all share one layer.
+    assert len(results) == 4 and len(list(store.layers.iterdir())) == 1
+    assert sorted(store.resolve(f"same:{n}") for n in range(4)) == sorted(results)

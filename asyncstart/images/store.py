@@ -15,6 +15,7 @@ that is renamed into place only when complete).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -24,6 +25,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
@@ -53,6 +55,21 @@ def _reject(name: str, reason: str) -> errors.InvalidParameter:
     return errors.InvalidParameter(f"refusing to extract {name!r} from the archive: {reason}")
 
 
+def _clear(path: str, member: tarfile.TarInfo) -> None:
+    """Make room for ``member`` at ``path`` without ever following what is there: a later entry
+    replaces an earlier one (tar semantics), and a symlink left by an earlier entry must not
+    redirect the write (``x -> /etc/passwd`` then a file ``x``)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if not member.isdir():
+            shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
 def _safe_extract(archive: tarfile.TarFile, destination: str) -> None:
     root = os.path.realpath(destination)
 
@@ -68,31 +85,33 @@ def _safe_extract(archive: tarfile.TarFile, destination: str) -> None:
             continue
         if member.ischr() or member.isblk():
             raise _reject(name, "device nodes are not allowed")
+        # realpath resolves symlinks already extracted: a parent that is a link out of the
+        # layer (``evil -> /etc``, then ``evil/passwd``) is caught here.
+        parent = os.path.realpath(os.path.join(root, *parts[:-1]))
+        if not inside(parent):
+            raise _reject(name, "it would be written outside the layer through a symlink")
         base = parts[-1]
         if base.startswith(_WHITEOUT):
             # A whiteout hides what lower layers have; overlayfs spells it as a 0/0 device
             # (or, for ``.wh..wh..opq``, an opaque directory).
-            parent = os.path.realpath(os.path.join(root, *parts[:-1]))
-            if not inside(parent):
-                raise _reject(name, "it would be written outside the layer through a symlink")
             os.makedirs(parent, exist_ok=True)
             if base == _OPAQUE:
                 os.setxattr(parent, "trusted.overlay.opaque", b"y")
-            else:
-                hidden = os.path.join(parent, base[len(_WHITEOUT) :])
-                os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+                continue
+            hidden_name = base[len(_WHITEOUT) :]
+            if hidden_name in ("", ".", ".."):
+                raise _reject(name, "not a valid whiteout")
+            hidden = os.path.join(parent, hidden_name)
+            _clear(hidden, member)
+            os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             continue
-        # realpath resolves symlinks already extracted: a parent that is a link out of the
-        # layer (``evil -> /etc``, then ``evil/passwd``) is caught here.
-        target = os.path.realpath(os.path.join(root, *parts[:-1]))
-        if not inside(target):
-            raise _reject(name, "it would be written outside the layer through a symlink")
         if member.islnk():
             link_parts = [p for p in member.linkname.split("/") if p not in ("", ".")]
             if member.linkname.startswith("/") or ".." in link_parts:
                 raise _reject(name, "hard links must stay inside the layer")
             if not inside(os.path.realpath(os.path.join(root, *link_parts))):
                 raise _reject(name, "hard links must stay inside the layer")
+        _clear(os.path.join(parent, base), member)
         member.name = "/".join(parts)
         archive.extract(member, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
 
@@ -131,6 +150,8 @@ class ImageStore:
         self.layers = root / "layers"
         self.configs = root / "configs"
         self._repositories = root / "repositories.json"
+        #: Guards repositories.json and configs (imports run in worker threads).
+        self._lock = threading.RLock()
         for directory in (self.layers, self.configs):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -144,8 +165,9 @@ class ImageStore:
             return {}
 
     def _save_tags(self, tags: dict[str, str]) -> None:
-        tmp = self._repositories.with_suffix(".tmp")
-        tmp.write_text(json.dumps(tags, sort_keys=True))
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(tags, sort_keys=True))
         os.replace(tmp, self._repositories)
 
     def resolve(self, reference: str) -> str:
@@ -178,18 +200,19 @@ class ImageStore:
 
     # -- import ----------------------------------------------------------------------------
 
-    def _plain(self, path: Path) -> Path:
-        """``path`` itself if it is not gzip, else a decompressed copy beside it."""
+    @staticmethod
+    def _plain(path: Path, scratch: Path) -> Path:
+        """``path`` itself if it is not gzip, else a decompressed copy in ``scratch``."""
         with path.open("rb") as file:
             if file.read(2) != b"\x1f\x8b":
                 return path
-        plain = path.with_name(path.name + ".plain")
+        plain = Path(tempfile.mkstemp(dir=scratch, suffix=".tar")[1])
         with gzip.open(path, "rb") as src, plain.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         return plain
 
-    def _store_layer(self, tar_path: Path) -> str:
-        """Extract an uncompressed layer tar; return its diff ID (reused if already stored)."""
+    def _store_layer(self, tar_path: Path) -> tuple[str, bool]:
+        """Extract an uncompressed layer tar; return its diff ID and whether it is new."""
         digest = hashlib.sha256()
         with tar_path.open("rb") as file:
             for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -197,7 +220,7 @@ class ImageStore:
         diff_id = "sha256:" + digest.hexdigest()
         target = self.layers / digest.hexdigest()
         if target.exists():
-            return diff_id
+            return diff_id, False
         tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=self.layers))
         try:
             os.chmod(tmp, 0o755)
@@ -206,36 +229,47 @@ class ImageStore:
                     _safe_extract(archive, str(tmp))
             except (tarfile.TarError, EOFError) as exc:
                 raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
-            os.rename(tmp, target)
+            except OSError as exc:
+                raise errors.InvalidParameter(f"invalid layer: {exc}") from None
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # the same layer arrived meanwhile
+                return diff_id, False
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return diff_id
+        return diff_id, True
 
-    def _import(self, tar_path: Path, repo: str, tag: str, changes: list[str]) -> str:
+    def _import(
+        self, tar_path: Path, scratch: Path, repo: str, tag: str, changes: list[str]
+    ) -> str:
         if not tar_path.is_file():
             raise errors.InvalidParameter(f"no such file: {tar_path}")
         container_config: dict[str, Any] = {"Env": []}
         _parse_changes(changes, container_config)  # before any work: a bad change costs nothing
-        diff_id = self._store_layer(self._plain(tar_path))
+        diff_id, _ = self._store_layer(self._plain(tar_path, scratch))
         if not container_config["Env"]:
             container_config["Env"] = [
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
             ]
-        image_id = self._write_config(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "config": container_config,
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-                "history": [
-                    {"created_by": "asyncstart import", "comment": "Imported from tarball"}
-                ],
-            }
-        )
-        if repo:
-            self._tag(image_id, repo, tag or "latest")
+        with self._lock:
+            image_id = self._write_config(
+                {
+                    "architecture": "amd64",
+                    "os": "linux",
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "config": container_config,
+                    "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                    "history": [
+                        {"created_by": "asyncstart import", "comment": "Imported from tarball"}
+                    ],
+                }
+            )
+            if repo:
+                self._tag(image_id, repo, tag or "latest")
         return image_id
 
     def _write_config(self, config: dict[str, Any]) -> str:
@@ -248,15 +282,28 @@ class ImageStore:
         hex_id = hashlib.sha256(data).hexdigest()
         path = self.configs / f"{hex_id}.json"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
+            fd, tmp = tempfile.mkstemp(dir=self.configs, suffix=".tmp")
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
             os.replace(tmp, path)
         return "sha256:" + hex_id
 
     def _tag(self, image_id: str, repo: str, tag: str) -> None:
-        tags = self._tags()
-        tags[f"{repo}:{tag}"] = image_id
-        self._save_tags(tags)
+        with self._lock:
+            tags = self._tags()
+            tags[f"{repo}:{tag}"] = image_id
+            self._save_tags(tags)
+
+    async def _upload(
+        self, source: str | os.PathLike[str] | AsyncIterable[bytes], scratch: Path
+    ) -> Path:
+        if isinstance(source, (str, os.PathLike)):
+            return Path(source)
+        path = scratch / "upload.tar"
+        async with await anyio.open_file(path, "wb") as out:
+            async for chunk in source:
+                await out.write(chunk)
+        return path
 
     async def import_(
         self,
@@ -268,18 +315,17 @@ class ImageStore:
     ) -> str:
         """``docker import``: a rootfs tarball (plain or gzip) becomes a one-layer image."""
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".upload-") as tmpdir:
-            tar_path = Path(tmpdir) / "layer.tar"
-            if isinstance(source, (str, os.PathLike)):
-                tar_path = Path(source)
-            else:
-                async with await anyio.open_file(tar_path, "wb") as out:
-                    async for chunk in source:
-                        await out.write(chunk)
-            return await anyio.to_thread.run_sync(self._import, tar_path, repo, tag, list(changes))
+            scratch = Path(tmpdir)
+            tar_path = await self._upload(source, scratch)
+            return await anyio.to_thread.run_sync(
+                self._import, tar_path, scratch, repo, tag, list(changes)
+            )
 
-    def _load(self, archive_path: Path, workdir: Path) -> list[str]:
+    def _load(self, archive_path: Path, scratch: Path) -> list[str]:
+        workdir = scratch / "unpacked"
+        workdir.mkdir()
         try:
-            with tarfile.open(self._plain(archive_path), "r:") as archive:
+            with tarfile.open(self._plain(archive_path, scratch), "r:") as archive:
                 _safe_extract(archive, str(workdir))
         except (tarfile.TarError, EOFError) as exc:
             raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
@@ -287,54 +333,62 @@ class ImageStore:
             manifest = json.loads((workdir / "manifest.json").read_bytes())
         except (FileNotFoundError, ValueError) as exc:
             raise errors.InvalidParameter(f"invalid archive: manifest.json: {exc}") from None
-        before = set(os.listdir(self.layers))
+        if not isinstance(manifest, list):
+            raise errors.InvalidParameter("invalid archive: manifest.json is not a list")
+        created: list[str] = []
         try:
-            return self._load_manifest(workdir, manifest)
+            staged = self._stage_layers(workdir, scratch, manifest, created)
         except BaseException:
-            # A failed load leaves no layer behind that it brought in.
-            for name in set(os.listdir(self.layers)) - before:
-                shutil.rmtree(self.layers / name, ignore_errors=True)
+            # A failed load leaves behind no layer it brought in, and no image or tag.
+            for diff_id in created:
+                shutil.rmtree(self.layers / diff_id.removeprefix("sha256:"), ignore_errors=True)
             raise
-
-    def _load_manifest(self, workdir: Path, manifest: list[dict[str, Any]]) -> list[str]:
         loaded = []
+        with self._lock:
+            for config_bytes, references in staged:
+                image_id = self._write_config_bytes(config_bytes)
+                for reference in references:
+                    self._tag(image_id, *parse_reference(reference))
+                    loaded.append(f"Loaded image: {reference}")
+                if not references:
+                    loaded.append(f"Loaded image ID: {image_id}")
+        return loaded
+
+    def _stage_layers(
+        self, workdir: Path, scratch: Path, manifest: list[dict[str, Any]], created: list[str]
+    ) -> list[tuple[bytes, list[str]]]:
+        """Store every layer of every image, checking each against its config."""
+        staged = []
         for entry in manifest:
-            config_path = _member(workdir, entry.get("Config", ""))
-            config_bytes = config_path.read_bytes()
-            config = json.loads(config_bytes)
-            expected = config.get("rootfs", {}).get("diff_ids", [])
+            config_bytes = _member(workdir, entry.get("Config", "")).read_bytes()
+            try:
+                config = json.loads(config_bytes)
+                expected = config["rootfs"]["diff_ids"]
+            except (ValueError, KeyError, TypeError):
+                raise errors.InvalidParameter(
+                    "invalid archive: an image config is invalid"
+                ) from None
             layers = [_member(workdir, layer) for layer in entry.get("Layers", [])]
             if len(layers) != len(expected):
                 raise errors.InvalidParameter("invalid archive: layers do not match the config")
             for layer, want in zip(layers, expected, strict=True):
-                got = self._store_layer(self._plain(layer))
+                got, new = self._store_layer(self._plain(layer, scratch))
+                if new:
+                    created.append(got)
                 if got != want:
                     raise errors.InvalidParameter(
                         f"invalid archive: layer {layer.name} is {got}, the config says {want}"
                     )
-            image_id = self._write_config_bytes(config_bytes)
-            for reference in entry.get("RepoTags") or []:
-                name, tag = parse_reference(reference)
-                self._tag(image_id, name, tag)
-                loaded.append(f"Loaded image: {reference}")
-            if not entry.get("RepoTags"):
-                loaded.append(f"Loaded image ID: {image_id}")
-        return loaded
+            staged.append((config_bytes, list(entry.get("RepoTags") or [])))
+        return staged
 
     async def load(self, source: str | os.PathLike[str] | AsyncIterable[bytes]) -> list[str]:
         """``docker load`` of a ``docker save`` archive (layers with whiteouts); returns the
-        ``Loaded image: ...`` lines."""
+        ``Loaded image: ...`` lines. All or nothing."""
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".load-") as tmpdir:
-            archive_path = Path(tmpdir) / "archive.tar"
-            if isinstance(source, (str, os.PathLike)):
-                archive_path = Path(source)
-            else:
-                async with await anyio.open_file(archive_path, "wb") as out:
-                    async for chunk in source:
-                        await out.write(chunk)
-            workdir = Path(tmpdir) / "unpacked"
-            workdir.mkdir()
-            return await anyio.to_thread.run_sync(self._load, archive_path, workdir)
+            scratch = Path(tmpdir)
+            archive_path = await self._upload(source, scratch)
+            return await anyio.to_thread.run_sync(self._load, archive_path, scratch)
 
     # -- inspect, list, tag, remove -------------------------------------------------------
 
@@ -373,35 +427,61 @@ class ImageStore:
         return rows
 
     def tag(self, reference: str, repo: str, tag: str = "latest") -> None:
-        self._tag(self.resolve(reference), repo, tag or "latest")
+        with self._lock:
+            self._tag(self.resolve(reference), repo, tag or "latest")
 
-    def remove(self, reference: str, *, in_use_by: str | None, force: bool = False) -> list[str]:
-        """``docker rmi``; returns what was untagged/deleted. 409 while a container uses it."""
-        image_id = self.resolve(reference)
-        if in_use_by is not None:
-            raise errors.Conflict(
-                f'conflict: unable to remove repository reference "{reference}" (must force)'
-                f" - container {in_use_by[:12]} is using its referenced image {image_id[7:19]}"
-                if not force
-                else f"conflict: unable to delete {image_id[7:19]} (cannot be forced) - image is"
-                f" being used by running container {in_use_by[:12]}"
-            )
-        tags = self._tags()
-        removed = [f"Untagged: {name}" for name, target in tags.items() if target == image_id]
-        self._save_tags({n: t for n, t in tags.items() if t != image_id})
-        config = self.config(image_id)
-        (self.configs / (image_id[7:] + ".json")).unlink()
-        removed.append(f"Deleted: {image_id}")
-        still_used = {
-            d
-            for p in self.configs.glob("*.json")
-            for d in json.loads(p.read_bytes())["rootfs"]["diff_ids"]
-        }
-        for diff_id in config["rootfs"]["diff_ids"]:
-            if diff_id not in still_used:
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(self.layers / diff_id[7:])
-        return removed
+    def remove(
+        self, reference: str, *, users: Iterable[tuple[str, bool]] = (), force: bool = False
+    ) -> list[str]:
+        """``docker rmi``: what was untagged and deleted, as dockerd reports it.
+
+        ``users`` are the containers using the image, each with whether it runs. A tag of an
+        image with other tags is only untagged; an image a running container uses cannot be
+        deleted; one a stopped container uses needs ``force`` and is then only untagged.
+        """
+        with self._lock:
+            image_id = self.resolve(reference)
+            short = image_id[7:19]
+            tags = self.tags_of(image_id)
+            name, tag = parse_reference(reference)
+            by_tag = f"{name}:{tag}" in tags
+            if by_tag and len(tags) > 1:
+                self._save_tags({n: t for n, t in self._tags().items() if n != f"{name}:{tag}"})
+                return [f"Untagged: {name}:{tag}"]
+            if not by_tag and len(tags) > 1 and not force:
+                raise errors.Conflict(
+                    f"conflict: unable to delete {short} (must be forced) - image is referenced"
+                    " in multiple repositories"
+                )
+            users = list(users)
+            running = [cid for cid, live in users if live]
+            if running:
+                raise errors.Conflict(
+                    f"conflict: unable to delete {short} (cannot be forced) - image is being used"
+                    f" by running container {running[0][:12]}"
+                )
+            if users and not force:
+                raise errors.Conflict(
+                    f'conflict: unable to remove repository reference "{reference}" (must force)'
+                    f" - container {users[0][0][:12]} is using its referenced image {short}"
+                )
+            removed = [f"Untagged: {n}" for n in tags]
+            self._save_tags({n: t for n, t in self._tags().items() if t != image_id})
+            if users:
+                return removed  # still used by stopped containers: kept, untagged
+            config = self.config(image_id)
+            (self.configs / (image_id[7:] + ".json")).unlink()
+            removed.append(f"Deleted: {image_id}")
+            still_used = {
+                diff_id
+                for path in self.configs.glob("*.json")
+                for diff_id in json.loads(path.read_bytes())["rootfs"]["diff_ids"]
+            }
+            for diff_id in config["rootfs"]["diff_ids"]:
+                if diff_id not in still_used:
+                    with contextlib.suppress(FileNotFoundError):
+                        shutil.rmtree(self.layers / diff_id[7:])
+            return removed
 
 
 def _member(root: Path, name: str) -> Path:
