@@ -419,6 +419,23 @@ class ContainerActor:
         else:
             self._done = done
             self._started_at = self.services.clock.now()
+            self.services.task_group.start_soon(self._feed_stdin, ctx)
+
+    async def _feed_stdin(self, ctx: StartContext) -> None:
+        """After the start: input sent before the process existed, in order, then a pending
+        EOF. In its own task, so a process that does not read never blocks the actor."""
+        runtime = self.services.runtime
+
+        async def write(data: bytes) -> None:
+            await runtime.write_stdin(self.id, data)
+
+        try:
+            if ctx.record.config.open_stdin:
+                await ctx.stdio.process_ready(write)
+            if ctx.stdin.ready():
+                await runtime.close_stdin(self.id)
+        except RuntimeFailure as exc:
+            log.debug("stdin.feed_failed", container_id=self.id, error=exc.message)
 
     async def _run_step(self, step: Step, ctx: StartContext) -> None:
         clock = self.services.clock

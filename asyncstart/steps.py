@@ -143,7 +143,8 @@ class SpecStep:
 
 
 class RuntimeStep:
-    """Has the runtime create the process, closes stdin if that was asked for, and starts it."""
+    """Has the runtime create and start the process. (Input kept for it and a pending stdin
+    close are fed by the actor afterwards, in the background: the start never waits on them.)"""
 
     name = "create"
 
@@ -190,13 +191,6 @@ class RuntimeStep:
             raise error from exc
         # A step that fails leaves nothing behind: from here on the process exists.
         try:
-            if record.config.open_stdin:
-                # Input sent before the process existed goes first, then any pending EOF.
-                await ctx.stdio.process_ready(
-                    lambda data: self.runtime.write_stdin(record.id, data)
-                )
-            if ctx.stdin.ready():
-                await self.runtime.close_stdin(record.id)
             await self.runtime.start(record.id)
         except BaseException as exc:
             with anyio.CancelScope(shield=True), contextlib.suppress(errors.DockerError):

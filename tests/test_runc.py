@@ -302,8 +302,8 @@ async def test_reopen_reconciles_with_reality(roots: _Roots, busybox_tar: Path) 
     config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
     async with asyncstart.open_daemon(config) as daemon:
         await daemon.image_import(str(busybox_tar), repo="busybox")
-        keeps = await _run(daemon, "sh", "-c", "echo before; read line; echo got $line; sleep 1000",
-                           OpenStdin=True)  # fmt: skip
+        script = 'trap "echo signalled" USR1; echo before; while true; do sleep 0.1; done'
+        keeps = await _run(daemon, "sh", "-c", script)
         dies = await _run(daemon, "sleep", "1000")
         orphan = await _run(daemon, "sleep", "1000")
         dying_pid = (await daemon.container_inspect(dies))["State"]["Pid"]
@@ -321,12 +321,13 @@ async def test_reopen_reconciles_with_reality(roots: _Roots, busybox_tar: Path) 
         assert [c["id"] for c in _runc_list(roots)] == [keeps]
         assert len(_mounts_under(roots.data)) == 1
         assert not (roots.exec / orphan).exists() and not (roots.exec / dies).exists()
-        # The adopted container is fully managed: input, output, stop.
-        async with daemon.container_attach(keeps, stdin=True) as session:
-            await session.send(b"hi\n")
+        # The adopted container is fully managed: signals, output, stop. (Its stdin saw EOF
+        # when the old daemon let go of it: there is no shim to hold it open.)
+        async with daemon.container_attach(keeps) as session:
+            await daemon.container_kill(keeps, "USR1")
             with anyio.fail_after(20):
                 async for _, data in session:
-                    if b"got hi" in data:
+                    if b"signalled" in data:
                         break
         await daemon.container_stop(keeps, timeout=1)
         assert (await daemon.container_inspect(keeps))["State"]["Status"] == "exited"

@@ -38,6 +38,7 @@ __all__ = ["RuncRuntime"]
 log = structlog.get_logger("asyncstart.runtime.runc")
 
 _PR_SET_CHILD_SUBREAPER = 36
+_MAX_LOG_LINE = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -49,8 +50,10 @@ class _Container:
     readers: list[int] = field(default_factory=list)
     log_path: str | None = None
     on_output: Callable[[str, bytes], None] | None = None
-    #: The runtime binary that created it (``HostConfig.Runtime``); the same one drives it.
+    #: The runtime binary that created it (``HostConfig.Runtime``) and its global flags: the
+    #: same drive it afterwards.
     binary: str | None = None
+    global_args: tuple[str, ...] = ()
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Output streams still being copied; the exit is reported once they are drained.
     pumping: int = 0
@@ -105,10 +108,17 @@ class RuncRuntime:
         _set_subreaper()
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._backend = backend
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            task_status.started()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            # The containers live on (as with dockerd's live-restore); this process lets go of
+            # them, so that a daemon opened later is their only reader and writer.
+            for box in self._containers.values():
+                self._close(box)
+            self._containers.clear()
 
     # -- running runc ----------------------------------------------------------------------
 
@@ -128,11 +138,11 @@ class RuncRuntime:
                 stderr=fds.get("stderr", subprocess.PIPE),
             )
         except OSError as exc:
-            raise RuntimeFailure(f"failed to run {self.binary}: {exc.strerror}") from exc
+            raise RuntimeFailure(f"failed to run {argv[0]}: {exc.strerror}") from exc
 
     async def _checked(self, *args: str, container_id: str) -> None:
         box = self._containers.get(container_id)
-        result = await self._runc(*args, binary=box.binary if box else None)
+        result = await self._runc(*self._global(box), *args, binary=box.binary if box else None)
         if result.returncode != 0:
             message = (result.stderr or result.stdout).decode(errors="replace").strip()
             raise RuntimeFailure(f"runc {args[0]} failed: {message}")
@@ -185,7 +195,14 @@ class RuncRuntime:
                 if log_file is not None:
                     for line in lines:
                         log_file.write(_json_log(line + b"\n", stream))
+                    # As dockerd's json-file: a line longer than 16 KiB is logged in parts
+                    # (memory stays bounded whatever the container prints).
+                    while len(pending) >= _MAX_LOG_LINE:
+                        log_file.write(_json_log(pending[:_MAX_LOG_LINE], stream))
+                        pending = pending[_MAX_LOG_LINE:]
                     log_file.flush()
+                elif len(pending) >= _MAX_LOG_LINE:
+                    pending = b""
             if pending and log_file is not None:
                 log_file.write(_json_log(pending, stream))
         finally:
@@ -213,14 +230,50 @@ class RuncRuntime:
         await self._forget_stale(container_id)
         path = bundle.path
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        box = _Container(
+            path,
+            log_path=stdio.log_path,
+            on_output=stdio.on_output,
+            binary=binary,
+            global_args=tuple(runtime_args),
+        )
+        try:
+            await self._spawn(
+                container_id, bundle, stdio, box, checkpoint, checkpoint_dir, no_pivot_root
+            )
+        except BaseException:
+            # A create that fails leaves nothing: fds, runc state, bundle.
+            self._close(box)
+            with anyio.CancelScope(shield=True):
+                await self._run_quietly(*self._global(box), "delete", "--force", container_id)
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        self._containers[container_id] = box
+        assert self._tg is not None, "RuncRuntime.run() is not running"
+        box.pumping = len(box.readers)
+        for fd, stream in zip(box.readers, ("stdout", "stderr"), strict=True):
+            self._tg.start_soon(self._pump, box, fd, stream)
+        box.readers = []
+        return box.pid
+
+    async def _spawn(
+        self,
+        container_id: str,
+        bundle: Bundle,
+        stdio: Stdio,
+        box: _Container,
+        checkpoint: str | None,
+        checkpoint_dir: str | None,
+        no_pivot_root: bool,
+    ) -> None:
+        """Write the bundle and run ``runc create`` (or ``restore``); fill in ``box``."""
+        path = bundle.path
         os.chmod(path, 0o700)
         if bundle.owner is not None:
             os.chown(path, *bundle.owner)
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(bundle.spec))
         os.replace(tmp, path / "config.json")
-        box = _Container(path, log_path=stdio.log_path, on_output=stdio.on_output, binary=binary)
-        child = self._open_stdio(path, stdio, box)
         pid_file = path / "init.pid"
         log_file = path / "runc.log"
         extra = ["--no-pivot"] if (no_pivot_root or self.no_pivot_root) else []
@@ -231,28 +284,23 @@ class RuncRuntime:
         else:
             args = ["create", "--bundle", str(path), "--pid-file", str(pid_file), *extra,
                     container_id]  # fmt: skip
+        child = self._open_stdio(path, stdio, box)
         try:
             result = await self._runc(
-                *self.runtime_args, *runtime_args, *args, log_file=log_file, binary=binary, **child
+                *self._global(box), *args, log_file=log_file, binary=box.binary, **child
             )
         finally:
             for fd in child.values():
                 os.close(fd)
         if result.returncode != 0:
-            message = _runc_error(log_file, (result.stderr or b"").decode(errors="replace"))
-            self._close(box)
-            await self._run_quietly("delete", "--force", container_id)
-            shutil.rmtree(path, ignore_errors=True)
-            raise RuntimeFailure(message)
+            stderr = (result.stderr or b"").decode(errors="replace")
+            raise RuntimeFailure(_runc_error(log_file, stderr))
         box.pid = int(pid_file.read_text())
         box.pidfd = os.pidfd_open(box.pid)
-        self._containers[container_id] = box
-        assert self._tg is not None, "RuncRuntime.run() is not running"
-        box.pumping = len(box.readers)
-        for fd, stream in zip(box.readers, ("stdout", "stderr"), strict=True):
-            self._tg.start_soon(self._pump, box, fd, stream)
-        box.readers = []
-        return box.pid
+
+    def _global(self, box: _Container | None) -> tuple[str, ...]:
+        """The runtime's global flags: the daemon's, then the container's runtime's."""
+        return (*self.runtime_args, *(box.global_args if box else ()))
 
     async def start(self, container_id: str) -> None:
         box = self._box(container_id)
@@ -333,13 +381,14 @@ class RuncRuntime:
             await self._checked("delete", "--force", container_id, container_id=container_id)
 
     async def delete(self, container_id: str, *, force: bool = False) -> None:
-        box = self._containers.pop(container_id, None)
+        box = self._containers.get(container_id)
         args = ["delete", *(["--force"] if force else []), container_id]
-        result = await self._runc(*args, binary=box.binary if box else None)
+        result = await self._runc(*self._global(box), *args, binary=box.binary if box else None)
         if result.returncode != 0:
             message = (result.stderr or b"").decode(errors="replace")
             if "not exist" not in message and "not found" not in message:
                 raise RuntimeFailure(f"runc delete failed: {message.strip()}")
+        self._containers.pop(container_id, None)
         if box is not None:
             box.scope.cancel()
             if box.pid:
