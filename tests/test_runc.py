@@ -602,3 +602,27 @@ async def test_memory_and_pids_limits_reach_the_cgroup(runc_daemon: asyncstart.D
     assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
     assert (pids / "pids.max").read_text().strip() == "50"
     await runc_daemon.container_remove(cid, force=True)
+
+
+async def test_a_tty_container_runs_on_a_terminal(
+    runc_daemon: asyncstart.Daemon, roots: _Roots
+) -> None:
+    cid = await _run(runc_daemon, "sh", "-c", "tty; echo hi", Tty=True)
+    assert await runc_daemon.container_wait(cid) == {"StatusCode": 0}
+    out = b"".join([d async for s, d in runc_daemon.container_logs(cid) if s == "stdout"])
+    assert out.replace(b"\r\n", b"\n") == b"/dev/pts/0\nhi\n"
+    # Input through the terminal, ended with ^D.
+    cat = await runc_daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["cat"], "Tty": True, "OpenStdin": True}
+    )
+    async with runc_daemon.container_attach(cat, stdin=True) as session:
+        await session.send(b"typed\n")
+        await session.send_eof()
+        await runc_daemon.container_start(cat)
+        with anyio.fail_after(20):
+            seen = b"".join([data async for _, data in session])
+    assert b"typed" in seen
+    assert await runc_daemon.container_wait(cat) == {"StatusCode": 0}
+    for container in (cid, cat):
+        await runc_daemon.container_remove(container)
+    assert_nothing_left(roots)

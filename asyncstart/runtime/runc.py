@@ -17,11 +17,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +57,8 @@ class _Container:
     #: same drive it afterwards.
     binary: str | None = None
     global_args: tuple[str, ...] = ()
+    #: stdio is a pty master (Config.Tty), not FIFOs.
+    tty: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Output streams still being copied; the exit is reported once they are drained.
     pumping: int = 0
@@ -186,6 +191,10 @@ class RuncRuntime:
                     chunk = os.read(fd, 65536)
                 except BlockingIOError:
                     continue
+                except OSError as exc:
+                    if exc.errno == errno.EIO:  # a pty whose other side is closed: the end
+                        break
+                    raise
                 if not chunk:
                     break
                 if box.on_output is not None:
@@ -251,7 +260,7 @@ class RuncRuntime:
         self._containers[container_id] = box
         assert self._tg is not None, "RuncRuntime.run() is not running"
         box.pumping = len(box.readers)
-        for fd, stream in zip(box.readers, ("stdout", "stderr"), strict=True):
+        for fd, stream in zip(box.readers, ("stdout", "stderr")[: len(box.readers)], strict=True):
             self._tg.start_soon(self._pump, box, fd, stream)
         box.readers = []
         return box.pid
@@ -284,19 +293,52 @@ class RuncRuntime:
         else:
             args = ["create", "--bundle", str(path), "--pid-file", str(pid_file), *extra,
                     container_id]  # fmt: skip
-        child = self._open_stdio(path, stdio, box)
+        console: socket.socket | None = None
+        if stdio.tty:
+            # runc hands the pty's master over a unix socket; the connection waits in the
+            # backlog until runc create has returned, so no task needs to accept meanwhile.
+            # (In a short temporary directory: a socket path is limited to 107 bytes.)
+            console_dir = tempfile.mkdtemp(prefix="asyncstart-pty-")
+            console_path = os.path.join(console_dir, "pty.sock")
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            console.bind(console_path)
+            console.listen(1)
+            args[-1:-1] = ["--console-socket", console_path]
+            child: dict[str, int] = {}
+        else:
+            child = self._open_stdio(path, stdio, box)
         try:
             result = await self._runc(
                 *self._global(box), *args, log_file=log_file, binary=box.binary, **child
             )
+            if result.returncode != 0:
+                stderr = (result.stderr or b"").decode(errors="replace")
+                raise RuntimeFailure(_runc_error(log_file, stderr))
+            if console is not None:
+                self._take_console(console, box, stdio)
         finally:
             for fd in child.values():
                 os.close(fd)
-        if result.returncode != 0:
-            stderr = (result.stderr or b"").decode(errors="replace")
-            raise RuntimeFailure(_runc_error(log_file, stderr))
+            if console is not None:
+                console.close()
+                shutil.rmtree(console_dir, ignore_errors=True)
         box.pid = int(pid_file.read_text())
         box.pidfd = os.pidfd_open(box.pid)
+
+    @staticmethod
+    def _take_console(console: socket.socket, box: _Container, stdio: Stdio) -> None:
+        console.settimeout(5)
+        connection, _ = console.accept()
+        with connection:
+            _, fds, _, _ = socket.recv_fds(connection, 1024, 1)
+        if not fds:
+            raise RuntimeFailure("runc sent no console")
+        master = fds[0]
+        os.set_blocking(master, False)
+        box.tty = True
+        box.readers.append(master)  # a terminal has one output stream: stdout
+        if stdio.open_stdin:
+            box.stdin = os.dup(master)
 
     def _global(self, box: _Container | None) -> tuple[str, ...]:
         """The runtime's global flags: the daemon's, then the container's runtime's."""
@@ -360,6 +402,10 @@ class RuncRuntime:
     async def close_stdin(self, container_id: str) -> None:
         box = self._box(container_id)
         if box.stdin >= 0:
+            if box.tty:
+                # A terminal cannot be half-closed: end the input as a typist would (^D).
+                with contextlib.suppress(OSError):
+                    os.write(box.stdin, b"\x04")
             os.close(box.stdin)
             box.stdin = -1
 
