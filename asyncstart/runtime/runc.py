@@ -424,7 +424,9 @@ class RuncRuntime:
         """A leftover runc container or bundle with this ID is replaced, not an error."""
         result = await self._runc("state", container_id)
         if result.returncode == 0:
+            pid = int(json.loads(result.stdout).get("pid", 0))
             await self._checked("delete", "--force", container_id, container_id=container_id)
+            await _reap(pid)
 
     async def delete(self, container_id: str, *, force: bool = False) -> None:
         box = self._containers.get(container_id)
@@ -437,10 +439,9 @@ class RuncRuntime:
         self._containers.pop(container_id, None)
         if box is not None:
             box.scope.cancel()
-            if box.pid:
-                # Reap it if the monitor did not get to (force delete of a live process).
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(box.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+            # Reap it if the monitor did not (a force delete of a process that never started
+            # or that the monitor was not watching any more).
+            await _reap(box.pid, box.pidfd)
             self._close(box)
             shutil.rmtree(box.bundle, ignore_errors=True)
 
@@ -450,7 +451,11 @@ class RuncRuntime:
             return None
         state = json.loads(result.stdout)
         if state.get("status") not in ("running", "paused"):
+            # runc reports pid 0 for a stopped container: the pid file still knows it.
+            pid_file = Path(state.get("bundle", "/nonexistent")) / "init.pid"
+            pid = int(pid_file.read_text()) if pid_file.is_file() else 0
             await self._run_quietly("delete", "--force", container_id)
+            await _reap(pid)
             return None
         bundle = Path(state["bundle"])
         box = _Container(bundle, pid=int(state["pid"]), log_path=stdio.log_path,
@@ -484,10 +489,33 @@ class RuncRuntime:
             if entry["id"] not in keep:
                 log.info("runtime.cleanup", container_id=entry["id"], status=entry["status"])
                 await self._run_quietly("delete", "--force", entry["id"])
+                await _reap(int(entry.get("pid", 0)))
                 shutil.rmtree(entry["bundle"], ignore_errors=True)
 
     def live(self) -> list[str]:
         return list(self._containers)
+
+
+async def _reap(pid: int, pidfd: int = -1) -> None:
+    """Collect a dead container init that is this daemon's child (it is a subreaper), so no
+    zombie is left; a process that is not its child is someone else's to reap."""
+    if pid <= 0:
+        return
+    if pidfd >= 0:
+        with anyio.move_on_after(2):
+            await anyio.wait_readable(pidfd)  # runc delete kills; the death follows shortly
+    else:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            return
+        try:
+            with anyio.move_on_after(2):
+                await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
 
 
 def _json_log(data: bytes, stream: str) -> bytes:
