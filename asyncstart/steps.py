@@ -95,13 +95,23 @@ def _host_hard_limits() -> dict[str, int]:
 
 
 def _read_inside(root: str, relative: str) -> str | None:
-    """A text file of the container's root filesystem; None if absent or if it would be
-    read from outside the root (a symlink in a hostile image)."""
-    path = os.path.realpath(os.path.join(root, relative))
-    if not path.startswith(os.path.realpath(root) + os.sep):
+    """A text file of the container's root filesystem, symlinks resolved *inside* that root
+    (an absolute link in the image means a path in the image); None if absent."""
+    path = relative
+    for _ in range(16):  # as the kernel, give up on long chains
+        host_path = os.path.join(root, path.lstrip("/"))
+        if not os.path.islink(host_path):
+            break
+        target = os.readlink(host_path)
+        path = target if target.startswith("/") else os.path.join(os.path.dirname(path), target)
+        path = os.path.normpath("/" + path.lstrip("/"))
+    else:
         return None
+    real = os.path.realpath(os.path.join(root, path.lstrip("/")))
+    if not real.startswith(os.path.realpath(root) + os.sep):
+        return None  # a parent directory links out of the root: not the image's file
     try:
-        with open(path, encoding="utf-8", errors="replace") as file:
+        with open(real, encoding="utf-8", errors="replace") as file:
             return file.read(1 << 20)
     except OSError:
         return None

@@ -204,3 +204,20 @@ async def test_concurrent_imports_of_one_layer(tmp_path: Path) -> None:
     # Every import succeeds (the config's timestamp may differ), all share one layer.
     assert len(results) == 4 and len(list(store.layers.iterdir())) == 1
     assert sorted(store.resolve(f"same:{n}") for n in range(4)) == sorted(results)
+
+
+def test_image_files_are_read_with_links_resolved_inside_the_root(tmp_path: Path) -> None:
+    from asyncstart.steps import _read_inside
+
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "lib").mkdir()
+    (root / "lib" / "passwd").write_text("app:x:1000:1000::/:/bin/sh\n")
+    os.symlink("/lib/passwd", root / "etc" / "passwd")  # absolute: a path in the image
+    os.symlink("../lib/passwd", root / "etc" / "relative")
+    (tmp_path / "host-secret").write_text("secret")
+    os.symlink(str(tmp_path), root / "escape")
+    assert _read_inside(str(root), "etc/passwd") == "app:x:1000:1000::/:/bin/sh\n"
+    assert _read_inside(str(root), "etc/relative") == "app:x:1000:1000::/:/bin/sh\n"
+    assert _read_inside(str(root), "escape/host-secret") is None
+    assert _read_inside(str(root), "etc/missing") is None

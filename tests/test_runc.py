@@ -73,6 +73,9 @@ def assert_nothing_left(roots: _Roots) -> None:
     assert _runc_list(roots) == []
     bundles = [p.name for p in roots.exec.iterdir() if p.name != "runc"]
     assert bundles == []
+    for kept in ("containers", "overlay"):
+        leftovers = list((roots.data / kept).iterdir()) if (roots.data / kept).exists() else []
+        assert leftovers == [], f"{kept}: {leftovers}"
 
 
 @asynccontextmanager
