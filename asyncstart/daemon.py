@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import shutil
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from .config import (
 from .events import EventBus
 from .images import FakeMounter, MountDriver
 from .images.overlay import OverlayMounter
-from .images.store import ImageStore
+from .images.store import ImageSource, ImageStore
 from .lifecycle import PROCESS_STATES, State
 from .network import FakeNetwork, NetworkDriver
 from .network.loopback import LoopbackNetwork
@@ -311,7 +310,7 @@ class Daemon:
 
     async def image_import(
         self,
-        source: str | os.PathLike[str] | AsyncIterable[bytes],
+        source: ImageSource,
         repo: str = "",
         tag: str = "",
         changes: Sequence[str] = (),
@@ -319,7 +318,7 @@ class Daemon:
         """``docker import``: a root filesystem tarball becomes an image; returns its ID."""
         return await self.images.import_(source, repo=repo, tag=tag, changes=changes)
 
-    async def image_load(self, source: str | os.PathLike[str] | AsyncIterable[bytes]) -> list[str]:
+    async def image_load(self, source: ImageSource) -> list[str]:
         """``docker load``: the images of a ``docker save`` archive."""
         return await self.images.load(source)
 

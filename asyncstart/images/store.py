@@ -35,7 +35,10 @@ import anyio
 
 from .. import errors
 
-__all__ = ["ImageStore", "parse_reference"]
+__all__ = ["ImageSource", "ImageStore", "parse_reference"]
+
+#: A tarball to import or load: a path, or the bytes as they arrive (an HTTP body).
+ImageSource = str | os.PathLike[str] | AsyncIterable[bytes]
 
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
@@ -294,9 +297,7 @@ class ImageStore:
             tags[f"{repo}:{tag}"] = image_id
             self._save_tags(tags)
 
-    async def _upload(
-        self, source: str | os.PathLike[str] | AsyncIterable[bytes], scratch: Path
-    ) -> Path:
+    async def _upload(self, source: ImageSource, scratch: Path) -> Path:
         if isinstance(source, (str, os.PathLike)):
             return Path(source)
         path = scratch / "upload.tar"
@@ -307,7 +308,7 @@ class ImageStore:
 
     async def import_(
         self,
-        source: str | os.PathLike[str] | AsyncIterable[bytes],
+        source: ImageSource,
         *,
         repo: str = "",
         tag: str = "",
@@ -382,7 +383,7 @@ class ImageStore:
             staged.append((config_bytes, list(entry.get("RepoTags") or [])))
         return staged
 
-    async def load(self, source: str | os.PathLike[str] | AsyncIterable[bytes]) -> list[str]:
+    async def load(self, source: ImageSource) -> list[str]:
         """``docker load`` of a ``docker save`` archive (layers with whiteouts); returns the
         ``Loaded image: ...`` lines. All or nothing."""
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".load-") as tmpdir:
