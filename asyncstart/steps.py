@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,10 +112,18 @@ def _read_inside(root: str, relative: str) -> str | None:
     if not real.startswith(os.path.realpath(root) + os.sep):
         return None  # a parent directory links out of the root: not the image's file
     try:
-        with open(real, encoding="utf-8", errors="replace") as file:
-            return file.read(1 << 20)
+        # Never block on what a container may have put there (a FIFO, a device).
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return file.read(1 << 20).decode("utf-8", errors="replace")
+
+
+def _read_users(root: str) -> tuple[str | None, str | None]:
+    return _read_inside(root, "etc/passwd"), _read_inside(root, "etc/group")
 
 
 class SpecStep:
@@ -135,6 +144,10 @@ class SpecStep:
         sandbox = (ctx.network or {}).get("SandboxKey", "")
         # host: no namespace of its own; "" : a new one (loopback only); else join that path.
         netns = None if record.host_config.network_mode == "host" else sandbox
+        passwd = group = None
+        if ctx.rootfs and record.config.user:
+            # A user needs the image's files (a name, or a uid's group): off the event loop.
+            passwd, group = await anyio.to_thread.run_sync(_read_users, ctx.rootfs)
         ctx.spec = build_spec(
             record.id,
             record.config,
@@ -143,8 +156,8 @@ class SpecStep:
             netns=netns,
             host_hard_limits=self.host_hard_limits,
             cgroup_parent=self.cgroup_parent,
-            passwd=_read_inside(ctx.rootfs, "etc/passwd") if ctx.rootfs else None,
-            group=_read_inside(ctx.rootfs, "etc/group") if ctx.rootfs else None,
+            passwd=passwd,
+            group=group,
             userns=self.userns,
         )
 

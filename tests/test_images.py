@@ -221,3 +221,19 @@ def test_image_files_are_read_with_links_resolved_inside_the_root(tmp_path: Path
     assert _read_inside(str(root), "etc/relative") == "app:x:1000:1000::/:/bin/sh\n"
     assert _read_inside(str(root), "escape/host-secret") is None
     assert _read_inside(str(root), "etc/missing") is None
+
+
+def test_a_fifo_in_place_of_passwd_is_not_read(tmp_path: Path) -> None:
+    from asyncstart.steps import _read_inside
+
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    os.mkfifo(root / "etc" / "passwd")  # a container could leave this for its next start
+    assert _read_inside(str(root), "etc/passwd") is None  # at once: nothing blocks
+
+
+async def test_forced_rmi_of_a_name_a_running_container_uses_untags(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "image")
+    image_id = await store.import_(str(_tar(tmp_path / "r.tar", _file("f"))), repo="app", tag="1")
+    assert store.remove("app:1", users=[("f" * 64, True)], force=True) == ["Untagged: app:1"]
+    assert store.inspect(image_id)["RepoTags"] == []

@@ -626,6 +626,16 @@ async def test_a_tty_container_runs_on_a_terminal(
             seen = b"".join([data async for _, data in session])
     assert b"typed" in seen
     assert await runc_daemon.container_wait(cat) == {"StatusCode": 0}
-    for container in (cid, cat):
+    # A partial line: one ^D would only flush it; the input still ends.
+    partial = await runc_daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["cat"], "Tty": True, "OpenStdin": True}
+    )
+    await runc_daemon.container_start(partial)
+    async with runc_daemon.container_attach(partial, stdin=True) as session:
+        await session.send(b"no newline")
+        await session.send_eof()
+        with anyio.fail_after(20):
+            assert await runc_daemon.container_wait(partial) == {"StatusCode": 0}
+    for container in (cid, cat, partial):
         await runc_daemon.container_remove(container)
     assert_nothing_left(roots)

@@ -27,15 +27,17 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from .. import errors
 
 __all__ = ["ImageSource", "ImageStore", "parse_reference"]
+
+T = TypeVar("T")
 
 #: A tarball to import or load: a path, or the bytes as they arrive (an HTTP body).
 ImageSource = str | os.PathLike[str] | AsyncIterable[bytes]
@@ -297,6 +299,13 @@ class ImageStore:
             tags[f"{repo}:{tag}"] = image_id
             self._save_tags(tags)
 
+    def _locked(self, operation: Callable[..., T], *args: Any) -> T:
+        """Imports, loads and removals one at a time: a removal must not take a layer that an
+        import has found in place and is about to name in a config (they are rare; starts
+        never wait on this lock)."""
+        with self._lock:
+            return operation(*args)
+
     async def _upload(self, source: ImageSource, scratch: Path) -> Path:
         if isinstance(source, (str, os.PathLike)):
             return Path(source)
@@ -319,7 +328,7 @@ class ImageStore:
             scratch = Path(tmpdir)
             tar_path = await self._upload(source, scratch)
             return await anyio.to_thread.run_sync(
-                self._import, tar_path, scratch, repo, tag, list(changes)
+                self._locked, self._import, tar_path, scratch, repo, tag, list(changes)
             )
 
     def _load(self, archive_path: Path, scratch: Path) -> list[str]:
@@ -389,7 +398,7 @@ class ImageStore:
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".load-") as tmpdir:
             scratch = Path(tmpdir)
             archive_path = await self._upload(source, scratch)
-            return await anyio.to_thread.run_sync(self._load, archive_path, scratch)
+            return await anyio.to_thread.run_sync(self._locked, self._load, archive_path, scratch)
 
     # -- inspect, list, tag, remove -------------------------------------------------------
 
@@ -415,7 +424,10 @@ class ImageStore:
     def list_images(self) -> list[dict[str, Any]]:
         rows = []
         for path in sorted(self.configs.glob("*.json")):
-            info = self.inspect(path.stem)
+            try:
+                info = self.inspect(path.stem)
+            except errors.NotFound:
+                continue  # removed meanwhile
             rows.append(
                 {
                     "Id": info["Id"],
@@ -456,6 +468,11 @@ class ImageStore:
                 )
             users = list(users)
             running = [cid for cid, live in users if live]
+            if running and force and tags:
+                # dockerd: a forced rmi of a name in use by a running container untags it.
+                removed = [f"Untagged: {n}" for n in tags]
+                self._save_tags({n: t for n, t in self._tags().items() if t != image_id})
+                return removed
             if running:
                 raise errors.Conflict(
                     f"conflict: unable to delete {short} (cannot be forced) - image is being used"

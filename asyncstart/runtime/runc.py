@@ -42,6 +42,16 @@ log = structlog.get_logger("asyncstart.runtime.runc")
 
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_LOG_LINE = 16 * 1024
+_RUNTIME_FILE = "runtime.json"
+
+
+def _bundle_runtime(bundle: Path) -> tuple[str | None, tuple[str, ...]]:
+    """The runtime binary and flags a bundle was created with (defaults if not recorded)."""
+    try:
+        recorded = json.loads((bundle / _RUNTIME_FILE).read_text())
+        return recorded.get("binary"), tuple(recorded.get("args", ()))
+    except (OSError, ValueError):
+        return None, ()
 
 
 @dataclass(slots=True)
@@ -59,6 +69,8 @@ class _Container:
     global_args: tuple[str, ...] = ()
     #: stdio is a pty master (Config.Tty), not FIFOs.
     tty: bool = False
+    #: Whether the last input written ended a line (a terminal's ^D ends input only there).
+    at_line_start: bool = True
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Output streams still being copied; the exit is reported once they are drained.
     pumping: int = 0
@@ -254,7 +266,9 @@ class RuncRuntime:
             # A create that fails leaves nothing: fds, runc state, bundle.
             self._close(box)
             with anyio.CancelScope(shield=True):
-                await self._run_quietly(*self._global(box), "delete", "--force", container_id)
+                await self._run_quietly(
+                    *self._global(box), "delete", "--force", container_id, binary=box.binary
+                )
             shutil.rmtree(path, ignore_errors=True)
             raise
         self._containers[container_id] = box
@@ -283,6 +297,10 @@ class RuncRuntime:
         tmp = path / "config.json.tmp"
         tmp.write_text(json.dumps(bundle.spec))
         os.replace(tmp, path / "config.json")
+        # Which runtime drives this container, for a daemon that reopens on it later.
+        (path / _RUNTIME_FILE).write_text(
+            json.dumps({"binary": box.binary, "args": list(box.global_args)})
+        )
         pid_file = path / "init.pid"
         log_file = path / "runc.log"
         extra = ["--no-pivot"] if (no_pivot_root or self.no_pivot_root) else []
@@ -354,13 +372,7 @@ class RuncRuntime:
     async def _monitor(self, container_id: str, box: _Container) -> None:
         with box.scope:
             await anyio.wait_readable(box.pidfd)
-            try:
-                _, status = os.waitpid(box.pid, 0)  # noqa: ASYNC222 - the pidfd says it exited
-                code = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                code = 255  # not our child (adopted after a daemon restart): code unknown
-            if code < 0:
-                code = 128 - code
+            code = _exit_code(box.pidfd)
             # As dockerd waits for the streams: the die comes after the last line is logged
             # (bounded: a child the process left behind may hold the pipes open).
             with anyio.move_on_after(2):
@@ -393,7 +405,9 @@ class RuncRuntime:
                 raise RuntimeFailure("stdin is closed")
             await anyio.wait_writable(box.stdin)
             try:
-                view = view[os.write(box.stdin, view) :]
+                written = os.write(box.stdin, view)
+                box.at_line_start = bytes(view[written - 1 : written]) == b"\n" if written else True
+                view = view[written:]
             except BlockingIOError:
                 continue
             except BrokenPipeError:
@@ -403,9 +417,10 @@ class RuncRuntime:
         box = self._box(container_id)
         if box.stdin >= 0:
             if box.tty:
-                # A terminal cannot be half-closed: end the input as a typist would (^D).
+                # A terminal cannot be half-closed: end the input as a typist would (^D;
+                # twice after a partial line, where the first only flushes the line).
                 with contextlib.suppress(OSError):
-                    os.write(box.stdin, b"\x04")
+                    os.write(box.stdin, b"\x04" if box.at_line_start else b"\x04\x04")
             os.close(box.stdin)
             box.stdin = -1
 
@@ -416,9 +431,9 @@ class RuncRuntime:
                     os.close(fd)
         box.readers, box.stdin, box.pidfd = [], -1, -1
 
-    async def _run_quietly(self, *args: str) -> None:
+    async def _run_quietly(self, *args: str, binary: str | None = None) -> None:
         with contextlib.suppress(RuntimeFailure):
-            await self._runc(*args)
+            await self._runc(*args, binary=binary)
 
     async def _forget_stale(self, container_id: str) -> None:
         """A leftover runc container or bundle with this ID is replaced, not an error."""
@@ -458,8 +473,9 @@ class RuncRuntime:
             await _reap(pid)
             return None
         bundle = Path(state["bundle"])
+        binary, flags = _bundle_runtime(bundle)
         box = _Container(bundle, pid=int(state["pid"]), log_path=stdio.log_path,
-                         on_output=stdio.on_output)  # fmt: skip
+                         on_output=stdio.on_output, binary=binary, global_args=flags)  # fmt: skip
         try:
             box.pidfd = os.pidfd_open(box.pid)
         except ProcessLookupError:
@@ -488,7 +504,10 @@ class RuncRuntime:
         for entry in json.loads(result.stdout or b"null") or []:
             if entry["id"] not in keep:
                 log.info("runtime.cleanup", container_id=entry["id"], status=entry["status"])
-                await self._run_quietly("delete", "--force", entry["id"])
+                binary, flags = _bundle_runtime(Path(entry["bundle"]))
+                await self._run_quietly(
+                    *self.runtime_args, *flags, "delete", "--force", entry["id"], binary=binary
+                )
                 await _reap(int(entry.get("pid", 0)))
                 shutil.rmtree(entry["bundle"], ignore_errors=True)
 
@@ -496,26 +515,39 @@ class RuncRuntime:
         return list(self._containers)
 
 
+def _exit_code(pidfd: int) -> int:
+    """Reap the process behind ``pidfd`` (by the pidfd, never by a pid number that may have
+    been reused) and return its exit code: 128 + signal if killed, 255 if unknown (it is not
+    this process's child, as after a daemon restart)."""
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return 255
+    if result is None:
+        return 255
+    if result.si_code == os.CLD_EXITED:
+        return result.si_status
+    return 128 + result.si_status
+
+
 async def _reap(pid: int, pidfd: int = -1) -> None:
     """Collect a dead container init that is this daemon's child (it is a subreaper), so no
     zombie is left; a process that is not its child is someone else's to reap."""
     if pid <= 0:
         return
-    if pidfd >= 0:
-        with anyio.move_on_after(2):
-            await anyio.wait_readable(pidfd)  # runc delete kills; the death follows shortly
-    else:
+    owned = pidfd < 0
+    if owned:
         try:
             pidfd = os.pidfd_open(pid)
-        except (ProcessLookupError, OSError):
+        except OSError:
             return
-        try:
-            with anyio.move_on_after(2):
-                await anyio.wait_readable(pidfd)
-        finally:
+    try:
+        with anyio.move_on_after(2):
+            await anyio.wait_readable(pidfd)  # runc delete kills; the death follows shortly
+        _exit_code(pidfd)
+    finally:
+        if owned:
             os.close(pidfd)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
 
 
 def _json_log(data: bytes, stream: str) -> bytes:
