@@ -248,29 +248,32 @@ class RuncRuntime:
         no_pivot_root: bool = False,
         binary: str | None = None,
     ) -> int:
-        await self._forget_stale(container_id)
         path = bundle.path
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        box = _Container(
-            path,
-            log_path=stdio.log_path,
-            on_output=stdio.on_output,
-            binary=binary,
-            global_args=tuple(runtime_args),
-        )
-        try:
-            await self._spawn(
-                container_id, bundle, stdio, box, checkpoint, checkpoint_dir, no_pivot_root
+        for attempt in range(2):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            box = _Container(
+                path,
+                log_path=stdio.log_path,
+                on_output=stdio.on_output,
+                binary=binary,
+                global_args=tuple(runtime_args),
             )
-        except BaseException:
-            # A create that fails leaves nothing: fds, runc state, bundle.
-            self._close(box)
-            with anyio.CancelScope(shield=True):
-                await self._run_quietly(
-                    *self._global(box), "delete", "--force", container_id, binary=box.binary
+            try:
+                await self._spawn(
+                    container_id, bundle, stdio, box, checkpoint, checkpoint_dir, no_pivot_root
                 )
-            shutil.rmtree(path, ignore_errors=True)
-            raise
+                break
+            except BaseException as exc:
+                # A create that fails leaves nothing: fds, runc state, bundle. That also
+                # clears a stale runc container with this ID (a crashed daemon's), which is
+                # replaced: the create is tried once more. (No "runc state" on the happy path.)
+                self._close(box)
+                with anyio.CancelScope(shield=True):
+                    await self._delete_leftover(container_id, box)
+                shutil.rmtree(path, ignore_errors=True)
+                stale = isinstance(exc, RuntimeFailure) and "exists" in exc.message
+                if attempt or not stale:
+                    raise
         self._containers[container_id] = box
         assert self._tg is not None, "RuncRuntime.run() is not running"
         box.pumping = len(box.readers)
@@ -435,13 +438,15 @@ class RuncRuntime:
         with contextlib.suppress(RuntimeFailure):
             await self._runc(*args, binary=binary)
 
-    async def _forget_stale(self, container_id: str) -> None:
-        """A leftover runc container or bundle with this ID is replaced, not an error."""
-        result = await self._runc("state", container_id)
-        if result.returncode == 0:
-            pid = int(json.loads(result.stdout).get("pid", 0))
-            await self._checked("delete", "--force", container_id, container_id=container_id)
-            await _reap(pid)
+    async def _delete_leftover(self, container_id: str, box: _Container) -> None:
+        """Delete whatever runc has under this ID (and reap its init if it is ours)."""
+        args = self._global(box)
+        result = await self._runc(*args, "state", container_id, binary=box.binary)
+        if result.returncode != 0:
+            return
+        pid = int(json.loads(result.stdout).get("pid", 0))
+        await self._run_quietly(*args, "delete", "--force", container_id, binary=box.binary)
+        await _reap(pid)
 
     async def delete(self, container_id: str, *, force: bool = False) -> None:
         box = self._containers.get(container_id)
