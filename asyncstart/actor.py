@@ -419,7 +419,10 @@ class ContainerActor:
         else:
             self._done = done
             self._started_at = self.services.clock.now()
-            self.services.task_group.start_soon(self._feed_stdin, ctx)
+            if ctx.record.config.open_stdin:
+                self.services.task_group.start_soon(self._feed_stdin, ctx)
+            else:
+                ctx.stdin.ready()  # nothing to feed, and a close of no stdin is a no-op
 
     async def _feed_stdin(self, ctx: StartContext) -> None:
         """After the start: input sent before the process existed, in order, then a pending
