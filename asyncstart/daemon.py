@@ -41,7 +41,9 @@ from .images.overlay import OverlayMounter
 from .images.store import ImageSource, ImageStore
 from .lifecycle import PROCESS_STATES, State
 from .network import FakeNetwork, NetworkDriver
+from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
 from .network.loopback import LoopbackNetwork
+from .network.netlink import asyncio_loop
 from .runtime import FakeRuntime, Runtime, StateInfo, Stdio
 from .runtime.runc import RuncRuntime
 from .signals import parse_signal
@@ -105,6 +107,11 @@ class DaemonConfig:
     #: User-namespace remapping, ``"UID:GID[:SIZE]"``: container root is that host uid/gid
     #: (dockerd's ``--userns-remap``, given as numbers). Empty: no remapping.
     userns_remap: str = ""
+    #: The runc runtime's networking: ``loopback`` (a namespace with lo only, for now the
+    #: default) or ``bridge`` (pyroute2: a bridge, veth and address per container).
+    network: str = "loopback"
+    bridge: str = DEFAULT_BRIDGE
+    bridge_subnet: str = DEFAULT_SUBNET
 
     def userns(self) -> tuple[int, int, int] | None:
         """``userns_remap`` parsed: (uid, gid, size), or None."""
@@ -629,10 +636,17 @@ async def open_daemon(
         userns = config.userns()
         owner = userns[:2] if userns else None
         mounter = mounter or OverlayMounter(Path(config.data_root) / "overlay", images, owner)
+        if network is None and config.network == "bridge":
+            network = BridgeNetwork(
+                state=Path(config.data_root) / "network" / "ipam.json",
+                netns_dir=Path(config.exec_root) / "netns",
+                bridge=config.bridge,
+                subnet=config.bridge_subnet,
+            )
         network = network or LoopbackNetwork()
     else:
         raise errors.InvalidParameter(f"unknown runtime specified {config.runtime}")
-    async with anyio.create_task_group() as tg:
+    async with asyncio_loop(), anyio.create_task_group() as tg:
         daemon = Daemon(
             config, runtime=runtime, mounter=mounter, network=network, clock=clock, task_group=tg
         )

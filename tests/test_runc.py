@@ -82,8 +82,10 @@ def _runc_list(roots: _Roots) -> list[dict[str, object]]:
 def assert_nothing_left(roots: _Roots) -> None:
     assert _mounts_under(roots.data) == []
     assert _runc_list(roots) == []
-    bundles = [p.name for p in roots.exec.iterdir() if p.name != "runc"]
+    bundles = [p.name for p in roots.exec.iterdir() if p.name not in ("runc", "netns")]
     assert bundles == []
+    netns = roots.exec / "netns"
+    assert not netns.exists() or list(netns.iterdir()) == []
     for kept in ("containers", "overlay"):
         leftovers = list((roots.data / kept).iterdir()) if (roots.data / kept).exists() else []
         assert leftovers == [], f"{kept}: {leftovers}"

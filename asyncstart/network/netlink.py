@@ -1,0 +1,139 @@
+"""Netlink for the network driver: pyroute2's asyncio API on asyncio and on trio, and network
+namespace files made without forking.
+
+pyroute2's ``AsyncIPRoute`` is asyncio code. Under asyncio it is awaited directly; under trio it
+runs on the trio-asyncio loop that :func:`asyncio_loop` opens around the daemon, through
+``trio_asyncio.aio_as_trio``. pyroute2's own namespace helpers fork a process and block in
+``poll``, so namespaces are made here instead: a worker thread ``unshare``\\s its network
+namespace, bind-mounts ``/proc/thread-self/ns/net`` onto the file and opens a netlink socket
+in it (a socket stays in the namespace it was created in), then ``setns``\\es back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import sniffio
+
+from .. import errors
+
+__all__ = ["asyncio_loop", "create_netns", "delete_netns", "netlink", "netns_socket"]
+
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MNT_DETACH = 2
+_NETLINK_ROUTE = 0
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+@asynccontextmanager
+async def asyncio_loop() -> AsyncIterator[None]:
+    """Under trio, an asyncio loop for pyroute2 for the duration; under asyncio, nothing."""
+    if sniffio.current_async_library() == "trio":
+        import trio_asyncio
+
+        async with trio_asyncio.open_loop():
+            yield
+    else:
+        yield
+
+
+async def netlink(call: Callable[[], Awaitable[T]]) -> T:
+    """Await an asyncio coroutine function of pyroute2 on whichever loop runs us."""
+    if sniffio.current_async_library() == "trio":
+        import trio_asyncio
+
+        result: T = await trio_asyncio.aio_as_trio(call)()
+        return result
+    return await call()
+
+
+def _create(path: Path) -> int:
+    """Make a network namespace file at ``path``; return a netlink socket fd inside it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    path.touch(mode=0o444)
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.unshare(_CLONE_NEWNET), "unshare")
+        try:
+            _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none",
+                               _MS_BIND, None), f"bind {path}")  # fmt: skip
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
+            )
+            return sock.detach()
+        finally:
+            _check(_libc.setns(original, _CLONE_NEWNET), "setns back")
+    except BaseException:
+        _libc.umount2(str(path).encode(), _MNT_DETACH)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    finally:
+        os.close(original)
+
+
+def _socket_in(path: str) -> int:
+    """A netlink socket inside the namespace at ``path`` (another container's, for instance)."""
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(target, _CLONE_NEWNET), f"setns {path}")
+        try:
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
+            )
+            return sock.detach()
+        finally:
+            _check(_libc.setns(original, _CLONE_NEWNET), "setns back")
+    finally:
+        os.close(original)
+        os.close(target)
+
+
+def _delete(path: Path) -> None:
+    # The kernel frees the namespace, and the veth in it, once nothing holds it.
+    _libc.umount2(str(path).encode(), _MNT_DETACH)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+async def create_netns(path: Path) -> int:
+    """A new network namespace kept as the file ``path``; returns a netlink socket in it."""
+    try:
+        return await anyio.to_thread.run_sync(_create, path)
+    except OSError as exc:
+        raise errors.SystemError(f"failed to create network namespace {path}: {exc}") from exc
+
+
+async def netns_socket(path: str) -> int:
+    try:
+        return await anyio.to_thread.run_sync(_socket_in, path)
+    except OSError as exc:
+        raise errors.SystemError(f"failed to enter network namespace {path}: {exc}") from exc
+
+
+async def delete_netns(path: Path) -> None:
+    await anyio.to_thread.run_sync(_delete, path)
+
+
+def ipr_kwargs() -> dict[str, Any]:
+    """Arguments for an ``AsyncIPRoute`` that does not subscribe to netlink's broadcasts."""
+    return {"groups": 0}
