@@ -570,7 +570,10 @@ class ContainerActor:
         record.exit_code = info.exit_code
         record.finished_at = format_time(info.at or time.time())
         record.oom_killed = record.oom_killed or info.oom_killed
-        record.network_settings = {}
+        # The network is gone; the files that named the container stay (dockerd's paths).
+        record.network_settings = {
+            key: value for key, value in record.network_settings.items() if key.endswith("Path")
+        }
         if delay is not None:
             record.restart_count += 1
             # Armed before the die event is published: whoever sees the event sees the timer.

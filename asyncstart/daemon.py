@@ -12,6 +12,7 @@ import itertools
 import json
 import random
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -166,7 +167,14 @@ class Daemon:
         # The start saga: each step with the lifecycle state it runs in.
         saga: Sequence[tuple[State, Step]] = (
             (State.MOUNTING, MountStep(mounter)),
-            (State.NETWORKING, NetworkStep(network)),
+            (
+                State.NETWORKING,
+                NetworkStep(
+                    network,
+                    files_root=None if config.runtime == "fake" else self.records.root,
+                    peers=self._network_peer,
+                ),
+            ),
             (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent, userns=userns)),
             (
                 State.SPEC_READY,
@@ -201,6 +209,14 @@ class Daemon:
             log.debug("runtime.unknown_container", container_id=container_id, state=info.state)
             return
         actor.state_changed(info)
+
+    def _network_peer(self, reference: str) -> tuple[str, int, dict[str, Any]]:
+        """For ``container:<ref>``: the container's ID, its pid (0 unless running) and its
+        network settings with its hostname. Read only: its actor owns it."""
+        actor = self._actor(reference)
+        running = actor.lifecycle.state in PROCESS_STATES
+        settings = {**actor.record.network_settings, "Hostname": actor.record.config.hostname}
+        return actor.id, actor.record.pid if running else 0, settings
 
     def _forget(self, record: ContainerRecord) -> None:
         self._actors.pop(record.id, None)
@@ -267,7 +283,9 @@ class Daemon:
         canonical = validate_name(name) if name else self._generate_name()
         container_id = new_id()
         if not parsed.hostname:
-            parsed.hostname = container_id[:12]
+            # dockerd: the host's name in host mode, else the short ID.
+            host_mode = host.network_mode == "host"
+            parsed.hostname = socket.gethostname() if host_mode else container_id[:12]
         self._index.reserve_name(canonical, container_id)
         record = ContainerRecord(
             id=container_id,

@@ -152,6 +152,8 @@ def build_spec(
     passwd: str | None = None,
     group: str | None = None,
     userns: tuple[int, int, int] | None = None,
+    network_files: Mapping[str, str] | None = None,
+    hostname: str | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` for one start. ``netns`` None shares the host's network namespace;
     ``userns`` (uid, gid, size) runs it in a user namespace whose root is that uid/gid."""
@@ -209,6 +211,9 @@ def build_spec(
         bind_options = ["rbind", "ro" if "ro" in mode.split(",") else "rw"]
         mounts.append({"destination": target, "type": "bind", "source": source,
                        "options": bind_options})  # fmt: skip
+    for target, source in (network_files or {}).items():
+        mounts.append({"destination": target, "type": "bind", "source": source,
+                       "options": ["rbind", "rprivate"]})  # fmt: skip
     for mount in host_config.mounts or ():
         if mount.type != "bind":
             raise errors.InvalidParameter(f"mount type {mount.type!r} is not supported")
@@ -229,7 +234,7 @@ def build_spec(
             "oomScoreAdj": host_config.oom_score_adj,
         },
         "root": {"path": rootfs, "readonly": host_config.readonly_rootfs},
-        "hostname": config.hostname or container_id[:12],
+        "hostname": hostname or config.hostname or container_id[:12],
         "mounts": mounts,
         "linux": {
             "cgroupsPath": f"{cgroup_parent}/{container_id}",

@@ -11,7 +11,7 @@ import contextlib
 import os
 import resource
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from . import errors
 from .attach import StdioHub
 from .images import MountDriver
 from .network import NetworkDriver
+from .network.files import hostname_file, hosts_file, resolv_conf
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
 from .spec import build_spec
@@ -73,18 +74,117 @@ class MountStep:
         ctx.rootfs = None
 
 
+#: What NetworkStep needs of a container whose network another one joins (container:<id>):
+#: its ID, pid (0 if not running) and network settings.
+PeerLookup = Callable[[str], tuple[str, int, dict[str, Any]]]
+
+
 class NetworkStep:
+    """The driver's network, then the files that name the container on it (hostname, hosts,
+    resolv.conf), which the spec bind-mounts. ``container:<id>`` joins that container's."""
+
     name = "network"
 
-    def __init__(self, network: NetworkDriver) -> None:
+    def __init__(
+        self,
+        network: NetworkDriver,
+        files_root: Path | None = None,
+        peers: PeerLookup | None = None,
+    ) -> None:
         self.network = network
+        #: ``files_root/<id>/`` receives the files (None: no files, as for the fake driver).
+        self.files_root = files_root
+        self.peers = peers
 
     async def do(self, ctx: StartContext) -> None:
-        ctx.network = await self.network.setup(ctx.record.id, ctx.record.host_config.network_mode)
+        record = ctx.record
+        mode = record.host_config.network_mode
+        if mode.startswith("container:"):
+            ctx.network = self._join(record.id, mode.partition(":")[2])
+            return
+        ctx.network = await self.network.setup(record.id, mode)
+        if self.files_root is not None:
+            try:
+                ctx.network |= await anyio.to_thread.run_sync(
+                    self._write_files, record, ctx.network
+                )
+                if ctx.rootfs:
+                    await anyio.to_thread.run_sync(_mount_targets, ctx.rootfs)
+            except OSError as exc:
+                await self.network.teardown(record.id)
+                raise errors.SystemError(f"failed to write the network files: {exc}") from exc
+
+    def _join(self, container_id: str, reference: str) -> dict[str, Any]:
+        if self.peers is None:
+            raise errors.InvalidParameter("container network mode is not available")
+        target_id, pid, settings = self.peers(reference)
+        if target_id == container_id:
+            raise errors.InvalidParameter("cannot join own network namespace")
+        if not pid:
+            raise errors.Conflict(
+                f"cannot join network namespace of a non running container: {target_id}"
+            )
+        shared = {k: v for k, v in settings.items() if k.endswith("Path") or k == "Hostname"}
+        return {"SandboxKey": f"/proc/{pid}/ns/net", "Networks": {}, **shared}
+
+    def _write_files(self, record: ContainerRecord, network: dict[str, Any]) -> dict[str, Any]:
+        assert self.files_root is not None
+        directory = self.files_root / record.id
+        config, host_config = record.config, record.host_config
+        host_mode = host_config.network_mode == "host"
+        try:
+            with open("/etc/resolv.conf") as file:
+                host_resolv = file.read()
+        except OSError:
+            host_resolv = ""
+        if host_mode:
+            with open("/etc/hosts") as file:
+                hosts = file.read()
+        else:
+            hosts = hosts_file(
+                config.hostname,
+                config.domainname,
+                network.get("IPAddress") or None,
+                host_config.extra_hosts or (),
+            )
+        files = {
+            "hostname": hostname_file(config.hostname),
+            "hosts": hosts,
+            "resolv.conf": resolv_conf(
+                host_resolv,
+                dns=host_config.dns or (),
+                search=host_config.dns_search or (),
+                options=host_config.dns_options or (),
+                keep_loopback=host_mode,
+            ),
+        }
+        for name, text in files.items():
+            tmp = directory / (name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, directory / name)
+        return {
+            "HostnamePath": str(directory / "hostname"),
+            "HostsPath": str(directory / "hosts"),
+            "ResolvConfPath": str(directory / "resolv.conf"),
+        }
 
     async def undo(self, ctx: StartContext) -> None:
-        await self.network.teardown(ctx.record.id)
+        if not ctx.record.host_config.network_mode.startswith("container:"):
+            await self.network.teardown(ctx.record.id)
         ctx.network = None
+
+
+def _mount_targets(rootfs: str) -> None:
+    """Make /etc/{hostname,hosts,resolv.conf} exist in the container's own layer, so runc can
+    mount onto them even as a remapped root that may not create files in the image's /etc."""
+    etc = os.path.join(rootfs, "etc")
+    if not os.path.realpath(etc).startswith(os.path.realpath(rootfs) + os.sep):
+        return  # /etc links out of the root: leave it to runc, which resolves inside
+    os.makedirs(etc, exist_ok=True)
+    for name in ("hostname", "hosts", "resolv.conf"):
+        with contextlib.suppress(FileExistsError):  # (or a link: runc resolves it)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            os.close(os.open(os.path.join(etc, name), flags, 0o644))
 
 
 def _host_hard_limits() -> dict[str, int]:
@@ -141,7 +241,8 @@ class SpecStep:
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
-        sandbox = (ctx.network or {}).get("SandboxKey", "")
+        network = ctx.network or {}
+        sandbox = network.get("SandboxKey", "")
         # host: no namespace of its own; "" : a new one (loopback only); else join that path.
         netns = None if record.host_config.network_mode == "host" else sandbox
         passwd = group = None
@@ -158,6 +259,16 @@ class SpecStep:
             cgroup_parent=self.cgroup_parent,
             passwd=passwd,
             group=group,
+            network_files={
+                target: network[key]
+                for target, key in (
+                    ("/etc/hostname", "HostnamePath"),
+                    ("/etc/hosts", "HostsPath"),
+                    ("/etc/resolv.conf", "ResolvConfPath"),
+                )
+                if network.get(key)
+            },
+            hostname=network.get("Hostname"),
             userns=self.userns,
         )
 

@@ -146,3 +146,54 @@ async def test_an_unknown_network_fails_the_start_and_leaves_nothing(
         await net.container_start(cid)
     assert list((tmp_path / "x" / "netns").glob("*")) == []
     await net.container_remove(cid)
+
+
+async def test_the_files_that_name_the_container(net: asyncstart.Daemon) -> None:
+    cid = await net.container_create(
+        config={"Image": "busybox", "Hostname": "web", "Cmd": ["sh", "-c",
+                "cat /etc/hostname /etc/hosts /etc/resolv.conf"]},
+        host_config={"ExtraHosts": ["db:10.213.77.200"], "Dns": ["10.213.77.53"],
+                     "DnsSearch": ["example.test"]},
+    )  # fmt: skip
+    await net.container_start(cid)
+    out = await _output(net, cid)
+    info = await net.container_inspect(cid)
+    address = info["NetworkSettings"]["IPAddress"]
+    assert out.startswith("web\n127.0.0.1\tlocalhost\n")
+    assert "10.213.77.200\tdb\n" in out and f"{address}\tweb\n" in out
+    assert "nameserver 10.213.77.53\nsearch example.test\n" in out
+    assert info["HostsPath"].endswith(f"{cid}/hosts")
+    await net.container_remove(cid)
+
+
+async def test_container_mode_shares_the_targets_network(net: asyncstart.Daemon) -> None:
+    target = await _run(net, "sleep", "1000")
+    address = (await net.container_inspect(target))["NetworkSettings"]["IPAddress"]
+    joiner = await _run(
+        net, "sh", "-c", "ip -o -4 addr show eth0; hostname", NetworkMode=f"container:{target}"
+    )
+    out = await _output(net, joiner)
+    assert f"inet {address}/24" in out and out.strip().endswith(target[:12])
+    # dockerd's errors: itself, a target that does not run, one that does not exist.
+    me = await net.container_create(
+        name="selfish", config={"Image": "busybox", "Cmd": ["true"]},
+        host_config={"NetworkMode": "container:selfish"},
+    )  # fmt: skip
+    with pytest.raises(errors.InvalidParameter, match="^cannot join own network namespace$"):
+        await net.container_start(me)
+    stopped = await net.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+    follower = await net.container_create(
+        config={"Image": "busybox", "Cmd": ["true"]},
+        host_config={"NetworkMode": f"container:{stopped}"},
+    )
+    with pytest.raises(errors.Conflict, match="non running container: " + stopped):
+        await net.container_start(follower)
+    ghost = await net.container_create(
+        config={"Image": "busybox", "Cmd": ["true"]},
+        host_config={"NetworkMode": "container:ghost"},
+    )
+    with pytest.raises(errors.NotFound, match="^No such container: ghost$"):
+        await net.container_start(ghost)
+    for cid in (joiner, me, stopped, follower, ghost):
+        await net.container_remove(cid)
+    await net.container_remove(target, force=True)

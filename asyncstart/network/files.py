@@ -1,0 +1,88 @@
+"""The files that name a container on its network: ``hostname``, ``hosts``, ``resolv.conf``.
+Pure functions; the network step writes them and the spec bind-mounts them."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+__all__ = ["hostname_file", "hosts_file", "resolv_conf"]
+
+_HOSTS_HEADER = (
+    "127.0.0.1\tlocalhost\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    "fe00::0\tip6-localnet\n"
+    "ff00::0\tip6-mcastprefix\n"
+    "ff02::1\tip6-allnodes\n"
+    "ff02::2\tip6-allrouters\n"
+)
+#: What dockerd falls back to when the host only has loopback resolvers.
+DEFAULT_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+
+
+def hostname_file(hostname: str) -> str:
+    return hostname + "\n"
+
+
+def hosts_file(
+    hostname: str, domainname: str, address: str | None, extra_hosts: Sequence[str] = ()
+) -> str:
+    """dockerd's /etc/hosts: localhost lines, ExtraHosts (``name:ip``), the container itself."""
+    lines = [_HOSTS_HEADER]
+    for entry in extra_hosts:
+        name, _, ip = entry.partition(":")
+        lines.append(f"{ip}\t{name}\n")
+    if address:
+        names = f"{hostname}.{domainname} {hostname}" if domainname else hostname
+        lines.append(f"{address}\t{names}\n")
+    return "".join(lines)
+
+
+def _is_loopback(server: str) -> bool:
+    try:
+        return ipaddress.ip_address(server.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def resolv_conf(
+    host: str,
+    *,
+    dns: Sequence[str] = (),
+    search: Sequence[str] = (),
+    options: Sequence[str] = (),
+    keep_loopback: bool = False,
+) -> str:
+    """The host's resolv.conf as a container sees it: loopback nameservers dropped (they would
+    point at the container itself) unless it shares the host's network, and HostConfig's Dns,
+    DnsSearch and DnsOptions in place of the host's."""
+    nameservers: list[str] = []
+    kept: list[str] = []
+    host_search: list[str] = []
+    host_options: list[str] = []
+    for line in host.splitlines():
+        words = line.split()
+        if not words or words[0].startswith(("#", ";")):
+            continue
+        if words[0] == "nameserver" and len(words) > 1:
+            if keep_loopback or not _is_loopback(words[1]):
+                nameservers.append(words[1])
+        elif words[0] in ("search", "domain"):
+            host_search = words[1:]
+        elif words[0] == "options":
+            host_options.extend(words[1:])
+        else:
+            kept.append(line)
+    if dns:
+        nameservers = list(dns)
+    elif not nameservers:
+        nameservers = list(DEFAULT_NAMESERVERS)
+    out = [f"nameserver {server}\n" for server in nameservers]
+    chosen_search = list(search) or host_search
+    if chosen_search:
+        out.append("search " + " ".join(chosen_search) + "\n")
+    chosen_options = list(options) or host_options
+    if chosen_options:
+        out.append("options " + " ".join(chosen_options) + "\n")
+    out.extend(line + "\n" for line in kept)
+    return "".join(out)
