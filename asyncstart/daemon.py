@@ -250,6 +250,7 @@ class Daemon:
                     live.add(record.id)
         await self.runtime.cleanup(live)
         await self.mounter.cleanup(live, {r.id for r in records})
+        await self.network.cleanup(live)
         for bundle in await anyio.to_thread.run_sync(lambda: list(self.exec_root.iterdir())):
             if bundle.is_dir() and bundle.name not in live and len(bundle.name) == 64:
                 await anyio.to_thread.run_sync(shutil.rmtree, bundle, True)

@@ -197,3 +197,38 @@ async def test_container_mode_shares_the_targets_network(net: asyncstart.Daemon)
     for cid in (joiner, me, stopped, follower, ghost):
         await net.container_remove(cid)
     await net.container_remove(target, force=True)
+
+
+async def test_a_reopened_daemon_frees_what_dead_containers_held(
+    tmp_path: Path, busybox: Path
+) -> None:
+    roots = _Roots(tmp_path)
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, network="bridge", bridge=BRIDGE,
+        bridge_subnet=SUBNET,
+    )  # fmt: skip
+    try:
+        async with asyncstart.open_daemon(config) as daemon:
+            await daemon.image_import(str(busybox), repo="busybox")
+            keeps = await _run(daemon, "sleep", "1000")
+            dies = await _run(daemon, "sleep", "1000")
+            pid = (await daemon.container_inspect(dies))["State"]["Pid"]
+        os.kill(pid, 9)  # dies while no daemon watches
+        async with open_clean(config) as daemon:
+            assert set(json_leases(roots)) == {keeps}
+            assert sorted(p.name for p in (roots.exec / "netns").iterdir()) == [keeps]
+            state = (await daemon.container_inspect(dies))["State"]
+            assert state["Status"] == "exited"
+            # Its address is free again; the live one keeps its own.
+            again = await _run(daemon, "sleep", "1000")
+            assert set(json_leases(roots)) == {keeps, again}
+        assert_nothing_left(roots)
+    finally:
+        subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+
+
+def json_leases(roots: _Roots) -> dict[str, str]:
+    import json
+
+    leases: dict[str, str] = json.loads((roots.data / "network" / "ipam.json").read_text())
+    return leases

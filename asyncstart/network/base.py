@@ -18,3 +18,7 @@ class NetworkDriver(Protocol):
     async def teardown(self, container_id: str) -> None:
         """Release everything :meth:`setup` took (namespace, links, address)."""
         ...
+
+    async def cleanup(self, keep: set[str]) -> None:
+        """After a daemon restart: release what belongs to containers not in ``keep``."""
+        ...

@@ -203,3 +203,11 @@ class BridgeNetwork:
     async def teardown(self, container_id: str) -> None:
         await delete_netns(self.sandbox(container_id))
         self.ipam.release(container_id)
+
+    async def cleanup(self, keep: set[str]) -> None:
+        """After a crash: namespaces and addresses of containers that no longer run go."""
+        self.ipam.keep_only(keep)
+        if self.netns_dir.is_dir():
+            for path in list(self.netns_dir.iterdir()):
+                if path.name not in keep:
+                    await delete_netns(path)

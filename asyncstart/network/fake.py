@@ -59,5 +59,9 @@ class FakeNetwork:
         if sandbox is not None and sandbox[1]:
             self._released.append(sandbox[1])
 
+    async def cleanup(self, keep: set[str]) -> None:
+        for container_id in set(self.sandboxes) - keep:
+            await self.teardown(container_id)
+
     def addresses(self) -> set[str]:
         return {address for _, address in self.sandboxes.values() if address}

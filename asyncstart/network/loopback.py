@@ -16,3 +16,6 @@ class LoopbackNetwork:
 
     async def teardown(self, container_id: str) -> None:
         return None
+
+    async def cleanup(self, keep: set[str]) -> None:
+        return None
