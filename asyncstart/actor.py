@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import math
 import signal as _signal
 import time
@@ -312,6 +313,13 @@ class ContainerActor:
         attributes.update(extra)
         self.services.bus.publish("container", action, self.id, attributes)
 
+    def _emit_network(self, action: str) -> None:
+        """dockerd's network events: ``connect`` at start, ``disconnect`` when it is released."""
+        for name in self.record.network_settings.get("Networks", {}):
+            network_id = hashlib.sha256(name.encode()).hexdigest()
+            attributes = {"container": self.id, "name": name, "type": name}
+            self.services.bus.publish("network", action, network_id, attributes)
+
     async def _save(self) -> None:
         state = self.lifecycle.state
         if state in STARTING_STATES:
@@ -545,6 +553,7 @@ class ContainerActor:
         record.has_been_started_before = True
         record.network_settings = ctx.network or {}
         await self._save_quietly()
+        self._emit_network("connect")
         self.emit("start")
         self._resolve(self._start_waiters)
         log.info(
@@ -561,6 +570,7 @@ class ContainerActor:
             await self._undo(self._ctx, self._done)
         self._stdin = StdinCloser()
         self.stdio.run_ended()
+        self._emit_network("disconnect")
         ran_for = self.services.clock.now() - self._started_at
         delay = self._restart.should_restart(
             info.exit_code, manually_stopped=record.has_been_manually_stopped, ran_for=ran_for

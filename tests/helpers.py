@@ -26,10 +26,12 @@ async def next_action(
 
 
 def actions(events: MemoryObjectReceiveStream[dict[str, Any]]) -> list[str]:
-    """Every event already delivered, without waiting."""
+    """The container events already delivered, without waiting."""
     seen = []
     while True:
         try:
-            seen.append(events.receive_nowait()["Action"])
+            event = events.receive_nowait()
+            if event["Type"] == "container":
+                seen.append(event["Action"])
         except anyio.WouldBlock:
             return seen

@@ -486,3 +486,33 @@ async def test_generated_names_never_run_out(engine: Engine) -> None:
         cid = await engine.daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
         names.add((await engine.daemon.container_inspect(cid))["Name"])
     assert len(names) == 600
+
+
+async def test_network_connect_and_disconnect_events(engine: Engine) -> None:
+    daemon = engine.daemon
+    cid = await create(daemon, "web")
+    async with daemon.subscribe_events() as events:
+        await daemon.container_start("web")
+        await daemon.container_stop("web")
+        seen = []
+        while True:
+            try:
+                event = events.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            seen.append((event["Type"], event["Action"]))
+            if event["Type"] == "network":
+                assert event["Actor"]["Attributes"] == {
+                    "container": cid,
+                    "name": "bridge",
+                    "type": "bridge",
+                }
+                assert "status" not in event
+    assert seen == [
+        ("network", "connect"),
+        ("container", "start"),
+        ("container", "kill"),
+        ("network", "disconnect"),
+        ("container", "die"),
+        ("container", "stop"),
+    ]
