@@ -45,10 +45,11 @@ from .network import FakeNetwork, NetworkDriver
 from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
 from .network.loopback import LoopbackNetwork
 from .network.netlink import asyncio_loop
+from .network.ports import PortProxy
 from .runtime import FakeRuntime, Runtime, StateInfo, Stdio
 from .runtime.runc import RuncRuntime
 from .signals import parse_signal
-from .steps import MountStep, NetworkStep, RuntimeStep, SpecStep, Step
+from .steps import MountStep, NetworkStep, PortsStep, RuntimeStep, SpecStep, Step
 from .store import ContainerIndex, ContainerRecord, RecordStore, new_id
 from .views import format_time, list_view, parse_time
 
@@ -175,6 +176,7 @@ class Daemon:
                     peers=self._network_peer,
                 ),
             ),
+            (State.NETWORKING, PortsStep(PortProxy(task_group))),
             (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent, userns=userns)),
             (
                 State.SPEC_READY,

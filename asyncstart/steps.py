@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import msgspec
 
 from . import errors
 from .attach import StdioHub
 from .images import MountDriver
 from .network import NetworkDriver
 from .network.files import hostname_file, hosts_file, resolv_conf
+from .network.ports import PortProxy
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
 from .spec import build_spec
@@ -172,6 +174,29 @@ class NetworkStep:
         if not ctx.record.host_config.network_mode.startswith("container:"):
             await self.network.teardown(ctx.record.id)
         ctx.network = None
+
+
+class PortsStep:
+    """Published ports (HostConfig.PortBindings): listeners proxying to the container."""
+
+    name = "ports"
+
+    def __init__(self, proxy: PortProxy) -> None:
+        self.proxy = proxy
+
+    async def do(self, ctx: StartContext) -> None:
+        record = ctx.record
+        bindings = record.host_config.port_bindings
+        network = ctx.network or {}
+        address = network.get("IPAddress")
+        if not bindings or not address:
+            return  # host and none modes publish nothing (as dockerd)
+        plain = {k: [msgspec.to_builtins(b) for b in v or ()] for k, v in bindings.items()}
+        ports = await self.proxy.publish(record.id, record.name, address, plain)
+        ctx.network = {**network, "Ports": ports}
+
+    async def undo(self, ctx: StartContext) -> None:
+        await self.proxy.unpublish(ctx.record.id)
 
 
 def _mount_targets(rootfs: str) -> None:

@@ -103,7 +103,7 @@ def inspect_view(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any
         "NetworkSettings": {
             "SandboxID": "",
             "SandboxKey": network.get("SandboxKey", ""),
-            "Ports": {},
+            "Ports": network.get("Ports", {}),
             "Gateway": network.get("Gateway", ""),
             "IPAddress": network.get("IPAddress", ""),
             "IPPrefixLen": network.get("IPPrefixLen", 0),
@@ -145,7 +145,7 @@ def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict
         "ImageID": "",
         "Command": " ".join(args),
         "Created": int(parse_time(record.created)),
-        "Ports": [],
+        "Ports": _port_rows(network.get("Ports", {})),
         "Labels": dict(record.config.labels),
         "State": lifecycle.status,
         "Status": _status_text(record, lifecycle, now),
@@ -153,3 +153,17 @@ def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict
         "NetworkSettings": {"Networks": network.get("Networks", {})},
         "Mounts": [],
     }
+
+
+def _port_rows(ports: dict[str, list[dict[str, str]]]) -> list[dict[str, Any]]:
+    """``NetworkSettings.Ports`` as ``docker ps`` lists them."""
+    return [
+        {
+            "IP": binding["HostIp"],
+            "PrivatePort": int(spec.split("/")[0]),
+            "PublicPort": int(binding["HostPort"]),
+            "Type": spec.split("/")[1],
+        }
+        for spec, bindings in ports.items()
+        for binding in bindings
+    ]

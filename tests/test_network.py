@@ -232,3 +232,47 @@ def json_leases(roots: _Roots) -> dict[str, str]:
 
     leases: dict[str, str] = json.loads((roots.data / "network" / "ipam.json").read_text())
     return leases
+
+
+async def test_a_published_port_answers_on_loopback(net: asyncstart.Daemon) -> None:
+    import socket as _socket
+
+    with _socket.socket() as probe:  # a free port on loopback for this test
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bindings = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    server = await _run(net, "sh", "-c", "while true; do echo hello | nc -l -p 80; done",
+                        PortBindings=bindings)  # fmt: skip
+    info = await net.container_inspect(server)
+    assert info["NetworkSettings"]["Ports"] == {
+        "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+    }
+    row = (await net.containers_list(filters={"id": [server]}))[0]
+    assert row["Ports"] == [
+        {"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": port, "Type": "tcp"}
+    ]
+    with anyio.fail_after(20):
+        while True:  # until nc inside listens: each try is a real connection, no sleep
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                data = b""
+                async for chunk in stream:
+                    data += chunk
+                if data:
+                    break
+    assert data == b"hello\n"
+    # The same port for another container: dockerd's error, and nothing leaks.
+    clash = await net.container_create(
+        config={"Image": "busybox", "Cmd": ["sleep", "1000"]},
+        host_config={"PortBindings": bindings},
+    )
+    with pytest.raises(errors.SystemError, match="port is already allocated"):
+        await net.container_start(clash)
+    state = (await net.container_inspect(clash))["State"]
+    assert state["Status"] == "created" and not state["Running"]
+    await net.container_remove(server, force=True)
+    # Closed with the container: the port is free again (SO_REUSEADDR: past TIME_WAIT).
+    with _socket.socket() as probe:
+        probe.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
+    await net.container_remove(clash)
