@@ -109,9 +109,10 @@ class DaemonConfig:
     #: User-namespace remapping, ``"UID:GID[:SIZE]"``: container root is that host uid/gid
     #: (dockerd's ``--userns-remap``, given as numbers). Empty: no remapping.
     userns_remap: str = ""
-    #: The runc runtime's networking: ``loopback`` (a namespace with lo only, for now the
-    #: default) or ``bridge`` (pyroute2: a bridge, veth and address per container).
-    network: str = "loopback"
+    #: The runc runtime's networking: ``bridge`` (pyroute2: a bridge, a namespace, veth and
+    #: address per container; ``NetworkMode`` none/host/container:<id> as dockerd) or
+    #: ``loopback`` (every container in a namespace with lo only).
+    network: str = "bridge"
     bridge: str = DEFAULT_BRIDGE
     bridge_subnet: str = DEFAULT_SUBNET
 

@@ -194,6 +194,15 @@ def build_spec(
     if host_config.pids_limit is not None and host_config.pids_limit > 0:
         resources["pids"] = {"limit": host_config.pids_limit}
     mounts = [dict(m) for m in _DEFAULT_MOUNTS]
+    if userns is not None and netns:
+        # In a user namespace, sysfs can only be mounted in a network namespace it owns; one
+        # made outside it (the bridge driver's) gets the host's /sys read-only, as dockerd.
+        mounts = [
+            {"destination": "/sys", "type": "bind", "source": "/sys",
+             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
+            if m["destination"] == "/sys" else m
+            for m in mounts
+        ]  # fmt: skip
     shm = host_config.shm_size or 64 * 1024 * 1024
     shm_options = ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm}"]
     mounts.append(
