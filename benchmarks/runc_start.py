@@ -50,12 +50,15 @@ def bare_runc(
 
 
 async def engine(
-    root: Path, tar: Path, runs: int, concurrent: int
-) -> tuple[list[float], float, dict]:
-    config = asyncstart.DaemonConfig(data_root=root / "d", exec_root=root / "x", runtime="runc")
+    root: Path, tar: Path, runs: int, concurrent: int, network: str
+) -> tuple[list[float], float, dict, list[float]]:
+    config = asyncstart.DaemonConfig(
+        data_root=root / "d", exec_root=root / "x", runtime="runc", network=network
+    )
     async with asyncstart.open_daemon(config) as daemon:
         await daemon.image_import(str(tar), repo="busybox")
         samples = []
+        networking: list[float] = []
         spec: dict[str, object] = {}
         for _ in range(runs):
             cid = await daemon.container_create(
@@ -64,6 +67,7 @@ async def engine(
             began = time.perf_counter()
             await daemon.container_start(cid)
             samples.append(time.perf_counter() - began)
+            networking.append(daemon.container_start_phases(cid).get("networking", 0.0))
             if not spec:
                 spec = json.loads((root / "x" / cid / "config.json").read_text())
             await daemon.container_remove(cid, force=True)
@@ -78,7 +82,7 @@ async def engine(
         elapsed = time.perf_counter() - began
         for cid in ids:
             await daemon.container_remove(cid, force=True)
-    return samples, elapsed, spec
+    return samples, elapsed, spec, networking
 
 
 def main() -> None:
@@ -86,13 +90,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--network", choices=["bridge", "loopback"], default="bridge")
     args = parser.parse_args()
     configure_logging("warning")
     with tempfile.TemporaryDirectory(prefix="asyncstart-runc-bench-") as tmp:
         root = Path(tmp)
         tar = build_busybox_tar(root / "busybox.tar")
-        samples, elapsed, spec = anyio.run(
-            engine, root, tar, args.runs, args.concurrent, backend=args.backend
+        samples, elapsed, spec, networking = anyio.run(
+            engine, root, tar, args.runs, args.concurrent, args.network, backend=args.backend
         )
         rootfs = root / "rootfs"
         rootfs.mkdir()
@@ -101,10 +106,18 @@ def main() -> None:
         process["args"] = ["sleep", "1000"]
         spec["process"] = process
         spec["mounts"] = [m for m in spec["mounts"] if m["type"] != "bind"]  # type: ignore[union-attr, index]
+        # Bare runc gets a fresh namespace of its own (no path): it has no network to set up.
+        linux = dict(spec["linux"])  # type: ignore[call-overload]
+        linux["namespaces"] = [{"type": n["type"]} for n in linux["namespaces"]]
+        spec["linux"] = linux
         bare = bare_runc(root, spec, str(rootfs), args.runs)
     p50 = sorted(samples)[len(samples) // 2]
     bare_p50 = sorted(bare)[len(bare) // 2]
-    print(f"runc_start backend={args.backend} asyncstart sequential: {summary_ms(samples)}")
+    print(
+        f"runc_start backend={args.backend} network={args.network} "
+        f"asyncstart sequential: {summary_ms(samples)}"
+    )
+    print(f"runc_start network phase:                {summary_ms(networking)}")
     print(f"runc_start bare runc create+start:        {summary_ms(bare)}")
     print(f"runc_start asyncstart p50 / bare p50 = {p50 / bare_p50:.2f}x")
     print(
