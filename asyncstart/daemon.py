@@ -166,6 +166,7 @@ class Daemon:
         self._index = ContainerIndex()
         self._actors: dict[str, ContainerActor] = {}
         userns = config.userns()
+        self._ports = PortProxy(task_group)
         # The start saga: each step with the lifecycle state it runs in.
         saga: Sequence[tuple[State, Step]] = (
             (State.MOUNTING, MountStep(mounter)),
@@ -177,7 +178,7 @@ class Daemon:
                     peers=self._network_peer,
                 ),
             ),
-            (State.NETWORKING, PortsStep(PortProxy(task_group))),
+            (State.NETWORKING, PortsStep(self._ports)),
             (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent, userns=userns)),
             (
                 State.SPEC_READY,
@@ -251,12 +252,25 @@ class Daemon:
                     await actor.process_lost()
                 else:
                     live.add(record.id)
+                    await self._republish(record)
         await self.runtime.cleanup(live)
         await self.mounter.cleanup(live, {r.id for r in records})
         await self.network.cleanup(live)
         for bundle in await anyio.to_thread.run_sync(lambda: list(self.exec_root.iterdir())):
             if bundle.is_dir() and bundle.name not in live and len(bundle.name) == 64:
                 await anyio.to_thread.run_sync(shutil.rmtree, bundle, True)
+
+    async def _republish(self, record: ContainerRecord) -> None:
+        """A live container's published ports: listen again (the proxy lived in the daemon)."""
+        settings = record.network_settings
+        if not settings.get("Ports") or not settings.get("IPAddress"):
+            return
+        try:
+            await self._ports.publish(
+                record.id, record.name, settings["IPAddress"], settings["Ports"]
+            )
+        except errors.DockerError as exc:
+            log.error("network.republish_failed", container_id=record.id, error=exc.message)
 
     def _actor(self, reference: str) -> ContainerActor:
         container_id = self._index.resolve(reference)

@@ -112,9 +112,12 @@ class NetworkStep:
                 )
                 if ctx.rootfs:
                     await anyio.to_thread.run_sync(_mount_targets, ctx.rootfs)
-            except OSError as exc:
-                await self.network.teardown(record.id)
-                raise errors.SystemError(f"failed to write the network files: {exc}") from exc
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self.network.teardown(record.id)
+                if isinstance(exc, OSError):
+                    raise errors.SystemError(f"failed to write the network files: {exc}") from exc
+                raise
 
     def _join(self, container_id: str, reference: str) -> dict[str, Any]:
         if self.peers is None:

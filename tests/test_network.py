@@ -276,3 +276,34 @@ async def test_a_published_port_answers_on_loopback(net: asyncstart.Daemon) -> N
         probe.bind(("127.0.0.1", port))
         probe.listen()
     await net.container_remove(clash)
+
+
+async def test_published_ports_answer_again_after_a_reopen(tmp_path: Path, busybox: Path) -> None:
+    import socket as _socket
+
+    roots = _Roots(tmp_path)
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, network="bridge", bridge=BRIDGE,
+        bridge_subnet=SUBNET,
+    )  # fmt: skip
+    with _socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bindings = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    try:
+        async with asyncstart.open_daemon(config) as daemon:
+            await daemon.image_import(str(busybox), repo="busybox")
+            server = await _run(daemon, "sh", "-c", "while true; do echo hi | nc -l -p 80; done",
+                                PortBindings=bindings)  # fmt: skip
+        async with open_clean(config) as daemon:
+            with anyio.fail_after(20):
+                while True:
+                    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                        data = b"".join([chunk async for chunk in stream])
+                    if data:
+                        break
+            assert data == b"hi\n"
+            await daemon.container_remove(server, force=True)
+        assert_nothing_left(roots)
+    finally:
+        subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)

@@ -28,3 +28,23 @@ def test_resolv_conf_drops_loopback_and_takes_overrides() -> None:
     assert resolv_conf(HOST, dns=["10.0.0.2"], search=["a.test"], options=["ndots:2"]) == (
         "nameserver 10.0.0.2\nsearch a.test\noptions ndots:2\n"
     )
+
+
+def test_ipam_hands_out_addresses_in_rotation_and_persists(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from asyncstart.network.bridge import Ipam
+
+    ipam = Ipam(tmp_path / "ipam.json", "10.213.99.0/29")  # hosts .1-.6, .1 the gateway
+    first = ipam.allocate("a")
+    ipam.release("a")
+    assert ipam.allocate("b") != first, "a just released address is not reused at once"
+    assert Ipam(tmp_path / "ipam.json", "10.213.99.0/29").leases() == {"b": "10.213.99.3"}
+    for name in "cdef":
+        ipam.allocate(name)
+    import pytest
+
+    from asyncstart import errors
+
+    with pytest.raises(errors.SystemError, match="no available IPv4 addresses"):
+        ipam.allocate("g")
+    ipam.keep_only({"c"})
+    assert list(ipam.leases()) == ["c"]

@@ -43,6 +43,7 @@ class Ipam:
             self._leases: dict[str, str] = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
             self._leases = {}
+        self._last = ""
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,13 +53,17 @@ class Ipam:
         os.replace(tmp, self.path)
 
     def allocate(self, container_id: str) -> str:
+        """The next free address after the last one handed out (in rotation, as dockerd: an
+        address just released may still have its old veth and MAC on the bridge)."""
         if container_id in self._leases:
             return self._leases[container_id]
         taken = {self.gateway, *self._leases.values()}
-        for host in self.subnet.hosts():
-            address = str(host)
+        hosts = [str(h) for h in self.subnet.hosts()]
+        start = hosts.index(self._last) + 1 if self._last in hosts else 0
+        for address in hosts[start:] + hosts[:start]:
             if address not in taken:
                 self._leases[container_id] = address
+                self._last = address
                 self._save()
                 return address
         raise errors.SystemError(f"no available IPv4 addresses on network {self.subnet}")
@@ -129,10 +134,13 @@ class BridgeNetwork:
         log.info("network.bridge_created", bridge=self.bridge, subnet=str(self.ipam.subnet))
         return index
 
-    async def _configure(self, fd: int, path: Path, address: str | None, host_if: str) -> None:
+    async def _configure(
+        self, fd: int, path: Path, address: str | None, host_if: str, handed: list[bool]
+    ) -> None:
         from pyroute2 import AsyncIPRoute
 
         inside = AsyncIPRoute(fileno=fd, groups=0)
+        handed[0] = True
         try:
             await inside.link("set", index=1, state="up")  # lo is ifindex 1 in a new namespace
             if address is None:
@@ -179,16 +187,26 @@ class BridgeNetwork:
                     self._bridge_index = await netlink(self._bridge_once)
         path = self.sandbox(container_id)
         fd = await create_netns(path)
-        address = None if network_mode == "none" else self.ipam.allocate(container_id)
+        handed = [False]  # whether pyroute2 took the socket (it then closes it)
+        address = None
         try:
+            if network_mode != "none":
+                address = self.ipam.allocate(container_id)
             # A fresh host-side name each start: the last run's veth may still be on its way
             # out (the kernel drops it with the namespace, a little later).
             host_if = "veth" + secrets.token_hex(4)[:7]
-            await netlink(lambda: self._configure(fd, path, address, host_if))
-        except Exception as exc:
-            await delete_netns(path)
-            self.ipam.release(container_id)
+            await netlink(lambda: self._configure(fd, path, address, host_if, handed))
+        except BaseException as exc:
+            # Nothing stays: the socket (it would keep the namespace alive), the namespace
+            # (and the veth in it), the address.
+            with anyio.CancelScope(shield=True):
+                if not handed[0]:
+                    os.close(fd)
+                await delete_netns(path)
+                self.ipam.release(container_id)
             self._bridge_index = None  # re-read: the bridge may have been removed under us
+            if isinstance(exc, errors.DockerError) or not isinstance(exc, Exception):
+                raise
             raise errors.SystemError(f"failed to set up container networking: {exc}") from exc
         if address is None:
             return {"SandboxKey": str(path), "Networks": {"none": {}}}

@@ -7,6 +7,7 @@ and closed with it. A port already in use fails the start with dockerd's error.
 from __future__ import annotations
 
 import contextlib
+import errno
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,11 +61,16 @@ class PortProxy:
                         listener = await anyio.create_tcp_listener(
                             local_host=host_ip, local_port=host_port, reuse_port=False
                         )
-                    except OSError:
+                    except OSError as exc:
+                        detail = (
+                            f"Bind for {host_ip}:{host_port} failed: port is already allocated"
+                            if exc.errno == errno.EADDRINUSE
+                            else f"Error starting userland proxy: listen tcp4 "
+                            f"{host_ip}:{host_port}: bind: {exc.strerror}"
+                        )
                         raise errors.SystemError(
                             f"driver failed programming external connectivity on endpoint "
-                            f"{name.lstrip('/')} ({container_id}): Bind for "
-                            f"{host_ip}:{host_port} failed: port is already allocated"
+                            f"{name.lstrip('/')} ({container_id}): {detail}"
                         ) from None
                     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
                     entry = _Published()
