@@ -8,6 +8,7 @@ validates requests; everything that changes a container is done by that containe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
@@ -537,6 +538,25 @@ class Daemon:
     async def container_stop(self, reference: str, timeout: float | None = None) -> None:
         """``docker stop``: stop signal, then KILL after ``timeout`` seconds (-1: wait forever)."""
         await self._actor(reference).stop(timeout)
+
+    async def container_restart(self, reference: str, timeout: float | None = None) -> None:
+        """``docker restart``: stop (if it runs), start, then the ``restart`` event.
+
+        As dockerd, a failure is a 500 ``Cannot restart container <ref>: ...``.
+        """
+        actor = self._actor(reference)
+        try:
+            with contextlib.suppress(errors.NotModified):
+                await actor.stop(timeout)
+            with contextlib.suppress(errors.NotModified):
+                await actor.start()
+        except errors.NotFound:
+            raise
+        except errors.DockerError as exc:
+            raise errors.SystemError(
+                f"Cannot restart container {reference}: {exc.message}"
+            ) from exc
+        actor.emit("restart")
 
     async def container_pause(self, reference: str) -> None:
         await self._actor(reference).pause()

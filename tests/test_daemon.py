@@ -516,3 +516,22 @@ async def test_network_connect_and_disconnect_events(engine: Engine) -> None:
         ("container", "die"),
         ("container", "stop"),
     ]
+
+
+async def test_restart(engine: Engine) -> None:
+    daemon = engine.daemon
+    cid = await create(daemon, "web")
+    async with daemon.subscribe_events() as events:
+        await daemon.container_restart("web")  # not running: just started
+        assert actions(events) == ["start", "restart"]
+        first_pid = (await daemon.container_inspect("web"))["State"]["Pid"]
+        await daemon.container_restart("web", timeout=1)
+        assert actions(events) == ["kill", "die", "stop", "start", "restart"]
+    state = (await daemon.container_inspect("web"))["State"]
+    assert state["Running"] and state["Pid"] != first_pid
+    assert engine.runtime.creates[cid] == 2
+    engine.mounter.faults.inject("mount", "no space left on device")
+    with pytest.raises(errors.SystemError, match="^Cannot restart container web: no space"):
+        await daemon.container_restart("web", timeout=1)
+    with pytest.raises(errors.NotFound):
+        await daemon.container_restart("nope")
