@@ -299,10 +299,6 @@ class ContainerActor:
         """Seconds spent in each phase of the latest start."""
         return dict(self._ctx.durations) if self._ctx is not None else {}
 
-    def holds_resources(self) -> bool:
-        """Whether steps of a start are done and not yet undone."""
-        return bool(self._done)
-
     # -- helpers ----------------------------------------------------------------------------
 
     def emit(self, action: str, **extra: str) -> None:
@@ -369,15 +365,6 @@ class ContainerActor:
         for reply in replies:
             reply.set(value)
         replies.clear()
-
-    def _is_running(self) -> bool:
-        """dockerd's ``Running``: true while the process lives or a restart is pending."""
-        state = self.lifecycle.state
-        return (
-            state in PROCESS_STATES
-            or state is State.RESTARTING
-            or (state in STARTING_STATES and self.lifecycle.via_restart)
-        )
 
     # -- start ------------------------------------------------------------------------------
 
@@ -752,7 +739,7 @@ class ContainerActor:
     async def _h_wait(self, reply: _Reply, condition: str) -> None:
         if condition == "removed":
             self._removed_waiters.append(reply)
-        elif condition == "next-exit" or self._is_running():
+        elif condition == "next-exit" or self.lifecycle.running:
             self._exit_waiters.append(reply)
         else:
             reply.set(self._wait_result())

@@ -47,10 +47,18 @@ from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
 from .network.loopback import LoopbackNetwork
 from .network.netlink import asyncio_loop
 from .network.ports import PortProxy
-from .runtime import FakeRuntime, Runtime, StateInfo, Stdio
+from .runtime import FakeRuntime, Runtime, StateInfo
 from .runtime.runc import RuncRuntime
 from .signals import parse_signal
-from .steps import MountStep, NetworkStep, PortsStep, RuntimeStep, SpecStep, Step
+from .steps import (
+    MountStep,
+    NetworkStep,
+    PortsStep,
+    RuntimeStep,
+    SpecStep,
+    Step,
+    container_stdio,
+)
 from .store import ContainerIndex, ContainerRecord, RecordStore, new_id
 from .views import format_time, list_view, parse_time
 
@@ -186,7 +194,7 @@ class Daemon:
                 RuntimeStep(
                     runtime,
                     self.exec_root,
-                    self.records.root,
+                    self.records.log_path,
                     self._runtimes,
                     owner=userns[:2] if userns else None,
                 ),
@@ -243,12 +251,7 @@ class Daemon:
             self._index.add(record.id, record.name)
             actor = await self._adopt(record)
             if actor.lifecycle.state in PROCESS_STATES:
-                stdio = Stdio(
-                    open_stdin=record.config.open_stdin,
-                    tty=record.config.tty,
-                    log_path=str(self.records.path(record.id) / f"{record.id}-json.log"),
-                    on_output=actor.stdio.publish,
-                )
+                stdio = container_stdio(record, self.records.log_path, actor.stdio.publish)
                 if await self.runtime.restore(record.id, stdio) is None:
                     await actor.process_lost()
                 else:
@@ -411,7 +414,7 @@ class Daemon:
         if tail not in ("all", "") and not str(tail).lstrip("-").isdigit():
             raise errors.InvalidParameter(f"invalid value for tail: {tail}")
         actor = self._actor(reference)
-        path = anyio.Path(self.records.path(actor.id) / f"{actor.id}-json.log")
+        path = anyio.Path(self.records.log_path(actor.id))
         wanted = {name for name, on in (("stdout", stdout), ("stderr", stderr)) if on}
 
         def select(lines: list[bytes]) -> list[tuple[str, bytes]]:
@@ -442,7 +445,7 @@ class Daemon:
         for item in backlog:
             yield item
         while follow and not (until and time.time() > until):
-            running = actor.lifecycle.state in PROCESS_STATES or actor.lifecycle.via_restart
+            running = actor.lifecycle.running
             try:
                 async with await anyio.open_file(path, "rb") as file:
                     await file.seek(offset)

@@ -187,6 +187,18 @@ class Lifecycle:
         return target
 
     @property
+    def restarting(self) -> bool:
+        """dockerd's ``Restarting``: a policy restart is pending or under way."""
+        return self.state is State.RESTARTING or (
+            self.state in STARTING_STATES and self.via_restart
+        )
+
+    @property
+    def running(self) -> bool:
+        """dockerd's ``Running``: the process lives, or a policy restart is pending."""
+        return self.state in PROCESS_STATES or self.restarting
+
+    @property
     def status(self) -> str:
         """Docker's ``State.Status`` for this position (what ``docker ps`` shows)."""
         return docker_status(self.state, ran_before=self.ran_before, via_restart=self.via_restart)

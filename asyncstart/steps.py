@@ -304,6 +304,20 @@ class SpecStep:
         ctx.spec = None
 
 
+def container_stdio(
+    record: ContainerRecord,
+    logs: Callable[[str], Path] | None,
+    on_output: Callable[[str, bytes], None],
+) -> Stdio:
+    """The container's streams as the runtime needs them (at create, and when re-adopting)."""
+    return Stdio(
+        open_stdin=record.config.open_stdin,
+        tty=record.config.tty,
+        log_path=str(logs(record.id)) if logs else None,
+        on_output=on_output,
+    )
+
+
 class RuntimeStep:
     """Has the runtime create and start the process. (Input kept for it and a pending stdin
     close are fed by the actor afterwards, in the background: the start never waits on them.)"""
@@ -314,7 +328,7 @@ class RuntimeStep:
         self,
         runtime: Runtime,
         bundles: Path,
-        logs: Path | None = None,
+        logs: Callable[[str], Path] | None = None,
         runtimes: Mapping[str, tuple[str, ...]] | None = None,
         owner: tuple[int, int] | None = None,
     ) -> None:
@@ -324,19 +338,13 @@ class RuntimeStep:
         self.bundles = bundles
         #: ``HostConfig.Runtime`` name -> (path, *args)
         self.runtimes = dict(runtimes or {})
-        #: ``logs/<id>/<id>-json.log`` is the container's json-file log.
+        #: Where a container's json-file log goes (None: discarded).
         self.logs = logs
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
         bundle = Bundle(self.bundles / record.id, ctx.spec or {}, owner=self.owner)
-        log_path = str(self.logs / record.id / f"{record.id}-json.log") if self.logs else None
-        stdio = Stdio(
-            open_stdin=record.config.open_stdin,
-            tty=record.config.tty,
-            log_path=log_path,
-            on_output=ctx.stdio.publish,
-        )
+        stdio = container_stdio(record, self.logs, ctx.stdio.publish)
         try:
             binary, *args = self.runtimes.get(record.host_config.runtime, ("",))
             ctx.pid = await self.runtime.create(
@@ -363,6 +371,6 @@ class RuntimeStep:
             raise
 
     async def undo(self, ctx: StartContext) -> None:
-        ctx.stdin.failed()
+        # (The stdin closer is the actor's: it drops a pending close when a start fails.)
         await self.runtime.delete(ctx.record.id, force=True)
         ctx.pid = 0

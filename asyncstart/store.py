@@ -75,6 +75,10 @@ class RecordStore:
     def path(self, container_id: str) -> Path:
         return self.root / container_id
 
+    def log_path(self, container_id: str) -> Path:
+        """The container's json-file log (dockerd's ``<id>-json.log`` beside its record)."""
+        return self.root / container_id / f"{container_id}-json.log"
+
     def _write(self, container_id: str, data: bytes) -> None:
         directory = self.root / container_id
         directory.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from .lifecycle import PROCESS_STATES, STARTING_STATES, Lifecycle, State
+from .lifecycle import Lifecycle, State
 from .spec import process_args
 from .store import ZERO_TIME, ContainerRecord
 
@@ -57,12 +57,11 @@ def human_duration(seconds: float) -> str:
 
 def _state(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any]:
     state = lifecycle.state
-    restarting = state is State.RESTARTING or (state in STARTING_STATES and lifecycle.via_restart)
     return {
         "Status": lifecycle.status,
-        "Running": state in PROCESS_STATES or restarting,
+        "Running": lifecycle.running,
         "Paused": state is State.PAUSED,
-        "Restarting": restarting,
+        "Restarting": lifecycle.restarting,
         "OOMKilled": record.oom_killed,
         "Dead": state is State.DEAD,
         "Pid": record.pid,

@@ -19,14 +19,14 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import sniffio
 
 from .. import errors
 
-__all__ = ["asyncio_loop", "create_netns", "delete_netns", "netlink", "netns_socket"]
+__all__ = ["asyncio_loop", "create_netns", "delete_netns", "netlink"]
 
 T = TypeVar("T")
 
@@ -90,24 +90,6 @@ def _create(path: Path) -> int:
         os.close(original)
 
 
-def _socket_in(path: str) -> int:
-    """A netlink socket inside the namespace at ``path`` (another container's, for instance)."""
-    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _check(_libc.setns(target, _CLONE_NEWNET), f"setns {path}")
-        try:
-            sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
-            )
-            return sock.detach()
-        finally:
-            _check(_libc.setns(original, _CLONE_NEWNET), "setns back")
-    finally:
-        os.close(original)
-        os.close(target)
-
-
 def _delete(path: Path) -> None:
     # The kernel frees the namespace, and the veth in it, once nothing holds it.
     _libc.umount2(str(path).encode(), _MNT_DETACH)
@@ -123,17 +105,5 @@ async def create_netns(path: Path) -> int:
         raise errors.SystemError(f"failed to create network namespace {path}: {exc}") from exc
 
 
-async def netns_socket(path: str) -> int:
-    try:
-        return await anyio.to_thread.run_sync(_socket_in, path)
-    except OSError as exc:
-        raise errors.SystemError(f"failed to enter network namespace {path}: {exc}") from exc
-
-
 async def delete_netns(path: Path) -> None:
     await anyio.to_thread.run_sync(_delete, path)
-
-
-def ipr_kwargs() -> dict[str, Any]:
-    """Arguments for an ``AsyncIPRoute`` that does not subscribe to netlink's broadcasts."""
-    return {"groups": 0}

@@ -516,9 +516,6 @@ class RuncRuntime:
                 await _reap(int(entry.get("pid", 0)))
                 shutil.rmtree(entry["bundle"], ignore_errors=True)
 
-    def live(self) -> list[str]:
-        return list(self._containers)
-
 
 def _exit_code(pidfd: int) -> int:
     """Reap the process behind ``pidfd`` (by the pidfd, never by a pid number that may have
