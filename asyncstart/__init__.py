@@ -8,6 +8,9 @@ Embed it in an asyncio or trio program::
 """
 
 from . import errors
+from ._version import __version__
+from .api import serve_api
+from .client import Client
 from .clock import Clock, FakeClock, SystemClock
 from .config import Config, HostConfig, RestartPolicy
 from .daemon import Daemon, DaemonConfig, DaemonStatistics, open_daemon
@@ -17,6 +20,7 @@ from .network import FakeNetwork, NetworkDriver
 from .runtime import FakeRuntime, Runtime, RuntimeBackend, StateInfo
 
 __all__ = [
+    "Client",
     "Clock",
     "Config",
     "Daemon",
@@ -38,8 +42,8 @@ __all__ = [
     "State",
     "StateInfo",
     "SystemClock",
+    "__version__",
     "errors",
     "open_daemon",
+    "serve_api",
 ]
-
-__version__ = "0.1.0"

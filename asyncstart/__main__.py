@@ -1,24 +1,36 @@
-"""The ``asyncstart`` command: ``asyncstart demo`` starts containers and shows where time goes."""
+"""The ``asyncstart`` command: what the docker CLI does not cover.
+
+* ``asyncstart daemon`` — the engine behind a Docker Engine API socket (``docker -H unix://...``);
+* ``asyncstart image build-busybox`` — the test/demo image, from the static busybox binary;
+* ``asyncstart demo`` — start containers concurrently (embedded, or on a running daemon with
+  ``--host``) and show where the time goes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
-from . import DaemonConfig, open_daemon
+from . import DaemonConfig, errors, open_daemon
+from .api import parse_host, serve_api
+from .client import Client
 from .images.busybox import build_busybox_tar, find_static_busybox
 from .logs import configure_logging
+from .network.bridge import DEFAULT_SUBNET
 
 PHASES = ("mounting", "networking", "spec-ready", "running")
+DEFAULT_HOST = "unix:///run/asyncstart/asyncstart.sock"
 
 
 def _choose_runtime(requested: str) -> str:
@@ -30,81 +42,217 @@ def _choose_runtime(requested: str) -> str:
     return "fake"
 
 
+# -- daemon ---------------------------------------------------------------------------------
+
+
+async def _daemon(args: argparse.Namespace) -> int:
+    hosts = [parse_host(h, allow_tcp=args.insecure_tcp) for h in args.host or [DEFAULT_HOST]]
+    config = DaemonConfig(
+        data_root=args.data_root,
+        exec_root=args.exec_root,
+        runtime=args.default_runtime,
+        bridge_subnet=args.bridge_subnet,
+        experimental=args.experimental,
+    )
+    async with open_daemon(config) as daemon:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with serve_api(daemon, hosts):
+                for host in hosts:
+                    # dockerd's line; scripts (and the tests) wait for it.
+                    print(f"API listen on {host}", file=sys.stderr, flush=True)
+                async for signum in signals:
+                    print(f"{signal.Signals(signum).name}: shutting down", file=sys.stderr)
+                    break
+            # The API has stopped accepting and answered what was in flight.
+            if args.shutdown_stop:
+                running = await daemon.containers_list()
+                async with anyio.create_task_group() as tg:
+                    for row in running:
+                        tg.start_soon(daemon.container_stop, row["Id"])
+    return 0
+
+
+# -- image build-busybox --------------------------------------------------------------------
+
+
+async def _build_busybox(args: argparse.Namespace) -> int:
+    if args.host:
+        with tempfile.TemporaryDirectory(prefix="asyncstart-image-") as scratch:
+            tar = build_busybox_tar(Path(scratch) / "busybox.tar", args.busybox)
+            async with Client(args.host) as client:
+                image_id = await client.image_import(str(tar), repo="busybox", tag="latest")
+        print(f"busybox:latest {image_id}")
+    else:
+        tar = build_busybox_tar(Path(args.output), args.busybox)
+        print(f"wrote {tar}; load it with: docker import {tar} busybox:latest")
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+class _Engine(Protocol):
+    """What the demo needs: the library's Daemon and the socket Client both have it."""
+
+    async def container_create(
+        self, name: str | None = None, config: Any = None, host_config: Any = None
+    ) -> str: ...
+    async def container_start(self, reference: str) -> None: ...
+    async def container_remove(self, reference: str, force: bool = False) -> None: ...
+    async def image_inspect(self, reference: str) -> dict[str, Any]: ...
+    async def image_import(self, source: str, repo: str = "", tag: str = "") -> str: ...
+
+
+async def _run_demo(
+    engine: _Engine,
+    count: int,
+    image_tar: Callable[[], Path] | None,
+    phases_of: Callable[[str], Awaitable[dict[str, float]]],
+    describe: str,
+) -> int:
+    if image_tar is not None:
+        try:
+            await engine.image_inspect("busybox:latest")
+        except errors.NotFound:
+            await engine.image_import(str(image_tar()), repo="busybox", tag="latest")
+    ids = [
+        await engine.container_create(config={"Image": "busybox", "Cmd": ["sleep", "infinity"]})
+        for _ in range(count)
+    ]
+    totals: list[float] = []
+    failures: list[str] = []
+
+    async def start(container_id: str) -> None:
+        began = time.perf_counter()
+        try:
+            await engine.container_start(container_id)
+        except errors.DockerError as exc:
+            failures.append(exc.message)
+        totals.append(time.perf_counter() - began)
+        done, width = len(totals), 40
+        if width * done // count != width * (done - 1) // count or done == count:
+            bar = "#" * (width * done // count) + "." * (width - width * done // count)
+            print(f"\rstarting [{bar}] {done}/{count}", end="", file=sys.stderr)
+
+    began = time.perf_counter()
+    try:
+        async with anyio.create_task_group() as tg:
+            for container_id in ids:
+                tg.start_soon(start, container_id)
+        elapsed = time.perf_counter() - began
+        print(file=sys.stderr)
+        phases: dict[str, list[float]] = {p: [] for p in PHASES}
+        for container_id in ids:
+            for phase, seconds in (await phases_of(container_id)).items():
+                phases[phase].append(seconds)
+        rows = [(p, statistics.median(v), max(v)) for p, v in phases.items() if v]
+        rows.append(("start call", statistics.median(totals), max(totals)))
+        print(f"{'phase':<12} {'p50 ms':>9} {'max ms':>9}")
+        for name, p50, worst in rows:
+            print(f"{name:<12} {p50 * 1000:>9.3f} {worst * 1000:>9.3f}")
+        started = count - len(failures)
+        print(f"{started} of {count} containers running {describe}; {count / elapsed:.0f} starts/s")
+        for message in sorted(set(failures)):
+            print(f"start failed: {message}", file=sys.stderr)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for container_id in ids:
+                await engine.container_remove(container_id, force=True)
+    return 0 if not failures else 1
+
+
 async def _demo(args: argparse.Namespace) -> int:
-    runtime = _choose_runtime(args.runtime)
     with tempfile.TemporaryDirectory(prefix="asyncstart-demo-") as root:
+
+        def image_tar() -> Path:
+            return build_busybox_tar(Path(root) / "busybox.tar")
+
+        if args.host:
+            async with Client(args.host) as client:
+                return await _run_demo(
+                    client, args.containers, image_tar, client.container_start_phases,
+                    f"on the daemon at {args.host}",
+                )  # fmt: skip
+        runtime = _choose_runtime(args.runtime)
         config = DaemonConfig(
             data_root=args.data_root or f"{root}/data",
             exec_root=args.exec_root or f"{root}/exec",
             runtime=runtime,
         )
         async with open_daemon(config) as daemon:
-            if runtime == "runc":
-                tar = build_busybox_tar(Path(root) / "busybox.tar")
-                await daemon.image_import(str(tar), repo="busybox", tag="latest")
-            ids = [
-                await daemon.container_create(
-                    config={"Image": "busybox", "Cmd": ["sleep", "infinity"]}
-                )
-                for _ in range(args.containers)
-            ]
-            totals: list[float] = []
-            done = 0
 
-            async def start(container_id: str) -> None:
-                nonlocal done
-                began = time.perf_counter()
-                await daemon.container_start(container_id)
-                totals.append(time.perf_counter() - began)
-                done += 1
-                width = 40
-                filled = width * done // len(ids)
-                if filled != width * (done - 1) // len(ids) or done == len(ids):
-                    bar = "#" * filled + "." * (width - filled)
-                    print(f"\rstarting [{bar}] {done}/{len(ids)}", end="", file=sys.stderr)
+            async def phases_of(container_id: str) -> dict[str, float]:
+                return daemon.container_start_phases(container_id)
 
-            began = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for container_id in ids:
-                    tg.start_soon(start, container_id)
-            elapsed = time.perf_counter() - began
-            print(file=sys.stderr)
-            phases: dict[str, list[float]] = {p: [] for p in PHASES}
-            for container_id in ids:
-                for phase, seconds in daemon.container_start_phases(container_id).items():
-                    phases[phase].append(seconds)
-            rows: list[tuple[str, Any, Any]] = [
-                (phase, statistics.median(v) * 1000, max(v) * 1000)
-                for phase, v in phases.items()
-                if v
-            ]
-            rows.append(("start call", statistics.median(totals) * 1000, max(totals) * 1000))
-            print(f"{'phase':<12} {'p50 ms':>9} {'max ms':>9}")
-            for name, p50, worst in rows:
-                print(f"{name:<12} {p50:>9.3f} {worst:>9.3f}")
-            stats = daemon.statistics()
-            print(
-                f"{stats.running} of {len(ids)} containers running on the {config.runtime} "
-                f"runtime; {len(ids) / elapsed:.0f} starts/s"
-            )
-            for container_id in ids:
-                await daemon.container_remove(container_id, force=True)
-            return 0 if stats.running == len(ids) else 1
+            return await _run_demo(
+                daemon, args.containers, image_tar if runtime == "runc" else None, phases_of,
+                f"on the embedded {runtime} runtime",
+            )  # fmt: skip
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asyncstart", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    common.add_argument("--log-level", default="warning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    daemon = sub.add_parser(
+        "daemon", parents=[common], help="serve the Docker Engine API on a unix socket"
+    )
+    daemon.add_argument("--data-root", default="/var/lib/asyncstart")
+    daemon.add_argument("--exec-root", default="/run/asyncstart")
+    daemon.add_argument(
+        "-H", "--host", action="append", help=f"listen address (default {DEFAULT_HOST})"
+    )
+    daemon.add_argument("--default-runtime", default="runc", choices=["runc", "fake"])
+    daemon.add_argument("--bridge-subnet", default=DEFAULT_SUBNET)
+    daemon.add_argument("--experimental", action="store_true")
+    daemon.add_argument(
+        "--shutdown-stop", action="store_true", help="stop running containers on shutdown"
+    )
+    daemon.add_argument(
+        "--insecure-tcp",
+        action="store_true",
+        help="allow -H tcp:// on a loopback address (the API has no authentication)",
+    )
+    daemon.set_defaults(log_level="info")
+
+    image = sub.add_parser("image", help="image helpers").add_subparsers(
+        dest="image_command", required=True
+    )
+    busybox = image.add_parser(
+        "build-busybox", parents=[common], help="the test image, from a static busybox"
+    )
+    busybox.add_argument("-o", "--output", default="busybox.tar")
+    busybox.add_argument("--busybox", help="the static busybox binary (default: found)")
+    busybox.add_argument("-H", "--host", help="import it as busybox:latest into this daemon")
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="start containers concurrently, show per-phase latency"
+    )
+    demo.add_argument("-n", "--containers", type=int, default=100)
+    demo.add_argument("--runtime", default="auto", choices=["auto", "runc", "fake"])
+    demo.add_argument("-H", "--host", help="a running daemon's socket (default: embedded)")
+    demo.add_argument("--data-root")
+    demo.add_argument("--exec-root")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asyncstart", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="start containers concurrently, show per-phase latency")
-    demo.add_argument("-n", "--containers", type=int, default=100)
-    demo.add_argument("--runtime", default="auto", choices=["auto", "runc", "fake"])
-    demo.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
-    demo.add_argument("--data-root")
-    demo.add_argument("--exec-root")
-    demo.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     configure_logging(args.log_level)
-    result: int = anyio.run(_demo, args, backend=args.backend)
+    command = {"daemon": _daemon, "image": _build_busybox, "demo": _demo}[args.command]
+    try:
+        result: int = anyio.run(command, args, backend=args.backend)
+    except errors.DockerError as exc:
+        print(f"asyncstart {args.command}: {exc.message}", file=sys.stderr)
+        return 1
     return result
 
 

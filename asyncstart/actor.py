@@ -25,7 +25,7 @@ import signal as _signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -69,6 +69,12 @@ class ActorServices:
     #: Called once the container is removed, so the daemon drops it from its index.
     forget: Callable[[ContainerRecord], None]
     stop_timeout: float = 10.0
+
+
+class Pending(Protocol):
+    """A request queued to an actor; ``await pending.wait()`` for its answer."""
+
+    async def wait(self) -> dict[str, Any]: ...
 
 
 class _Reply:
@@ -223,13 +229,17 @@ class ContainerActor:
                 log.exception("actor.request_failed", container_id=self.id)
                 message.reply.fail(errors.SystemError(f"{type(exc).__name__}: {exc}"))
 
-    async def _call(self, handler: Handler, *args: Any) -> Any:
+    def _enqueue(self, handler: Handler, *args: Any) -> _Reply:
+        """Queue a request; the actor takes it after every request queued before."""
         reply = _Reply()
         try:
             self._send.send_nowait(_Call(handler, args, reply))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise errors.NotFound(f"No such container: {self.id}") from None
-        return await reply.wait()
+        return reply
+
+    async def _call(self, handler: Handler, *args: Any) -> Any:
+        return await self._enqueue(handler, *args).wait()
 
     def state_changed(self, info: StateInfo) -> None:
         """The runtime's report, queued (never blocks the runtime)."""
@@ -262,9 +272,10 @@ class ContainerActor:
     async def remove(self, force: bool, reference: str) -> None:
         await self._call(self._h_remove, force, reference)
 
-    async def wait(self, condition: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(self._h_wait, condition)
-        return result
+    def wait_nowait(self, condition: str) -> Pending:
+        """Queue a wait and return at once; ``await pending.wait()`` for the result. A request
+        made after this returns is ordered after the wait (a start cannot slip past it)."""
+        return self._enqueue(self._h_wait, condition)
 
     async def process_lost(self) -> None:
         """The process died while no daemon watched it (found on reopen); its code is lost."""
@@ -303,8 +314,8 @@ class ContainerActor:
 
     def emit(self, action: str, **extra: str) -> None:
         attributes = dict(self.record.config.labels)
-        if self.record.image:
-            attributes["image"] = self.record.image
+        if image := self.record.config.image or self.record.image:
+            attributes["image"] = image  # the name it was created with, as dockerd
         attributes["name"] = self.record.name.lstrip("/")
         attributes.update(extra)
         self.services.bus.publish("container", action, self.id, attributes)

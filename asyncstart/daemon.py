@@ -27,7 +27,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import errors
-from .actor import ActorServices, ContainerActor
+from .actor import ActorServices, ContainerActor, Pending
 from .clock import Clock, SystemClock
 from .config import (
     Config,
@@ -392,7 +392,7 @@ class Daemon:
 
     # -- logs -------------------------------------------------------------------------------
 
-    async def container_logs(
+    def container_logs(
         self,
         reference: str,
         stdout: bool = True,
@@ -414,8 +414,20 @@ class Daemon:
         if tail not in ("all", "") and not str(tail).lstrip("-").isdigit():
             raise errors.InvalidParameter(f"invalid value for tail: {tail}")
         actor = self._actor(reference)
-        path = anyio.Path(self.records.log_path(actor.id))
         wanted = {name for name, on in (("stdout", stdout), ("stderr", stderr)) if on}
+        return self._read_log(actor, wanted, follow, tail, since, until, timestamps)
+
+    async def _read_log(
+        self,
+        actor: ContainerActor,
+        wanted: set[str],
+        follow: bool,
+        tail: str | int,
+        since: float,
+        until: float,
+        timestamps: bool,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        path = anyio.Path(self.records.log_path(actor.id))
 
         def select(lines: list[bytes]) -> list[tuple[str, bytes]]:
             chosen = []
@@ -527,11 +539,17 @@ class Daemon:
         self, reference: str, condition: str = "not-running"
     ) -> dict[str, Any]:
         """``docker wait``: ``{"StatusCode": n}`` (plus ``Error``) once the condition holds."""
+        return await self.container_wait_nowait(reference, condition).wait()
+
+    def container_wait_nowait(self, reference: str, condition: str = "not-running") -> Pending:
+        """Register a wait and return at once (errors such as 404 are raised here); the result
+        is ``await pending.wait()``. Anything asked of the container after this returns — a
+        start, say — is ordered after the wait, as the API's early 200 promises."""
         if condition == "":
             condition = "not-running"
         if condition not in WAIT_CONDITIONS:
             raise errors.InvalidParameter(f'invalid condition: "{condition}"')
-        return await self._actor(reference).wait(condition)
+        return self._actor(reference).wait_nowait(condition)
 
     async def container_kill(self, reference: str, signal: str | int = "KILL") -> None:
         """``docker kill``: send a signal; with KILL, return once the process has exited."""

@@ -140,8 +140,9 @@ def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict
     return {
         "Id": record.id,
         "Names": [record.name],
-        "Image": record.image,
-        "ImageID": "",
+        # As dockerd: the name the container was created with; the resolved ID beside it.
+        "Image": record.config.image or record.image,
+        "ImageID": record.image if record.image.startswith("sha256:") else "",
         "Command": " ".join(args),
         "Created": int(parse_time(record.created)),
         "Ports": _port_rows(network.get("Ports", {})),

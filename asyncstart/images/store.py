@@ -49,11 +49,16 @@ _CHANGE_KEYS = {"CMD": "Cmd", "ENTRYPOINT": "Entrypoint", "ENV": "Env", "WORKDIR
 
 
 def parse_reference(reference: str) -> tuple[str, str]:
-    """``busybox`` -> (``busybox``, ``latest``); ``reg:5000/a/b:1`` -> (``reg:5000/a/b``, ``1``)."""
+    """``busybox`` -> (``busybox``, ``latest``); ``reg:5000/a/b:1`` -> (``reg:5000/a/b``, ``1``).
+
+    Docker Hub's long forms name the same image: ``docker.io/library/busybox`` is ``busybox``.
+    """
     name, sep, tag = reference.rpartition(":")
     if not sep or "/" in tag:
-        return reference, "latest"
-    return name, tag
+        name, tag = reference, "latest"
+    for prefix in ("docker.io/", "index.docker.io/"):
+        name = name.removeprefix(prefix)
+    return name.removeprefix("library/"), tag
 
 
 def _reject(name: str, reason: str) -> errors.InvalidParameter:
@@ -296,7 +301,7 @@ class ImageStore:
     def _tag(self, image_id: str, repo: str, tag: str) -> None:
         with self._lock:
             tags = self._tags()
-            tags[f"{repo}:{tag}"] = image_id
+            tags[f"{parse_reference(repo)[0]}:{tag}"] = image_id
             self._save_tags(tags)
 
     def _locked(self, operation: Callable[..., T], *args: Any) -> T:
@@ -323,7 +328,11 @@ class ImageStore:
         tag: str = "",
         changes: Iterable[str] = (),
     ) -> str:
-        """``docker import``: a rootfs tarball (plain or gzip) becomes a one-layer image."""
+        """``docker import``: a rootfs tarball (plain or gzip) becomes a one-layer image.
+
+        ``repo`` may carry the tag (``busybox:1``), as the docker CLI sends it."""
+        if repo and not tag:
+            repo, tag = parse_reference(repo)
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".upload-") as tmpdir:
             scratch = Path(tmpdir)
             tar_path = await self._upload(source, scratch)

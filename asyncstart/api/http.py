@@ -1,0 +1,316 @@
+"""HTTP/1.1 over any anyio byte stream, with h11 as the protocol state machine.
+
+This module knows nothing of Docker: it turns bytes into :class:`Request` objects, hands each to
+an application (``async (Request) -> Reply``) and writes the reply back. Three kinds of reply
+cover the Engine API:
+
+* :class:`Response` — a status, headers and a body of bytes;
+* :class:`Streaming` — the head at once, then chunks as an async iterator yields them (``wait``,
+  ``logs``, ``events``); when ``watch_disconnect`` is set, a client that goes away ends it;
+* :class:`Hijack` — the connection leaves HTTP (``attach``): the application writes the
+  ``101 UPGRADED`` head itself and then owns the raw stream in both directions.
+
+Limits are h11's: a request head larger than ``max_head`` is a 431 and the connection closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+import anyio.abc
+import h11
+import structlog
+
+__all__ = [
+    "Body",
+    "Connection",
+    "Hijack",
+    "Hijacked",
+    "PayloadTooLarge",
+    "Reply",
+    "Request",
+    "Response",
+    "Streaming",
+]
+
+log = structlog.get_logger("asyncstart.api")
+
+#: Bytes read from the socket at a time.
+READ_SIZE = 64 * 1024
+#: Unread request body drained after a reply before the connection is given up on.
+DRAIN_LIMIT = 256 * 1024
+
+
+class PayloadTooLarge(Exception):
+    """A request body over the limit its handler accepts."""
+
+
+class Body:
+    """The request body, read on demand from the connection (chunked or sized, h11 decides)."""
+
+    def __init__(self, pull: Callable[[], Awaitable[bytes | None]]) -> None:
+        self._pull = pull
+        self.complete = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while not self.complete:
+            chunk = await self._pull()
+            if chunk is None:
+                self.complete = True
+                return
+            if chunk:
+                yield chunk
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body; :class:`PayloadTooLarge` past ``limit`` bytes."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Body
+    #: The client announced a body (a length above zero, or chunked).
+    has_body: bool
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Streaming:
+    status: int
+    chunks: AsyncIterator[bytes]
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    #: End the stream when the client closes its side (nothing is read from it meanwhile).
+    watch_disconnect: bool = True
+
+
+class Hijacked:
+    """The raw connection after an upgrade: write the head with :meth:`accept`, then talk."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, leftover: bytes) -> None:
+        self._stream = stream
+        self._leftover = leftover
+
+    async def accept(self, head: bytes) -> None:
+        await self._stream.send(head)
+
+    async def receive(self) -> bytes:
+        """Bytes from the client; ``b""`` once it has closed its side."""
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            return data
+        try:
+            return await self._stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return b""
+
+    async def send(self, data: bytes) -> None:
+        await self._stream.send(data)
+
+
+@dataclass(slots=True)
+class Hijack:
+    run: Callable[[Hijacked], Awaitable[None]]
+
+
+Reply = Response | Streaming | Hijack
+App = Callable[[Request], Awaitable[Reply]]
+
+
+class Connection:
+    """One client connection: requests in order, keep-alive, until either side ends it."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        app: App,
+        *,
+        max_head: int = 64 * 1024,
+        server_headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._app = app
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self._server_headers = server_headers or []
+        #: Waiting for a request (not in the middle of one): safe to close at shutdown.
+        self.idle = True
+        #: Sending a stream that may never end on its own (events, logs -f, wait, attach).
+        self.streaming = False
+        self.closing = False
+
+    async def serve(self) -> None:
+        try:
+            while not self.closing:
+                self.idle = True
+                event = await self._next_event()
+                self.idle = False
+                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+                assert isinstance(event, h11.Request)
+                if not await self._handle(event):
+                    return
+                if self._h11.our_state is h11.MUST_CLOSE or self.closing:
+                    return
+                self._h11.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            await self._protocol_error(exc)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            pass  # the client went away
+        finally:
+            with contextlib.suppress(Exception):
+                await self._stream.aclose()
+
+    async def _receive(self) -> bytes:
+        try:
+            return await self._stream.receive(READ_SIZE)
+        except anyio.EndOfStream:
+            return b""
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self._h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self._h11.receive_data(await self._receive())
+
+    async def _pull_body(self) -> bytes | None:
+        event = await self._next_event()
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        raise h11.RemoteProtocolError("connection closed inside a request body")
+
+    async def _handle(self, event: h11.Request) -> bool:
+        """Answer one request; False when the connection is done (hijacked or broken)."""
+        target = urlsplit(event.target.decode("latin-1"))
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        has_body = headers.get("transfer-encoding", "").lower() == "chunked" or (
+            headers.get("content-length", "0").strip() not in ("", "0")
+        )
+        request = Request(
+            method=event.method.decode("ascii").upper(),
+            path=unquote(target.path),
+            query=parse_qs(target.query, keep_blank_values=True),
+            headers=headers,
+            body=Body(self._pull_body),
+            has_body=has_body,
+        )
+        reply = await self._app(request)
+        if isinstance(reply, Hijack):
+            if not request.body.complete:
+                async for _ in request.body:
+                    pass
+            leftover, _closed = self._h11.trailing_data
+            self.streaming = True
+            await reply.run(Hijacked(self._stream, bytes(leftover)))
+            return False
+        if isinstance(reply, Response):
+            await self._send_head(reply.status, reply.headers, len(reply.body), reply.reason)
+            if reply.body and request.method != "HEAD":
+                await self._send(h11.Data(data=reply.body))
+        else:
+            await self._send_head(reply.status, reply.headers, None)
+            await self._send_stream(reply)
+        await self._send(h11.EndOfMessage())
+        return await self._finish_body(request)
+
+    async def _send_head(
+        self, status: int, headers: list[tuple[str, str]], length: int | None, reason: str = ""
+    ) -> None:
+        all_headers = [*self._server_headers, *headers]
+        if length is not None and status not in (204, 304):
+            all_headers.append(("Content-Length", str(length)))
+        if self.closing:
+            all_headers.append(("Connection", "close"))
+        await self._send(
+            h11.Response(status_code=status, headers=all_headers, reason=reason.encode())
+        )
+
+    async def _send_stream(self, reply: Streaming) -> None:
+        self.streaming = True
+        try:
+            async with anyio.create_task_group() as tg:
+                if reply.watch_disconnect:
+                    tg.start_soon(self._watch_disconnect, tg.cancel_scope)
+                async for chunk in reply.chunks:
+                    if chunk:
+                        await self._send(h11.Data(data=chunk))
+                tg.cancel_scope.cancel()
+        finally:
+            self.streaming = False
+            aclose = getattr(reply.chunks, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def _watch_disconnect(self, scope: anyio.CancelScope) -> None:
+        # The client sends nothing while it reads a stream; its EOF means it is gone. Anything
+        # it does send (a pipelined request) is kept for h11.
+        while data := await self._receive():
+            self._h11.receive_data(data)
+        self.closing = True
+        scope.cancel()
+
+    async def _finish_body(self, request: Request) -> bool:
+        """Read what the handler left of the body, so the next request can follow."""
+        if self._h11.their_state is h11.SEND_BODY:
+            drained = 0
+            async for chunk in request.body:
+                drained += len(chunk)
+                if drained > DRAIN_LIMIT:
+                    return False
+        return self._h11.their_state is h11.DONE
+
+    async def _send(self, event: Any) -> None:
+        data = self._h11.send(event)
+        if data:
+            await self._stream.send(data)
+
+    async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status = exc.error_status_hint
+        message = str(exc) or "bad request"
+        if status == 431:
+            message = "request header fields too large"
+        body = json.dumps({"message": message}).encode() + b"\n"
+        with contextlib.suppress(Exception):
+            self.closing = True
+            await self._send_head(status, [("Content-Type", "application/json")], len(body))
+            await self._send(h11.Data(data=body))
+            await self._send(h11.EndOfMessage())

@@ -1,0 +1,372 @@
+"""An async client for the daemon's Engine API socket, with the daemon's own method names.
+
+It runs on asyncio and on trio (httpx over anyio), and raises the same ``asyncstart.errors``
+classes as the library::
+
+    async with asyncstart.Client("unix:///run/asyncstart.sock") as client:
+        cid = await client.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        await client.container_start(cid)
+        print(await client.container_wait(cid))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+
+from . import errors
+from .api.engine import API_VERSION
+from .api.server import parse_host
+
+__all__ = ["Client", "ClientAttachSession"]
+
+_ERRORS: dict[int, type[errors.DockerError]] = {
+    400: errors.InvalidParameter,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    500: errors.SystemError,
+}
+_STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
+_HEADER = struct.Struct(">BxxxL")
+_CHUNK = 64 * 1024
+
+
+def _raise_for(status: int, body: bytes, what: str) -> None:
+    if status < 300 or status == 101:
+        return
+    if status == 304:
+        raise errors.NotModified(f"{what}: not modified")
+    try:
+        message = json.loads(body)["message"]
+    except (ValueError, KeyError, TypeError):
+        message = body.decode(errors="replace").strip() or f"HTTP {status}"
+    error = _ERRORS.get(status, errors.DockerError)(message)
+    error.status = status
+    raise error
+
+
+def _params(**values: Any) -> dict[str, str]:
+    """Query arguments as the daemon reads them: booleans as 1/0, None left out."""
+    params = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, Mapping):
+            value = json.dumps(value)
+        params[key.replace("_", "-") if key == "checkpoint_dir" else key] = str(value)
+    return params
+
+
+class _Frames:
+    """Splits dockerd's multiplexed stream into ``(stream, bytes)``."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= _HEADER.size:
+            kind, size = _HEADER.unpack_from(self._buffer)
+            end = _HEADER.size + size
+            if len(self._buffer) < end:
+                break
+            frames.append((_STREAMS.get(kind, "stdout"), self._buffer[_HEADER.size : end]))
+            self._buffer = self._buffer[end:]
+        return frames
+
+
+class ClientAttachSession:
+    """An attach over the socket: ``send``, ``send_eof`` and ``async for stream, data``."""
+
+    def __init__(self, stream: Any, leftover: bytes, tty: bool) -> None:
+        self._stream = stream
+        self._leftover = leftover
+        self._tty = tty
+
+    async def send(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    async def send_eof(self) -> None:
+        """Half-close: the container's stdin ends (with ``StdinOnce``); its output goes on."""
+        sock = self._stream.get_extra_info("socket")
+        await anyio.to_thread.run_sync(sock.shutdown, socket.SHUT_WR)
+
+    async def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
+        frames = _Frames()
+        data = self._leftover
+        while True:
+            if data:
+                if self._tty:
+                    yield "stdout", data
+                else:
+                    for item in frames.feed(data):
+                        yield item
+            data = await self._stream.read(_CHUNK)
+            if not data:
+                return
+
+
+class Client:
+    """The Engine API of a running asyncstart (or Docker) daemon."""
+
+    def __init__(self, host: str = "unix:///run/asyncstart/asyncstart.sock") -> None:
+        parsed = parse_host(host, allow_tcp=True)
+        if parsed.scheme == "unix":
+            transport = httpx.AsyncHTTPTransport(uds=parsed.path)
+            base = "http://docker"
+        else:
+            transport = httpx.AsyncHTTPTransport()
+            base = f"http://{parsed.host}:{parsed.port}"
+        # Operations such as stop and wait take as long as the container does: no read timeout.
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            base_url=f"{base}/v{API_VERSION}",
+            timeout=httpx.Timeout(None, connect=10.0),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = await self._http.request(method, path, **kwargs)
+        _raise_for(response.status_code, response.content, f"{method} {path}")
+        return response
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self._request(method, path, **kwargs)).json()
+
+    # -- system -----------------------------------------------------------------------------
+
+    async def ping(self) -> str:
+        return (await self._request("GET", "/_ping")).text
+
+    async def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", "/version")
+        return result
+
+    async def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", "/info")
+        return result
+
+    # -- containers -------------------------------------------------------------------------
+
+    async def container_create(
+        self,
+        name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        host_config: Mapping[str, Any] | None = None,
+    ) -> str:
+        body = dict(config or {})
+        if host_config is not None:
+            body["HostConfig"] = dict(host_config)
+        result = await self._json(
+            "POST", "/containers/create", params=_params(name=name), json=body
+        )
+        return str(result["Id"])
+
+    async def container_start(
+        self, reference: str, checkpoint: str | None = None, checkpoint_dir: str | None = None
+    ) -> None:
+        params = _params(checkpoint=checkpoint, checkpoint_dir=checkpoint_dir)
+        await self._request("POST", f"/containers/{reference}/start", params=params)
+
+    async def container_inspect(self, reference: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/containers/{reference}/json")
+        return result
+
+    async def containers_list(
+        self, all: bool = False, limit: int = -1, filters: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        params = _params(all=all, limit=limit if limit > 0 else None, filters=filters or None)
+        result: list[dict[str, Any]] = await self._json("GET", "/containers/json", params=params)
+        return result
+
+    async def container_wait(
+        self, reference: str, condition: str = "not-running"
+    ) -> dict[str, Any]:
+        params = _params(condition=condition)
+        result: dict[str, Any] = await self._json(
+            "POST", f"/containers/{reference}/wait", params=params
+        )
+        return result
+
+    async def container_kill(self, reference: str, signal: str | int = "KILL") -> None:
+        await self._request("POST", f"/containers/{reference}/kill", params=_params(signal=signal))
+
+    async def container_stop(self, reference: str, timeout: float | None = None) -> None:
+        t = None if timeout is None else int(timeout)
+        await self._request("POST", f"/containers/{reference}/stop", params=_params(t=t))
+
+    async def container_restart(self, reference: str, timeout: float | None = None) -> None:
+        t = None if timeout is None else int(timeout)
+        await self._request("POST", f"/containers/{reference}/restart", params=_params(t=t))
+
+    async def container_pause(self, reference: str) -> None:
+        await self._request("POST", f"/containers/{reference}/pause")
+
+    async def container_unpause(self, reference: str) -> None:
+        await self._request("POST", f"/containers/{reference}/unpause")
+
+    async def container_remove(self, reference: str, force: bool = False) -> None:
+        await self._request("DELETE", f"/containers/{reference}", params=_params(force=force))
+
+    async def container_logs(
+        self,
+        reference: str,
+        stdout: bool = True,
+        stderr: bool = True,
+        follow: bool = False,
+        tail: str | int = "all",
+        since: float = 0,
+        until: float = 0,
+        timestamps: bool = False,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """``(stream, bytes)`` as the library's ``container_logs`` yields them."""
+        tty = (await self.container_inspect(reference))["Config"]["Tty"]
+        params = _params(
+            stdout=stdout,
+            stderr=stderr,
+            follow=follow,
+            tail=tail,
+            since=since or None,
+            until=until or None,
+            timestamps=timestamps,
+        )
+        async with self._http.stream(
+            "GET", f"/containers/{reference}/logs", params=params
+        ) as response:
+            if response.status_code != 200:
+                _raise_for(response.status_code, await response.aread(), "logs")
+            frames = _Frames()
+            async for data in response.aiter_raw():
+                if tty:
+                    yield "stdout", data
+                else:
+                    for item in frames.feed(data):
+                        yield item
+
+    @asynccontextmanager
+    async def container_attach(
+        self,
+        reference: str,
+        stdin: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+        logs: bool = False,
+    ) -> AsyncIterator[ClientAttachSession]:
+        """The connection is upgraded (``101 UPGRADED``) and then carries raw frames."""
+        tty = (await self.container_inspect(reference))["Config"]["Tty"]
+        params = _params(stdin=stdin, stdout=stdout, stderr=stderr, stream=True, logs=logs)
+        headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
+        async with self._http.stream(
+            "POST", f"/containers/{reference}/attach", params=params, headers=headers
+        ) as response:
+            if response.status_code != 101:
+                _raise_for(response.status_code, await response.aread(), "attach")
+            stream = response.extensions["network_stream"]
+            try:
+                yield ClientAttachSession(stream, b"", bool(tty))
+            finally:
+                await stream.aclose()
+
+    async def container_start_phases(self, reference: str) -> dict[str, float]:
+        """Seconds spent in each phase of the container's latest start (asyncstart only)."""
+        result: dict[str, float] = await self._json(
+            "GET", f"/x-asyncstart/containers/{reference}/start-phases"
+        )
+        return result
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def events(
+        self,
+        since: float | str | None = None,
+        until: float | str | None = None,
+        filters: Mapping[str, Sequence[str]] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Events as dicts, until ``until`` (or forever)."""
+        params = _params(since=since, until=until, filters=filters or None)
+        async with self._http.stream("GET", "/events", params=params) as response:
+            if response.status_code != 200:
+                _raise_for(response.status_code, await response.aread(), "events")
+            async for line in response.aiter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
+    # -- images -----------------------------------------------------------------------------
+
+    async def image_import(
+        self,
+        source: str | os.PathLike[str] | AsyncIterable[bytes],
+        repo: str = "",
+        tag: str = "",
+        changes: Sequence[str] = (),
+    ) -> str:
+        params: list[tuple[str, str]] = [("fromSrc", "-"), ("repo", repo), ("tag", tag)]
+        params += [("changes", change) for change in changes]
+        response = await self._request(
+            "POST", "/images/create", params=params, content=_body(source)
+        )
+        for line in response.text.splitlines():
+            if line.strip():
+                status = json.loads(line).get("status", "")
+                if status.startswith("sha256:"):
+                    return str(status)
+        raise errors.SystemError(f"unexpected import response: {response.text!r}")
+
+    async def image_load(self, source: str | os.PathLike[str] | AsyncIterable[bytes]) -> list[str]:
+        response = await self._request("POST", "/images/load", content=_body(source))
+        return [
+            json.loads(line)["stream"].rstrip("\n")
+            for line in response.text.splitlines()
+            if line.strip()
+        ]
+
+    async def images_list(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._json("GET", "/images/json")
+        return result
+
+    async def image_inspect(self, reference: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/images/{reference}/json")
+        return result
+
+    async def image_tag(self, reference: str, repo: str, tag: str = "latest") -> None:
+        await self._request("POST", f"/images/{reference}/tag", params=_params(repo=repo, tag=tag))
+
+    async def image_remove(self, reference: str, force: bool = False) -> list[str]:
+        rows = await self._json("DELETE", f"/images/{reference}", params=_params(force=force))
+        return [f"{key}: {value}" for row in rows for key, value in row.items()]
+
+
+def _body(source: str | os.PathLike[str] | AsyncIterable[bytes]) -> AsyncIterable[bytes]:
+    if isinstance(source, AsyncIterable):
+        return source
+    return _read_file(Path(source))
+
+
+async def _read_file(path: Path) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as file:
+        while chunk := await file.read(_CHUNK):
+            yield chunk
