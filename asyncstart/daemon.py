@@ -300,9 +300,10 @@ class Daemon:
         if host.runtime and host.runtime not in self._runtimes:
             raise errors.InvalidParameter(f"unknown or invalid runtime name: {host.runtime}")
         image_id = self._apply_image(parsed)
+        # dockerd's order: the image, then the name, then the command.
+        canonical = validate_name(name) if name else self._generate_name()
         if not parsed.cmd and not parsed.entrypoint:
             raise errors.InvalidParameter("No command specified")
-        canonical = validate_name(name) if name else self._generate_name()
         container_id = new_id()
         if not parsed.hostname:
             # dockerd: the host's name in host mode, else the short ID.
@@ -602,6 +603,7 @@ class Daemon:
         actor = self._actor(reference)
         streams = frozenset(n for n, on in (("stdout", stdout), ("stderr", stderr)) if on)
         receive = actor.stdio.subscribe(streams)
+        actor.emit("attach")
         try:
             yield AttachSession(actor, receive, stdin)
         finally:

@@ -28,7 +28,7 @@ from .. import errors
 from .._version import __version__
 from ..daemon import Daemon
 from ..views import parse_time
-from .http import Hijack, Hijacked, PayloadTooLarge, Reply, Request, Response, Streaming
+from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Streaming
 
 __all__ = ["API_VERSION", "MIN_API_VERSION", "EngineAPI"]
 
@@ -127,10 +127,7 @@ def _filters(request: Request) -> dict[str, list[str]]:
 
 
 async def _json_body(request: Request) -> Any:
-    try:
-        data = await request.body.read(MAX_JSON_BODY)
-    except PayloadTooLarge as exc:
-        raise _TooLarge(str(exc)) from None
+    data = await request.body.read(MAX_JSON_BODY)
     if not data.strip():
         return None
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
@@ -142,10 +139,6 @@ async def _json_body(request: Request) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
-
-
-class _TooLarge(errors.DockerError):
-    status = 413
 
 
 def _event_matches(message: Mapping[str, Any], wanted: dict[str, list[str]], since: float,
@@ -234,6 +227,8 @@ class EngineAPI:
             reply = await self._dispatch(request)
         except errors.DockerError as exc:
             reply = error_response(exc)
+        except ClientError:
+            raise  # the request itself is broken: the connection answers and closes
         except Exception:
             log.exception("api.handler_failed", method=request.method, path=request.path)
             reply = _json({"message": "internal server error"}, 500)
@@ -345,6 +340,7 @@ class EngineAPI:
 
         async def stream() -> AsyncIterator[bytes]:
             async with bus.subscribe() as live:
+                yield b""  # subscribed: the head may go (see _primed)
                 replayed = []
                 if since or until:
                     for message in bus.history():
@@ -360,7 +356,7 @@ class EngineAPI:
                         if _event_matches(message, wanted, 0, until):
                             yield msgspec.json.encode(message) + b"\n"
 
-        return Streaming(200, stream(), JSON)
+        return Streaming(200, await _primed(stream()), JSON)
 
     # -- containers -------------------------------------------------------------------------
 
@@ -587,6 +583,15 @@ class EngineAPI:
     async def image_remove(self, request: Request, name: str) -> Reply:
         removed = await self.daemon.image_remove(name, force=_bool(request, "force"))
         return _json([dict([line.split(": ", 1)]) for line in removed])
+
+
+async def _primed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Run a stream to its first (empty) chunk before the head goes out: what it sets up
+    there — a subscription — is in place when the client hears 200, and its errors are still
+    answered with their own status."""
+    if await anext(chunks) != b"":
+        raise AssertionError("a primed stream starts with an empty chunk")
+    return chunks
 
 
 def _stdio_type(tty: bool) -> str:

@@ -19,6 +19,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -29,6 +30,7 @@ import structlog
 
 __all__ = [
     "Body",
+    "ClientError",
     "Connection",
     "Hijack",
     "Hijacked",
@@ -47,8 +49,54 @@ READ_SIZE = 64 * 1024
 DRAIN_LIMIT = 256 * 1024
 
 
-class PayloadTooLarge(Exception):
+async def receive(stream: anyio.abc.ByteStream) -> bytes:
+    """Up to READ_SIZE bytes; ``b""`` at the client's EOF.
+
+    The wait happens in ``wait_readable``, not inside ``receive``: reads are cancelled all the
+    time here (shutdown, a stream that ends while its client is watched), and anyio's asyncio
+    unix-socket ``receive`` cannot be cancelled while its wake-up is already queued
+    (``InvalidStateError`` from the loop). Once readable, ``receive`` returns without waiting.
+    """
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if raw is not None:
+        await anyio.wait_readable(raw)
+    try:
+        return await stream.receive(READ_SIZE)
+    except anyio.EndOfStream:
+        return b""
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+class ClientError(Exception):
+    """The request itself is broken (bad framing, too large): answered with ``status`` and
+    the connection closed. Handlers let it pass; the connection answers it."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PayloadTooLarge(ClientError):
     """A request body over the limit its handler accepts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 413)
+
+
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError)
+
+
+def _gone(exc: BaseException) -> bool:
+    """The client went away (the exception, or every one in a group, says so)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, _GONE)
 
 
 class Body:
@@ -130,8 +178,8 @@ class Hijacked:
             data, self._leftover = self._leftover, b""
             return data
         try:
-            return await self._stream.receive(READ_SIZE)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return await receive(self._stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return b""
 
     async def send(self, data: bytes) -> None:
@@ -161,6 +209,7 @@ class Connection:
         self._stream = stream
         self._app = app
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self._max_head = max_head
         self._server_headers = server_headers or []
         #: Waiting for a request (not in the middle of one): safe to close at shutdown.
         self.idle = True
@@ -177,24 +226,34 @@ class Connection:
                 if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     return
                 assert isinstance(event, h11.Request)
+                self._check_head(event)
                 if not await self._handle(event):
                     return
                 if self._h11.our_state is h11.MUST_CLOSE or self.closing:
                     return
                 self._h11.start_next_cycle()
         except h11.RemoteProtocolError as exc:
-            await self._protocol_error(exc)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
-            pass  # the client went away
+            await self._refuse(ClientError(str(exc), exc.error_status_hint))
+        except ClientError as exc:
+            await self._refuse(exc)
+        except Exception as exc:
+            # One connection's end, whatever it is, is never the server's: a client that went
+            # away mid-stream (often inside a task group), or a stream that failed after its
+            # head was sent, when no status can be given any more.
+            if not _gone(exc):
+                log.exception("api.connection_failed")
         finally:
             with contextlib.suppress(Exception):
                 await self._stream.aclose()
 
+    def _check_head(self, event: h11.Request) -> None:
+        # h11 bounds a head still arriving; one that arrived whole is measured here.
+        size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        if size > self._max_head:
+            raise ClientError("request header fields too large", 431)
+
     async def _receive(self) -> bytes:
-        try:
-            return await self._stream.receive(READ_SIZE)
-        except anyio.EndOfStream:
-            return b""
+        return await receive(self._stream)
 
     async def _next_event(self) -> Any:
         while True:
@@ -204,12 +263,15 @@ class Connection:
             self._h11.receive_data(await self._receive())
 
     async def _pull_body(self) -> bytes | None:
-        event = await self._next_event()
+        try:
+            event = await self._next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ClientError(str(exc), exc.error_status_hint) from exc
         if isinstance(event, h11.Data):
             return bytes(event.data)
         if isinstance(event, h11.EndOfMessage):
             return None
-        raise h11.RemoteProtocolError("connection closed inside a request body")
+        raise ClientError("connection closed inside a request body")
 
     async def _handle(self, event: h11.Request) -> bool:
         """Answer one request; False when the connection is done (hijacked or broken)."""
@@ -257,6 +319,7 @@ class Connection:
             all_headers.append(("Content-Length", str(length)))
         if self.closing:
             all_headers.append(("Connection", "close"))
+        reason = reason or _phrase(status)
         await self._send(
             h11.Response(status_code=status, headers=all_headers, reason=reason.encode())
         )
@@ -301,16 +364,16 @@ class Connection:
         if data:
             await self._stream.send(data)
 
-    async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+    async def _refuse(self, exc: ClientError) -> None:
+        """Answer a broken request with its status, if a response can still be started."""
+        self.closing = True
         if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        status = exc.error_status_hint
         message = str(exc) or "bad request"
-        if status == 431:
+        if exc.status == 431:
             message = "request header fields too large"
         body = json.dumps({"message": message}).encode() + b"\n"
         with contextlib.suppress(Exception):
-            self.closing = True
-            await self._send_head(status, [("Content-Type", "application/json")], len(body))
+            await self._send_head(exc.status, [("Content-Type", "application/json")], len(body))
             await self._send(h11.Data(data=body))
             await self._send(h11.EndOfMessage())

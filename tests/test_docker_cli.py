@@ -1,0 +1,466 @@
+"""The real ``docker`` CLI (28.x) and docker-py against the Engine API, on real containers.
+
+Each test opens a daemon on runc, serves the API on a unix socket in the test's own event loop
+and runs the CLI as a subprocess (or docker-py in a worker thread), as a user would. These need
+what ``test_runc`` needs, plus the docker CLI (client only: no dockerd runs). Every test checks
+that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+import asyncstart
+
+from . import test_runc
+from .test_runc import _Roots, assert_nothing_left, open_clean
+
+_MISSING = [
+    *test_runc._MISSING,
+    *(["needs the docker CLI"] if shutil.which("docker") is None else []),
+]
+if _MISSING and os.environ.get("CI") == "true":
+    raise RuntimeError(f"docker CLI tests cannot run in CI: {', '.join(_MISSING)}")
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.root,
+    pytest.mark.skipif(bool(_MISSING), reason=", ".join(_MISSING)),
+]
+
+# A bridge and subnet of this module's own, removed when the module is done.
+BRIDGE = "ascli0"
+SUBNET = "10.213.88.0/24"
+#: Generous: a CLI call that takes this long is hung, not slow.
+CLI_TIMEOUT = 30
+
+
+#: The session's busybox image archive, shared with test_runc.
+busybox_tar = test_runc.busybox_tar
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_bridge() -> Iterator[None]:
+    yield
+    subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+
+
+@dataclass
+class Cli:
+    """The docker CLI pointed at one served daemon."""
+
+    sock: Path
+    env: dict[str, str]
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.sock}"
+
+    def argv(self, *args: str) -> list[str]:
+        return ["docker", "-H", self.host, *args]
+
+    async def run(
+        self, *args: str, input: bytes | None = None, ok: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        with anyio.fail_after(CLI_TIMEOUT):
+            result = await anyio.run_process(
+                self.argv(*args),
+                input=input,
+                stdin=subprocess.DEVNULL if input is None else None,
+                check=False,
+                env=self.env,
+            )
+        if ok and result.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {result.returncode}: {result.stderr.decode()}"
+            )
+        return result
+
+    async def out(self, *args: str) -> str:
+        return (await self.run(*args)).stdout.decode()
+
+    async def fails(self, *args: str) -> str:
+        """Run a command that must fail; its stderr."""
+        result = await self.run(*args, ok=False)
+        assert result.returncode != 0, result.stdout
+        return result.stderr.decode()
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, busybox: Path | None) -> AsyncIterator[Cli]:
+    """A runc daemon (with busybox:latest unless ``busybox`` is None) served on a socket."""
+    roots = _Roots(tmp_path)
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data,
+        exec_root=roots.exec,
+        runtime="runc",
+        bridge=BRIDGE,
+        bridge_subnet=SUBNET,
+    )
+    (tmp_path / "cfg").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env |= {"DOCKER_CONFIG": str(tmp_path / "cfg"), "DOCKER_CLI_HINTS": "false"}
+    sock = tmp_path / "s.sock"
+    async with open_clean(config) as daemon:
+        if busybox is not None:
+            await daemon.image_import(str(busybox), repo="busybox", tag="latest")
+        async with asyncstart.serve_api(daemon, [f"unix://{sock}"]):
+            yield Cli(sock, env)
+    assert not sock.exists()
+    assert_nothing_left(roots)
+    ports = subprocess.run(["ip", "-o", "link", "show", "master", BRIDGE], capture_output=True,
+                           text=True, check=False).stdout  # fmt: skip
+    assert ports == "", f"veths left on {BRIDGE}: {ports}"
+
+
+def _row(table: str, name: str) -> str:
+    """The line of a ``docker ps`` table that ends with the container name."""
+    rows = [line for line in table.splitlines()[1:] if line.split()[-1] == name]
+    assert len(rows) == 1, table
+    return rows[0]
+
+
+async def test_cli_lifecycle(tmp_path: Path, busybox_tar: Path) -> None:
+    async with served(tmp_path, busybox_tar) as cli:
+        script = "echo out; echo err >&2; sleep 100"
+        cid = (await cli.out("create", "--name", "web", "busybox", "sh", "-c", script)).strip()
+        assert len(cid) == 64
+        assert "Created" in _row(await cli.out("ps", "-a"), "web")
+        assert await cli.out("start", "web") == "web\n"
+        row = _row(await cli.out("ps"), "web")
+        assert row.startswith(cid[:12]) and " Up " in row and '"sh -c echo out' in row
+        inspect = await cli.out("inspect", "-f", "{{.State.Status}} {{.State.Pid}}", "web")
+        status, pid = inspect.split()
+        assert status == "running"
+        # The container's own process (busybox sh execs its last command, the sleep).
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() in (
+            b"sleep\x00100\x00",
+            b"sh\x00-c\x00" + script.encode() + b"\x00",
+        )
+        assert cid in Path(f"/proc/{pid}/cgroup").read_text()
+
+        # Wait for both lines with a follow (they may not be written yet), then read plainly.
+        async with await anyio.open_process(
+            cli.argv("logs", "--follow", "web"), stdin=subprocess.DEVNULL, env=cli.env
+        ) as follow:
+            assert follow.stdout is not None and follow.stderr is not None
+            with anyio.fail_after(CLI_TIMEOUT):
+                assert await follow.stdout.receive() == b"out\n"
+                assert await follow.stderr.receive() == b"err\n"
+            follow.terminate()
+        logs = await cli.run("logs", "web")
+        assert (logs.stdout, logs.stderr) == (b"out\n", b"err\n")
+
+        # Pid 1 (the sleep) has no TERM handler, so TERM is ignored: the stop ends in KILL
+        # after its one second, as with dockerd.
+        assert await cli.out("stop", "-t", "1", "web") == "web\n"
+        assert not Path(f"/proc/{pid}").exists()
+        code = await cli.out("inspect", "-f", "{{.State.ExitCode}} {{.State.Status}}", "web")
+        assert code.split() == ["137", "exited"]
+        assert await cli.out("wait", "web") == "137\n"
+
+        # Again: a stopped container starts anew, and a kill ends it.
+        await cli.out("start", "web")
+        new_pid = (await cli.out("inspect", "-f", "{{.State.Pid}}", "web")).strip()
+        assert new_pid not in (pid, "0")
+        assert await cli.out("kill", "web") == "web\n"
+        assert await cli.out("wait", "web") == "137\n"
+        assert "Exited (137)" in _row(await cli.out("ps", "-a"), "web")
+        assert await cli.out("ps", "-q") == ""
+        assert await cli.out("logs", "web") == "out\nout\n"
+
+        assert await cli.out("rm", "web") == "web\n"
+        assert await cli.fails("container", "inspect", "web") == (
+            "Error response from daemon: No such container: web\n"
+        )
+        assert await cli.out("ps", "-aq") == ""
+
+
+async def test_cli_run(tmp_path: Path, busybox_tar: Path) -> None:
+    async with served(tmp_path, busybox_tar) as cli:
+        version = await cli.out("version", "-f", "{{.Server.APIVersion}} {{.Client.APIVersion}}")
+        assert version == "1.51 1.50\n"
+        hi = await cli.run("run", "--rm", "busybox", "echo", "hi")
+        assert (hi.returncode, hi.stdout, hi.stderr) == (0, b"hi\n", b"")
+        assert await cli.out("ps", "-aq") == "", "--rm: the daemon removed it before run ended"
+
+        three = await cli.run("run", "--name", "three", "busybox", "sh", "-c", "exit 3", ok=False)
+        assert three.returncode == 3, three.stderr
+        assert "Exited (3)" in _row(await cli.out("ps", "-a"), "three")
+        # The CLI's own failure (125) is not the container's: an image nobody has.
+        missing = await cli.run("run", "--rm", "nosuchimage", "true", ok=False)
+        assert missing.returncode == 125
+        assert b"No such image: docker.io/library/nosuchimage" in missing.stderr
+        assert (await cli.out("ps", "-aq")).split() == [
+            (await cli.out("inspect", "-f", "{{.Id}}", "three")).strip()[:12]
+        ]
+        await cli.out("rm", "three")
+
+        # Detached: the ID at once; the container runs on until stopped.
+        cid = (await cli.out("run", "-d", "--name", "bg", "busybox", "sleep", "100")).strip()
+        assert await cli.out("inspect", "-f", "{{.State.Running}}", cid) == "true\n"
+        await cli.out("rm", "-f", "bg")
+        assert await cli.out("ps", "-aq") == ""
+
+
+async def test_cli_run_with_stdin(tmp_path: Path, busybox_tar: Path) -> None:
+    data = b"hello stdin\n" * 1000
+    async with served(tmp_path, busybox_tar) as cli:
+        echoed = await cli.run("run", "-i", "--rm", "busybox", "cat", input=data)
+        assert (echoed.returncode, echoed.stdout, echoed.stderr) == (0, data, b"")
+        script = "wc -c; echo done >&2; exit 5"
+        counted = await cli.run("run", "-i", "--rm", "busybox", "sh", "-c", script, input=data,
+                                ok=False)  # fmt: skip
+        assert counted.returncode == 5
+        assert (counted.stdout.strip(), counted.stderr) == (str(len(data)).encode(), b"done\n")
+        # Without -i the container's stdin is empty: cat ends at once.
+        empty = await cli.run("run", "--rm", "busybox", "cat", input=data)
+        assert empty.stdout == b""
+        assert await cli.out("ps", "-aq") == ""
+
+
+async def test_cli_import_and_images(tmp_path: Path, busybox_tar: Path) -> None:
+    async with served(tmp_path, None) as cli:
+        assert await cli.out("images", "-q") == ""
+        image_id = (await cli.out("import", str(busybox_tar), "myimg:1")).strip()
+        assert image_id.startswith("sha256:") and len(image_id) == 71
+        table = (await cli.out("images")).splitlines()
+        assert table[0].split()[:3] == ["REPOSITORY", "TAG", "IMAGE"]
+        assert [row.split()[:3] for row in table[1:]] == [["myimg", "1", image_id[7:19]]]
+        assert await cli.out("image", "inspect", "-f", "{{.Id}}", "myimg:1") == image_id + "\n"
+        ok = await cli.run("run", "--rm", "myimg:1", "echo", "ok")
+        assert (ok.returncode, ok.stdout) == (0, b"ok\n")
+        # An image only by its repository is :latest, which this one is not.
+        latest = await cli.run("run", "--rm", "myimg", "true", ok=False)
+        assert latest.returncode == 125
+        assert latest.stderr.startswith(b"Unable to find image 'myimg:latest' locally\n")
+        removed = await cli.out("rmi", "myimg:1")
+        # (dockerd goes on with a "Deleted: <chain ID>" line per layer it deleted.)
+        assert removed.splitlines()[:2] == ["Untagged: myimg:1", f"Deleted: {image_id}"]
+        assert await cli.out("images", "-q") == ""
+
+
+async def test_cli_events(tmp_path: Path, busybox_tar: Path) -> None:
+    async with served(tmp_path, busybox_tar) as cli:
+        # Followed: a stream from a moment ago (no --until) replays what it missed, then goes
+        # on live, each event once; it ends only when we end it.
+        follow_since = f"{time.time():.9f}"
+        argv = cli.argv("events", "--since", follow_since, "--filter", "container=live",
+                        "--format", "{{.Action}}")  # fmt: skip
+        async with await anyio.open_process(argv, stdin=subprocess.DEVNULL, env=cli.env) as live:
+            assert live.stdout is not None
+            # Detached (-d): an attached run has an attach event too (dockerd's; not here yet).
+            await cli.out("run", "-d", "--rm", "--name", "live", "busybox", "true")
+            seen = b""
+            with anyio.fail_after(CLI_TIMEOUT):
+                while not seen.endswith(b"destroy\n"):
+                    seen += await live.stdout.receive()
+            live.terminate()
+        assert seen.decode().split() == ["create", "start", "die", "destroy"]
+
+        # Replayed: a window of the past, filtered.
+        since = time.time()
+        cid = (await cli.out("create", "--name", "ev", "busybox", "sh", "-c", "exit 7")).strip()
+        await cli.out("start", "ev")
+        assert await cli.out("wait", "ev") == "7\n"
+        await cli.out("rm", "ev")
+        until = time.time()
+        window = ["--since", f"{since:.9f}", "--until", f"{until:.9f}"]
+        fmt = "{{.Type}} {{.Action}} {{.Actor.ID}} {{.Actor.Attributes.name}}"
+        lines = await cli.out("events", *window, "--filter", "container=ev", "--format", fmt)
+        assert lines.splitlines() == [
+            f"container {action} {cid} ev" for action in ("create", "start", "die", "destroy")
+        ]
+        die = await cli.out(
+            "events", *window, "--filter", "event=die", "--format", "{{.Actor.Attributes.exitCode}}"
+        )
+        assert die == "7\n"
+        # The live container is before the window; both are of the same image.
+        everything = await cli.out("events", "--since", "0", "--until", f"{until:.9f}",
+                                   "--filter", "type=container", "--filter", "image=busybox",
+                                   "--format", "{{.Actor.Attributes.name}}")  # fmt: skip
+        assert everything.split() == ["live"] * 4 + ["ev"] * 4
+
+
+async def test_docker_py(tmp_path: Path, busybox_tar: Path) -> None:
+    import docker
+
+    def work(host: str) -> None:
+        client = docker.DockerClient(base_url=host, version="auto")
+        try:
+            assert client.api.api_version == "1.51" and client.ping() is True
+            assert client.images.get("busybox").tags == ["busybox:latest"]
+            both = ["sh", "-c", "echo hi; echo err >&2"]
+            out = client.containers.run("busybox", both, remove=True, stderr=True)
+            # Two pipes: the order between stdout and stderr is not defined (nor in dockerd).
+            assert sorted(out.splitlines()) == [b"err", b"hi"]
+            assert client.containers.run("busybox", both, remove=True) == b"hi\n"
+            with pytest.raises(docker.errors.ContainerError) as failed:
+                client.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 2"], remove=True)
+            assert (failed.value.exit_status, failed.value.stderr) == (2, b"bad\n")
+            assert client.containers.list(all=True) == []
+
+            # Attached before the start, the stream has all the output and ends with the exit.
+            script = "for i in 1 2 3; do echo line$i; done; echo e >&2"
+            container = client.containers.create("busybox", ["sh", "-c", script], name="pyc")
+            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+            container.start()
+            frames = list(stream)
+            stdout = b"".join(out for out, _ in frames if out)
+            assert stdout == b"line1\nline2\nline3\n"
+            assert b"".join(err for _, err in frames if err) == b"e\n"
+            assert container.wait() == {"StatusCode": 0}
+            assert container.logs(stderr=False) == stdout
+            assert container.logs(stdout=False) == b"e\n"
+            assert sorted(container.logs().splitlines()) == [b"e", b"line1", b"line2", b"line3"]
+            container.reload()
+            assert (container.status, container.name) == ("exited", "pyc")
+            assert container.attrs["State"]["ExitCode"] == 0
+            container.remove()
+            with pytest.raises(docker.errors.NotFound):
+                client.containers.get("pyc")
+
+            # A detached one: pause, unpause, stop.
+            sleeper = client.containers.run("busybox", ["sleep", "100"], detach=True)
+            sleeper.pause()
+            sleeper.reload()
+            assert sleeper.status == "paused"
+            sleeper.unpause()
+            sleeper.reload()
+            assert sleeper.status == "running"
+            sleeper.stop(timeout=1)
+            assert sleeper.wait() == {"StatusCode": 137}
+            sleeper.remove()
+
+            with pytest.raises(docker.errors.NotFound) as missing:
+                client.containers.get("nosuch")
+            assert missing.value.status_code == 404
+            assert missing.value.explanation == "No such container: nosuch"
+            assert client.containers.list(all=True) == []
+        finally:
+            client.close()
+
+    async with served(tmp_path, busybox_tar) as cli:
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(work, cli.host)
+
+
+async def test_cli_errors(tmp_path: Path, busybox_tar: Path) -> None:
+    import docker
+
+    async with served(tmp_path, busybox_tar) as cli:
+        for command in ("start", "stop", "kill", "rm", "wait", "logs"):
+            result = await cli.run(command, "nosuch", ok=False)
+            assert result.returncode == 1, command
+            assert b"Error response from daemon: No such container: nosuch\n" in result.stderr
+        invalid = await cli.fails("create", "--name", "a/b", "busybox", "true")
+        assert invalid == (
+            "Error response from daemon: Invalid container name (a/b), only "
+            "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed\n"
+        )
+        first = (await cli.out("create", "--name", "dup", "busybox", "true")).strip()
+        assert await cli.fails("create", "--name", "dup", "busybox", "true") == (
+            'Error response from daemon: Conflict. The container name "/dup" is already in use '
+            f'by container "{first}". You have to remove (or rename) that container to be able '
+            "to reuse that name.\n"
+        )
+        assert "is not running" in await cli.fails("kill", "dup")
+
+        await cli.out("run", "-d", "--name", "busy", "busybox", "sleep", "100")
+        # Starting a running container is no error (dockerd's 304): the CLI says its name.
+        assert await cli.out("start", "busy") == "busy\n"
+        assert await cli.fails("rm", "busy") == (
+            'Error response from daemon: cannot remove container "/busy": container is running: '
+            "stop the container before removing or force remove\n"
+        )
+
+        def conflict_status(host: str) -> int:
+            client = docker.APIClient(base_url=host, version="auto")
+            try:
+                with pytest.raises(docker.errors.APIError) as refused:
+                    client.remove_container("busy")
+                return int(refused.value.status_code or 0)
+            finally:
+                client.close()
+
+        assert await anyio.to_thread.run_sync(conflict_status, cli.host) == 409
+        assert await cli.out("rm", "-f", "busy", "dup") == "busy\ndup\n"
+        assert await cli.out("ps", "-aq") == ""
+
+
+async def _read_a_little_and_hang_up(cli: Cli, *args: str) -> bytes:
+    """Run the CLI with its stdout on a pipe, read a little, close the pipe; wait for the CLI
+    to die of it (anyio's own process pipes are not closed by their ``aclose`` on asyncio)."""
+    read_end, write_end = os.pipe()
+    try:
+        async with await anyio.open_process(
+            cli.argv(*args), stdin=subprocess.DEVNULL, stdout=write_end, env=cli.env
+        ) as process:
+            os.close(write_end)
+            write_end = -1
+            with anyio.fail_after(CLI_TIMEOUT):
+                await anyio.wait_readable(read_end)
+                first = os.read(read_end, 2)
+                os.close(read_end)
+                read_end = -1
+                assert await process.wait() != 0
+        return first
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+async def test_a_client_gone_mid_stream_leaves_the_server_up(
+    tmp_path: Path, busybox_tar: Path
+) -> None:
+    async with served(tmp_path, busybox_tar) as cli:
+        # Four megabytes in a thousand lines (not millions: each line is a log entry).
+        line = "y" * 3999
+        flood = ("sh", "-c", f"yes {line} | head -n 1000")
+        # An attached run, then its logs: each CLI dies on its closed stdout (as under `| head`)
+        # while the server still has megabytes to send it.
+        for argv in (("run", "--name", "flood", "busybox", *flood), ("logs", "flood")):
+            assert await _read_a_little_and_hang_up(cli, *argv) == b"yy"
+            with anyio.fail_after(CLI_TIMEOUT):
+                assert await cli.out("wait", "flood") == "0\n"
+        assert await cli.out("logs", "--tail", "1", "flood") == line + "\n"
+        assert await cli.out("rm", "flood") == "flood\n"
+
+
+async def test_reason_phrases_reach_docker_py(tmp_path: Path) -> None:
+    import docker
+
+    def message(host: str) -> str:
+        client = docker.DockerClient(base_url=host, version="auto")
+        try:
+            with pytest.raises(docker.errors.NotFound) as missing:
+                client.containers.get("nosuch")
+            return str(missing.value)
+        finally:
+            client.close()
+
+    async with served(tmp_path, None) as cli:
+        text = await anyio.to_thread.run_sync(message, cli.host)
+    assert text.endswith('/containers/nosuch/json: Not Found ("No such container: nosuch")')
+
+
+async def test_an_attached_run_has_an_attach_event(tmp_path: Path, busybox_tar: Path) -> None:
+    async with served(tmp_path, busybox_tar) as cli:
+        since = time.time()
+        await cli.out("run", "--rm", "--name", "attached", "busybox", "true")
+        window = ["--since", f"{since:.9f}", "--until", f"{time.time():.9f}"]
+        actions = await cli.out(
+            "events", *window, "--filter", "container=attached", "--format", "{{.Action}}"
+        )
+    assert actions.split() == ["create", "attach", "start", "die", "destroy"]
