@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Render docs/lifecycle.md from asyncstart.lifecycle.TRANSITIONS (``--check``: verify only).
+"""Render docs/lifecycle.md, and the diagram in README.md, from asyncstart.lifecycle.TRANSITIONS
+(``--check``: verify only).
 
 The picture is drawn from the table the engine runs on, so the two cannot drift apart.
 """
@@ -15,6 +16,8 @@ sys.path.insert(0, str(ROOT))
 from asyncstart.lifecycle import TRANSITIONS, Branch, State  # noqa: E402
 
 TARGET = ROOT / "docs" / "lifecycle.md"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- lifecycle diagram: begin -->", "<!-- lifecycle diagram: end -->"
 
 
 def _node(state: State) -> str:
@@ -48,16 +51,35 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def diagram(text: str) -> str:
+    """The mermaid block of the rendered page."""
+    start = text.index("```mermaid")
+    return text[start : text.index("```\n", start + 3) + 4]
+
+
+def with_readme_diagram(readme: str, block: str) -> str:
+    head, _, rest = readme.partition(BEGIN + "\n")
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{block}{END}{tail}"
+
+
 def main() -> int:
     text = render()
+    readme = README.read_text()
+    readme_text = with_readme_diagram(readme, diagram(text))
     if "--check" in sys.argv[1:]:
-        if not TARGET.exists() or TARGET.read_text() != text:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run scripts/render_lifecycle.py")
-            return 1
-        return 0
+        stale = [
+            path.relative_to(ROOT)
+            for path, wanted in ((TARGET, text), (README, readme_text))
+            if not path.exists() or path.read_text() != wanted
+        ]
+        for path in stale:
+            print(f"{path} is stale: run scripts/render_lifecycle.py")
+        return 1 if stale else 0
     TARGET.parent.mkdir(exist_ok=True)
     TARGET.write_text(text)
-    print(f"wrote {TARGET.relative_to(ROOT)}")
+    README.write_text(readme_text)
+    print(f"wrote {TARGET.relative_to(ROOT)} and the diagram in {README.relative_to(ROOT)}")
     return 0
 
 

@@ -510,8 +510,9 @@ class EngineAPI:
                 async def pump_stdin() -> None:
                     while data := await conn.receive():
                         await session.send(data)
-                    # The client's half-close ends its input, never the output.
-                    if config.get("StdinOnce") or tty:
+                    # The client's half-close ends its input, never the output; the
+                    # container's stdin closes with it for StdinOnce (docker run -i), as dockerd.
+                    if config.get("StdinOnce") and not tty:
                         await session.send_eof()
 
                 async with anyio.create_task_group() as tg:
