@@ -1,0 +1,157 @@
+"""The ``asyncstart`` command: the daemon as a process (signals, shutdown, listeners) and the
+image helper. The daemon runs on the fake runtime here, on the test's backend."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from asyncstart import Client
+from asyncstart.images.busybox import find_static_busybox
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def short() -> Iterator[Path]:
+    # Unix socket paths are limited to 108 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="as-", dir="/tmp") as path:
+        yield Path(path)
+
+
+def _daemon_argv(root: Path, backend: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "asyncstart", "daemon", "--backend", backend,
+        "--default-runtime", "fake", "--data-root", str(root / "data"),
+        "--exec-root", str(root / "exec"), "-H", f"unix://{root / 'api.sock'}", *extra,
+    ]  # fmt: skip
+
+
+@asynccontextmanager
+async def daemon_process(
+    root: Path, backend: str, *extra: str
+) -> AsyncIterator[tuple[anyio.abc.Process, list[str]]]:
+    """The daemon, once it says ``API listen on``; its stderr lines so far and to come."""
+    process = await anyio.open_process(_daemon_argv(root, backend, *extra), stdin=None)
+    assert process.stderr is not None
+    lines: list[str] = []
+    buffer = b""
+    try:
+        with anyio.fail_after(20):
+            while not any(line.startswith("API listen on") for line in lines):
+                chunk = await process.stderr.receive()
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                lines += [line.decode() for line in complete]
+
+        async def drain() -> None:
+            nonlocal buffer
+            assert process.stderr is not None
+            async for data in process.stderr:
+                buffer += data
+                *complete, buffer = buffer.split(b"\n")
+                lines.extend(line.decode() for line in complete)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            yield process, lines
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with anyio.CancelScope(shield=True):
+            await process.wait()
+            await process.aclose()
+
+
+async def test_sigterm_finishes_the_request_in_flight_and_exits_0(
+    short: Path, anyio_backend: str
+) -> None:
+    sock = short / "api.sock"
+    async with daemon_process(short, anyio_backend) as (process, lines):
+        assert lines[-1] == f"API listen on unix://{sock}"
+        assert oct(sock.stat().st_mode & 0o777) == "0o660"
+        async with Client(f"unix://{sock}") as client:
+            await client.container_create(
+                "web", {"Image": "busybox", "Cmd": ["sleep", "infinity"], "StopSignal": "WINCH"}
+            )
+            await client.container_start("web")
+            answered: list[str] = []
+
+            async def stop() -> None:
+                # The container ignores WINCH: the stop lasts its 1 s timeout, then KILL.
+                async with Client(f"unix://{sock}") as other:
+                    await other.container_stop("web", timeout=1)
+                answered.append("stop")
+
+            began = time.time()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop)
+                with anyio.fail_after(20):
+                    kills = client.events(since=began, filters={"event": ["kill"]})
+                    async with contextlib.aclosing(kills):
+                        await anext(kills)  # the stop signal went out: the stop is in flight
+                    process.send_signal(signal.SIGTERM)
+                    assert await process.wait() == 0
+        assert answered == ["stop"]
+        assert "SIGTERM: shutting down" in lines
+        assert not sock.exists()
+
+
+async def test_shutdown_stop_stops_the_running_containers(short: Path, anyio_backend: str) -> None:
+    sock = short / "api.sock"
+    async with daemon_process(short, anyio_backend, "--shutdown-stop") as (process, lines):
+        async with Client(f"unix://{sock}") as client:
+            cid = await client.container_create(
+                "web", {"Image": "busybox", "Cmd": ["sleep", "infinity"]}
+            )
+            await client.container_start("web")
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(20):
+            assert await process.wait() == 0
+    exited = [line for line in lines if "container.exited" in line and cid in line]
+    assert len(exited) == 1 and "exit_code=143" in exited[0]
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("tcp://127.0.0.1:2375", "pass --insecure-tcp"),
+        ("tcp://0.0.0.0:2375", "only loopback"),
+        ("http://x", "invalid host"),
+    ],
+)
+def test_tcp_and_unknown_listeners_are_refused(short: Path, host: str, message: str) -> None:
+    extra = ["--insecure-tcp"] if "0.0.0.0" in host else []
+    argv = [*_daemon_argv(short, "asyncio")[:-2], *extra, "-H", host]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert not (short / "data").exists()
+
+
+@pytest.mark.skipif(find_static_busybox() is None, reason="needs a static busybox")
+def test_build_busybox_writes_the_image_tarball(tmp_path: Path) -> None:
+    target = tmp_path / "bb.tar"
+    result = subprocess.run(
+        [sys.executable, "-m", "asyncstart", "image", "build-busybox", "-o", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert str(target) in result.stdout
+    with tarfile.open(target) as archive:
+        names = set(archive.getnames())
+        assert {"bin/busybox", "bin/sh", "bin/cat", "etc/passwd"} <= names
