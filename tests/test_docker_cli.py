@@ -23,20 +23,10 @@ import pytest
 import asyncstart
 
 from . import test_runc
+from .helpers import real_containers
 from .test_runc import _Roots, assert_nothing_left, open_clean
 
-_MISSING = [
-    *test_runc._MISSING,
-    *(["needs the docker CLI"] if shutil.which("docker") is None else []),
-]
-if _MISSING and os.environ.get("CI") == "true":
-    raise RuntimeError(f"docker CLI tests cannot run in CI: {', '.join(_MISSING)}")
-
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.root,
-    pytest.mark.skipif(bool(_MISSING), reason=", ".join(_MISSING)),
-]
+pytestmark = real_containers(("needs the docker CLI", shutil.which("docker") is None))
 
 # A bridge and subnet of this module's own, removed when the module is done.
 BRIDGE = "ascli0"

@@ -18,13 +18,10 @@ import asyncstart
 from asyncstart import errors
 from asyncstart.images.busybox import build_busybox_tar, find_static_busybox
 
-from .test_runc import _MISSING, _Roots, assert_nothing_left, open_clean
+from .helpers import real_containers
+from .test_runc import _Roots, assert_nothing_left, open_clean
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.root,
-    pytest.mark.skipif(bool(_MISSING), reason=", ".join(_MISSING)),
-]
+pytestmark = real_containers()
 
 BRIDGE = "astest0"
 SUBNET = "10.213.77.0/24"

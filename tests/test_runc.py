@@ -21,27 +21,12 @@ import pytest
 
 import asyncstart
 from asyncstart import errors
-from asyncstart.images.busybox import build_busybox_tar, find_static_busybox
+from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.network.loopback import LoopbackNetwork
 
-_MISSING = [
-    reason
-    for reason, missing in (
-        ("needs root", os.geteuid() != 0),
-        ("needs runc", shutil.which("runc") is None),
-        ("needs a static busybox", find_static_busybox() is None),
-    )
-    if missing
-]
-if _MISSING and os.environ.get("CI") == "true":
-    # CI is root and installs both: a skip there would hide that nothing real was tested.
-    raise RuntimeError(f"real-container tests cannot run in CI: {', '.join(_MISSING)}")
+from .helpers import real_containers
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.root,
-    pytest.mark.skipif(bool(_MISSING), reason=", ".join(_MISSING)),
-]
+pytestmark = real_containers()
 
 
 @pytest.fixture(scope="session")

@@ -219,7 +219,10 @@ class EngineAPI:
             ("POST", f"/images/{name}/tag", self.image_tag),
             ("DELETE", f"/images/{name}", self.image_remove),
         ]
-        self._routes = [_Route(m, re.compile(p), h) for m, p, h in table]
+        self._routes: dict[str, list[_Route]] = {}
+        for method, pattern, handler in table:
+            route = _Route(method, re.compile(pattern), handler)
+            self._routes.setdefault(method, []).append(route)
 
     async def __call__(self, request: Request) -> Reply:
         began = time.perf_counter()
@@ -256,8 +259,8 @@ class EngineAPI:
                     f"client version {version} is too new. Maximum supported API version is "
                     f"{API_VERSION}"
                 )
-        for route in self._routes:
-            if route.method == request.method and (match := route.pattern.fullmatch(path)):
+        for route in self._routes.get(request.method, ()):
+            if match := route.pattern.fullmatch(path):
                 return await route.handler(request, **match.groupdict())
         raise errors.NotFound("page not found")
 

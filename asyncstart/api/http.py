@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import anyio
 import anyio.abc
@@ -98,11 +98,7 @@ class Wire:
         await self.stream.send(data)
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
 class ClientError(Exception):
@@ -304,7 +300,7 @@ class Connection:
 
     async def _handle(self, event: h11.Request) -> bool:
         """Answer one request; False when the connection is done (hijacked or broken)."""
-        target = urlsplit(event.target.decode("latin-1"))
+        path, _, query = event.target.decode("latin-1").partition("?")
         headers: dict[str, str] = {}
         for name, value in event.headers:
             key = name.decode("latin-1").lower()
@@ -315,8 +311,8 @@ class Connection:
         )
         request = Request(
             method=event.method.decode("ascii").upper(),
-            path=unquote(target.path),
-            query=parse_qs(target.query, keep_blank_values=True),
+            path=unquote(path.partition("#")[0]),
+            query=parse_qs(query.partition("#")[0], keep_blank_values=True) if query else {},
             headers=headers,
             body=Body(self._pull_body),
             has_body=has_body,
@@ -346,7 +342,7 @@ class Connection:
             all_headers.append(("Content-Length", str(length)))
         if self.closing:
             all_headers.append(("Connection", "close"))
-        reason = reason or _phrase(status)
+        reason = reason or _PHRASES.get(status, "")
         response = h11.Response(status_code=status, headers=all_headers, reason=reason.encode())
         return self._h11.send(response) or b""
 
@@ -385,12 +381,14 @@ class Connection:
 
     async def _finish_body(self, request: Request) -> bool:
         """Read what the handler left of the body, so the next request can follow."""
-        if self._h11.their_state is h11.SEND_BODY:
-            drained = 0
-            async for chunk in request.body:
-                drained += len(chunk)
-                if drained > DRAIN_LIMIT:
-                    return False
+        drained = 0
+        while self._h11.their_state is h11.SEND_BODY:
+            chunk = await self._pull_body()
+            if chunk is None:
+                break
+            drained += len(chunk)
+            if drained > DRAIN_LIMIT:
+                return False
         return self._h11.their_state is h11.DONE
 
     async def _send(self, event: Any) -> None:
