@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
 import statistics
 import sys
@@ -25,7 +23,7 @@ import anyio
 from . import DaemonConfig, errors, open_daemon
 from .api import parse_host, serve_api
 from .client import Client
-from .images.busybox import build_busybox_tar, find_static_busybox
+from .images.busybox import build_busybox_tar, missing_for_real_containers
 from .logs import configure_logging
 from .network.bridge import DEFAULT_SUBNET
 
@@ -36,9 +34,10 @@ DEFAULT_HOST = "unix:///run/asyncstart/asyncstart.sock"
 def _choose_runtime(requested: str) -> str:
     if requested != "auto":
         return requested
-    if os.geteuid() == 0 and shutil.which("runc") and find_static_busybox():
+    missing = missing_for_real_containers()
+    if not missing:
         return "runc"
-    print("not root, or no runc/static busybox: running on the fake runtime", file=sys.stderr)
+    print(f"{', '.join(missing)}: running on the fake runtime", file=sys.stderr)
     return "fake"
 
 

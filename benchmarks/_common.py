@@ -1,8 +1,13 @@
-"""Shared by the benchmarks: percentiles and a result line."""
+"""Shared by the benchmarks: percentiles, a result line, the runtime choice, bare runc's spec."""
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
+from typing import Any
+
+from asyncstart.images.busybox import missing_for_real_containers
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -19,3 +24,30 @@ def summary_ms(samples: list[float]) -> str:
         f"p99={percentile(samples, 99) * 1000:.3f}ms "
         f"mean={statistics.fmean(samples) * 1000:.3f}ms"
     )
+
+
+def choose_runtime(requested: str) -> str:
+    """``requested``, or for ``auto``: runc if root with runc and a static busybox, else fake."""
+    if requested != "auto":
+        return requested
+    missing = missing_for_real_containers()
+    if not missing:
+        return "runc"
+    print(f"{', '.join(missing)}: running on the fake runtime", file=sys.stderr)
+    return "fake"
+
+
+def bare_spec(
+    spec: dict[str, Any], rootfs: str, args: list[str], cgroups_path: str | None = None
+) -> dict[str, Any]:
+    """asyncstart's OCI spec for bare runc: the same process (running ``args``), on ``rootfs``
+    read-only, no bind mounts (they point at per-container files), fresh namespaces (no paths:
+    bare runc has no network to set up); ``cgroups_path`` if given, else the spec's own."""
+    bare: dict[str, Any] = json.loads(json.dumps(spec))
+    bare["root"] = {"path": rootfs, "readonly": True}
+    bare["process"]["args"] = list(args)
+    bare["mounts"] = [m for m in bare["mounts"] if m["type"] != "bind"]
+    bare["linux"]["namespaces"] = [{"type": n["type"]} for n in bare["linux"]["namespaces"]]
+    if cgroups_path is not None:
+        bare["linux"]["cgroupsPath"] = cgroups_path
+    return bare

@@ -17,26 +17,23 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
-from _common import summary_ms
+from _common import bare_spec, summary_ms
 
 import asyncstart
 from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.logs import configure_logging
 
 
-def bare_runc(
-    root: Path, bundle_template: dict[str, object], rootfs: str, runs: int
-) -> list[float]:
+def bare_runc(root: Path, spec: dict[str, Any], runs: int) -> list[float]:
     """Time ``runc create`` + ``runc start`` of a prepared bundle, then clean it up."""
     state = root / "bare-state"
     samples = []
     for i in range(runs):
         bundle = root / f"bare-{i}"
         bundle.mkdir(mode=0o700)
-        spec = json.loads(json.dumps(bundle_template))
-        spec["root"] = {"path": rootfs, "readonly": True}
         (bundle / "config.json").write_text(json.dumps(spec))
         name = f"bare-{os.getpid()}-{i}"
         runc = ["runc", "--root", str(state)]
@@ -51,7 +48,7 @@ def bare_runc(
 
 async def engine(
     root: Path, tar: Path, runs: int, concurrent: int, network: str
-) -> tuple[list[float], float, dict, list[float]]:
+) -> tuple[list[float], float, dict[str, Any], list[float]]:
     config = asyncstart.DaemonConfig(
         data_root=root / "d", exec_root=root / "x", runtime="runc", network=network
     )
@@ -59,7 +56,7 @@ async def engine(
         await daemon.image_import(str(tar), repo="busybox")
         samples = []
         networking: list[float] = []
-        spec: dict[str, object] = {}
+        spec: dict[str, Any] = {}
         for _ in range(runs):
             cid = await daemon.container_create(
                 config={"Image": "busybox", "Cmd": ["sleep", "1000"]}
@@ -102,15 +99,8 @@ def main() -> None:
         rootfs = root / "rootfs"
         rootfs.mkdir()
         subprocess.run(["tar", "-xf", str(tar), "-C", str(rootfs)], check=True)
-        process = dict(spec["process"])  # type: ignore[arg-type]
-        process["args"] = ["sleep", "1000"]
-        spec["process"] = process
-        spec["mounts"] = [m for m in spec["mounts"] if m["type"] != "bind"]  # type: ignore[union-attr, index]
-        # Bare runc gets a fresh namespace of its own (no path): it has no network to set up.
-        linux = dict(spec["linux"])  # type: ignore[call-overload]
-        linux["namespaces"] = [{"type": n["type"]} for n in linux["namespaces"]]
-        spec["linux"] = linux
-        bare = bare_runc(root, spec, str(rootfs), args.runs)
+        # The same spec, on the same rootfs: fresh namespaces, the spec's own cgroups path.
+        bare = bare_runc(root, bare_spec(spec, str(rootfs), ["sleep", "1000"]), args.runs)
     p50 = sorted(samples)[len(samples) // 2]
     bare_p50 = sorted(bare)[len(bare) // 2]
     print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import anyio
@@ -11,23 +10,14 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from asyncstart import Daemon
-from asyncstart.images.busybox import find_static_busybox
+from asyncstart.images.busybox import missing_for_real_containers
 
 
 def real_containers(*extra: tuple[str, bool]) -> list[pytest.MarkDecorator]:
     """``pytestmark`` of a module of real-container tests: root, runc and a static busybox (and
     any ``(reason, missing)`` given). Skipped where something is missing — but an error in CI,
     which is root and installs them: a skip there would hide that nothing real was tested."""
-    missing = [
-        reason
-        for reason, absent in (
-            ("needs root", os.geteuid() != 0),
-            ("needs runc", shutil.which("runc") is None),
-            ("needs a static busybox", find_static_busybox() is None),
-            *extra,
-        )
-        if absent
-    ]
+    missing = missing_for_real_containers() + [reason for reason, absent in extra if absent]
     if missing and os.environ.get("CI") == "true":
         raise RuntimeError(f"real-container tests cannot run in CI: {', '.join(missing)}")
     return [

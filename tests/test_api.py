@@ -449,6 +449,26 @@ async def test_images_import_chunked_list_tag_inspect_remove(api: Api) -> None:
         await client.image_inspect("tools:1")
 
 
+async def test_an_upload_that_expects_100_continue_gets_it(api: Api) -> None:
+    layer = _tar(("etc/hostname", b"img\n"))
+    with anyio.fail_after(10):
+        async with await anyio.connect_unix(api.sock) as stream:
+            head = http(
+                "POST",
+                "/images/create?fromSrc=-&repo=cont",
+                b"",
+                f"Content-Length: {len(layer)}",
+                "Expect: 100-continue",
+            )
+            await stream.send(head)
+            # The client holds the body back until the server asks for it.
+            assert (await stream.receive()).startswith(b"HTTP/1.1 100 ")
+            await stream.send(layer)
+            reply = await read_to_end(stream)
+    assert b"HTTP/1.1 200 OK" in reply and b'"status":"sha256:' in reply
+    assert (await api.client.image_inspect("cont"))["RepoTags"] == ["cont:latest"]
+
+
 async def test_a_hostile_tar_is_refused_and_the_daemon_serves_on(api: Api) -> None:
     with pytest.raises(errors.InvalidParameter, match="refusing to extract"):
         await api.client.image_import(_chunks(_tar(("../escape", b"x"))), repo="evil")

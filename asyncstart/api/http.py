@@ -288,6 +288,9 @@ class Connection:
             self._h11.receive_data(await self._wire.receive())
 
     async def _pull_body(self) -> bytes | None:
+        if self._h11.they_are_waiting_for_100_continue:
+            # curl sends large uploads (docker import via the API) only after this.
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         try:
             event = await self._next_event()
         except h11.RemoteProtocolError as exc:

@@ -7,13 +7,14 @@ expects (``/etc/passwd``, ``/etc/group``, empty mount points).
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import tarfile
 import time
 from pathlib import Path
 
-__all__ = ["build_busybox_tar", "find_static_busybox"]
+__all__ = ["build_busybox_tar", "find_static_busybox", "missing_for_real_containers"]
 
 _PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
@@ -27,6 +28,19 @@ def find_static_busybox() -> str | None:
                 if b"ld-linux" not in binary.read(1 << 20):
                     return candidate
     return None
+
+
+def missing_for_real_containers() -> list[str]:
+    """What this host lacks to run the busybox image on runc (empty: nothing)."""
+    return [
+        reason
+        for reason, missing in (
+            ("needs root", os.geteuid() != 0),
+            ("needs runc", shutil.which("runc") is None),
+            ("needs a static busybox", find_static_busybox() is None),
+        )
+        if missing
+    ]
 
 
 def build_busybox_tar(target: Path, busybox: str | None = None) -> Path:
