@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import signal
 import statistics
 import sys
@@ -20,8 +23,9 @@ from typing import Any, Protocol
 
 import anyio
 
-from . import DaemonConfig, errors, open_daemon
+from . import Daemon, DaemonConfig, errors, open_daemon
 from .api import parse_host, serve_api
+from .api.server import claim_socket
 from .client import Client
 from .images.busybox import build_busybox_tar, missing_for_real_containers
 from .logs import configure_logging
@@ -44,8 +48,30 @@ def _choose_runtime(requested: str) -> str:
 # -- daemon ---------------------------------------------------------------------------------
 
 
+def _lock_exec_root(exec_root: Path) -> int:
+    """dockerd's pidfile: one daemon per exec root (and so per set of runc states, mounts and
+    namespaces). The lock lasts as long as the process."""
+    exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(exec_root / "asyncstart.pid", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise errors.Conflict(
+            f"another daemon is running on {exec_root} (see {exec_root}/asyncstart.pid)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 async def _daemon(args: argparse.Namespace) -> int:
     hosts = [parse_host(h, allow_tcp=args.insecure_tcp) for h in args.host or [DEFAULT_HOST]]
+    # Refuse before touching any container: another daemon here, or on one of the sockets.
+    _lock_exec_root(Path(args.exec_root))
+    for host in hosts:
+        if host.scheme == "unix":
+            await anyio.to_thread.run_sync(claim_socket, host.path)
     config = DaemonConfig(
         data_root=args.data_root,
         exec_root=args.exec_root,
@@ -67,8 +93,14 @@ async def _daemon(args: argparse.Namespace) -> int:
                 running = await daemon.containers_list()
                 async with anyio.create_task_group() as tg:
                     for row in running:
-                        tg.start_soon(daemon.container_stop, row["Id"])
+                        tg.start_soon(_stop_quietly, daemon, row["Id"])
     return 0
+
+
+async def _stop_quietly(daemon: Daemon, container_id: str) -> None:
+    # Stopped, exited or removed meanwhile: nothing left to do.
+    with contextlib.suppress(errors.NotModified, errors.NotFound):
+        await daemon.container_stop(container_id)
 
 
 # -- image build-busybox --------------------------------------------------------------------
@@ -247,12 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     command = {"daemon": _daemon, "image": _build_busybox, "demo": _demo}[args.command]
+    result = 1
     try:
-        result: int = anyio.run(command, args, backend=args.backend)
-    except errors.DockerError as exc:
-        print(f"asyncstart {args.command}: {exc.message}", file=sys.stderr)
-        return 1
+        result = anyio.run(command, args, backend=args.backend)
+    except* errors.DockerError as group:
+        for exc in _leaves(group):
+            print(f"asyncstart {args.command}: {exc}", file=sys.stderr)
     return result
+
+
+def _leaves(group: BaseExceptionGroup[errors.DockerError]) -> list[BaseException]:
+    return [
+        leaf
+        for exc in group.exceptions
+        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 if __name__ == "__main__":

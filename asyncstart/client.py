@@ -26,7 +26,6 @@ import httpx
 
 from . import errors
 from .api.engine import API_VERSION
-from .api.server import parse_host
 
 __all__ = ["Client", "ClientAttachSession"]
 
@@ -70,13 +69,21 @@ def _params(**values: Any) -> dict[str, str]:
     return params
 
 
-class _Frames:
-    """Splits dockerd's multiplexed stream into ``(stream, bytes)``."""
+def _is_raw(response: httpx.Response) -> bool:
+    """A TTY's output is one raw stream; otherwise dockerd multiplexes it (the server says)."""
+    return bool(response.headers.get("content-type") == "application/vnd.docker.raw-stream")
 
-    def __init__(self) -> None:
+
+class _Frames:
+    """Splits dockerd's multiplexed stream into ``(stream, bytes)``; a raw one is stdout."""
+
+    def __init__(self, raw: bool = False) -> None:
+        self._raw = raw
         self._buffer = b""
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        if self._raw:
+            return [("stdout", data)] if data else []
         self._buffer += data
         frames = []
         while len(self._buffer) >= _HEADER.size:
@@ -92,45 +99,37 @@ class _Frames:
 class ClientAttachSession:
     """An attach over the socket: ``send``, ``send_eof`` and ``async for stream, data``."""
 
-    def __init__(self, stream: Any, leftover: bytes, tty: bool) -> None:
+    def __init__(self, stream: Any, raw: bool) -> None:
         self._stream = stream
-        self._leftover = leftover
-        self._tty = tty
+        self._raw = raw
 
     async def send(self, data: bytes) -> None:
         await self._stream.write(data)
 
     async def send_eof(self) -> None:
-        """Half-close: the container's stdin ends (with ``StdinOnce``); its output goes on."""
-        sock = self._stream.get_extra_info("socket")
-        await anyio.to_thread.run_sync(sock.shutdown, socket.SHUT_WR)
+        """Half-close: the end of the input. With ``StdinOnce`` (and no TTY) the container's
+        stdin closes and its output goes on; otherwise the attach ends, as with dockerd."""
+        self._stream.get_extra_info("socket").shutdown(socket.SHUT_WR)
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
-        frames = _Frames()
-        data = self._leftover
-        while True:
-            if data:
-                if self._tty:
-                    yield "stdout", data
-                else:
-                    for item in frames.feed(data):
-                        yield item
-            data = await self._stream.read(_CHUNK)
-            if not data:
-                return
+        frames = _Frames(self._raw)
+        while data := await self._stream.read(_CHUNK):
+            for item in frames.feed(data):
+                yield item
 
 
 class Client:
     """The Engine API of a running asyncstart (or Docker) daemon."""
 
     def __init__(self, host: str = "unix:///run/asyncstart/asyncstart.sock") -> None:
-        parsed = parse_host(host, allow_tcp=True)
-        if parsed.scheme == "unix":
-            transport = httpx.AsyncHTTPTransport(uds=parsed.path)
+        if host.startswith(("unix://", "/")):
+            transport = httpx.AsyncHTTPTransport(uds=host.removeprefix("unix://"))
             base = "http://docker"
-        else:
+        elif host.startswith("tcp://"):
             transport = httpx.AsyncHTTPTransport()
-            base = f"http://{parsed.host}:{parsed.port}"
+            base = "http://" + host.removeprefix("tcp://")
+        else:
+            raise errors.InvalidParameter(f"invalid host {host!r}: expected unix:// or tcp://")
         # Operations such as stop and wait take as long as the container does: no read timeout.
         self._http = httpx.AsyncClient(
             transport=transport,
@@ -244,7 +243,6 @@ class Client:
         timestamps: bool = False,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """``(stream, bytes)`` as the library's ``container_logs`` yields them."""
-        tty = (await self.container_inspect(reference))["Config"]["Tty"]
         params = _params(
             stdout=stdout,
             stderr=stderr,
@@ -259,13 +257,10 @@ class Client:
         ) as response:
             if response.status_code != 200:
                 _raise_for(response.status_code, await response.aread(), "logs")
-            frames = _Frames()
+            frames = _Frames(_is_raw(response))
             async for data in response.aiter_raw():
-                if tty:
-                    yield "stdout", data
-                else:
-                    for item in frames.feed(data):
-                        yield item
+                for item in frames.feed(data):
+                    yield item
 
     @asynccontextmanager
     async def container_attach(
@@ -277,7 +272,6 @@ class Client:
         logs: bool = False,
     ) -> AsyncIterator[ClientAttachSession]:
         """The connection is upgraded (``101 UPGRADED``) and then carries raw frames."""
-        tty = (await self.container_inspect(reference))["Config"]["Tty"]
         params = _params(stdin=stdin, stdout=stdout, stderr=stderr, stream=True, logs=logs)
         headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
         async with self._http.stream(
@@ -287,7 +281,7 @@ class Client:
                 _raise_for(response.status_code, await response.aread(), "attach")
             stream = response.extensions["network_stream"]
             try:
-                yield ClientAttachSession(stream, b"", bool(tty))
+                yield ClientAttachSession(stream, _is_raw(response))
             finally:
                 await stream.aclose()
 

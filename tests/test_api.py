@@ -377,6 +377,45 @@ async def test_attach_upgrades_with_101(api: Api) -> None:
     assert missing.status == 404
 
 
+async def test_an_attach_ends_when_its_client_goes_away(api: Api) -> None:
+    await sleeper(api)
+    await api.client.container_start("web")
+    attach = http("POST", "/containers/web/attach?stream=1&stdout=1", b"", "Upgrade: tcp")
+    with anyio.fail_after(10):
+        # Gone altogether: the quiet container's attach ends all the same.
+        async with await anyio.connect_unix(api.sock) as stream:
+            await stream.send(attach)
+            assert (await stream.receive()).startswith(b"HTTP/1.1 101 UPGRADED")
+        while api.server.connections > 1:
+            await anyio.sleep(0.01)
+        # Input ended, without StdinOnce: dockerd ends the attach; the container runs on.
+        async with await anyio.connect_unix(api.sock) as stream:
+            await stream.send(attach.replace(b"stdout=1", b"stdout=1&stdin=1"))
+            assert (await stream.receive()).startswith(b"HTTP/1.1 101 UPGRADED")
+            await stream.send_eof()
+            assert await read_to_end(stream) == b""
+    assert (await api.client.container_inspect("web"))["State"]["Running"]
+
+
+async def test_events_since_replays_history_then_every_live_event(api: Api) -> None:
+    bus = api.engine.daemon.events
+    for n in range(300):  # past the history's length
+        bus.publish("container", "tick", f"old{n}", {})
+    with anyio.fail_after(20):
+        async with await anyio.connect_unix(api.sock) as stream:
+            await stream.send(http("GET", "/events?since=1"))
+            data = await read_head(stream)
+            for batch in range(20):  # new events, long after the replayed ones left history
+                for n in range(100):
+                    bus.publish("container", "tick", f"new{batch * 100 + n}", {})
+                while data.count(b"}\n") < 256 + (batch + 1) * 100:  # one per event
+                    data += await stream.receive()
+    ids = [json.loads(line)["id"] for line in _dechunk(data).splitlines()]
+    assert bus.dropped == 0
+    assert ids[:256] == [f"old{n}" for n in range(44, 300)]
+    assert ids[256:] == [f"new{n}" for n in range(2000)]
+
+
 async def test_events_since_until_and_filters(api: Api) -> None:
     began = time.time()
     await sleeper(api)
@@ -589,6 +628,20 @@ async def test_shutdown_ends_idle_connections_and_endless_streams(
                     except (anyio.EndOfStream, anyio.BrokenResourceError):
                         break
                 await stream.aclose()
+
+
+async def test_shutdown_right_after_a_connection_is_accepted(
+    open_engine: OpenEngine, sock: Path
+) -> None:
+    async with open_engine() as engine:
+        for _ in range(20):
+            with anyio.fail_after(10):
+                async with serve_api(engine.daemon, [f"unix://{sock}"]):
+                    client = await anyio.connect_unix(sock)
+                    await client.send(http("GET", "/_ping").replace(b"close", b"keep-alive"))
+                    for _ in range(3):
+                        await anyio.lowlevel.checkpoint()
+            await client.aclose()
 
 
 def test_tcp_is_refused_unless_asked_and_only_on_loopback() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -41,10 +42,13 @@ def _daemon_argv(root: Path, backend: str, *extra: str) -> list[str]:
 
 @asynccontextmanager
 async def daemon_process(
-    root: Path, backend: str, *extra: str
+    root: Path, backend: str, *extra: str, max_files: int = 0
 ) -> AsyncIterator[tuple[anyio.abc.Process, list[str]]]:
     """The daemon, once it says ``API listen on``; its stderr lines so far and to come."""
-    process = await anyio.open_process(_daemon_argv(root, backend, *extra), stdin=None)
+    argv = _daemon_argv(root, backend, *extra)
+    if max_files:
+        argv = ["sh", "-c", f'ulimit -n {max_files} && exec "$@"', "sh", *argv]
+    process = await anyio.open_process(argv, stdin=None)
     assert process.stderr is not None
     lines: list[str] = []
     buffer = b""
@@ -67,6 +71,8 @@ async def daemon_process(
         async with anyio.create_task_group() as tg:
             tg.start_soon(drain)
             yield process, lines
+            if process.returncode is None:
+                process.terminate()  # drain ends at the daemon's exit
     finally:
         if process.returncode is None:
             process.kill()
@@ -122,6 +128,60 @@ async def test_shutdown_stop_stops_the_running_containers(short: Path, anyio_bac
             assert await process.wait() == 0
     exited = [line for line in lines if "container.exited" in line and cid in line]
     assert len(exited) == 1 and "exit_code=143" in exited[0]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_full_file_table_is_waited_out(short: Path, backend: str) -> None:
+    # A plain test driving the daemon's process: the daemon's backend is what is under test.
+    sock = short / "api.sock"
+    argv = ["sh", "-c", 'ulimit -n 64 && exec "$@"', "sh", *_daemon_argv(short, backend)]
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stderr is not None
+        try:
+            for line in process.stderr:
+                if line.startswith("API listen on"):
+                    break
+            # More connections than the daemon may have files: accept waits, never dies.
+            held = []
+            for _ in range(100):
+                held.append(socket.socket(socket.AF_UNIX))
+                held[-1].connect(str(sock))
+            for line in process.stderr:  # the daemon's own report
+                if "api.accept_failed" in line:
+                    break
+            for connection in held:
+                connection.close()
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(20)
+                probe.connect(str(sock))
+                probe.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+                assert probe.recv(100).startswith(b"HTTP/1.1 200 OK")
+            assert process.poll() is None
+        finally:
+            process.terminate()
+            rest = process.communicate(timeout=30)[1]  # read to the end: its last words too
+    assert process.returncode == 0, rest
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_second_daemon_on_the_same_roots_is_refused(short: Path, backend: str) -> None:
+    first = subprocess.Popen(_daemon_argv(short, backend), stderr=subprocess.PIPE, text=True)
+    assert first.stderr is not None
+    try:
+        for line in first.stderr:
+            if line.startswith("API listen on"):
+                break
+        other = short / "other.sock"
+        argv = [*_daemon_argv(short, backend)[:-1], f"unix://{other}"]
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+    assert second.returncode == 1
+    assert "another daemon is running on" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert not other.exists()
+    assert first.returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -343,19 +344,17 @@ class EngineAPI:
 
         async def stream() -> AsyncIterator[bytes]:
             async with bus.subscribe() as live:
+                # Taken with the subscription, in one step: every event is in exactly one of
+                # the two, the backlog or the live stream.
+                backlog = bus.history() if since or until else []
                 yield b""  # subscribed: the head may go (see _primed)
-                replayed = []
-                if since or until:
-                    for message in bus.history():
-                        replayed.append(id(message))
-                        if _event_matches(message, wanted, since, until):
-                            yield msgspec.json.encode(message) + b"\n"
+                for message in backlog:
+                    if _event_matches(message, wanted, since, until):
+                        yield msgspec.json.encode(message) + b"\n"
                 if until and until <= time.time():
                     return
                 with anyio.move_on_after(until - time.time() if until else float("inf")):
                     async for message in live:
-                        if id(message) in replayed:
-                            continue
                         if _event_matches(message, wanted, 0, until):
                             yield msgspec.json.encode(message) + b"\n"
 
@@ -475,55 +474,63 @@ class EngineAPI:
         inspect = await self.daemon.container_inspect(name)
         state = inspect["State"]
         if state["Paused"]:
-            raise errors.Conflict("You cannot attach to a paused container, unpause it first")
+            raise errors.Conflict(
+                f"container {name} is paused, unpause the container before attach"
+            )
         if state["Restarting"]:
             raise errors.Conflict(
-                "You cannot attach to a restarting container, wait until it is running"
+                f"container {name} is restarting, wait until the container is running"
             )
         config = inspect["Config"]
         tty = bool(config["Tty"])
-        stdin = _bool(request, "stdin")
-        stdout = _bool(request, "stdout")
-        stderr = _bool(request, "stderr")
-        upgrade = "upgrade" in request.headers.get("connection", "").lower()
-        if upgrade:
+        stdin, stdout, stderr = (_bool(request, s) for s in ("stdin", "stdout", "stderr"))
+        # As dockerd: an Upgrade header asks for the 101; without it, the old raw hijack.
+        if "upgrade" in request.headers:
             head = (
-                "HTTP/1.1 101 UPGRADED\r\nContent-Type: {}\r\nConnection: Upgrade\r\n"
-                "Upgrade: tcp\r\n\r\n"
+                f"HTTP/1.1 101 UPGRADED\r\nContent-Type: {_stdio_type(tty)}\r\n"
+                "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
             )
         else:
-            head = "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n\r\n"
-        head_bytes = head.format(_stdio_type(tty)).encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {_stdio_type(True)}\r\n\r\n"
+
+        def out(stream: str, data: bytes) -> bytes:
+            return data if tty else frame(stream, data)
 
         async def run(conn: Hijacked) -> None:
-            session_cm = self.daemon.container_attach(
-                name, stdin=stdin, stdout=stdout, stderr=stderr
-            )
-            async with session_cm as session:
+            attach = self.daemon.container_attach(name, stdin=stdin, stdout=stdout, stderr=stderr)
+            async with attach as session, anyio.create_task_group() as tg:
                 # Subscribed before the client hears back, so a start it sends next is seen.
-                await conn.accept(head_bytes)
-                if _bool(request, "logs"):
+                await conn.accept(head.encode())
+                if _bool(request, "logs") and (stdout or stderr):
                     async for stream, data in self.daemon.container_logs(
-                        name, stdout=stdout or not stderr, stderr=stderr
+                        name, stdout=stdout, stderr=stderr
                     ):
-                        await conn.send(data if tty else frame(stream, data))
+                        await conn.send(out(stream, data))
                 if not _bool(request, "stream"):
                     return
 
                 async def pump_stdin() -> None:
-                    while data := await conn.receive():
-                        await session.send(data)
-                    # The client's half-close ends its input, never the output; the
-                    # container's stdin closes with it for StdinOnce (docker run -i), as dockerd.
+                    with contextlib.suppress(errors.DockerError):  # stdin closed under us
+                        while data := await conn.receive():
+                            await session.send(data)
+                    # dockerd's rule at the end of the client's input: with StdinOnce and no
+                    # TTY (docker run -i) the container's stdin closes and the output goes on;
+                    # otherwise the attach ends.
                     if config.get("StdinOnce") and not tty:
                         await session.send_eof()
+                    else:
+                        tg.cancel_scope.cancel()
 
-                async with anyio.create_task_group() as tg:
-                    if stdin:
-                        tg.start_soon(pump_stdin)
-                    async for stream, data in session:
-                        await conn.send(data if tty else frame(stream, data))
+                async def end_at_hangup() -> None:
+                    await conn.wait_hangup()  # gone altogether, not a half-close
                     tg.cancel_scope.cancel()
+
+                if stdin:
+                    tg.start_soon(pump_stdin)
+                tg.start_soon(end_at_hangup)
+                async for stream, data in session:
+                    await conn.send(out(stream, data))
+                tg.cancel_scope.cancel()
 
         return Hijack(run)
 

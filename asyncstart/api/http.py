@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs, unquote
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import h11
 import structlog
 
@@ -46,6 +48,8 @@ log = structlog.get_logger("asyncstart.api")
 
 #: Bytes read from the socket at a time.
 READ_SIZE = 64 * 1024
+#: Bytes a connection may write in a row without letting other tasks run.
+SEND_YIELD = 256 * 1024
 #: Unread request body drained after a reply before the connection is given up on.
 DRAIN_LIMIT = 256 * 1024
 
@@ -68,6 +72,7 @@ class Wire:
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         self._raw: socket.socket | None = raw if family == socket.AF_UNIX else None
         self._fd = self._raw.fileno() if self._raw is not None else -1
+        self._unyielded = 0
 
     async def receive(self) -> bytes:
         """Up to READ_SIZE bytes; ``b""`` at the client's EOF."""
@@ -85,8 +90,24 @@ class Wire:
             except OSError as exc:
                 raise anyio.BrokenResourceError from exc
 
+    async def wait_hangup(self) -> None:
+        """Return once the client has closed the connection altogether — not on a half-close,
+        which only ends its input (what a read sees as EOF). Unix sockets only; on others this
+        waits forever and a write's failure tells instead."""
+        if self._raw is None:
+            await anyio.sleep_forever()
+        with select.epoll() as hangups:
+            hangups.register(self._fd, 0)  # HUP is always reported: nothing else is asked
+            await anyio.wait_readable(hangups.fileno())
+
     async def send(self, data: bytes) -> None:
         if self._raw is not None:
+            # A long stream the kernel keeps accepting would never yield: let the other tasks
+            # run every SEND_YIELD bytes.
+            self._unyielded += len(data)
+            if self._unyielded > SEND_YIELD:
+                self._unyielded = 0
+                await anyio.lowlevel.checkpoint()
             try:
                 data = data[self._raw.send(data) :]
             except BlockingIOError:
@@ -213,6 +234,9 @@ class Hijacked:
     async def send(self, data: bytes) -> None:
         await self._wire.send(data)
 
+    async def wait_hangup(self) -> None:
+        await self._wire.wait_hangup()
+
 
 @dataclass(slots=True)
 class Hijack:
@@ -329,12 +353,13 @@ class Connection:
             self.streaming = True
             await reply.run(Hijacked(self._wire, bytes(leftover)))
             return False
+        if self._h11.they_are_waiting_for_100_continue:
+            # Answered without its body: the client may legally never send it (Go's rule).
+            self.closing = True
         if isinstance(reply, Response):
             await self._send_whole(reply, head_only=request.method == "HEAD")
         else:
-            await self._wire.send(self._head(reply.status, reply.headers, None))
             await self._send_stream(reply)
-            await self._send(h11.EndOfMessage())
         return await self._finish_body(request)
 
     def _head(
@@ -360,6 +385,7 @@ class Connection:
     async def _send_stream(self, reply: Streaming) -> None:
         self.streaming = True
         try:
+            await self._wire.send(self._head(reply.status, reply.headers, None))
             async with anyio.create_task_group() as tg:
                 if reply.watch_disconnect:
                     tg.start_soon(self._watch_disconnect, tg.cancel_scope)
@@ -367,6 +393,7 @@ class Connection:
                     if chunk:
                         await self._send(h11.Data(data=chunk))
                 tg.cancel_scope.cancel()
+            await self._send(h11.EndOfMessage())
         finally:
             self.streaming = False
             aclose = getattr(reply.chunks, "aclose", None)
@@ -379,6 +406,8 @@ class Connection:
         # it does send (a pipelined request) is kept for h11.
         while data := await self._wire.receive():
             self._h11.receive_data(data)
+            if len(self._h11.trailing_data[0]) > self._max_head:
+                break  # not a pipelined request: a client that floods a stream is dropped
         self.closing = True
         scope.cancel()
 

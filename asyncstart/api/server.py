@@ -29,11 +29,14 @@ from ..daemon import Daemon
 from .engine import EngineAPI
 from .http import Connection
 
-__all__ = ["ApiServer", "Host", "parse_host", "serve_api"]
+__all__ = ["ApiServer", "Host", "claim_socket", "parse_host", "serve_api"]
 
 log = structlog.get_logger("asyncstart.api")
 
 SOCKET_MODE = 0o660
+#: First pause after an accept that failed for lack of resources; doubles up to 1 s.
+ACCEPT_BACKOFF = 0.005
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,7 @@ def parse_host(value: str, *, allow_tcp: bool = False) -> Host:
     raise errors.InvalidParameter(f"invalid host {value!r}: expected unix:// or tcp://")
 
 
-def _remove_stale_socket(path: str) -> None:
+def claim_socket(path: str) -> None:
     """Remove a socket left by a daemon that died, unless someone still answers on it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,7 @@ def _remove_stale_socket(path: str) -> None:
 
 
 async def _unix_listener(path: str) -> anyio.abc.Listener[anyio.abc.SocketStream]:
-    await anyio.to_thread.run_sync(_remove_stale_socket, path)
+    await anyio.to_thread.run_sync(claim_socket, path)
     listener = await anyio.create_unix_listener(path)
     os.chmod(path, SOCKET_MODE)
     return listener
@@ -119,18 +122,50 @@ class ApiServer:
     def connections(self) -> int:
         return len(self._connections)
 
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
-        connection = Connection(
-            stream, self.api, max_head=self._max_head, server_headers=self.api.server_headers
-        )
-        with anyio.CancelScope() as scope:
-            self._connections[connection] = scope
+    async def _handle(self, connection: Connection, scope: anyio.CancelScope) -> None:
+        with scope:
             try:
                 await connection.serve()
             finally:
                 del self._connections[connection]
                 if not self._connections:
                     self._drained.set()
+
+    async def _accept(
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        connections: anyio.abc.TaskGroup,
+    ) -> None:
+        """Accept until cancelled. Its own loop, not ``Listener.serve``: a full file table
+        (EMFILE) is waited out as Go's server does, not the end of the server, and the wait is
+        in ``wait_readable`` (safe to cancel, see ``http.Wire``)."""
+        raw: socket.socket = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+        wrap = (
+            anyio.abc.UNIXSocketStream if raw.family == socket.AF_UNIX else anyio.abc.SocketStream
+        )
+        backoff = ACCEPT_BACKOFF
+        while True:
+            await anyio.wait_readable(raw.fileno())
+            try:
+                client, _ = raw.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRORS:
+                    raise
+                log.warning("api.accept_failed", error=str(exc), retry_in_s=backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = ACCEPT_BACKOFF
+            client.setblocking(False)
+            stream = await wrap.from_socket(client)
+            connection = Connection(
+                stream, self.api, max_head=self._max_head, server_headers=self.api.server_headers
+            )
+            # Known to shutdown from now on, before its task runs.
+            scope = self._connections[connection] = anyio.CancelScope()
+            connections.start_soon(self._handle, connection, scope)
 
     async def _serve(
         self,
@@ -142,7 +177,7 @@ class ApiServer:
             with self._accepting:
                 async with anyio.create_task_group() as accept:
                     for listener in listeners:
-                        accept.start_soon(listener.serve, self._handle, connections)
+                        accept.start_soon(self._accept, listener, connections)
                     task_status.started()
             for listener in listeners:
                 await listener.aclose()
