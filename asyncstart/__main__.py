@@ -35,7 +35,8 @@ PHASES = ("mounting", "networking", "spec-ready", "running")
 DEFAULT_HOST = "unix:///run/asyncstart/asyncstart.sock"
 
 
-def _choose_runtime(requested: str) -> str:
+def choose_runtime(requested: str) -> str:
+    """``requested``; for ``auto``, runc where real containers can run here, else fake."""
     if requested != "auto":
         return requested
     missing = missing_for_real_containers()
@@ -204,7 +205,7 @@ async def _demo(args: argparse.Namespace) -> int:
                     client, args.containers, image_tar, client.container_start_phases,
                     f"on the daemon at {args.host}",
                 )  # fmt: skip
-        runtime = _choose_runtime(args.runtime)
+        runtime = choose_runtime(args.runtime)
         config = DaemonConfig(
             data_root=args.data_root or f"{root}/data",
             exec_root=args.exec_root or f"{root}/exec",

@@ -1,13 +1,10 @@
-"""Shared by the benchmarks: percentiles, a result line, the runtime choice, bare runc's spec."""
+"""Shared by the benchmarks: percentiles, a result line, bare runc's spec."""
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 from typing import Any
-
-from asyncstart.images.busybox import missing_for_real_containers
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -24,17 +21,6 @@ def summary_ms(samples: list[float]) -> str:
         f"p99={percentile(samples, 99) * 1000:.3f}ms "
         f"mean={statistics.fmean(samples) * 1000:.3f}ms"
     )
-
-
-def choose_runtime(requested: str) -> str:
-    """``requested``, or for ``auto``: runc if root with runc and a static busybox, else fake."""
-    if requested != "auto":
-        return requested
-    missing = missing_for_real_containers()
-    if not missing:
-        return "runc"
-    print(f"{', '.join(missing)}: running on the fake runtime", file=sys.stderr)
-    return "fake"
 
 
 def bare_spec(

@@ -77,10 +77,11 @@ from typing import Any, BinaryIO, Self, cast
 
 import anyio
 import anyio.abc
-from _common import bare_spec, choose_runtime, percentile
+from _common import bare_spec, percentile
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import asyncstart
+from asyncstart.__main__ import choose_runtime
 from asyncstart.api.engine import API_VERSION
 from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.logs import configure_logging
