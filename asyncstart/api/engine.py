@@ -174,7 +174,6 @@ def _event_matches(message: Mapping[str, Any], wanted: dict[str, list[str]], sin
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    method: str
     pattern: re.Pattern[str]
     handler: Callable[..., Awaitable[Reply]]
 
@@ -222,7 +221,7 @@ class EngineAPI:
         ]
         self._routes: dict[str, list[_Route]] = {}
         for method, pattern, handler in table:
-            route = _Route(method, re.compile(pattern), handler)
+            route = _Route(re.compile(pattern), handler)
             self._routes.setdefault(method, []).append(route)
 
     async def __call__(self, request: Request) -> Reply:
@@ -628,11 +627,9 @@ def _mem_total() -> int:
 
 
 def _created_seconds(created: str) -> int:
-    if not created:
-        return 0
     try:
-        return int(_timestamp(created, 0))
-    except errors.DockerError:
+        return int(parse_time(created)) if created else 0
+    except ValueError:
         return 0
 
 
