@@ -408,7 +408,8 @@ class Daemon:
 
         ``since``/``until`` are seconds since the epoch (0: unbounded); ``tail`` keeps the last
         N lines; ``follow`` goes on until the container stops. The file is polled every 20 ms
-        while following.
+        while following. Bad arguments and an unknown container raise here, before the first
+        line is read (the API answers them with their status).
         """
         if not (stdout or stderr):
             raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
