@@ -657,8 +657,10 @@ def test_tcp_is_refused_unless_asked_and_only_on_loopback() -> None:
 
 
 async def test_a_second_daemon_on_a_live_socket_is_refused(api: Api) -> None:
+    first = api.sock.with_name("first.sock")
     with pytest.raises(errors.Conflict, match="another daemon is listening"):
-        async with serve_api(api.engine.daemon, [f"unix://{api.sock}"]):
+        async with serve_api(api.engine.daemon, [f"unix://{first}", f"unix://{api.sock}"]):
             pass
+    assert not first.exists()  # the listener made before the failure is gone, file and all
     assert await api.client.ping() == "OK"
     assert oct(api.sock.stat().st_mode & 0o777) == "0o660"

@@ -219,6 +219,7 @@ async def serve_api(
     except BaseException:
         for listener in listeners:
             await listener.aclose()
+        _unlink_sockets(server.hosts)
         raise
     try:
         async with anyio.create_task_group() as tg:
@@ -229,7 +230,11 @@ async def serve_api(
                 with anyio.CancelScope(shield=True):
                     await server.shutdown(grace)
     finally:
-        for host in server.hosts:
-            if host.scheme == "unix":
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(host.path)
+        _unlink_sockets(server.hosts)
+
+
+def _unlink_sockets(hosts: Sequence[Host]) -> None:
+    for host in hosts:
+        if host.scheme == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(host.path)
