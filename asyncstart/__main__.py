@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
-    common.add_argument("--log-level", default="warning")
+    common.add_argument("--log-level", help="default: info for the daemon, else warning")
     sub = parser.add_subparsers(dest="command", required=True)
 
     daemon = sub.add_parser(
@@ -253,7 +253,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow -H tcp:// on a loopback address (the API has no authentication)",
     )
-    daemon.set_defaults(log_level="info")
 
     image = sub.add_parser("image", help="image helpers").add_subparsers(
         dest="image_command", required=True
@@ -278,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or ("info" if args.command == "daemon" else "warning"))
     command = {"daemon": _daemon, "image": _build_busybox, "demo": _demo}[args.command]
     result = 1
     try:
