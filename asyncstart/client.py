@@ -65,7 +65,7 @@ def _params(**values: Any) -> dict[str, str]:
             value = int(value)
         elif isinstance(value, Mapping):
             value = json.dumps(value)
-        params[key.replace("_", "-") if key == "checkpoint_dir" else key] = str(value)
+        params[key] = str(value)
     return params
 
 
@@ -188,7 +188,7 @@ class Client:
     async def container_start(
         self, reference: str, checkpoint: str | None = None, checkpoint_dir: str | None = None
     ) -> None:
-        params = _params(checkpoint=checkpoint, checkpoint_dir=checkpoint_dir)
+        params = _params(checkpoint=checkpoint, **{"checkpoint-dir": checkpoint_dir})
         await self._request("POST", f"/containers/{reference}/start", params=params)
 
     async def container_inspect(self, reference: str) -> dict[str, Any]:

@@ -44,7 +44,6 @@ MAX_JSON_BODY = 4 * 1024 * 1024
 _VERSIONED = re.compile(r"/v(\d+(?:\.\d+)?)(/.*)")
 _STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
 _FALSE = ("", "0", "no", "false", "none")
-_EVENT_FILTERS = {"container", "event", "image", "label", "type", "network", "scope", "daemon"}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
@@ -96,7 +95,7 @@ def _timestamp(value: str, now: float) -> float:
         return float(value)
     except ValueError:
         pass
-    if _DURATION.sub("", value) == "" and value:
+    if _DURATION.sub("", value) == "":
         seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION.findall(value))
         return now - seconds
     try:
@@ -142,34 +141,46 @@ async def _json_body(request: Request) -> Any:
         raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
 
 
+def _is_actor(kind: str) -> Callable[[Mapping[str, Any], str], bool]:
+    """A filter on an event's actor of this type, by ID prefix or name."""
+
+    def check(message: Mapping[str, Any], value: str) -> bool:
+        actor = message["Actor"]
+        return message["Type"] == kind and (
+            str(actor["ID"]).startswith(value) or actor["Attributes"].get("name") == value
+        )
+
+    return check
+
+
+def _has_label(message: Mapping[str, Any], value: str) -> bool:
+    key, has_value, wanted = value.partition("=")
+    attributes = message["Actor"]["Attributes"]
+    return attributes.get(key) == wanted if has_value else key in attributes
+
+
+#: The event filters dockerd takes here: key -> does this message match this value.
+_EVENT_CHECKS: dict[str, Callable[[Mapping[str, Any], str], bool]] = {
+    "type": lambda m, v: m["Type"] == v,
+    "event": lambda m, v: m["Action"] == v or m["Action"].startswith(v + ":"),
+    "container": _is_actor("container"),
+    "network": _is_actor("network"),
+    "image": lambda m, v: m["Actor"]["Attributes"].get("image") == v,
+    "scope": lambda m, v: m.get("scope") == v,
+    "daemon": lambda m, v: m["Type"] == "daemon",
+    "label": _has_label,
+}
+
+
 def _event_matches(message: Mapping[str, Any], wanted: dict[str, list[str]], since: float,
                    until: float) -> bool:  # fmt: skip
     at = message["timeNano"] / 1e9
     if (since and at < since) or (until and at > until):
         return False
-    actor = message["Actor"]
-    attributes = actor["Attributes"]
-    checks: dict[str, Callable[[str], bool]] = {
-        "type": lambda v: message["Type"] == v,
-        "event": lambda v: message["Action"] == v or message["Action"].startswith(v + ":"),
-        "container": lambda v: (
-            message["Type"] == "container"
-            and (actor["ID"].startswith(v) or attributes.get("name") == v)
-        ),
-        "image": lambda v: attributes.get("image") == v,
-        "network": lambda v: (
-            message["Type"] == "network"
-            and (actor["ID"].startswith(v) or attributes.get("name") == v)
-        ),
-        "scope": lambda v: message.get("scope") == v,
-        "daemon": lambda v: message["Type"] == "daemon",
-        "label": lambda v: (
-            attributes.get(v.partition("=")[0]) == v.partition("=")[2]
-            if "=" in v
-            else v in attributes
-        ),
-    }
-    return all(any(checks[key](v) for v in values) for key, values in wanted.items())
+    return all(
+        any(_EVENT_CHECKS[key](message, value) for value in values)
+        for key, values in wanted.items()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +348,7 @@ class EngineAPI:
         until = _timestamp(request.arg("until"), now)
         wanted = _filters(request)
         for key in wanted:
-            if key not in _EVENT_FILTERS:
+            if key not in _EVENT_CHECKS:
                 raise errors.InvalidParameter(f"invalid filter '{key}'")
         bus = self.daemon.events
 
@@ -388,8 +399,7 @@ class EngineAPI:
 
     async def container_start(self, request: Request, name: str) -> Reply:
         # As dockerd: a body of unknown length (chunked) or longer than "{}" plus padding.
-        length = request.headers.get("content-length")
-        if (length is None and request.has_body) or (length and int(length) > 7):
+        if request.length is None or request.length > 7:
             raise errors.InvalidParameter(
                 "starting container with non-empty request body was deprecated since API v1.22 "
                 "and removed in v1.24"

@@ -186,8 +186,8 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Body
-    #: The client announced a body (a length above zero, or chunked).
-    has_body: bool
+    #: The body's announced length; None when it is not known (chunked), as Go's ContentLength.
+    length: int | None
 
     def arg(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
@@ -333,22 +333,19 @@ class Connection:
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        has_body = headers.get("transfer-encoding", "").lower() == "chunked" or (
-            headers.get("content-length", "0").strip() not in ("", "0")
-        )
+        chunked = headers.get("transfer-encoding", "").lower() == "chunked"
         request = Request(
             method=event.method.decode("ascii").upper(),
             path=unquote(path.partition("#")[0]),
             query=parse_qs(query.partition("#")[0], keep_blank_values=True) if query else {},
             headers=headers,
             body=Body(self._pull_body),
-            has_body=has_body,
+            # h11 has checked the header: a valid length, or chunked, or no body at all.
+            length=None if chunked else int(headers.get("content-length", "0")),
         )
         reply = await self._app(request)
         if isinstance(reply, Hijack):
-            if not request.body.complete:
-                async for _ in request.body:
-                    pass
+            await self._finish_body(request)
             leftover, _closed = self._h11.trailing_data
             self.streaming = True
             await reply.run(Hijacked(self._wire, bytes(leftover)))
