@@ -28,7 +28,7 @@ from .api import parse_host, serve_api
 from .api.server import claim_socket
 from .client import Client
 from .images.busybox import build_busybox_tar, missing_for_real_containers
-from .logs import configure_logging
+from .logconfig import configure_logging
 from .network.bridge import DEFAULT_SUBNET
 
 PHASES = ("mounting", "networking", "spec-ready", "running")

@@ -25,7 +25,7 @@ import anyio
 import httpx
 
 from . import errors
-from .api.engine import API_VERSION
+from ._version import API_VERSION
 
 __all__ = ["Client", "ClientAttachSession"]
 

@@ -82,9 +82,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 import asyncstart
 from asyncstart.__main__ import choose_runtime
-from asyncstart.api.engine import API_VERSION
+from asyncstart._version import API_VERSION
 from asyncstart.images.busybox import build_busybox_tar
-from asyncstart.logs import configure_logging
+from asyncstart.logconfig import configure_logging
 
 CMD = ["sleep", "infinity"]
 #: Longest a batch of starts (or its clean-up) may take before the run is called a failure.

@@ -19,7 +19,7 @@ import anyio
 from _common import summary_ms
 
 import asyncstart
-from asyncstart.logs import configure_logging
+from asyncstart.logconfig import configure_logging
 
 
 async def run(containers: int, in_flight: int, fsync: bool, root: str) -> tuple[float, list[float]]:

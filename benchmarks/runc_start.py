@@ -24,7 +24,7 @@ from _common import bare_spec, summary_ms
 
 import asyncstart
 from asyncstart.images.busybox import build_busybox_tar
-from asyncstart.logs import configure_logging
+from asyncstart.logconfig import configure_logging
 
 
 def bare_runc(root: Path, spec: dict[str, Any], runs: int) -> list[float]:

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 
 from .. import errors
-from .._version import __version__
+from .._version import API_VERSION, MIN_API_VERSION, __version__
 from ..daemon import Daemon
 from ..views import parse_time
 from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Streaming
@@ -35,9 +35,6 @@ __all__ = ["API_VERSION", "MIN_API_VERSION", "EngineAPI"]
 
 log = structlog.get_logger("asyncstart.api")
 
-#: The Engine API version served (Docker 28.x) and the oldest one accepted, as dockerd.
-API_VERSION = "1.51"
-MIN_API_VERSION = "1.24"
 #: Largest JSON request body accepted (a create request is a few KiB).
 MAX_JSON_BODY = 4 * 1024 * 1024
 
