@@ -15,7 +15,7 @@ from .clock import Clock, FakeClock, SystemClock
 from .config import Config, HostConfig, RestartPolicy
 from .daemon import Daemon, DaemonConfig, DaemonStatistics, open_daemon
 from .images import FakeMounter, MountDriver
-from .lifecycle import Event, InvalidTransition, Lifecycle, State
+from .lifecycle import InvalidTransition, Lifecycle, LifecycleEvent, State
 from .network import FakeNetwork, NetworkDriver
 from .runtime import FakeRuntime, Runtime, RuntimeBackend, StateInfo
 
@@ -26,7 +26,6 @@ __all__ = [
     "Daemon",
     "DaemonConfig",
     "DaemonStatistics",
-    "Event",
     "FakeClock",
     "FakeMounter",
     "FakeNetwork",
@@ -34,6 +33,7 @@ __all__ = [
     "HostConfig",
     "InvalidTransition",
     "Lifecycle",
+    "LifecycleEvent",
     "MountDriver",
     "NetworkDriver",
     "RestartPolicy",

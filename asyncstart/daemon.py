@@ -8,7 +8,6 @@ validates requests; everything that changes a container is done by that containe
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import random
@@ -47,8 +46,10 @@ from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
 from .network.loopback import LoopbackNetwork
 from .network.netlink import asyncio_loop
 from .network.ports import PortProxy
+from .record import ContainerRecord, new_id
 from .runtime import FakeRuntime, Runtime, StateInfo
 from .runtime.runc import RuncRuntime
+from .saga import Saga
 from .signals import parse_signal
 from .steps import (
     MountStep,
@@ -57,9 +58,8 @@ from .steps import (
     RuntimeStep,
     SpecStep,
     Step,
-    container_stdio,
 )
-from .store import ContainerIndex, ContainerRecord, RecordStore, new_id
+from .store import ContainerIndex, RecordStore
 from .views import format_time, list_view, parse_time
 
 __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
@@ -203,7 +203,7 @@ class Daemon:
         self._services = ActorServices(
             runtime=runtime,
             mounter=mounter,
-            saga=saga,
+            saga=Saga(saga, clock),
             records=self.records,
             bus=self.events,
             clock=clock,
@@ -226,17 +226,17 @@ class Daemon:
     def _network_peer(self, reference: str) -> tuple[str, int, dict[str, Any]]:
         """For ``container:<ref>``: the container's ID, its pid (0 unless running) and its
         network settings with its hostname. Read only: its actor owns it."""
-        actor = self._actor(reference)
-        running = actor.lifecycle.state in PROCESS_STATES
-        settings = {**actor.record.network_settings, "Hostname": actor.record.config.hostname}
-        return actor.id, actor.record.pid if running else 0, settings
+        snapshot = self._actor(reference).snapshot()
+        record = snapshot.record
+        settings = {**record.network_settings, "Hostname": record.config.hostname}
+        return record.id, record.pid if snapshot.process_exists else 0, settings
 
     def _forget(self, record: ContainerRecord) -> None:
         self._actors.pop(record.id, None)
         self._index.remove(record.id, record.name)
 
-    async def _adopt(self, record: ContainerRecord) -> ContainerActor:
-        actor = ContainerActor(record, self._services)
+    async def _adopt(self, record: ContainerRecord, *, new: bool = False) -> ContainerActor:
+        actor = ContainerActor(record, self._services, new=new)
         await self._task_group.start(actor.run)
         self._actors[record.id] = actor
         return actor
@@ -250,13 +250,9 @@ class Daemon:
         for record in records:
             self._index.add(record.id, record.name)
             actor = await self._adopt(record)
-            if actor.lifecycle.state in PROCESS_STATES:
-                stdio = container_stdio(record, self.records.log_path, actor.stdio.publish)
-                if await self.runtime.restore(record.id, stdio) is None:
-                    await actor.process_lost()
-                else:
-                    live.add(record.id)
-                    await self._republish(record)
+            if await actor.adopt_process():
+                live.add(record.id)
+                await self._republish(record)
         await self.runtime.cleanup(live)
         await self.mounter.cleanup(live, {r.id for r in records})
         await self.network.cleanup(live)
@@ -329,8 +325,7 @@ class Daemon:
             self._index.release_name(canonical)
             raise
         self._index.add(container_id, canonical)
-        actor = await self._adopt(record)
-        actor.emit("create")
+        await self._adopt(record, new=True)
         return container_id
 
     def _apply_image(self, config: Config) -> str:
@@ -382,11 +377,8 @@ class Daemon:
     async def image_remove(self, reference: str, force: bool = False) -> list[str]:
         """``docker rmi``; 409 while a container uses the image."""
         image_id = self.images.resolve(reference)
-        users = [
-            (actor.id, actor.lifecycle.state in PROCESS_STATES)
-            for actor in self._actors.values()
-            if actor.record.image == image_id
-        ]
+        snapshots = [actor.snapshot() for actor in self._actors.values()]
+        users = [(s.id, s.process_exists) for s in snapshots if s.record.image == image_id]
         return await anyio.to_thread.run_sync(
             lambda: self.images.remove(reference, users=users, force=force)
         )
@@ -459,7 +451,7 @@ class Daemon:
         for item in backlog:
             yield item
         while follow and not (until and time.time() > until):
-            running = actor.lifecycle.running
+            running = actor.snapshot().lifecycle.running
             try:
                 async with await anyio.open_file(path, "rb") as file:
                     await file.seek(offset)
@@ -502,14 +494,14 @@ class Daemon:
             if not self.config.experimental:
                 raise errors.InvalidParameter("checkpoint is only supported in experimental mode")
         actor = self._actor(reference)
-        validate_host_config(actor.record.host_config)
+        validate_host_config(actor.snapshot().record.host_config)
         if checkpoint and not checkpoint_dir:
             checkpoint_dir = str(self.records.path(actor.id) / "checkpoints")
         await actor.start(checkpoint or None, checkpoint_dir if checkpoint else None)
 
     async def container_inspect(self, reference: str) -> dict[str, Any]:
         """``docker inspect``: a dict shaped like dockerd's inspect JSON."""
-        return self._actor(reference).inspect()
+        return self._actor(reference).snapshot().inspect()
 
     async def containers_list(
         self,
@@ -521,18 +513,22 @@ class Daemon:
         wanted = _normalise_filters(filters)
         now = time.time()
         rows = []
-        actors = sorted(self._actors.values(), key=lambda a: a.record.created, reverse=True)
-        for actor in actors:
-            lifecycle = actor.lifecycle
+        snapshots = sorted(
+            (actor.snapshot() for actor in self._actors.values()),
+            key=lambda s: s.record.created,
+            reverse=True,
+        )
+        for snapshot in snapshots:
+            lifecycle = snapshot.lifecycle
             if not (all or limit > 0 or wanted.get("status")) and lifecycle.status not in (
                 "running",
                 "paused",
                 "restarting",
             ):
                 continue
-            if not _matches(actor.record, lifecycle.status, wanted):
+            if not _matches(snapshot.record, lifecycle.status, wanted):
                 continue
-            rows.append(list_view(actor.record, lifecycle, now))
+            rows.append(list_view(snapshot.record, lifecycle, now))
             if 0 < limit <= len(rows):
                 break
         return rows
@@ -541,9 +537,9 @@ class Daemon:
         self, reference: str, condition: str = "not-running"
     ) -> dict[str, Any]:
         """``docker wait``: ``{"StatusCode": n}`` (plus ``Error``) once the condition holds."""
-        return await self.container_wait_nowait(reference, condition).wait()
+        return await self.container_wait_pending(reference, condition).wait()
 
-    def container_wait_nowait(self, reference: str, condition: str = "not-running") -> Pending:
+    def container_wait_pending(self, reference: str, condition: str = "not-running") -> Pending:
         """Register a wait and return at once (errors such as 404 are raised here); the result
         is ``await pending.wait()``. Anything asked of the container after this returns — a
         start, say — is ordered after the wait, as the API's early 200 promises."""
@@ -551,7 +547,7 @@ class Daemon:
             condition = "not-running"
         if condition not in WAIT_CONDITIONS:
             raise errors.InvalidParameter(f'invalid condition: "{condition}"')
-        return self._actor(reference).wait_nowait(condition)
+        return self._actor(reference).wait_pending(condition)
 
     async def container_kill(self, reference: str, signal: str | int = "KILL") -> None:
         """``docker kill``: send a signal; with KILL, return once the process has exited."""
@@ -569,17 +565,13 @@ class Daemon:
         """
         actor = self._actor(reference)
         try:
-            with contextlib.suppress(errors.NotModified):
-                await actor.stop(timeout)
-            with contextlib.suppress(errors.NotModified):
-                await actor.start()
+            await actor.restart(timeout)
         except errors.NotFound:
             raise
         except errors.DockerError as exc:
             raise errors.SystemError(
                 f"Cannot restart container {reference}: {exc.message}"
             ) from exc
-        actor.emit("restart")
 
     async def container_pause(self, reference: str) -> None:
         await self._actor(reference).pause()
@@ -603,12 +595,11 @@ class Daemon:
         """
         actor = self._actor(reference)
         streams = frozenset(n for n, on in (("stdout", stdout), ("stderr", stderr)) if on)
-        receive = actor.stdio.subscribe(streams)
-        actor.emit("attach")
+        receive = actor.attach(streams)
         try:
             yield AttachSession(actor, receive, stdin)
         finally:
-            actor.stdio.unsubscribe(receive)
+            actor.detach(receive)
 
     async def container_close_stdin(self, reference: str) -> None:
         """What an attached client's EOF does: close stdin now, or once the process is ready."""
@@ -627,7 +618,7 @@ class Daemon:
         return self.events.subscribe()
 
     def statistics(self) -> DaemonStatistics:
-        states = [actor.lifecycle.state for actor in self._actors.values()]
+        states = [actor.snapshot().lifecycle.state for actor in self._actors.values()]
         running = sum(1 for s in states if s in PROCESS_STATES)
         paused = sum(1 for s in states if s.value == "paused")
         return DaemonStatistics(

@@ -8,6 +8,10 @@ is rendered from it by ``scripts/render_lifecycle.py``.
 
 Anything not in the table raises :class:`InvalidTransition`, naming the container, the state
 and the event. The actor (``asyncstart.actor``) is the only caller.
+
+Beside it, :data:`REFUSALS` keeps dockerd's answers to a request the state does not allow
+(``docker start`` of a paused container: 409 "cannot start a paused container, ..."), so the
+actor's handlers hold no ``if state is ...: raise`` chains.
 """
 
 from __future__ import annotations
@@ -16,13 +20,19 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from . import errors
+
 __all__ = [
+    "REFUSALS",
     "TRANSITIONS",
     "Branch",
-    "Event",
     "InvalidTransition",
     "Lifecycle",
+    "LifecycleEvent",
+    "Refusal",
+    "Request",
     "State",
+    "refusal",
 ]
 
 
@@ -44,7 +54,7 @@ class State(enum.Enum):
     REMOVED = "removed"
 
 
-class Event(enum.Enum):
+class LifecycleEvent(enum.Enum):
     """What can happen to a container."""
 
     START = "start"
@@ -82,50 +92,50 @@ _START_FAILED = Branch("ran_before", then=State.EXITED, otherwise=State.CREATED)
 _PROCESS_EXITED = Branch("restart", then=State.RESTARTING, otherwise=State.EXITED)
 
 #: The lifecycle. Keys absent from an inner mapping are invalid transitions.
-TRANSITIONS: Mapping[State, Mapping[Event, State | Branch]] = {
+TRANSITIONS: Mapping[State, Mapping[LifecycleEvent, State | Branch]] = {
     State.CREATED: {
-        Event.START: State.MOUNTING,
-        Event.REMOVE: State.REMOVING,
+        LifecycleEvent.START: State.MOUNTING,
+        LifecycleEvent.REMOVE: State.REMOVING,
     },
     State.MOUNTING: {
-        Event.MOUNTED: State.NETWORKING,
-        Event.FAILED: _START_FAILED,
+        LifecycleEvent.MOUNTED: State.NETWORKING,
+        LifecycleEvent.FAILED: _START_FAILED,
     },
     State.NETWORKING: {
-        Event.NETWORKED: State.SPEC_READY,
-        Event.FAILED: _START_FAILED,
+        LifecycleEvent.NETWORKED: State.SPEC_READY,
+        LifecycleEvent.FAILED: _START_FAILED,
     },
     State.SPEC_READY: {
-        Event.STARTED: State.RUNNING,
-        Event.FAILED: _START_FAILED,
+        LifecycleEvent.STARTED: State.RUNNING,
+        LifecycleEvent.FAILED: _START_FAILED,
     },
     State.RUNNING: {
-        Event.STOP: State.STOPPING,
-        Event.EXITED: _PROCESS_EXITED,
-        Event.PAUSE: State.PAUSED,
+        LifecycleEvent.STOP: State.STOPPING,
+        LifecycleEvent.EXITED: _PROCESS_EXITED,
+        LifecycleEvent.PAUSE: State.PAUSED,
     },
     State.PAUSED: {
-        Event.UNPAUSE: State.RUNNING,
-        Event.STOP: State.STOPPING,
-        Event.EXITED: _PROCESS_EXITED,
+        LifecycleEvent.UNPAUSE: State.RUNNING,
+        LifecycleEvent.STOP: State.STOPPING,
+        LifecycleEvent.EXITED: _PROCESS_EXITED,
     },
     State.STOPPING: {
-        Event.EXITED: _PROCESS_EXITED,
+        LifecycleEvent.EXITED: _PROCESS_EXITED,
     },
     State.EXITED: {
-        Event.START: State.MOUNTING,
-        Event.REMOVE: State.REMOVING,
+        LifecycleEvent.START: State.MOUNTING,
+        LifecycleEvent.REMOVE: State.REMOVING,
     },
     State.RESTARTING: {
-        Event.RESTART_DUE: State.MOUNTING,
-        Event.CANCEL_RESTART: State.EXITED,
+        LifecycleEvent.RESTART_DUE: State.MOUNTING,
+        LifecycleEvent.CANCEL_RESTART: State.EXITED,
     },
     State.REMOVING: {
-        Event.REMOVED: State.REMOVED,
-        Event.REMOVE_FAILED: State.DEAD,
+        LifecycleEvent.REMOVED: State.REMOVED,
+        LifecycleEvent.REMOVE_FAILED: State.DEAD,
     },
     State.DEAD: {
-        Event.REMOVE: State.REMOVING,
+        LifecycleEvent.REMOVE: State.REMOVING,
     },
     State.REMOVED: {},
 }
@@ -139,7 +149,7 @@ STARTING_STATES = frozenset({State.MOUNTING, State.NETWORKING, State.SPEC_READY}
 class InvalidTransition(Exception):
     """An event that the lifecycle table does not allow in the current state."""
 
-    def __init__(self, container_id: str, state: State, event: Event) -> None:
+    def __init__(self, container_id: str, state: State, event: LifecycleEvent) -> None:
         super().__init__(
             f"container {container_id[:12]}: cannot handle {event.value!r} in state {state.value!r}"
         )
@@ -162,14 +172,10 @@ class Lifecycle:
     ran_before: bool = False
     via_restart: bool = False
 
-    def can(self, event: Event) -> bool:
-        """Whether ``event`` is allowed now."""
-        return event in TRANSITIONS[self.state]
-
-    def handle(self, event: Event, *, restart: bool = False) -> State:
+    def handle(self, event: LifecycleEvent, *, restart: bool = False) -> State:
         """Apply ``event``; return the new state or raise :class:`InvalidTransition`.
 
-        ``restart`` is the restart manager's decision and only matters for :attr:`Event.EXITED`.
+        ``restart`` is the restart manager's decision; only :attr:`LifecycleEvent.EXITED` reads it.
         """
         target = TRANSITIONS[self.state].get(event)
         if target is None:
@@ -177,11 +183,11 @@ class Lifecycle:
         if isinstance(target, Branch):
             facts = {"ran_before": self.ran_before, "restart": restart}
             target = target.then if facts[target.on] else target.otherwise
-        if event is Event.RESTART_DUE:
+        if event is LifecycleEvent.RESTART_DUE:
             self.via_restart = True
-        elif event in (Event.STARTED, Event.FAILED):
+        elif event in (LifecycleEvent.STARTED, LifecycleEvent.FAILED):
             self.via_restart = False
-        if event is Event.STARTED:
+        if event is LifecycleEvent.STARTED:
             self.ran_before = True
         self.state = target
         return target
@@ -220,3 +226,116 @@ def docker_status(state: State, *, ran_before: bool, via_restart: bool = False) 
         return "removing"
     status: str = state.value
     return status
+
+
+class Request(enum.Enum):
+    """What a client asks of a container (the Docker verbs the state can refuse)."""
+
+    START = "start"
+    STOP = "stop"
+    KILL = "kill"
+    PAUSE = "pause"
+    UNPAUSE = "unpause"
+    REMOVE = "remove"
+    #: ``docker rm --force``: a live container is killed first, so fewer states refuse it.
+    FORCE_REMOVE = "force-remove"
+    ATTACH = "attach"
+    RESIZE = "resize"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """dockerd's answer to a request its state does not allow.
+
+    ``message`` is a template: ``{id}`` (full ID), ``{name}`` (``/name``), ``{reference}`` (what
+    the client typed) and ``{status}`` (Docker's ``State.Status``) are filled in.
+    """
+
+    error: type[errors.DockerError]
+    message: str
+
+    def exception(self, **facts: str) -> errors.DockerError:
+        return self.error(self.message.format(**facts))
+
+
+_ALREADY_RUNNING = Refusal(errors.NotModified, "container is already running")
+_MARKED_FOR_REMOVAL = Refusal(
+    errors.Conflict, "container is marked for removal and cannot be started"
+)
+_ALREADY_STOPPED = Refusal(errors.NotModified, "container is already stopped")
+_KILL_NOT_RUNNING = Refusal(
+    errors.Conflict, "cannot kill container: {reference}: container {id} is not running"
+)
+_PAUSE_NOT_RUNNING = Refusal(errors.Conflict, "container {id} is not running")
+_NOT_PAUSED = Refusal(errors.SystemError, "Container {id} is not paused")
+_REMOVAL_IN_PROGRESS = Refusal(
+    errors.Conflict, "removal of container {reference} is already in progress"
+)
+_REMOVE_LIVE = Refusal(
+    errors.Conflict,
+    'cannot remove container "{name}": container is {status}: '
+    "stop the container before removing or force remove",
+)
+_RESTARTING = Refusal(
+    errors.Conflict, "Container {id} is restarting, wait until the container is running"
+)
+_STOPPED = (State.CREATED, State.EXITED, State.REMOVING, State.DEAD)
+
+#: ``request -> state -> refusal``; a state absent from a request's row lets it through. The
+#: saga's inner states never meet a request (the actor defers them until the start is decided),
+#: except a start in ``spec-ready``, which joins the start in flight.
+REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
+    Request.START: {
+        State.PAUSED: Refusal(
+            errors.Conflict, "cannot start a paused container, try unpause instead"
+        ),
+        State.RUNNING: _ALREADY_RUNNING,
+        State.STOPPING: _ALREADY_RUNNING,
+        State.RESTARTING: _ALREADY_RUNNING,
+        State.REMOVING: _MARKED_FOR_REMOVAL,
+        State.DEAD: _MARKED_FOR_REMOVAL,
+    },
+    Request.STOP: dict.fromkeys(_STOPPED, _ALREADY_STOPPED),
+    Request.KILL: dict.fromkeys(_STOPPED, _KILL_NOT_RUNNING),
+    Request.PAUSE: {
+        **dict.fromkeys((*_STOPPED, State.STOPPING), _PAUSE_NOT_RUNNING),
+        State.RESTARTING: _RESTARTING,
+        State.PAUSED: Refusal(errors.Conflict, "container {id} is already paused"),
+    },
+    Request.UNPAUSE: {state: _NOT_PAUSED for state in State if state is not State.PAUSED},
+    Request.REMOVE: {
+        State.REMOVING: _REMOVAL_IN_PROGRESS,
+        State.RUNNING: _REMOVE_LIVE,
+        State.STOPPING: _REMOVE_LIVE,
+        State.RESTARTING: _REMOVE_LIVE,
+        State.PAUSED: Refusal(
+            errors.Conflict,
+            'cannot remove container "{name}": container is paused and must be unpaused first',
+        ),
+    },
+    Request.FORCE_REMOVE: {State.REMOVING: _REMOVAL_IN_PROGRESS},
+    Request.ATTACH: {
+        State.PAUSED: Refusal(
+            errors.Conflict, "container {reference} is paused, unpause the container before attach"
+        ),
+        State.RESTARTING: Refusal(
+            errors.Conflict,
+            "container {reference} is restarting, wait until the container is running",
+        ),
+    },
+    Request.RESIZE: {
+        state: Refusal(errors.Conflict, "Container {id} is not running")
+        for state in (*_STOPPED, *STARTING_STATES)
+    },
+}
+#: Requests the daemon checks against what ``inspect`` shows rather than the actor's exact state:
+#: there, a start saga run by the restart policy is ``restarting``.
+_CHECKED_ON_VIEW = frozenset({Request.ATTACH, Request.RESIZE})
+
+
+def refusal(request: Request, lifecycle: Lifecycle) -> Refusal | None:
+    """dockerd's refusal of ``request`` in this position, or None if the request may proceed."""
+    state = lifecycle.state
+    if request in _CHECKED_ON_VIEW and lifecycle.restarting:
+        state = State.RESTARTING
+    return REFUSALS[request].get(state)

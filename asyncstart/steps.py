@@ -25,11 +25,11 @@ from .images import MountDriver
 from .network import NetworkDriver
 from .network.files import hostname_file, hosts_file, resolv_conf
 from .network.ports import PortProxy
+from .record import ContainerRecord
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
 from .spec import build_spec
 from .stdin import StdinCloser
-from .store import ContainerRecord
 
 __all__ = ["MountStep", "NetworkStep", "RuntimeStep", "SpecStep", "StartContext", "Step"]
 

@@ -11,54 +11,19 @@ from __future__ import annotations
 
 import bisect
 import os
-import secrets
 import shutil
 from pathlib import Path
-from typing import Any
 
 import anyio
 import msgspec
 
 from . import errors
-from .config import Config, HostConfig
+from .record import ContainerRecord
 
-__all__ = ["ZERO_TIME", "ContainerIndex", "ContainerRecord", "RecordStore", "new_id"]
+__all__ = ["ContainerIndex", "RecordStore"]
 
-#: How Go prints its zero ``time.Time``; dockerd shows it for times that never happened.
-ZERO_TIME = "0001-01-01T00:00:00Z"
 RECORD_FILE = "container.json"
 _TMP_SUFFIX = ".tmp"
-
-
-class ContainerRecord(msgspec.Struct, kw_only=True):
-    """Everything the daemon persists about one container."""
-
-    id: str
-    name: str
-    created: str
-    image: str
-    config: Config
-    host_config: HostConfig
-    #: A stable lifecycle state (the start saga's inner states are never written).
-    state: str = "created"
-    pid: int = 0
-    exit_code: int = 0
-    error: str = ""
-    oom_killed: bool = False
-    started_at: str = ZERO_TIME
-    finished_at: str = ZERO_TIME
-    has_been_started_before: bool = False
-    has_been_manually_stopped: bool = False
-    restart_count: int = 0
-    network_settings: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
-def new_id() -> str:
-    """64 random hex digits whose short form is not all digits (it would read as a number)."""
-    while True:
-        candidate = secrets.token_hex(32)
-        if not candidate[:12].isdigit():
-            return candidate
 
 
 _encoder = msgspec.json.Encoder()

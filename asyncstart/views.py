@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 
 from .lifecycle import Lifecycle, State
+from .record import ZERO_TIME, ContainerRecord
 from .spec import process_args
-from .store import ZERO_TIME, ContainerRecord
 
 __all__ = ["format_time", "human_duration", "inspect_view", "list_view", "parse_time"]
 

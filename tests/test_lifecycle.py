@@ -11,7 +11,7 @@ import pytest
 from asyncstart.lifecycle import (
     TRANSITIONS,
     Branch,
-    Event,
+    LifecycleEvent,
     InvalidTransition,
     Lifecycle,
     State,
@@ -22,27 +22,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The transitions of the design, written out independently of the table.
 EXPECTED = {
-    (State.CREATED, Event.START): State.MOUNTING,
-    (State.EXITED, Event.START): State.MOUNTING,
-    (State.MOUNTING, Event.MOUNTED): State.NETWORKING,
-    (State.NETWORKING, Event.NETWORKED): State.SPEC_READY,
-    (State.SPEC_READY, Event.STARTED): State.RUNNING,
-    (State.RUNNING, Event.STOP): State.STOPPING,
-    (State.RUNNING, Event.PAUSE): State.PAUSED,
-    (State.PAUSED, Event.UNPAUSE): State.RUNNING,
-    (State.PAUSED, Event.STOP): State.STOPPING,
-    (State.RESTARTING, Event.RESTART_DUE): State.MOUNTING,
-    (State.RESTARTING, Event.CANCEL_RESTART): State.EXITED,
-    (State.CREATED, Event.REMOVE): State.REMOVING,
-    (State.EXITED, Event.REMOVE): State.REMOVING,
-    (State.DEAD, Event.REMOVE): State.REMOVING,
-    (State.REMOVING, Event.REMOVED): State.REMOVED,
-    (State.REMOVING, Event.REMOVE_FAILED): State.DEAD,
+    (State.CREATED, LifecycleEvent.START): State.MOUNTING,
+    (State.EXITED, LifecycleEvent.START): State.MOUNTING,
+    (State.MOUNTING, LifecycleEvent.MOUNTED): State.NETWORKING,
+    (State.NETWORKING, LifecycleEvent.NETWORKED): State.SPEC_READY,
+    (State.SPEC_READY, LifecycleEvent.STARTED): State.RUNNING,
+    (State.RUNNING, LifecycleEvent.STOP): State.STOPPING,
+    (State.RUNNING, LifecycleEvent.PAUSE): State.PAUSED,
+    (State.PAUSED, LifecycleEvent.UNPAUSE): State.RUNNING,
+    (State.PAUSED, LifecycleEvent.STOP): State.STOPPING,
+    (State.RESTARTING, LifecycleEvent.RESTART_DUE): State.MOUNTING,
+    (State.RESTARTING, LifecycleEvent.CANCEL_RESTART): State.EXITED,
+    (State.CREATED, LifecycleEvent.REMOVE): State.REMOVING,
+    (State.EXITED, LifecycleEvent.REMOVE): State.REMOVING,
+    (State.DEAD, LifecycleEvent.REMOVE): State.REMOVING,
+    (State.REMOVING, LifecycleEvent.REMOVED): State.REMOVED,
+    (State.REMOVING, LifecycleEvent.REMOVE_FAILED): State.DEAD,
 }
 
 
 @pytest.mark.parametrize(("state", "event"), sorted(EXPECTED, key=str))
-def test_plain_transitions(state: State, event: Event) -> None:
+def test_plain_transitions(state: State, event: LifecycleEvent) -> None:
     lifecycle = Lifecycle("c" * 64, state)
     assert lifecycle.handle(event) is EXPECTED[state, event]
     assert lifecycle.state is EXPECTED[state, event]
@@ -54,7 +54,7 @@ def test_failed_start_lands_where_the_container_was(
     state: State, ran_before: bool, target: State
 ) -> None:
     lifecycle = Lifecycle("c" * 64, state, ran_before=ran_before)
-    assert lifecycle.handle(Event.FAILED) is target
+    assert lifecycle.handle(LifecycleEvent.FAILED) is target
 
 
 @pytest.mark.parametrize("state", [State.RUNNING, State.PAUSED, State.STOPPING])
@@ -63,12 +63,12 @@ def test_exit_restarts_only_when_the_policy_says(
     state: State, restart: bool, target: State
 ) -> None:
     lifecycle = Lifecycle("c" * 64, state, ran_before=True)
-    assert lifecycle.handle(Event.EXITED, restart=restart) is target
+    assert lifecycle.handle(LifecycleEvent.EXITED, restart=restart) is target
 
 
 def test_every_other_pair_is_refused_with_a_precise_error() -> None:
     allowed = {(s, e) for s, row in TRANSITIONS.items() for e in row}
-    refused = [(s, e) for s in State for e in Event if (s, e) not in allowed]
+    refused = [(s, e) for s in State for e in LifecycleEvent if (s, e) not in allowed]
     assert len(refused) > 100
     for state, event in refused:
         lifecycle = Lifecycle("abcdef0123456789" * 4, state)
@@ -90,18 +90,18 @@ def test_table_covers_every_state_and_only_known_targets() -> None:
 
 def test_full_life_and_ran_before() -> None:
     lifecycle = Lifecycle("c" * 64)
-    for event in (Event.START, Event.MOUNTED, Event.NETWORKED):
+    for event in (LifecycleEvent.START, LifecycleEvent.MOUNTED, LifecycleEvent.NETWORKED):
         lifecycle.handle(event)
     assert lifecycle.status == "created" and not lifecycle.ran_before
-    lifecycle.handle(Event.STARTED)
+    lifecycle.handle(LifecycleEvent.STARTED)
     assert lifecycle.ran_before and lifecycle.status == "running"
-    lifecycle.handle(Event.EXITED, restart=True)
+    lifecycle.handle(LifecycleEvent.EXITED, restart=True)
     assert lifecycle.status == "restarting"
-    lifecycle.handle(Event.RESTART_DUE)
+    lifecycle.handle(LifecycleEvent.RESTART_DUE)
     assert lifecycle.status == "restarting", "a policy restart shows as restarting until it runs"
-    lifecycle.handle(Event.FAILED)
+    lifecycle.handle(LifecycleEvent.FAILED)
     assert lifecycle.state is State.EXITED and lifecycle.status == "exited"
-    lifecycle.handle(Event.START)
+    lifecycle.handle(LifecycleEvent.START)
     assert lifecycle.status == "exited", "a user start of an exited container shows exited"
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from asyncstart import errors
 from asyncstart.config import Config, HostConfig
-from asyncstart.store import RECORD_FILE, ContainerIndex, ContainerRecord, RecordStore, new_id
+from asyncstart.record import ContainerRecord, new_id
+from asyncstart.store import RECORD_FILE, ContainerIndex, RecordStore
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +60,8 @@ def test_a_writer_killed_mid_write_never_leaves_a_torn_record(tmp_path: Path) ->
         f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from asyncstart.store import RecordStore, ContainerRecord
+        from asyncstart.record import ContainerRecord
+        from asyncstart.store import RecordStore
         from asyncstart.config import Config, HostConfig
         store = RecordStore(__import__("pathlib").Path(sys.argv[1]), fsync=False)
         n = 0

@@ -448,7 +448,7 @@ class EngineAPI:
     async def container_wait(self, request: Request, name: str) -> Reply:
         # The wait is registered before the 200 goes out: a client that sees the headers may
         # start the container and cannot miss its exit.
-        pending = self.daemon.container_wait_nowait(name, request.arg("condition"))
+        pending = self.daemon.container_wait_pending(name, request.arg("condition"))
 
         async def body() -> AsyncIterator[bytes]:
             yield msgspec.json.encode(await pending.wait()) + b"\n"

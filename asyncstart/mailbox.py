@@ -1,0 +1,229 @@
+"""An actor's mailbox: requests with one-shot replies, reports, timers and parked answers.
+
+Everything an actor is asked or told arrives here and is taken one message at a time. A request
+carries a :class:`Reply` its caller awaits; the actor may answer at once, or *park* the reply in
+its :class:`Waiters` under a condition (``"exit"``, ``"stop"``, ...) and answer every reply parked
+there when the condition comes. :class:`Timers` deliver their expiry as a message, so a timer is
+handled in turn like anything else. When the actor ends, :meth:`Mailbox.close` answers whatever
+is still queued: a caller is never left waiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from . import errors
+from .clock import Clock
+from .runtime import StateInfo
+
+__all__ = [
+    "Call",
+    "Mailbox",
+    "Pending",
+    "Reply",
+    "RuntimeReport",
+    "TimerFired",
+    "Timers",
+    "Waiters",
+]
+
+
+class Pending(Protocol):
+    """A request queued to an actor; ``await pending.wait()`` for its answer."""
+
+    async def wait(self) -> dict[str, Any]: ...
+
+
+class Reply:
+    """A one-shot answer to a request; awaited by the caller, set by the actor."""
+
+    __slots__ = ("_error", "_event", "_value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: Any = None
+        self._error: errors.DockerError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set(self, value: Any = None) -> None:
+        if not self.done:
+            self._value = value
+            self._event.set()
+
+    def fail(self, error: errors.DockerError) -> None:
+        if not self.done:
+            self._error = error
+            self._event.set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        if self._error is not None:
+            # A fresh instance per waiter: several callers may share one failure.
+            raise type(self._error)(self._error.message) from self._error
+        return self._value
+
+
+Handler = Callable[..., Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Call:
+    """A request: the actor runs ``handler(reply, *args)``."""
+
+    handler: Handler
+    args: tuple[Any, ...]
+    reply: Reply
+
+
+@dataclass(slots=True)
+class RuntimeReport:
+    """The runtime's ``StateChanged``; nobody waits on it."""
+
+    info: StateInfo
+
+
+@dataclass(slots=True)
+class TimerFired:
+    kind: str
+    scope: anyio.CancelScope
+
+
+Message = Call | RuntimeReport | TimerFired
+
+
+class Waiters:
+    """Parked replies, one list per condition, answered together when it comes."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self) -> None:
+        self._table: dict[str, list[Reply]] = collections.defaultdict(list)
+
+    def park(self, condition: str, reply: Reply) -> None:
+        self._table[condition].append(reply)
+
+    def waiting(self, condition: str) -> bool:
+        return bool(self._table.get(condition))
+
+    def resolve(self, condition: str, value: Any = None) -> None:
+        for reply in self._table.pop(condition, ()):
+            reply.set(value)
+
+    def fail(self, condition: str, error: errors.DockerError) -> None:
+        for reply in self._table.pop(condition, ()):
+            reply.fail(error)
+
+
+class Mailbox:
+    """The actor's queue (unbounded: senders never block), and requests deferred for later."""
+
+    def __init__(self, container_id: str) -> None:
+        self._container_id = container_id
+        self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
+        self._deferred: collections.deque[Call] = collections.deque()
+
+    def _gone(self) -> errors.NotFound:
+        return errors.NotFound(f"No such container: {self._container_id}")
+
+    def request(self, handler: Handler, *args: Any) -> Reply:
+        """Queue a request; the actor takes it after every message queued before."""
+        reply = Reply()
+        try:
+            self._send.send_nowait(Call(handler, args, reply))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise self._gone() from None
+        return reply
+
+    def post(self, message: RuntimeReport | TimerFired) -> bool:
+        """Queue a report or a timer's expiry; False once the mailbox is closed."""
+        try:
+            self._send.send_nowait(message)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+    def defer(self, call: Call) -> None:
+        """Keep a request for later (:meth:`next_deferred`), as dockerd's container lock would
+        make it wait."""
+        self._deferred.append(call)
+
+    def next_deferred(self) -> Call | None:
+        """The oldest deferred request, or None."""
+        return self._deferred.popleft() if self._deferred else None
+
+    async def receive(self) -> Message:
+        """The next message; ``anyio.EndOfStream`` once closed and empty."""
+        return await self._receive.receive()
+
+    def stop_taking(self) -> None:
+        """No more messages are accepted (the daemon is closing, or the container is gone)."""
+        self._send.close()
+
+    def close(self, answer: Callable[[Call], Any | None]) -> None:
+        """The container is gone: every request still queued or deferred gets an answer —
+        ``answer(call)`` if it gives one (not None), else 404 — never silence."""
+        self._send.close()
+        while True:
+            try:
+                message = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if isinstance(message, Call):
+                self._deferred.append(message)
+        self._receive.close()
+        while (call := self.next_deferred()) is not None:
+            value = answer(call)
+            if value is None:
+                call.reply.fail(self._gone())
+            else:
+                call.reply.set(value)
+
+
+class Timers:
+    """Named timers on the clock whose expiry arrives in the mailbox as :class:`TimerFired`.
+
+    The deadline is computed when a timer is armed, so a test that sees the event announcing
+    it can advance a fake clock past it without racing the timer's task.
+    """
+
+    def __init__(self, mailbox: Mailbox, clock: Clock, task_group: anyio.abc.TaskGroup) -> None:
+        self._mailbox = mailbox
+        self._clock = clock
+        self._task_group = task_group
+        self._scopes: dict[str, anyio.CancelScope] = {}
+
+    def arm(self, kind: str, delay: float) -> None:
+        self.disarm(kind)
+        scope = anyio.CancelScope()
+        self._scopes[kind] = scope
+        deadline = self._clock.now() + delay
+        self._task_group.start_soon(self._run, kind, scope, deadline)
+
+    def disarm(self, kind: str) -> None:
+        scope = self._scopes.pop(kind, None)
+        if scope is not None:
+            scope.cancel()
+
+    def fired(self, message: TimerFired) -> bool:
+        """Whether this expiry is the armed timer's (not one disarmed or re-armed since)."""
+        if self._scopes.get(message.kind) is not message.scope:
+            return False
+        del self._scopes[message.kind]
+        return True
+
+    async def _run(self, kind: str, scope: anyio.CancelScope, deadline: float) -> None:
+        with scope:
+            await self._clock.sleep_until(deadline)
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._mailbox.post(TimerFired(kind, scope))

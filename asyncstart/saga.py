@@ -1,0 +1,103 @@
+"""The start saga: run the steps in order; on failure, undo the done ones in reverse order.
+
+A :class:`Saga` knows the steps, each with the lifecycle state it runs in, and times and logs
+every phase (``phase.started/complete/failed``). It never changes the container's state itself:
+before each step it calls the actor's ``enter(state)``, which moves the lifecycle. A failure is
+raised as :class:`StartFailed`, carrying the steps done so far, so the actor can settle the
+container first and then have them undone (:meth:`Saga.undo`) — the same undo as at the
+process's exit. A foreign exception that a driver let through is still a failed start (500),
+never a wedged container; a cancellation undoes what was done before it propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+import structlog
+
+from . import errors
+from .clock import Clock
+from .lifecycle import State
+from .steps import StartContext, Step
+
+__all__ = ["Saga", "StartFailed"]
+
+log = structlog.get_logger("asyncstart.saga")
+
+
+class StartFailed(Exception):
+    """A step failed with ``error``; ``done`` are the steps to undo, in the order they ran."""
+
+    def __init__(self, error: errors.DockerError, done: list[Step]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.done = done
+
+
+class Saga:
+    def __init__(self, steps: Sequence[tuple[State, Step]], clock: Clock) -> None:
+        #: Each step with the lifecycle state it runs in.
+        self.steps = tuple(steps)
+        self.clock = clock
+
+    async def run(self, ctx: StartContext, enter: Callable[[State], None]) -> list[Step]:
+        """Run every step; return them (all done) or raise :class:`StartFailed`."""
+        done: list[Step] = []
+        try:
+            for phase, step in self.steps:
+                enter(phase)
+                await self._run_step(step, phase, ctx)
+                done.append(step)
+        except errors.DockerError as exc:
+            raise StartFailed(exc, done) from exc
+        except Exception as exc:
+            log.exception("phase.untranslated_error", container_id=ctx.record.id)
+            error = errors.SystemError(f"{type(exc).__name__}: {exc}")
+            raise StartFailed(error, done) from exc
+        except BaseException:
+            # Cancelled (the daemon is closing): still give back what was taken.
+            with anyio.CancelScope(shield=True):
+                await self.undo(ctx, done)
+            raise
+        return done
+
+    async def _run_step(self, step: Step, phase: State, ctx: StartContext) -> None:
+        container_id = ctx.record.id
+        began = self.clock.now()
+        log.debug("phase.started", container_id=container_id, phase=step.name, state=phase.value)
+        try:
+            await step.do(ctx)
+        except errors.DockerError as exc:
+            log.warning(
+                "phase.failed",
+                container_id=container_id,
+                phase=step.name,
+                state=phase.value,
+                duration_ms=round((self.clock.now() - began) * 1000, 3),
+                error=exc.message,
+            )
+            raise
+        duration = self.clock.now() - began
+        ctx.durations[phase.value] = ctx.durations.get(phase.value, 0.0) + duration
+        log.debug(
+            "phase.complete",
+            container_id=container_id,
+            phase=step.name,
+            state=phase.value,
+            duration_ms=round(duration * 1000, 3),
+        )
+
+    async def undo(self, ctx: StartContext, done: list[Step]) -> None:
+        """Undo ``done`` in reverse order; a failing undo is logged and the rest still run."""
+        while done:
+            step = done.pop()
+            try:
+                await step.undo(ctx)
+            except errors.DockerError as exc:
+                log.error(
+                    "phase.undo_failed",
+                    container_id=ctx.record.id,
+                    phase=step.name,
+                    error=exc.message,
+                )
