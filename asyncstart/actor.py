@@ -1,26 +1,19 @@
 """One actor per container: the only place that changes a container's state.
 
-An actor is a task with a :class:`~asyncstart.mailbox.Mailbox`. Requests (start, stop, kill,
-...), the runtime's ``StateChanged`` reports and the actor's own timers all arrive there and are
-handled one at a time, so a container never sees two operations interleave — dockerd's
-per-container lock, without a lock. Different containers' actors run concurrently.
-
-A request's reply may be *parked* (:class:`~asyncstart.mailbox.Waiters`): a start is answered
-when the runtime reports the process started, a stop when it reports the exit. While a start
-waits for that report (state ``spec-ready``), other requests are deferred until it is over, as
-dockerd's lock would make them wait; a second start joins the first (one runtime create).
-
-What a state refuses is the table :data:`~asyncstart.lifecycle.REFUSALS`; how a start, an exit
-and a failed start change the record are the pure functions of :mod:`asyncstart.record`; the
-steps run in a :class:`~asyncstart.saga.Saga`. Outside the mailbox, the daemon sees a container
-only through :meth:`ContainerActor.snapshot`.
+An actor is a task with a :class:`~asyncstart.mailbox.Mailbox`: requests, the runtime's
+``StateChanged`` reports and its timers are handled one at a time (dockerd's per-container lock,
+without a lock). A reply may be *parked* until its condition comes (a start until the runtime
+reports the process started, a stop until the exit); while a start waits for that report, other
+requests are deferred, and a second start joins the first. What a state refuses is the table
+:data:`~asyncstart.lifecycle.REFUSALS`; the record's changes are :mod:`asyncstart.record`'s pure
+functions; the steps run in a :class:`~asyncstart.saga.Saga`. The daemon reads a container only
+through :meth:`ContainerActor.snapshot`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import signal as _signal
 import time
 from collections.abc import Awaitable, Callable
@@ -34,12 +27,12 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import errors
-from .attach import StdioHub
+from .attach import ContainerIO
 from .clock import Clock
-from .events import EventBus
+from .events import EventBus, container_event, network_events
 from .images import MountDriver
 from .lifecycle import PROCESS_STATES, Lifecycle, LifecycleEvent, Request, State, refusal
-from .mailbox import Call, Mailbox, Pending, Reply, RuntimeReport, Timers, Waiters
+from .mailbox import Call, Handler, Mailbox, Pending, Reply, RuntimeReport, Timers, Waiters
 from .record import (
     ContainerRecord,
     exited,
@@ -48,23 +41,20 @@ from .record import (
     started,
     wait_result,
 )
-from .restart import RestartManager
+from .restart import RestartManager, exits_on_next
 from .runtime import Runtime, StateInfo
 from .runtime.control import ProcessControl
 from .saga import Saga, StartFailed
 from .signals import parse_signal
-from .stdin import StdinCloser
 from .steps import StartContext, Step, container_stdio
 from .store import RecordStore
-from .views import format_time, inspect_view
+from .views import ContainerSnapshot, format_time
 
 __all__ = ["ActorServices", "ContainerActor", "ContainerSnapshot", "Pending"]
 
 log = structlog.get_logger("asyncstart.actor")
 
 _E = LifecycleEvent
-#: The event that closes each phase of the start saga (the last one closes on ``STARTED``).
-_PHASE_DONE = {State.MOUNTING: _E.MOUNTED, State.NETWORKING: _E.NETWORKED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,27 +73,6 @@ class ActorServices:
     stop_timeout: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerSnapshot:
-    """A container as it was when the snapshot was taken; read it, never change it."""
-
-    record: ContainerRecord
-    lifecycle: Lifecycle
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def process_exists(self) -> bool:
-        """Whether the container's process lives (running, paused or stopping)."""
-        return self.lifecycle.state in PROCESS_STATES
-
-    def inspect(self) -> dict[str, Any]:
-        """dockerd's inspect document."""
-        return inspect_view(self.record, self.lifecycle)
-
-
 class ContainerActor:
     """Owns one container's record and lifecycle; see the module docstring."""
 
@@ -120,23 +89,31 @@ class ContainerActor:
         self._new = new
         self._restart = RestartManager(record.host_config.restart_policy)
         self._restart.restart_count = record.restart_count
-        #: The closer for the next (or current) process's stdin.
-        self._stdin = StdinCloser()
-        #: Attached clients and input kept for a process that does not exist yet.
-        self._stdio = StdioHub()
+        #: Attached clients, input kept for a process that does not exist yet, stdin's close.
+        self._io = ContainerIO(record.id, self._process, open_stdin=record.config.open_stdin)
         self._ctx: StartContext | None = None
         self._done: list[Step] = []
         self._started_at = 0.0
         self._mailbox = Mailbox(record.id)
         self._timers = Timers(self._mailbox, services.clock, services.task_group)
         self._waiters = Waiters()
+        #: One handler per request: ``handler(reply, *args)``.
+        self._handlers: dict[Request, Handler] = {
+            Request.START: self._h_start,
+            Request.STOP: self._h_stop,
+            Request.KILL: self._h_kill,
+            Request.PAUSE: self._h_pause,
+            Request.UNPAUSE: self._h_unpause,
+            Request.REMOVE: self._h_remove,
+            Request.WAIT: self._h_wait,
+            Request.ADOPT: self._h_adopt,
+        }
         if self._lifecycle.state in PROCESS_STATES:
             # Reopened on a live process: all a start does is held, and undone at its exit.
             self._ctx = StartContext(record, pid=record.pid, network=record.network_settings)
             self._done = [step for _, step in services.saga.steps]
             self._started_at = services.clock.now()
-            self._stdin.ready()
-            self._stdio.ready = True
+            self._io.adopted()
 
     @property
     def id(self) -> str:
@@ -158,22 +135,15 @@ class ContainerActor:
             # Reopened while a restart was pending: its timer died with the old daemon.
             self._timers.arm("restart", self._restart.should_restart_again())
         task_status.started()
-        mailbox = self._mailbox
-        while self._lifecycle.state is not State.REMOVED:
-            try:
-                message = await mailbox.receive()
-            except anyio.EndOfStream:
-                break
-            await self._dispatch(message)
-            while self._lifecycle.state is not State.SPEC_READY and (
-                call := mailbox.next_deferred()
-            ):
-                await self._dispatch(call)
-        # Whatever is still queued gets an answer, never silence.
-        mailbox.close(self._answer_when_gone)
+        await self._mailbox.serve(
+            self._dispatch,
+            holding=lambda: self._lifecycle.state is State.SPEC_READY,
+            finished=lambda: self._lifecycle.state is State.REMOVED,
+            answer=self._answer_when_gone,  # whatever is still queued: never silence
+        )
 
     def _answer_when_gone(self, call: Call) -> dict[str, Any] | None:
-        if call.handler == self._h_wait and call.args == ("removed",):
+        if call.request is Request.WAIT and call.args == ("removed",):
             return wait_result(self._record)
         return None  # 404
 
@@ -189,19 +159,10 @@ class ContainerActor:
                 log.exception("actor.event_failed", container_id=self.id, message=repr(message))
         elif self._lifecycle.state is State.REMOVED:
             message.reply.fail(errors.NotFound(f"No such container: {self.id}"))
-        elif self._lifecycle.state is State.SPEC_READY and message.handler != self._h_start:
+        elif self._lifecycle.state is State.SPEC_READY and message.request is not Request.START:
             self._mailbox.defer(message)  # as dockerd's lock: after the start is decided
         else:
-            try:
-                await message.handler(message.reply, *message.args)
-            except errors.DockerError as exc:
-                message.reply.fail(exc)
-            except Exception as exc:
-                log.exception("actor.request_failed", container_id=self.id)
-                message.reply.fail(errors.SystemError(f"{type(exc).__name__}: {exc}"))
-
-    async def _call(self, handler: Callable[..., Awaitable[None]], *args: Any) -> Any:
-        return await self._mailbox.request(handler, *args).wait()
+            await self._mailbox.answer(message, self._handlers[message.request], self.id)
 
     def state_changed(self, info: StateInfo) -> None:
         """The runtime's report, queued (never blocks the runtime)."""
@@ -214,66 +175,36 @@ class ContainerActor:
 
     # -- the public face, used by the daemon ------------------------------------------------
 
-    async def start(self, checkpoint: str | None = None, checkpoint_dir: str | None = None) -> None:
-        await self._call(self._h_start, checkpoint, checkpoint_dir)
+    async def request(self, request: Request, *args: Any) -> Any:
+        """Ask, through the mailbox, and wait for the answer (dockerd's error if refused)."""
+        return await self._mailbox.request(request, *args).wait()
 
-    async def stop(self, timeout: float | None = None) -> None:
-        await self._call(self._h_stop, timeout)
-
-    async def kill(self, signal: int, reference: str) -> None:
-        await self._call(self._h_kill, signal, reference)
+    def request_pending(self, request: Request, *args: Any) -> Pending:
+        """Ask and return at once; ``await pending.wait()`` for the answer. A request made
+        after this returns is ordered after it (a start cannot slip past a wait)."""
+        return self._mailbox.request(request, *args)
 
     async def restart(self, timeout: float | None = None) -> None:
         """Stop (if it runs), start, then announce the restart, as ``docker restart``."""
         with contextlib.suppress(errors.NotModified):
-            await self.stop(timeout)
+            await self.request(Request.STOP, timeout)
         with contextlib.suppress(errors.NotModified):
-            await self.start()
+            await self.request(Request.START, None, None)
         self._emit("restart")
 
-    async def pause(self) -> None:
-        await self._call(self._h_pause)
-
-    async def unpause(self) -> None:
-        await self._call(self._h_unpause)
-
-    async def remove(self, force: bool, reference: str) -> None:
-        await self._call(self._h_remove, force, reference)
-
-    def wait_pending(self, condition: str) -> Pending:
-        """Queue a wait and return at once; ``await pending.wait()`` for the result. A request
-        made after this returns is ordered after the wait (a start cannot slip past it)."""
-        return self._mailbox.request(self._h_wait, condition)
-
-    async def adopt_process(self) -> bool:
-        """Reopened on a container recorded as running: take its process back under watch.
-        False if there is none (it died while no daemon watched: its code is lost, 255)."""
-        adopted: bool = await self._call(self._h_adopt)
-        return adopted
-
-    async def write_stdin(self, data: bytes) -> None:
-        """An attached client's input: to the process now, or once it exists."""
-        if not self._record.config.open_stdin:
-            return  # as dockerd: input to a container without an open stdin is dropped
-
-        async def write(chunk: bytes) -> None:
-            await self._process.write_stdin(self.id, chunk)
-
-        await self._stdio.write(data, write)
-
-    async def close_stdin(self) -> None:
-        """Close the process's stdin now, or as soon as it is ready; never waits for it."""
-        if self._stdin.request():
-            await self._process.close_stdin(self.id)
+    @property
+    def io(self) -> ContainerIO:
+        """Attach here: clients' input and the container's output (no state changes)."""
+        return self._io
 
     def attach(self, streams: frozenset[str]) -> MemoryObjectReceiveStream[tuple[str, bytes]]:
         """Subscribe a client to the output of ``streams`` (of this run, or the next one)."""
-        receive = self._stdio.subscribe(streams)
+        receive = self._io.hub.subscribe(streams)
         self._emit("attach")
         return receive
 
     def detach(self, receive: MemoryObjectReceiveStream[tuple[str, bytes]]) -> None:
-        self._stdio.unsubscribe(receive)
+        self._io.hub.unsubscribe(receive)
 
     @property
     def last_start(self) -> dict[str, float]:
@@ -283,20 +214,7 @@ class ContainerActor:
     # -- helpers ----------------------------------------------------------------------------
 
     def _emit(self, action: str, **extra: str) -> None:
-        record = self._record
-        attributes = dict(record.config.labels)
-        if image := record.config.image or record.image:
-            attributes["image"] = image  # the name it was created with, as dockerd
-        attributes["name"] = record.name.lstrip("/")
-        attributes.update(extra)
-        self.services.bus.publish("container", action, self.id, attributes)
-
-    def _emit_network(self, action: str) -> None:
-        """dockerd's network events: ``connect`` at start, ``disconnect`` when it is released."""
-        for name in self._record.network_settings.get("Networks", {}):
-            network_id = hashlib.sha256(name.encode()).hexdigest()
-            attributes = {"container": self.id, "name": name, "type": name}
-            self.services.bus.publish("network", action, network_id, attributes)
+        container_event(self.services.bus, self._record, action, **extra)
 
     def _check(self, request: Request, reference: str = "") -> None:
         """Raise dockerd's error if the container's state refuses ``request``."""
@@ -337,44 +255,19 @@ class ContainerActor:
         self._waiters.park("start", reply)
         await self._start_saga(StartContext(self._record, checkpoint, checkpoint_dir))
 
-    def _enter(self, phase: State) -> None:
-        """The saga is about to run a step of ``phase``: close the phases before it."""
-        while self._lifecycle.state is not phase:
-            self._lifecycle.handle(_PHASE_DONE[self._lifecycle.state])
-
     async def _start_saga(self, ctx: StartContext) -> None:
-        ctx.stdin = self._stdin
-        ctx.stdio = self._stdio
+        ctx.stdio = self._io.hub
         self._ctx = ctx
         try:
-            self._done = await self.services.saga.run(ctx, self._enter)
+            self._done = await self.services.saga.run(ctx, self._lifecycle.enter_phase)
         except StartFailed as failure:
             await self._start_failed(ctx, failure)
             return
         self._started_at = self.services.clock.now()
-        if ctx.record.config.open_stdin:
-            self.services.task_group.start_soon(self._feed_stdin, ctx)
-        else:
-            ctx.stdin.ready()  # nothing to feed, and a close of no stdin is a no-op
-
-    async def _feed_stdin(self, ctx: StartContext) -> None:
-        """After the start: input sent before the process existed, in order, then a pending
-        EOF. In its own task, so a process that does not read never blocks the actor."""
-
-        async def write(data: bytes) -> None:
-            await self._process.write_stdin(self.id, data)
-
-        try:
-            await ctx.stdio.process_ready(write)
-            if ctx.stdin.ready():
-                await self._process.close_stdin(self.id)
-        except errors.DockerError as exc:
-            log.debug("stdin.feed_failed", container_id=self.id, error=exc.message)
+        self._io.process_created(self.services.task_group)
 
     async def _start_failed(self, ctx: StartContext, failure: StartFailed) -> None:
-        ctx.stdin.failed()
-        self._stdin = StdinCloser()
-        self._stdio.run_ended()
+        self._io.start_failed()
         await self.services.saga.undo(ctx, failure.done)
         after_restart = self._lifecycle.via_restart
         self._lifecycle.handle(_E.FAILED)
@@ -427,23 +320,17 @@ class ContainerActor:
             network=ctx.network or {},
         )
         await self._save_quietly()
-        self._emit_network("connect")
+        network_events(self.services.bus, self._record, "connect")
         self._emit("start")
         self._waiters.resolve("start")
-        log.info(
-            "container.started",
-            container_id=self.id,
-            state=self._lifecycle.state.value,
-            pid=info.pid,
-            **{f"{phase}_ms": round(s * 1000, 3) for phase, s in ctx.durations.items()},
-        )
+        phases = {f"{phase}_ms": round(s * 1000, 3) for phase, s in ctx.durations.items()}
+        log.info("container.started", container_id=self.id, pid=info.pid, **phases)
 
     async def _on_exited(self, info: StateInfo) -> None:
         if self._ctx is not None:
             await self.services.saga.undo(self._ctx, self._done)
-        self._stdin = StdinCloser()
-        self._stdio.run_ended()
-        self._emit_network("disconnect")
+        self._io.run_ended()
+        network_events(self.services.bus, self._record, "disconnect")
         ran_for = self.services.clock.now() - self._started_at
         delay = self._restart.should_restart(
             info.exit_code,
@@ -470,11 +357,7 @@ class ContainerActor:
         self._waiters.resolve("kill")
         self._waiters.resolve("exit", wait_result(self._record))
         log.info(
-            "container.exited",
-            container_id=self.id,
-            state=self._lifecycle.state.value,
-            exit_code=info.exit_code,
-            restart_in=delay,
+            "container.exited", container_id=self.id, exit_code=info.exit_code, restart_in=delay
         )
         removal_due = self._waiters.waiting("removal") and self._lifecycle.state is State.EXITED
         if removal_due or (delay is None and self._record.host_config.auto_remove):
@@ -484,7 +367,7 @@ class ContainerActor:
         if self._lifecycle.state not in PROCESS_STATES:
             reply.set(False)
             return
-        stdio = container_stdio(self._record, self.services.records.log_path, self._stdio.publish)
+        stdio = container_stdio(self._record, self.services.records.log_path, self._io.hub.publish)
         if await self.services.runtime.restore(self.id, stdio) is not None:
             reply.set(True)
             return
@@ -520,13 +403,7 @@ class ContainerActor:
     # -- stop, kill, pause -----------------------------------------------------------------
 
     def _exits_on_next(self, signal: int) -> bool:
-        """dockerd's ``ExitOnNext`` rule: which signals cancel the restart policy."""
-        stop_signal = self._record.config.stop_signal
-        return (
-            not stop_signal
-            or signal == _signal.SIGKILL
-            or signal == parse_signal(stop_signal, default=_signal.SIGTERM)
-        )
+        return exits_on_next(signal, self._record.config.stop_signal)
 
     async def _signal(self, signal: int, *, resume: bool) -> None:
         """dockerd's ``killWithSignal`` for a live process."""

@@ -9,12 +9,20 @@ client's EOF and the start.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import anyio
+import anyio.abc
+import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["StdioHub"]
+from . import errors
+from .stdin import StdinCloser
+
+__all__ = ["AttachSession", "ContainerIO", "StdinSink", "StdioHub"]
+
+log = structlog.get_logger("asyncstart.attach")
 
 Output = tuple[str, bytes]
 
@@ -71,3 +79,118 @@ class StdioHub:
         while self._pending:
             await write(self._pending.pop(0))
         self.ready = True
+
+
+class StdinSink(Protocol):
+    """Where a container's input goes (the runtime's process controls)."""
+
+    async def write_stdin(self, container_id: str, data: bytes) -> None: ...
+
+    async def close_stdin(self, container_id: str) -> None: ...
+
+
+class ContainerIO:
+    """A container's standard streams across its runs: the :class:`StdioHub`, and the one-shot
+    stdin close of the current run (:class:`~asyncstart.stdin.StdinCloser`), so a client's EOF
+    that comes before the process exists is carried out once it does, or dropped if the start
+    fails — without the start ever waiting for it."""
+
+    def __init__(self, container_id: str, sink: StdinSink, *, open_stdin: bool) -> None:
+        self._container_id = container_id
+        self._sink = sink
+        self._open_stdin = open_stdin
+        self.hub = StdioHub()
+        self._closer = StdinCloser()
+
+    def adopted(self) -> None:
+        """Reopened on a live process: its stdin takes input and closes directly."""
+        self._closer.ready()
+        self.hub.ready = True
+
+    # -- clients ---------------------------------------------------------------------------
+
+    async def write_stdin(self, data: bytes) -> None:
+        """An attached client's input: to the process now, or once it exists."""
+        if not self._open_stdin:
+            return  # as dockerd: input to a container without an open stdin is dropped
+        await self.hub.write(data, self._write)
+
+    async def close_stdin(self) -> None:
+        """Close the process's stdin now, or as soon as it is ready; never waits for it."""
+        if self._closer.request():
+            await self._sink.close_stdin(self._container_id)
+
+    async def _write(self, data: bytes) -> None:
+        await self._sink.write_stdin(self._container_id, data)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def process_created(self, task_group: anyio.abc.TaskGroup) -> None:
+        """The start succeeded. Input kept for the process, then a pending close, are fed in a
+        task of their own: a process that does not read never blocks the caller."""
+        if self._open_stdin:
+            task_group.start_soon(self._feed, self._closer)
+        else:
+            self._closer.ready()  # nothing to feed, and a close of no stdin is a no-op
+
+    async def _feed(self, closer: StdinCloser) -> None:
+        try:
+            await self.hub.process_ready(self._write)
+            if closer.ready():
+                await self._sink.close_stdin(self._container_id)
+        except errors.DockerError as exc:
+            log.debug("stdin.feed_failed", container_id=self._container_id, error=exc.message)
+
+    def start_failed(self) -> None:
+        """The create failed: a pending close is dropped, attached clients' streams end."""
+        self._closer.failed()
+        self.run_ended()
+
+    def run_ended(self) -> None:
+        """The process is gone: the next run gets a fresh stdin; attached streams end."""
+        self._closer = StdinCloser()
+        self.hub.run_ended()
+
+
+class AttachSession:
+    """One attached client: its input to the container, the container's output to it.
+
+    ``tty``: the output is one raw stream (a terminal's), not stdout and stderr apart.
+    """
+
+    def __init__(
+        self,
+        io: ContainerIO,
+        output: MemoryObjectReceiveStream[Output],
+        stdin: bool,
+        *,
+        tty: bool,
+        once: bool,
+    ) -> None:
+        self._io = io
+        self._output = output
+        self._stdin = stdin
+        self._once = once
+        self.tty = tty
+
+    async def send(self, data: bytes) -> None:
+        if not self._stdin:
+            raise errors.InvalidParameter("attached without stdin")
+        await self._io.write_stdin(data)
+
+    async def send_eof(self) -> None:
+        """Close the container's stdin — now, or once its process is ready."""
+        if self._stdin:
+            await self._io.close_stdin()
+
+    async def end_of_input(self) -> bool:
+        """The client's input ended. dockerd's rule: with ``StdinOnce`` and no TTY (``docker
+        run -i``) the container's stdin closes and the output goes on (True); otherwise the
+        attach should end (False)."""
+        if self._once and not self.tty:
+            await self.send_eof()
+            return True
+        return False
+
+    def __aiter__(self) -> AsyncIterator[Output]:
+        return self._output.__aiter__()

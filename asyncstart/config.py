@@ -22,6 +22,7 @@ __all__ = [
     "PortBinding",
     "RestartPolicy",
     "Ulimit",
+    "merge_image_defaults",
     "parse_config",
     "parse_host_config",
     "validate_host_config",
@@ -175,6 +176,21 @@ def validate_host_config(host_config: HostConfig) -> None:
                 f"ulimit soft limit must be less than or equal to hard limit: "
                 f"{ulimit.soft} > {ulimit.hard}"
             )
+
+
+def merge_image_defaults(config: Config, image: dict[str, Any]) -> None:
+    """Fill what the container leaves to its image (dockerd's ``merge``): the command and
+    entrypoint if it names none, the image's environment under its own, the working dir and
+    user if unset. ``image`` is the image config's ``config`` section."""
+    if not config.cmd and not config.entrypoint:
+        config.cmd = image.get("Cmd")
+    if config.entrypoint is None:
+        config.entrypoint = image.get("Entrypoint")
+    own = {item.partition("=")[0] for item in config.env or ()}
+    inherited = [item for item in image.get("Env") or () if item.partition("=")[0] not in own]
+    config.env = [*inherited, *(config.env or ())]
+    config.working_dir = config.working_dir or image.get("WorkingDir", "")
+    config.user = config.user or image.get("User", "")
 
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")

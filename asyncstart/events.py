@@ -9,15 +9,19 @@ are kept for ``since`` queries.
 from __future__ import annotations
 
 import collections
+import hashlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["EventBus"]
+if TYPE_CHECKING:
+    from .record import ContainerRecord
+
+__all__ = ["EventBus", "container_event", "network_events"]
 
 Message = dict[str, Any]
 
@@ -60,9 +64,16 @@ class EventBus:
                 self.dropped += 1
         return message
 
-    def history(self) -> list[Message]:
-        """The last events published, oldest first."""
-        return list(self._history)
+    @asynccontextmanager
+    async def replay(
+        self, since: float, until: float, keep: Callable[[Message], bool]
+    ) -> AsyncIterator[AsyncIterator[Message]]:
+        """dockerd's ``/events``: the kept events published since ``since`` (the history),
+        then live ones, ending at ``until`` (0: never). Subscribed and the history taken in one
+        step, on entering: every event is in exactly one of the two."""
+        async with self.subscribe() as live:
+            backlog = list(self._history) if since or until else []
+            yield _replayed(backlog, live, since, until, keep)
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[Message]]:
@@ -75,3 +86,45 @@ class EventBus:
         finally:
             self._subscribers.discard(send)
             send.close()
+
+
+def _within(message: Message, since: float, until: float) -> bool:
+    at = message["timeNano"] / 1e9
+    return not ((since and at < since) or (until and at > until))
+
+
+async def _replayed(
+    backlog: list[Message],
+    live: MemoryObjectReceiveStream[Message],
+    since: float,
+    until: float,
+    keep: Callable[[Message], bool],
+) -> AsyncIterator[Message]:
+    for message in backlog:
+        if _within(message, since, until) and keep(message):
+            yield message
+    if until and until <= time.time():
+        return
+    with anyio.move_on_after(until - time.time() if until else float("inf")):
+        async for message in live:
+            if _within(message, 0, until) and keep(message):
+                yield message
+
+
+def container_event(bus: EventBus, record: ContainerRecord, action: str, **extra: str) -> None:
+    """Publish a container event with dockerd's attributes: labels, image, name, ``extra``."""
+    attributes = dict(record.config.labels)
+    if image := record.config.image or record.image:
+        attributes["image"] = image  # the name it was created with, as dockerd
+    attributes["name"] = record.name.lstrip("/")
+    attributes.update(extra)
+    bus.publish("container", action, record.id, attributes)
+
+
+def network_events(bus: EventBus, record: ContainerRecord, action: str) -> None:
+    """dockerd's network events for each network the container is on: ``connect`` at start,
+    ``disconnect`` when it is released."""
+    for name in record.network_settings.get("Networks", {}):
+        network_id = hashlib.sha256(name.encode()).hexdigest()
+        attributes = {"container": record.id, "name": name, "type": name}
+        bus.publish("network", action, network_id, attributes)

@@ -140,6 +140,9 @@ TRANSITIONS: Mapping[State, Mapping[LifecycleEvent, State | Branch]] = {
     State.REMOVED: {},
 }
 
+#: The event that closes each phase of the start saga (the last one closes on ``STARTED``).
+_PHASE_DONE = {State.MOUNTING: LifecycleEvent.MOUNTED, State.NETWORKING: LifecycleEvent.NETWORKED}
+
 #: States in which the container's process exists (and holds its mount and network).
 PROCESS_STATES = frozenset({State.RUNNING, State.PAUSED, State.STOPPING})
 #: States of the start saga.
@@ -192,6 +195,11 @@ class Lifecycle:
         self.state = target
         return target
 
+    def enter_phase(self, phase: State) -> None:
+        """The start saga is about to run a step of ``phase``: close the phases before it."""
+        while self.state is not phase:
+            self.handle(_PHASE_DONE[self.state])
+
     @property
     def restarting(self) -> bool:
         """dockerd's ``Restarting``: a policy restart is pending or under way."""
@@ -229,7 +237,7 @@ def docker_status(state: State, *, ran_before: bool, via_restart: bool = False) 
 
 
 class Request(enum.Enum):
-    """What a client asks of a container (the Docker verbs the state can refuse)."""
+    """What is asked of a container: the Docker verbs (and the daemon's own ``adopt``)."""
 
     START = "start"
     STOP = "stop"
@@ -241,6 +249,9 @@ class Request(enum.Enum):
     FORCE_REMOVE = "force-remove"
     ATTACH = "attach"
     RESIZE = "resize"
+    WAIT = "wait"
+    #: Reopened on a container recorded as running: take its process back under watch.
+    ADOPT = "adopt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,4 +349,4 @@ def refusal(request: Request, lifecycle: Lifecycle) -> Refusal | None:
     state = lifecycle.state
     if request in _CHECKED_ON_VIEW and lifecycle.restarting:
         state = State.RESTARTING
-    return REFUSALS[request].get(state)
+    return REFUSALS.get(request, {}).get(state)

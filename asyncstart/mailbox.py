@@ -19,13 +19,16 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import structlog
 
 from . import errors
 from .clock import Clock
+from .lifecycle import Request
 from .runtime import StateInfo
 
 __all__ = [
     "Call",
+    "Handler",
     "Mailbox",
     "Pending",
     "Reply",
@@ -34,6 +37,9 @@ __all__ = [
     "Timers",
     "Waiters",
 ]
+
+
+log = structlog.get_logger("asyncstart.actor")
 
 
 class Pending(Protocol):
@@ -74,14 +80,15 @@ class Reply:
         return self._value
 
 
+#: What runs a request: ``handler(reply, *args)``.
 Handler = Callable[..., Awaitable[None]]
 
 
 @dataclass(slots=True)
 class Call:
-    """A request: the actor runs ``handler(reply, *args)``."""
+    """A request: the actor runs its handler for ``request`` with ``reply`` and ``args``."""
 
-    handler: Handler
+    request: Request
     args: tuple[Any, ...]
     reply: Reply
 
@@ -136,11 +143,11 @@ class Mailbox:
     def _gone(self) -> errors.NotFound:
         return errors.NotFound(f"No such container: {self._container_id}")
 
-    def request(self, handler: Handler, *args: Any) -> Reply:
+    def request(self, request: Request, *args: Any) -> Reply:
         """Queue a request; the actor takes it after every message queued before."""
         reply = Reply()
         try:
-            self._send.send_nowait(Call(handler, args, reply))
+            self._send.send_nowait(Call(request, args, reply))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise self._gone() from None
         return reply
@@ -162,13 +169,43 @@ class Mailbox:
         """The oldest deferred request, or None."""
         return self._deferred.popleft() if self._deferred else None
 
-    async def receive(self) -> Message:
-        """The next message; ``anyio.EndOfStream`` once closed and empty."""
-        return await self._receive.receive()
-
     def stop_taking(self) -> None:
         """No more messages are accepted (the daemon is closing, or the container is gone)."""
         self._send.close()
+
+    async def serve(
+        self,
+        handle: Callable[[Message], Awaitable[None]],
+        *,
+        holding: Callable[[], bool],
+        finished: Callable[[], bool],
+        answer: Callable[[Call], Any | None],
+    ) -> None:
+        """Take the messages one at a time with ``handle`` until ``finished()`` (or the mailbox
+        is closed); after each, the deferred requests while not ``holding()``. Then
+        :meth:`close` with ``answer``."""
+        while not finished():
+            try:
+                message = await self._receive.receive()
+            except anyio.EndOfStream:
+                break
+            await handle(message)
+            while not holding() and (call := self.next_deferred()) is not None:
+                await handle(call)
+        self.close(answer)
+
+    @staticmethod
+    async def answer(
+        call: Call, handler: Callable[..., Awaitable[None]], container_id: str
+    ) -> None:
+        """Run ``handler(reply, *args)``: its error is the reply, a foreign one a 500."""
+        try:
+            await handler(call.reply, *call.args)
+        except errors.DockerError as exc:
+            call.reply.fail(exc)
+        except Exception as exc:
+            log.exception("actor.request_failed", container_id=container_id)
+            call.reply.fail(errors.SystemError(f"{type(exc).__name__}: {exc}"))
 
     def close(self, answer: Callable[[Call], Any | None]) -> None:
         """The container is gone: every request still queued or deferred gets an answer —

@@ -8,11 +8,13 @@ replaces it with a fresh one (dockerd's ``ResetRestartManager``).
 
 from __future__ import annotations
 
+import signal as _signal
 from dataclasses import dataclass, field
 
 from .config import RestartPolicy
+from .signals import parse_signal
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_START", "RESET_AFTER", "RestartManager"]
+__all__ = ["BACKOFF_MAX", "BACKOFF_START", "RESET_AFTER", "RestartManager", "exits_on_next"]
 
 BACKOFF_START = 0.1
 BACKOFF_MAX = 60.0
@@ -70,3 +72,13 @@ class RestartManager:
     def cancel(self) -> None:
         """No restart from now on (a user stop or kill); only a user start undoes it."""
         self.cancelled = True
+
+
+def exits_on_next(signal: int, stop_signal: str) -> bool:
+    """dockerd's ``ExitOnNext`` rule: whether sending ``signal`` to a container whose stop
+    signal is ``stop_signal`` cancels its restart policy (KILL, or the stop signal, does)."""
+    return (
+        not stop_signal
+        or signal == _signal.SIGKILL
+        or signal == parse_signal(stop_signal, default=_signal.SIGTERM)
+    )

@@ -29,7 +29,6 @@ from .record import ContainerRecord
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
 from .spec import build_spec
-from .stdin import StdinCloser
 
 __all__ = ["MountStep", "NetworkStep", "RuntimeStep", "SpecStep", "StartContext", "Step"]
 
@@ -41,7 +40,6 @@ class StartContext:
     record: ContainerRecord
     checkpoint: str | None = None
     checkpoint_dir: str | None = None
-    stdin: StdinCloser = field(default_factory=StdinCloser)
     stdio: StdioHub = field(default_factory=StdioHub)
     rootfs: str | None = None
     network: dict[str, Any] | None = None
@@ -371,6 +369,5 @@ class RuntimeStep:
             raise
 
     async def undo(self, ctx: StartContext) -> None:
-        # (The stdin closer is the actor's: it drops a pending close when a start fails.)
         await self.runtime.delete(ctx.record.id, force=True)
         ctx.pid = 0

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from .lifecycle import Lifecycle, State
+from .lifecycle import PROCESS_STATES, Lifecycle, State
 from .record import ZERO_TIME, ContainerRecord
 from .spec import process_args
 
-__all__ = ["format_time", "human_duration", "inspect_view", "list_view", "parse_time"]
+__all__ = [
+    "ContainerSnapshot",
+    "format_time",
+    "human_duration",
+    "inspect_view",
+    "list_view",
+    "parse_time",
+]
 
 
 def format_time(timestamp: float) -> str:
@@ -167,3 +175,24 @@ def _port_rows(ports: dict[str, list[dict[str, str]]]) -> list[dict[str, Any]]:
         for spec, bindings in ports.items()
         for binding in bindings
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSnapshot:
+    """A container as it was when the snapshot was taken; read it, never change it."""
+
+    record: ContainerRecord
+    lifecycle: Lifecycle
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def process_exists(self) -> bool:
+        """Whether the container's process lives (running, paused or stopping)."""
+        return self.lifecycle.state in PROCESS_STATES
+
+    def inspect(self) -> dict[str, Any]:
+        """dockerd's inspect document."""
+        return inspect_view(self.record, self.lifecycle)

@@ -45,6 +45,7 @@ CORE: Final = (  # pure, no I/O
     "asyncstart.faults",
     "asyncstart.record",
     "asyncstart.logconfig",
+    "asyncstart.hostinfo",
 )
 SUPPORT: Final = (
     "asyncstart.spec",
@@ -64,7 +65,13 @@ DRIVERS: Final = (
 )
 STEPS: Final = ("asyncstart.steps", "asyncstart.saga")
 ACTOR: Final = ("asyncstart.actor", "asyncstart.mailbox")
-DAEMON: Final = ("asyncstart.daemon", "asyncstart.wiring", "asyncstart.reconcile", "asyncstart.rmi")
+DAEMON: Final = (
+    "asyncstart.daemon",
+    "asyncstart.wiring",
+    "asyncstart.reconcile",
+    "asyncstart.rmi",
+    "asyncstart.create",
+)
 API: Final = ("asyncstart.api*", "asyncstart.client")
 ENTRY: Final = ("asyncstart", "asyncstart.__main__")
 

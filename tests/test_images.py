@@ -11,8 +11,19 @@ import pytest
 
 from asyncstart import errors
 from asyncstart.images.store import ImageStore, parse_reference
+from asyncstart.rmi import ContainerUse, plan_removal
 
 pytestmark = pytest.mark.anyio
+
+
+def _rmi(
+    store: ImageStore, reference: str, users: list[ContainerUse] | None = None, force: bool = False
+) -> list[str]:
+    """``docker rmi`` as the daemon does it: dockerd's policy applied by the store."""
+    return store.remove(
+        reference,
+        lambda image_id, tags: plan_removal(reference, image_id, tags, users or [], force=force),
+    )
 
 
 def _tar(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
@@ -70,18 +81,18 @@ async def test_import_inspect_tag_list_remove(tmp_path: Path) -> None:
         (),
     }
     # One tag of several: only untagged, even while a container runs it.
-    assert store.remove("tools:stable", users=[("f" * 64, True)]) == ["Untagged: tools:stable"]
+    assert _rmi(store, "tools:stable", users=[("f" * 64, True)]) == ["Untagged: tools:stable"]
     store.tag(image_id, "tools", "stable")
     with pytest.raises(errors.Conflict, match="referenced in multiple repositories"):
-        store.remove(image_id)
-    store.remove("tools:stable")
+        _rmi(store, image_id)
+    _rmi(store, "tools:stable")
     with pytest.raises(errors.Conflict, match="being used by running container ffffffffffff"):
-        store.remove("tools:1", users=[("f" * 64, True)])
+        _rmi(store, "tools:1", users=[("f" * 64, True)])
     with pytest.raises(errors.Conflict, match="is using its referenced image"):
-        store.remove("tools:1", users=[("f" * 64, False)])
-    assert store.remove("tools:1", users=[("f" * 64, False)], force=True) == ["Untagged: tools:1"]
+        _rmi(store, "tools:1", users=[("f" * 64, False)])
+    assert _rmi(store, "tools:1", users=[("f" * 64, False)], force=True) == ["Untagged: tools:1"]
     assert store.inspect(image_id)["RepoTags"] == []
-    assert store.remove(image_id)[-1] == f"Deleted: {image_id}"
+    assert _rmi(store, image_id)[-1] == f"Deleted: {image_id}"
     with pytest.raises(errors.NotFound, match="^No such image: tools:1$"):
         store.inspect("tools:1")
     assert list(store.layers.iterdir()) != [], "the other image still uses the layer"
@@ -235,5 +246,5 @@ def test_a_fifo_in_place_of_passwd_is_not_read(tmp_path: Path) -> None:
 async def test_forced_rmi_of_a_name_a_running_container_uses_untags(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "image")
     image_id = await store.import_(str(_tar(tmp_path / "r.tar", _file("f"))), repo="app", tag="1")
-    assert store.remove("app:1", users=[("f" * 64, True)], force=True) == ["Untagged: app:1"]
+    assert _rmi(store, "app:1", users=[("f" * 64, True)], force=True) == ["Untagged: app:1"]
     assert store.inspect(image_id)["RepoTags"] == []

@@ -412,7 +412,7 @@ async def test_load_rejects_a_layer_that_does_not_match_its_config(
             import io
 
             dst.addfile(member, io.BytesIO(data))
-    layers = runc_daemon.images.layers
+    layers = runc_daemon.data_root / "image" / "layers"
     before = sorted(layers.iterdir())
     with pytest.raises(errors.InvalidParameter, match="the config says"):
         await runc_daemon.image_load(str(bad))

@@ -4,7 +4,8 @@
 ``server`` the listeners and graceful shutdown.
 """
 
-from .engine import API_VERSION, MIN_API_VERSION, EngineAPI
+from .._version import API_VERSION, MIN_API_VERSION
+from .engine import EngineAPI
 from .server import ApiServer, Host, parse_host, serve_api
 
 __all__ = [

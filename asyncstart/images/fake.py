@@ -1,13 +1,34 @@
-"""An in-memory mount driver for tests and the engine-overhead benchmark."""
+"""The fake runtime's image drivers: an in-memory mount driver (for tests and the
+engine-overhead benchmark) and an image store that lets containers name unknown images."""
 
 from __future__ import annotations
 
 import collections
+from typing import Any
 
 from .. import errors
 from ..faults import FaultPlan
+from .store import ImageStore
 
-__all__ = ["FakeMounter"]
+__all__ = ["FakeImageStore", "FakeMounter"]
+
+
+class FakeImageStore(ImageStore):
+    """A real on-disk :class:`ImageStore` (images can be imported, loaded, listed, removed)
+    whose containers may also name an image it has never seen.
+
+    The fake runtime runs no image's files, so a test can create ``busybox`` without importing
+    it: the reference then stands for the image ID and the container gets no image defaults.
+    Every other operation on an unknown image is a 404, as on the real store.
+    """
+
+    def container_image(self, reference: str) -> tuple[str, dict[str, Any] | None]:
+        """The image ID and defaults of a known image; ``(reference, None)`` for any other."""
+        try:
+            image_id = self.resolve(reference)
+        except errors.NotFound:
+            return reference, None
+        return image_id, self._defaults(image_id)
 
 
 class FakeMounter:

@@ -91,7 +91,6 @@ class Runtime(Protocol):
         checkpoint: str | None = None,
         checkpoint_dir: str | None = None,
         runtime_args: tuple[str, ...] = (),
-        no_pivot_root: bool = False,
         binary: str | None = None,
     ) -> int:
         """Create (or restore) the container's process, stopped before exec; return its pid."""

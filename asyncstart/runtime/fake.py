@@ -32,7 +32,6 @@ from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 __all__ = ["FakeProcess", "FakeRuntime"]
 
 _IGNORED = frozenset({_signal.SIGCHLD, _signal.SIGWINCH, _signal.SIGURG, _signal.SIGCONT})
-PHASES = ("create", "start", "kill", "pause", "resume", "delete")
 
 
 @dataclass(slots=True)
@@ -158,7 +157,6 @@ class FakeRuntime:
         checkpoint: str | None = None,
         checkpoint_dir: str | None = None,
         runtime_args: tuple[str, ...] = (),
-        no_pivot_root: bool = False,
         binary: str | None = None,
     ) -> int:
         await self._phase("create", container_id)

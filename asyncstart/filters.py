@@ -1,0 +1,115 @@
+"""The ``filters`` of ``docker ps`` and ``docker events``: normalised once, matched as dockerd.
+
+Clients send ``{"key": ["value", ...]}`` or the older ``{"key": {"value": true}}``; both become
+``{"key": {"value", ...}}`` here, with dockerd's 400 for a key the listing does not know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from . import errors
+from .record import ContainerRecord
+
+__all__ = [
+    "CONTAINER_FILTERS",
+    "EVENT_FILTERS",
+    "Filters",
+    "container_filters",
+    "container_matches",
+    "event_filters",
+    "event_matches",
+    "normalise",
+]
+
+#: Normalised filters: key -> the values any of which may match.
+Filters = dict[str, set[str]]
+
+CONTAINER_FILTERS = ("id", "name", "status", "label", "exited")
+_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
+def normalise(filters: Mapping[str, Any] | None, accepted: Iterable[str]) -> Filters:
+    """``filters`` as ``{key: {values}}``; dockerd's 400 for a malformed value or an unknown
+    key (every value is checked before any key, as the API always did)."""
+    result: Filters = {}
+    for key, value in (filters or {}).items():
+        if not isinstance(value, Mapping | list | tuple | set | frozenset):
+            raise errors.InvalidParameter(f"invalid filter '{key}'")
+        result[key] = {str(v) for v in value}
+    known = set(accepted)
+    for key in result:
+        if key not in known:
+            raise errors.InvalidParameter(f"invalid filter '{key}'")
+    return result
+
+
+# -- containers ----------------------------------------------------------------------------
+
+
+def container_filters(filters: Mapping[str, Any] | None) -> Filters:
+    wanted = normalise(filters, CONTAINER_FILTERS)
+    for status in wanted.get("status", ()):
+        if status not in _STATUSES:
+            raise errors.InvalidParameter(f"invalid filter 'status={status}'")
+    return wanted
+
+
+def container_matches(record: ContainerRecord, status: str, wanted: Filters) -> bool:
+    """Whether a container (its record and Docker status) passes every filter."""
+    if "id" in wanted and not any(record.id.startswith(v) for v in wanted["id"]):
+        return False
+    if "name" in wanted and not any(v.lstrip("/") in record.name for v in wanted["name"]):
+        return False
+    if "status" in wanted and status not in wanted["status"]:
+        return False
+    if "exited" in wanted and (status != "exited" or str(record.exit_code) not in wanted["exited"]):
+        return False
+    return all(_has_label(record.config.labels, label) for label in wanted.get("label", ()))
+
+
+def _has_label(labels: Mapping[str, str], wanted: str) -> bool:
+    """``key`` (present) or ``key=value`` (present with that value)."""
+    key, has_value, value = wanted.partition("=")
+    return labels.get(key) == value if has_value else key in labels
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def _is_actor(kind: str) -> Callable[[Mapping[str, Any], str], bool]:
+    """A filter on an event's actor of this type, by ID prefix or name."""
+
+    def check(message: Mapping[str, Any], value: str) -> bool:
+        actor = message["Actor"]
+        return message["Type"] == kind and (
+            str(actor["ID"]).startswith(value) or actor["Attributes"].get("name") == value
+        )
+
+    return check
+
+
+#: The event filters dockerd takes: key -> does this message match this value.
+EVENT_FILTERS: dict[str, Callable[[Mapping[str, Any], str], bool]] = {
+    "type": lambda m, v: m["Type"] == v,
+    "event": lambda m, v: m["Action"] == v or m["Action"].startswith(v + ":"),
+    "container": _is_actor("container"),
+    "network": _is_actor("network"),
+    "image": lambda m, v: m["Actor"]["Attributes"].get("image") == v,
+    "scope": lambda m, v: m.get("scope") == v,
+    "daemon": lambda m, v: m["Type"] == "daemon",
+    "label": lambda m, v: _has_label(m["Actor"]["Attributes"], v),
+}
+
+
+def event_filters(filters: Mapping[str, Any] | None) -> Filters:
+    return normalise(filters, EVENT_FILTERS)
+
+
+def event_matches(message: Mapping[str, Any], wanted: Filters) -> bool:
+    """Whether an event passes every filter."""
+    return all(
+        any(EVENT_FILTERS[key](message, value) for value in values)
+        for key, values in wanted.items()
+    )

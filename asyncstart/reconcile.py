@@ -1,0 +1,62 @@
+"""Reopening on the same roots: the daemon's records reconciled with what still runs.
+
+Every record gets its actor. A container recorded as running whose process the runtime still
+has is taken back (its output and published ports again); one whose process is gone becomes an
+exit (code 255), so the same undo as at any exit gives back its mount and network. What no
+record claims — runtime state, mounts, bundles, namespaces — is deleted.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import structlog
+
+from . import errors
+from .actor import ContainerActor
+from .lifecycle import Request
+from .network.ports import PortProxy
+from .record import ContainerRecord
+from .store import RecordStore
+from .wiring import Drivers
+
+__all__ = ["reconcile"]
+
+log = structlog.get_logger("asyncstart.reconcile")
+
+
+async def reconcile(
+    records: RecordStore,
+    adopt: Callable[[ContainerRecord], Awaitable[ContainerActor]],
+    drivers: Drivers,
+    ports: PortProxy,
+    exec_root: Path,
+) -> None:
+    """Give every record its actor (``adopt``), take live processes back, clean up the rest."""
+    loaded = await records.load_all()
+    live: set[str] = set()
+    for record in loaded:
+        actor = await adopt(record)
+        if await actor.request(Request.ADOPT):
+            live.add(record.id)
+            await _republish(ports, record)
+    await drivers.runtime.cleanup(live)
+    await drivers.mounter.cleanup(live, {r.id for r in loaded})
+    await drivers.network.cleanup(live)
+    for bundle in await anyio.to_thread.run_sync(lambda: list(exec_root.iterdir())):
+        if bundle.is_dir() and bundle.name not in live and len(bundle.name) == 64:
+            await anyio.to_thread.run_sync(shutil.rmtree, bundle, True)
+
+
+async def _republish(ports: PortProxy, record: ContainerRecord) -> None:
+    """A live container's published ports: listen again (the proxy lived in the old daemon)."""
+    settings = record.network_settings
+    if not settings.get("Ports") or not settings.get("IPAddress"):
+        return
+    try:
+        await ports.publish(record.id, record.name, settings["IPAddress"], settings["Ports"])
+    except errors.DockerError as exc:
+        log.error("network.republish_failed", container_id=record.id, error=exc.message)

@@ -1,0 +1,99 @@
+"""Exit monitoring of container inits, without a process per container.
+
+The daemon makes itself a *child subreaper*: ``runc create`` forks the container's init and
+exits, and the orphaned init is re-parented to the daemon. A pidfd opened on it at create time
+becomes readable when it dies; it is then reaped with ``waitid`` on that pidfd, so every exit code
+is delivered (a signal gives 128 + signal) with no polling. The cost: a daemon restart loses the
+parent link, so a reopened daemon learns *that* a process ended (pidfd) but not its code; a
+per-container monitor process would keep it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+from dataclasses import dataclass, field
+
+import anyio
+
+__all__ = ["InitProcess", "exit_code", "reap", "set_subreaper"]
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_subreaper() -> None:
+    """Make this process the reaper of its orphaned descendants (the containers' inits)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def exit_code(pidfd: int) -> int:
+    """Reap the process behind ``pidfd`` and return its exit code: 128 + signal if killed, 255
+    if unknown (it is not this process's child, as after a daemon restart).
+
+    By the pidfd, never by a pid number, which may have been reused.
+    """
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return 255
+    if result is None:
+        return 255
+    if result.si_code == os.CLD_EXITED:
+        return result.si_status
+    return 128 + result.si_status
+
+
+async def reap(pid: int, pidfd: int = -1) -> None:
+    """Collect a dead container init that is this daemon's child, so no zombie is left; a
+    process that is not its child is someone else's to reap. Waits up to 2 s for the death
+    (``runc delete`` kills; the death follows shortly)."""
+    if pid <= 0:
+        return
+    owned = pidfd < 0
+    if owned:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return
+    try:
+        with anyio.move_on_after(2):
+            await anyio.wait_readable(pidfd)
+        exit_code(pidfd)
+    finally:
+        if owned:
+            os.close(pidfd)
+
+
+@dataclass(slots=True)
+class InitProcess:
+    """A container's init as the daemon knows it: its pid and a pidfd on it."""
+
+    pid: int = 0
+    pidfd: int = -1
+    #: Cancelled to stop watching for the exit (the container is deleted).
+    watch: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    def open(self, pid: int) -> None:
+        """Take ``pid`` under watch (``ProcessLookupError`` if it is already gone)."""
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+
+    async def wait(self) -> int:
+        """Wait for the exit, reap it and return its exit code."""
+        await anyio.wait_readable(self.pidfd)
+        return exit_code(self.pidfd)
+
+    async def reap(self) -> None:
+        """Reap it if nobody did (it never started, or no one was waiting for it)."""
+        await reap(self.pid, self.pidfd)
+
+    def close(self) -> None:
+        """Let go of the pidfd."""
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+        self.pidfd = -1

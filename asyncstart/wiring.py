@@ -1,0 +1,182 @@
+"""The daemon's configuration, and the drivers and saga it is built from.
+
+``DaemonConfig.runtime`` chooses the family of drivers — ``runc`` (overlay root filesystems, a
+bridge, runc) or ``fake`` (in memory) — here and nowhere else; any driver may also be handed in
+(the tests' fakes). The start saga is assembled here from those drivers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+from .clock import Clock
+from .images import FakeMounter, MountDriver
+from .images.fake import FakeImageStore
+from .images.overlay import OverlayMounter
+from .images.store import ImageStore
+from .lifecycle import State
+from .network import FakeNetwork, NetworkDriver
+from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
+from .network.loopback import LoopbackNetwork
+from .network.ports import PortProxy
+from .runtime import FakeRuntime, Runtime
+from .runtime.runc import RuncRuntime
+from .saga import Saga
+from .steps import MountStep, NetworkStep, PeerLookup, PortsStep, RuntimeStep, SpecStep, Step
+from .store import RecordStore
+
+__all__ = ["DaemonConfig", "Drivers", "build_drivers", "build_saga", "read_engine_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Where the daemon keeps its state and how it runs containers."""
+
+    data_root: Path | str
+    exec_root: Path | str
+    #: ``runc`` (real containers: overlay root filesystems, runc) or ``fake`` (in memory).
+    runtime: str = "runc"
+    #: fsync each record before the rename that publishes it (durability across power loss).
+    fsync: bool = True
+    #: Seconds a stop waits before SIGKILL when neither request nor container says.
+    stop_timeout: float = 10.0
+    cgroup_parent: str = "asyncstart"
+    #: Checkpoint/restore is experimental in dockerd too.
+    experimental: bool = False
+    #: OCI runtimes a container may name in ``HostConfig.Runtime``: name -> (path, *args),
+    #: as dockerd's ``runtimes`` setting. ``runc`` is always there.
+    runtimes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: User-namespace remapping, ``"UID:GID[:SIZE]"``: container root is that host uid/gid
+    #: (dockerd's ``--userns-remap``, given as numbers). Empty: no remapping.
+    userns_remap: str = ""
+    #: The runc runtime's networking: ``bridge`` (pyroute2: a bridge, a namespace, veth and
+    #: address per container; ``NetworkMode`` none/host/container:<id> as dockerd) or
+    #: ``loopback`` (every container in a namespace with lo only).
+    network: str = "bridge"
+    bridge: str = DEFAULT_BRIDGE
+    bridge_subnet: str = DEFAULT_SUBNET
+
+    def userns(self) -> tuple[int, int, int] | None:
+        """``userns_remap`` parsed: (uid, gid, size), or None."""
+        if not self.userns_remap:
+            return None
+        parts = self.userns_remap.split(":")
+        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+            raise errors.InvalidParameter(
+                f"invalid userns-remap {self.userns_remap!r}: expected UID:GID[:SIZE]"
+            )
+        uid, gid = int(parts[0]), int(parts[1])
+        return uid, gid, int(parts[2]) if len(parts) == 3 else 65536
+
+    def runtime_table(self) -> dict[str, tuple[str, ...]]:
+        """``HostConfig.Runtime`` names -> (path, *global flags); ``runc`` always."""
+        table: dict[str, tuple[str, ...]] = {"runc": ("runc",)}
+        table.update({name: tuple(value) for name, value in self.runtimes.items()})
+        return table
+
+
+@dataclass(frozen=True, slots=True)
+class Drivers:
+    """What the daemon runs containers with."""
+
+    runtime: Runtime
+    mounter: MountDriver
+    network: NetworkDriver
+    images: ImageStore
+    #: dockerd's ``Driver`` (``docker info``, inspect's ``GraphDriver``).
+    storage_driver: str
+    #: Whether containers get hostname/hosts/resolv.conf files (not on the in-memory drivers).
+    network_files: bool
+
+
+def build_drivers(
+    config: DaemonConfig,
+    clock: Clock,
+    *,
+    runtime: Runtime | None = None,
+    mounter: MountDriver | None = None,
+    network: NetworkDriver | None = None,
+) -> Drivers:
+    """The drivers ``config.runtime`` names, for those not handed in."""
+    data_root, exec_root = Path(config.data_root), Path(config.exec_root)
+    if config.runtime == "fake":
+        return Drivers(
+            runtime=runtime or FakeRuntime(clock=clock),
+            mounter=mounter or FakeMounter(),
+            network=network or FakeNetwork(),
+            images=FakeImageStore(data_root / "image"),
+            storage_driver="fake",
+            network_files=False,
+        )
+    if config.runtime != "runc":
+        raise errors.InvalidParameter(f"unknown runtime specified {config.runtime}")
+    images = ImageStore(data_root / "image")
+    userns = config.userns()
+    owner = userns[:2] if userns else None
+    if network is None and config.network == "bridge":
+        network = BridgeNetwork(
+            state=data_root / "network" / "ipam.json",
+            netns_dir=exec_root / "netns",
+            bridge=config.bridge,
+            subnet=config.bridge_subnet,
+        )
+    return Drivers(
+        runtime=runtime or RuncRuntime(exec_root / "runc"),
+        mounter=mounter or OverlayMounter(data_root / "overlay", images, owner),
+        network=network or LoopbackNetwork(),
+        images=images,
+        storage_driver="overlay",
+        network_files=True,
+    )
+
+
+def build_saga(
+    config: DaemonConfig,
+    drivers: Drivers,
+    clock: Clock,
+    *,
+    records: RecordStore,
+    ports: PortProxy,
+    peers: PeerLookup,
+) -> Saga:
+    """The start saga: each step with the lifecycle state it runs in."""
+    userns = config.userns()
+    steps: Sequence[tuple[State, Step]] = (
+        (State.MOUNTING, MountStep(drivers.mounter)),
+        (
+            State.NETWORKING,
+            NetworkStep(
+                drivers.network,
+                files_root=records.root if drivers.network_files else None,
+                peers=peers,
+            ),
+        ),
+        (State.NETWORKING, PortsStep(ports)),
+        (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent, userns=userns)),
+        (
+            State.SPEC_READY,
+            RuntimeStep(
+                drivers.runtime,
+                Path(config.exec_root),
+                records.log_path,
+                config.runtime_table(),
+                owner=userns[:2] if userns else None,
+            ),
+        ),
+    )
+    return Saga(steps, clock)
+
+
+def read_engine_id(data_root: Path) -> str:
+    """A stable identity for this data root, as dockerd's ``engine-id`` file (made once)."""
+    path = data_root / "engine-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        engine_id = str(uuid.uuid4())
+        path.write_text(engine_id + "\n")
+        return engine_id
