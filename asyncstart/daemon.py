@@ -25,19 +25,14 @@ from . import errors, rmi
 from .actor import ActorServices, ContainerActor, Pending
 from .attach import AttachSession
 from .clock import Clock, SystemClock
-from .config import (
-    Config,
-    HostConfig,
-    validate_host_config,
-)
-from .config import validate_name as _validate_name
+from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
 from .events import EventBus
-from .filters import container_filters, container_matches, event_filters, event_matches
+from .filters import container_filters, event_filters, event_matches
 from .images import MountDriver
 from .images.store import ImageSource
-from .lifecycle import Request, refusal
-from .logs import ContainerLogs, check_arguments, read_log
+from .lifecycle import Request
+from .logs import ContainerLogs, check_arguments
 from .network import NetworkDriver
 from .network.netlink import asyncio_loop
 from .network.ports import PortProxy
@@ -46,7 +41,7 @@ from .record import ContainerRecord
 from .runtime import Runtime, StateInfo
 from .signals import parse_signal
 from .store import ContainerIndex, RecordStore
-from .views import ContainerSnapshot, list_view
+from .views import ContainerSnapshot, ps_rows
 from .wiring import DaemonConfig, Drivers, build_drivers, build_saga, read_engine_id
 
 __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
@@ -54,8 +49,6 @@ __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_
 log = structlog.get_logger("asyncstart.daemon")
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
-#: What ``docker ps`` lists without ``--all``.
-_LISTED_BY_DEFAULT = ("running", "paused", "restarting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +197,7 @@ class Daemon:
         runtime create and all return once it runs.
         """
         if checkpoint:
-            _validate_name(checkpoint)
+            validate_name(checkpoint)
             if not self.config.experimental:
                 raise errors.InvalidParameter("checkpoint is only supported in experimental mode")
         actor = self._actor(reference)
@@ -230,18 +223,7 @@ class Daemon:
     ) -> list[dict[str, Any]]:
         """``docker ps``: newest first; stopped ones only with ``all`` (or a ``limit``)."""
         wanted = container_filters(filters)
-        now = time.time()
-        rows = []
-        for snapshot in sorted(self._snapshots(), key=lambda s: s.record.created, reverse=True):
-            status = snapshot.lifecycle.status
-            if not (all or limit > 0 or wanted.get("status")) and status not in _LISTED_BY_DEFAULT:
-                continue
-            if not container_matches(snapshot.record, status, wanted):
-                continue
-            rows.append(list_view(snapshot.record, snapshot.lifecycle, now))
-            if 0 < limit <= len(rows):
-                break
-        return rows
+        return ps_rows(self._snapshots(), all=all, limit=limit, wanted=wanted, now=time.time())
 
     async def container_wait(
         self, reference: str, condition: str = "not-running"
@@ -302,23 +284,8 @@ class Daemon:
         sent meanwhile reaches the process once it exists. The output ends with the run. A
         paused or restarting container refuses it (409) here, before anything is subscribed.
         """
-        actor = self._actor(reference)
-        snapshot = actor.snapshot()
-        refused = refusal(Request.ATTACH, snapshot.lifecycle)
-        if refused is not None:
-            raise refused.exception(reference=reference)
         streams = frozenset(n for n, on in (("stdout", stdout), ("stderr", stderr)) if on)
-        return self._attached(actor, snapshot.record.config, streams, stdin)
-
-    @asynccontextmanager
-    async def _attached(
-        self, actor: ContainerActor, config: Config, streams: frozenset[str], stdin: bool
-    ) -> AsyncIterator[AttachSession]:
-        receive = actor.attach(streams)
-        try:
-            yield AttachSession(actor.io, receive, stdin, tty=config.tty, once=config.stdin_once)
-        finally:
-            actor.detach(receive)
+        return self._actor(reference).attach(reference, streams, stdin)
 
     async def container_close_stdin(self, reference: str) -> None:
         """What an attached client's EOF does: close stdin now, or once the process is ready."""
@@ -326,10 +293,7 @@ class Daemon:
 
     async def container_resize(self, reference: str, height: int, width: int) -> None:
         """``docker resize``: 409 unless the container runs (no console resize yet)."""
-        snapshot = self._snapshot(reference)
-        refused = refusal(Request.RESIZE, snapshot.lifecycle)
-        if refused is not None:
-            raise refused.exception(id=snapshot.id)
+        self._actor(reference).check(Request.RESIZE)
 
     def container_start_phases(self, reference: str) -> dict[str, float]:
         """Seconds spent in each phase of the container's latest start."""
@@ -356,18 +320,10 @@ class Daemon:
         is one raw stream (a TTY's) rather than stdout and stderr apart.
         """
         check_arguments(stdout=stdout, stderr=stderr, tail=tail)
-        actor = self._actor(reference)
-        lines = read_log(
-            self._records.log_path(actor.id),
-            streams={name for name, on in (("stdout", stdout), ("stderr", stderr)) if on},
-            follow=follow,
-            tail=tail,
-            since=since,
-            until=until,
-            timestamps=timestamps,
-            running=lambda: actor.snapshot().lifecycle.running,
+        streams = {name for name, on in (("stdout", stdout), ("stderr", stderr)) if on}
+        return self._actor(reference).logs(
+            streams, follow=follow, tail=tail, since=since, until=until, timestamps=timestamps
         )
-        return ContainerLogs(lines, tty=actor.snapshot().record.config.tty)
 
     # -- images -----------------------------------------------------------------------------
 
@@ -396,12 +352,8 @@ class Daemon:
 
     async def image_remove(self, reference: str, force: bool = False) -> list[str]:
         """``docker rmi``; 409 while a container uses the image (:mod:`asyncstart.rmi`)."""
-        users: dict[str, list[rmi.ContainerUse]] = {}
-        for snapshot in self._snapshots():
-            users.setdefault(snapshot.record.image, []).append(
-                (snapshot.id, snapshot.process_exists)
-            )
-        decide = rmi.policy(reference, users, force=force)
+        users = [(s.record.image, s.id, s.process_exists) for s in self._snapshots()]
+        decide = rmi.policy(reference, rmi.users_by_image(users), force=force)
         return await anyio.to_thread.run_sync(self._images.remove, reference, decide)
 
     # -- events, system ---------------------------------------------------------------------

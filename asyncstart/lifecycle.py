@@ -198,7 +198,8 @@ class Lifecycle:
     def enter_phase(self, phase: State) -> None:
         """The start saga is about to run a step of ``phase``: close the phases before it."""
         while self.state is not phase:
-            self.handle(_PHASE_DONE[self.state])
+            # Outside the saga's phases nothing closes one: handle() refuses, naming the state.
+            self.handle(_PHASE_DONE.get(self.state, LifecycleEvent.NETWORKED))
 
     @property
     def restarting(self) -> bool:

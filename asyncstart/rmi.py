@@ -7,12 +7,12 @@ containers, so they live beside the daemon rather than in the store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from . import errors
 from .images.store import RemovalPlan, RemovalPolicy, parse_reference
 
-__all__ = ["ContainerUse", "RemovalPlan", "plan_removal", "policy"]
+__all__ = ["ContainerUse", "RemovalPlan", "plan_removal", "policy", "users_by_image"]
 
 #: A container that uses an image: its ID and whether its process lives (dockerd's "running").
 ContainerUse = tuple[str, bool]
@@ -62,6 +62,14 @@ def plan_removal(
         )
     # Still used by stopped containers (forced): kept, so that they can start again.
     return RemovalPlan(untag=tuple(tags), delete=not users)
+
+
+def users_by_image(uses: Iterable[tuple[str, str, bool]]) -> dict[str, list[ContainerUse]]:
+    """``(image ID, container ID, running)`` of every container, grouped by image ID."""
+    users: dict[str, list[ContainerUse]] = {}
+    for image_id, container_id, running in uses:
+        users.setdefault(image_id, []).append((container_id, running))
+    return users
 
 
 def policy(

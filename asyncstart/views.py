@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from .filters import Filters, container_matches
 from .lifecycle import PROCESS_STATES, Lifecycle, State
 from .record import ZERO_TIME, ContainerRecord
 from .spec import process_args
@@ -19,6 +21,7 @@ __all__ = [
     "inspect_view",
     "list_view",
     "parse_time",
+    "ps_rows",
 ]
 
 
@@ -161,6 +164,33 @@ def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict
         "NetworkSettings": {"Networks": network.get("Networks", {})},
         "Mounts": [],
     }
+
+
+#: What ``docker ps`` lists without ``--all``.
+_LISTED_BY_DEFAULT = ("running", "paused", "restarting")
+
+
+def ps_rows(
+    snapshots: Iterable[ContainerSnapshot],
+    *,
+    all: bool,
+    limit: int,
+    wanted: Filters,
+    now: float,
+) -> list[dict[str, Any]]:
+    """``docker ps``: newest first; stopped ones only with ``all``, a ``limit`` or a status
+    filter; at most ``limit`` rows (if positive)."""
+    rows = []
+    for snapshot in sorted(snapshots, key=lambda s: s.record.created, reverse=True):
+        status = snapshot.lifecycle.status
+        if not (all or limit > 0 or wanted.get("status")) and status not in _LISTED_BY_DEFAULT:
+            continue
+        if not container_matches(snapshot.record, status, wanted):
+            continue
+        rows.append(list_view(snapshot.record, snapshot.lifecycle, now))
+        if 0 < limit <= len(rows):
+            break
+    return rows
 
 
 def _port_rows(ports: dict[str, list[dict[str, str]]]) -> list[dict[str, Any]]:

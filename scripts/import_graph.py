@@ -64,7 +64,7 @@ DRIVERS: Final = (
     "asyncstart.logs*",
 )
 STEPS: Final = ("asyncstart.steps", "asyncstart.saga")
-ACTOR: Final = ("asyncstart.actor", "asyncstart.mailbox")
+ACTOR: Final = ("asyncstart.actor", "asyncstart.container", "asyncstart.mailbox")
 DAEMON: Final = (
     "asyncstart.daemon",
     "asyncstart.wiring",
@@ -132,6 +132,7 @@ RULES: Final[tuple[Rule, ...]] = (
         never=(
             "asyncstart.actor",
             "asyncstart.mailbox",
+            "asyncstart.container",
             "asyncstart.lifecycle",
             "asyncstart.steps",
             "asyncstart.saga",

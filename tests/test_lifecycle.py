@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from asyncstart import errors
 from asyncstart.lifecycle import (
     TRANSITIONS,
     Branch,
-    LifecycleEvent,
     InvalidTransition,
     Lifecycle,
+    LifecycleEvent,
+    Request,
     State,
     docker_status,
+    refusal,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,3 +132,97 @@ def test_rendered_diagram_is_up_to_date() -> None:
         check=False,
     )
     assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+
+
+# dockerd's answers to a refused request, written out independently of REFUSALS.
+_REFUSED = {
+    (Request.START, State.PAUSED): (
+        errors.Conflict,
+        "cannot start a paused container, try unpause instead",
+    ),
+    (Request.START, State.RUNNING): (errors.NotModified, "container is already running"),
+    (Request.START, State.RESTARTING): (errors.NotModified, "container is already running"),
+    (Request.START, State.DEAD): (
+        errors.Conflict,
+        "container is marked for removal and cannot be started",
+    ),
+    (Request.STOP, State.EXITED): (errors.NotModified, "container is already stopped"),
+    (Request.STOP, State.CREATED): (errors.NotModified, "container is already stopped"),
+    (Request.KILL, State.CREATED): (
+        errors.Conflict,
+        "cannot kill container: web: container c0ffee is not running",
+    ),
+    (Request.PAUSE, State.PAUSED): (errors.Conflict, "container c0ffee is already paused"),
+    (Request.PAUSE, State.STOPPING): (errors.Conflict, "container c0ffee is not running"),
+    (Request.PAUSE, State.RESTARTING): (
+        errors.Conflict,
+        "Container c0ffee is restarting, wait until the container is running",
+    ),
+    (Request.UNPAUSE, State.RUNNING): (errors.SystemError, "Container c0ffee is not paused"),
+    (Request.REMOVE, State.RUNNING): (
+        errors.Conflict,
+        'cannot remove container "/web": container is running: stop the container before '
+        "removing or force remove",
+    ),
+    (Request.REMOVE, State.PAUSED): (
+        errors.Conflict,
+        'cannot remove container "/web": container is paused and must be unpaused first',
+    ),
+    (Request.FORCE_REMOVE, State.REMOVING): (
+        errors.Conflict,
+        "removal of container web is already in progress",
+    ),
+    (Request.ATTACH, State.PAUSED): (
+        errors.Conflict,
+        "container web is paused, unpause the container before attach",
+    ),
+    (Request.RESIZE, State.EXITED): (errors.Conflict, "Container c0ffee is not running"),
+}
+_LET_THROUGH = [
+    (Request.START, State.CREATED),
+    (Request.START, State.EXITED),
+    (Request.STOP, State.RUNNING),
+    (Request.STOP, State.PAUSED),
+    (Request.KILL, State.STOPPING),
+    (Request.PAUSE, State.RUNNING),
+    (Request.UNPAUSE, State.PAUSED),
+    (Request.REMOVE, State.EXITED),
+    (Request.FORCE_REMOVE, State.RUNNING),
+    (Request.ATTACH, State.CREATED),
+    (Request.RESIZE, State.STOPPING),
+    (Request.WAIT, State.RUNNING),
+]
+
+
+@pytest.mark.parametrize(("request_", "state"), list(_REFUSED))
+def test_a_refused_request_gets_dockerds_error(request_: Request, state: State) -> None:
+    lifecycle = Lifecycle("c0ffee", state, ran_before=True)
+    found = refusal(request_, lifecycle)
+    assert found is not None
+    error = found.exception(id="c0ffee", name="/web", reference="web", status=lifecycle.status)
+    kind, message = _REFUSED[request_, state]
+    assert type(error) is kind and error.message == message
+
+
+@pytest.mark.parametrize(("request_", "state"), _LET_THROUGH)
+def test_an_allowed_request_is_let_through(request_: Request, state: State) -> None:
+    assert refusal(request_, Lifecycle("c0ffee", state, ran_before=True)) is None
+
+
+def test_a_policy_restart_in_flight_refuses_attach_as_restarting() -> None:
+    lifecycle = Lifecycle("c0ffee", State.RESTARTING, ran_before=True)
+    lifecycle.handle(LifecycleEvent.RESTART_DUE)  # the saga runs: mounting, via restart
+    found = refusal(Request.ATTACH, lifecycle)
+    assert found is not None and "is restarting" in found.message
+    # The actor's own requests see the exact state: a start joins, it is not refused.
+    assert refusal(Request.START, lifecycle) is None
+
+
+def test_enter_phase_closes_the_phases_before_it() -> None:
+    lifecycle = Lifecycle("c" * 64, State.MOUNTING)
+    lifecycle.enter_phase(State.MOUNTING)
+    assert lifecycle.state is State.MOUNTING
+    lifecycle.enter_phase(State.SPEC_READY)
+    assert lifecycle.state is State.SPEC_READY
+    with pytest.raises(InvalidTransition):
+        Lifecycle("c" * 64, State.RUNNING).enter_phase(State.SPEC_READY)

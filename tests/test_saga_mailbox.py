@@ -1,0 +1,188 @@
+"""The actor's parts on their own: the saga's do/undo and the mailbox's replies and timers."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from asyncstart import FakeClock, errors
+from asyncstart.config import Config, HostConfig
+from asyncstart.lifecycle import Lifecycle, LifecycleEvent, Request, State
+from asyncstart.mailbox import Call, Mailbox, Reply, TimerFired, Timers, Waiters
+from asyncstart.record import ContainerRecord
+from asyncstart.saga import Saga, StartFailed
+from asyncstart.steps import StartContext
+
+pytestmark = pytest.mark.anyio
+
+
+class _Step:
+    """A step that records its do and undo in ``journal`` and fails on demand."""
+
+    def __init__(self, name: str, journal: list[str], fail: BaseException | None = None) -> None:
+        self.name = name
+        self.journal = journal
+        self.fail = fail
+
+    async def do(self, ctx: StartContext) -> None:
+        self.journal.append(f"do {self.name}")
+        if self.fail is not None:
+            raise self.fail
+
+    async def undo(self, ctx: StartContext) -> None:
+        self.journal.append(f"undo {self.name}")
+        if self.name == "b":
+            raise errors.SystemError("undo of b failed")  # the rest still run
+
+
+def _ctx() -> StartContext:
+    record = ContainerRecord(
+        id="c" * 64, name="/c", created="", image="", config=Config(), host_config=HostConfig()
+    )
+    return StartContext(record)
+
+
+def _saga(journal: list[str], fail_at: str = "", fail: BaseException | None = None) -> Saga:
+    phases = (State.MOUNTING, State.NETWORKING, State.SPEC_READY, State.SPEC_READY)
+    steps = [
+        (phase, _Step(name, journal, fail if name == fail_at else None))
+        for phase, name in zip(phases, "abcd", strict=True)
+    ]
+    return Saga(steps, FakeClock())
+
+
+async def test_the_saga_runs_every_step_in_its_phase() -> None:
+    journal: list[str] = []
+    lifecycle = Lifecycle("c" * 64)
+    lifecycle.handle(LifecycleEvent.START)
+    entered: list[State] = []
+
+    def enter(phase: State) -> None:
+        entered.append(phase)
+        lifecycle.enter_phase(phase)
+
+    ctx = _ctx()
+    done = await _saga(journal).run(ctx, enter)
+    assert journal == ["do a", "do b", "do c", "do d"]
+    assert [step.name for step in done] == ["a", "b", "c", "d"]
+    assert lifecycle.state is State.SPEC_READY and entered[0] is State.MOUNTING
+    assert set(ctx.durations) == {"mounting", "networking", "spec-ready"}
+
+
+@pytest.mark.parametrize(
+    ("fail", "kind"),
+    [(errors.InvalidParameter("no such file"), errors.InvalidParameter), (OSError(5, "EIO"), None)],
+)
+async def test_a_failed_step_hands_back_what_was_done(
+    fail: BaseException, kind: type[errors.DockerError] | None
+) -> None:
+    journal: list[str] = []
+    saga = _saga(journal, "c", fail)
+    ctx = _ctx()
+    with pytest.raises(StartFailed) as failed:
+        await saga.run(ctx, lambda phase: None)
+    # A foreign error a driver let through is still a failed start: a 500 naming it.
+    assert isinstance(failed.value.error, kind or errors.SystemError)
+    if kind is None:
+        assert failed.value.error.message == "OSError: [Errno 5] EIO"
+    assert [step.name for step in failed.value.done] == ["a", "b"]
+    assert journal == ["do a", "do b", "do c"], "nothing is undone before the actor asks"
+    await saga.undo(ctx, failed.value.done)
+    assert journal[3:] == ["undo b", "undo a"], "reverse order, past a failing undo"
+    assert failed.value.done == []
+
+
+async def test_a_cancelled_saga_undoes_before_it_propagates() -> None:
+    journal: list[str] = []
+    saga = _saga(journal)
+    blocked = anyio.Event()
+
+    async def block(ctx: StartContext) -> None:
+        journal.append("do c")
+        blocked.set()
+        await anyio.sleep_forever()
+
+    saga.steps[2][1].do = block  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(saga.run, _ctx(), lambda phase: None)
+        await blocked.wait()
+        tg.cancel_scope.cancel()
+    assert journal == ["do a", "do b", "do c", "undo b", "undo a"]
+
+
+async def test_waiters_answer_every_reply_parked_under_a_condition() -> None:
+    waiters = Waiters()
+    stops, exits = [Reply(), Reply()], [Reply()]
+    for reply in stops:
+        waiters.park("stop", reply)
+    waiters.park("exit", exits[0])
+    assert waiters.waiting("stop") and not waiters.waiting("kill")
+    waiters.fail("stop", errors.SystemError("cannot stop"))
+    waiters.resolve("exit", {"StatusCode": 0})
+    for reply in stops:
+        with pytest.raises(errors.SystemError, match="cannot stop"):
+            await reply.wait()
+    assert await exits[0].wait() == {"StatusCode": 0}
+    assert not waiters.waiting("stop"), "answered replies leave the table"
+
+
+async def test_a_closed_mailbox_answers_what_is_still_queued() -> None:
+    mailbox = Mailbox("c" * 64)
+    deferred = mailbox.request(Request.STOP)
+    mailbox.defer(Call(Request.STOP, (), deferred))
+    wait = mailbox.request(Request.WAIT, "removed")
+    kill = mailbox.request(Request.KILL, 9, "web")
+    # Take the first message as an actor would, and defer it.
+    taken: list[Call] = []
+
+    async def handle(message: object) -> None:
+        assert isinstance(message, Call)
+        taken.append(message)
+
+    mailbox.stop_taking()
+    await mailbox.serve(
+        handle,
+        holding=lambda: True,
+        finished=lambda: bool(taken),
+        answer=lambda call: {"StatusCode": 0} if call.request is Request.WAIT else None,
+    )
+    assert [call.request for call in taken] == [Request.STOP]
+    assert await wait.wait() == {"StatusCode": 0}
+    for reply in (deferred, kill):
+        with pytest.raises(errors.NotFound, match="No such container"):
+            await reply.wait()
+    with pytest.raises(errors.NotFound):
+        mailbox.request(Request.START)
+
+
+async def test_only_the_armed_timers_expiry_counts() -> None:
+    clock = FakeClock()
+    mailbox = Mailbox("c" * 64)
+
+    async def expiries() -> list[TimerFired]:
+        await anyio.wait_all_tasks_blocked()  # every timer task has woken and posted (or not)
+        found = []
+        while True:
+            try:
+                found.append(mailbox._receive.receive_nowait())
+            except anyio.WouldBlock:
+                return [m for m in found if isinstance(m, TimerFired)]
+
+    async with anyio.create_task_group() as tg:
+        timers = Timers(mailbox, clock, tg)
+        timers.arm("stop-timeout", 5)
+        timers.arm("restart", 1)
+        timers.disarm("restart")
+        await clock.wait_sleepers(1)
+        clock.advance(5)
+        # A disarmed timer's task may still wake with the clock (its cancellation is only
+        # delivered at its next checkpoint): its expiry may arrive, and is not taken.
+        fired = [m for m in await expiries() if timers.fired(m)]
+        assert [m.kind for m in fired] == ["stop-timeout"]
+        assert not timers.fired(fired[0]), "an expiry counts once"
+        timers.arm("restart", 1)
+        timers.arm("restart", 10)  # re-armed: only the second one counts
+        await clock.wait_sleepers(1)
+        clock.advance(10)
+        assert len([m for m in await expiries() if timers.fired(m)]) == 1
+        tg.cancel_scope.cancel()
