@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from .config import Config, HostConfig
-from .lifecycle import STARTING_STATES, Lifecycle, State
+from .lifecycle import Lifecycle, State, docker_status
 
 __all__ = [
     "EXIT_UNKNOWN",
@@ -68,15 +68,10 @@ def persisted_state(lifecycle: Lifecycle) -> str:
     """The state written to disk: a daemon killed mid-start reopens with the container as it
     was before the start, a stopping one as running, one being removed as dead (dockerd marks
     ``Dead`` before it starts to delete)."""
-    state = lifecycle.state
-    if state in STARTING_STATES:
-        return "exited" if lifecycle.ran_before else "created"
-    if state is State.STOPPING:
-        return "running"
-    if state is State.REMOVING:
+    if lifecycle.state is State.REMOVING:
         return "dead"
-    value: str = state.value
-    return value
+    # Otherwise what Docker shows, as it was before any start under way.
+    return docker_status(lifecycle.state, ran_before=lifecycle.ran_before)
 
 
 def started(

@@ -7,6 +7,7 @@ applied on top.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -193,7 +194,8 @@ def build_spec(
         resources.setdefault("cpu", {})["shares"] = host_config.cpu_shares
     if host_config.pids_limit is not None and host_config.pids_limit > 0:
         resources["pids"] = {"limit": host_config.pids_limit}
-    mounts = [dict(m) for m in _DEFAULT_MOUNTS]
+    # Deep: the caller may edit the spec it gets; the defaults must stay as they are.
+    mounts = copy.deepcopy(list(_DEFAULT_MOUNTS))
     if userns is not None and netns:
         # In a user namespace, sysfs can only be mounted in a network namespace it owns; one
         # made outside it (the bridge driver's) gets the host's /sys read-only, as dockerd.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def human_duration(seconds: float) -> str:
         return "About a minute"
     if minutes < 60:
         return f"{minutes} minutes"
-    hours = round(seconds / 3600)
+    hours = int(seconds / 3600 + 0.5)  # go-units rounds half up, not half to even
     if hours == 1:
         return "About an hour"
     if hours < 48:
@@ -86,7 +87,8 @@ def _state(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any]:
 def inspect_view(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any]:
     """The document ``GET /containers/{id}/json`` returns."""
     args = process_args(record.config)
-    network = record.network_settings
+    # A copy: whoever edits the document must not edit the container's record.
+    network = copy.deepcopy(record.network_settings)
     return {
         "Id": record.id,
         "Created": record.created,
@@ -147,7 +149,8 @@ def _status_text(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> s
 def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict[str, Any]:
     """One row of ``GET /containers/json``."""
     args = process_args(record.config)
-    network = record.network_settings
+    # A copy: whoever edits the document must not edit the container's record.
+    network = copy.deepcopy(record.network_settings)
     return {
         "Id": record.id,
         "Names": [record.name],

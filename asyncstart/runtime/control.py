@@ -7,6 +7,9 @@ once, at the driver's edge, it becomes the error dockerd answers for that operat
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import structlog
 
 from .. import errors
@@ -24,36 +27,20 @@ class ProcessControl:
         self.runtime = runtime
 
     async def kill(self, container_id: str, signal: int) -> None:
-        try:
+        with _worded(errors.SystemError, f"Cannot kill container {container_id}"):
             await self.runtime.kill(container_id, signal)
-        except RuntimeFailure as exc:
-            raise errors.SystemError(
-                f"Cannot kill container {container_id}: {exc.message}"
-            ) from exc
 
     async def pause(self, container_id: str) -> None:
-        try:
+        with _worded(errors.SystemError, f"cannot pause container {container_id}"):
             await self.runtime.pause(container_id)
-        except RuntimeFailure as exc:
-            raise errors.SystemError(
-                f"cannot pause container {container_id}: {exc.message}"
-            ) from exc
 
     async def resume(self, container_id: str) -> None:
-        try:
+        with _worded(errors.SystemError, f"Cannot unpause container {container_id}"):
             await self.runtime.resume(container_id)
-        except RuntimeFailure as exc:
-            raise errors.SystemError(
-                f"Cannot unpause container {container_id}: {exc.message}"
-            ) from exc
 
     async def write_stdin(self, container_id: str, data: bytes) -> None:
-        try:
+        with _worded(errors.Conflict, f"cannot write to the stdin of {container_id}"):
             await self.runtime.write_stdin(container_id, data)
-        except RuntimeFailure as exc:
-            raise errors.Conflict(
-                f"cannot write to the stdin of {container_id}: {exc.message}"
-            ) from exc
 
     async def close_stdin(self, container_id: str) -> None:
         """Close the process's stdin. A process already gone has none to close: as dockerd,
@@ -62,3 +49,12 @@ class ProcessControl:
             await self.runtime.close_stdin(container_id)
         except RuntimeFailure as exc:
             log.debug("stdin.close_failed", container_id=container_id, error=exc.message)
+
+
+@contextlib.contextmanager
+def _worded(kind: type[errors.DockerError], prefix: str) -> Iterator[None]:
+    """A runtime failure inside becomes ``kind("<prefix>: <the runtime's message>")``."""
+    try:
+        yield
+    except RuntimeFailure as exc:
+        raise kind(f"{prefix}: {exc.message}") from exc
