@@ -239,6 +239,9 @@ class ContainerState:
         if self._exits_on_next(signal):
             self._restart.cancel()
         self._record.has_been_manually_stopped = True
+        # Written before the signal, as dockerd's CheckpointTo: a daemon reopened next knows
+        # the user signalled it (unless-stopped stays down).
+        await self._save_quietly()
         await self._process.kill(self.id, signal)
         self._emit("kill", signal=str(signal))
         if resume:
@@ -246,6 +249,7 @@ class ContainerState:
             await self._process.resume(self.id)
             if self._lifecycle.state is State.PAUSED:
                 self._lifecycle.handle(_E.UNPAUSE)
+                await self._save_quietly()
 
     async def _pause_or_resume(
         self, call: Callable[[str], Awaitable[None]], event: LifecycleEvent

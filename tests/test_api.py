@@ -295,16 +295,29 @@ async def test_a_client_that_goes_away_does_not_disturb_the_operation(api: Api) 
                 if event["Action"] == "stop":
                     break
     assert (await api.client.container_inspect("web"))["State"]["ExitCode"] == 143
-    # A wait whose client hangs up is dropped; the daemon goes on serving.
+    # A wait whose client goes away is dropped; the daemon goes on serving. (A client sends
+    # nothing while it reads a stream: its EOF is its leaving. Half-closed, this one can still
+    # see the server end the stream and close, instead of being told nothing.)
     await api.client.container_start("web")
-    async with await anyio.connect_unix(api.sock) as stream:
-        await stream.send(http("POST", "/containers/web/wait"))
-        assert (await stream.receive()).startswith(b"HTTP/1.1 200")
     with anyio.fail_after(10):
-        while api.server.connections > 1:
-            await anyio.sleep(0.01)
+        async with await anyio.connect_unix(api.sock) as stream:
+            await stream.send(http("POST", "/containers/web/wait"))
+            rest = await read_head(stream)
+            await stream.send_eof()
+            rest += await read_to_end(stream)
+    assert _dechunk(rest) == b""  # ended without an answer: the container still runs
     assert (await api.client.container_inspect("web"))["State"]["Running"]
     assert await api.client.ping() == "OK"
+    assert api.server.connections == 1  # the client's own
+
+
+async def connections_settle_at(server: ApiServer, count: int) -> None:
+    """Wait until ``server`` holds ``count`` connections. A client that hung up altogether
+    cannot watch the server let go of it, and nothing announces it: so each look comes once
+    every task has run as far as it can (``wait_all_tasks_blocked``), never after a sleep. A
+    server that never lets go fails the caller's ``fail_after``."""
+    while server.connections != count:
+        await anyio.wait_all_tasks_blocked()
 
 
 def _log_line(stream: str, text: str, at: float) -> bytes:
@@ -312,8 +325,8 @@ def _log_line(stream: str, text: str, at: float) -> bytes:
 
 
 async def test_logs_are_multiplexed_frames(api: Api) -> None:
-    cid = await sleeper(api)
-    log = api.engine.daemon.records.log_path(cid)
+    await sleeper(api)
+    log = Path((await api.client.container_inspect("web"))["LogPath"])
     now = time.time()
     log.write_bytes(
         _log_line("stdout", "out 1\n", now - 60)
@@ -386,8 +399,8 @@ async def test_an_attach_ends_when_its_client_goes_away(api: Api) -> None:
         async with await anyio.connect_unix(api.sock) as stream:
             await stream.send(attach)
             assert (await stream.receive()).startswith(b"HTTP/1.1 101 UPGRADED")
-        while api.server.connections > 1:
-            await anyio.sleep(0.01)
+            assert api.server.connections == 2
+        await connections_settle_at(api.server, 1)
         # Input ended, without StdinOnce: dockerd ends the attach; the container runs on.
         async with await anyio.connect_unix(api.sock) as stream:
             await stream.send(attach.replace(b"stdout=1", b"stdout=1&stdin=1"))
@@ -398,22 +411,27 @@ async def test_an_attach_ends_when_its_client_goes_away(api: Api) -> None:
 
 
 async def test_events_since_replays_history_then_every_live_event(api: Api) -> None:
-    bus = api.engine.daemon.events
-    for n in range(300):  # past the history's length
-        bus.publish("container", "tick", f"old{n}", {})
+    daemon = api.engine.daemon
+    for n in range(300):  # past the history's length (256)
+        await daemon.container_create(f"old{n}", {"Image": "busybox", "Cmd": ["true"]})
     with anyio.fail_after(20):
         async with await anyio.connect_unix(api.sock) as stream:
             await stream.send(http("GET", "/events?since=1"))
             data = await read_head(stream)
-            for batch in range(20):  # new events, long after the replayed ones left history
+            # New events, long after the replayed ones left history, and more of them than a
+            # subscriber's buffer (1,024) holds.
+            for batch in range(11):
                 for n in range(100):
-                    bus.publish("container", "tick", f"new{batch * 100 + n}", {})
+                    name = f"new{batch * 100 + n}"
+                    await daemon.container_create(name, {"Image": "busybox", "Cmd": ["true"]})
                 while data.count(b"}\n") < 256 + (batch + 1) * 100:  # one per event
                     data += await stream.receive()
-    ids = [json.loads(line)["id"] for line in _dechunk(data).splitlines()]
-    assert bus.dropped == 0
-    assert ids[:256] == [f"old{n}" for n in range(44, 300)]
-    assert ids[256:] == [f"new{n}" for n in range(2000)]
+    events = [json.loads(line) for line in _dechunk(data).splitlines()]
+    assert {e["Action"] for e in events} == {"create"}
+    names = [e["Actor"]["Attributes"]["name"] for e in events]
+    assert daemon.statistics().events_dropped == 0
+    assert names[:256] == [f"old{n}" for n in range(44, 300)]
+    assert names[256:] == [f"new{n}" for n in range(1100)]
 
 
 async def test_events_since_until_and_filters(api: Api) -> None:
@@ -597,9 +615,10 @@ async def test_shutdown_finishes_requests_in_flight(open_engine: OpenEngine, soc
                     statuses.append(reply.status)
 
                 tg.start_soon(serve_then_shut_down)
-                # The stop waits for its KILL timer; shutdown waits for the stop.
+                # The stop waits for its KILL timer; shutdown waits for the stop. Once every
+                # task is blocked, a shutdown that did not wait would be over.
                 await engine.fake_clock.wait_sleepers(1)
-                await anyio.sleep(0.05)
+                await anyio.wait_all_tasks_blocked()
                 assert not shutdown_done.is_set()
                 engine.fake_clock.advance(5)
                 await shutdown_done.wait()
@@ -617,16 +636,15 @@ async def test_shutdown_ends_idle_connections_and_endless_streams(
                 idle = await anyio.connect_unix(sock)
                 events = await anyio.connect_unix(sock)
                 await events.send(http("GET", "/events"))
-                while server.connections < 2:
-                    await anyio.sleep(0.01)
+                # The events head is out: that connection was accepted, and the idle one,
+                # queued before it, too.
+                await read_head(events)
+                assert server.connections == 2
             assert server.connections == 0
+            # Both are closed by the server: the idle one without a word.
+            assert await read_to_end(idle) == b""
+            await read_to_end(events)
             for stream in (idle, events):
-                received = b""
-                while True:
-                    try:
-                        received += await stream.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        break
                 await stream.aclose()
 
 

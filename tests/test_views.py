@@ -9,7 +9,7 @@ import pytest
 
 from asyncstart.config import parse_config, parse_host_config
 from asyncstart.lifecycle import Lifecycle, State
-from asyncstart.store import ContainerRecord
+from asyncstart.record import ContainerRecord
 from asyncstart.views import format_time, human_duration, inspect_view, list_view, parse_time
 
 CID = "c0ffee" + "12" * 29
