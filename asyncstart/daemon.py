@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from .record import ContainerRecord
 from .runtime import Runtime, StateInfo
 from .signals import parse_signal
 from .store import ContainerIndex, RecordStore
-from .views import ContainerSnapshot, ps_rows
+from .views import ContainerSnapshot, DaemonStatistics, ps_rows
 from .wiring import DaemonConfig, Drivers, build_drivers, build_saga, read_engine_id
 
 __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
@@ -49,15 +48,6 @@ __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_
 log = structlog.get_logger("asyncstart.daemon")
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonStatistics:
-    containers: int
-    running: int
-    paused: int
-    stopped: int
-    events_dropped: int
 
 
 class Daemon:
@@ -379,16 +369,8 @@ class Daemon:
             yield it
 
     def statistics(self) -> DaemonStatistics:
-        snapshots = self._snapshots()
-        running = sum(1 for s in snapshots if s.process_exists)
-        paused = sum(1 for s in snapshots if s.lifecycle.status == "paused")
-        return DaemonStatistics(
-            containers=len(snapshots),
-            running=running - paused,
-            paused=paused,
-            stopped=len(snapshots) - running,
-            events_dropped=self._events.dropped,
-        )
+        """How many containers run, are paused, are stopped; events dropped (slow readers)."""
+        return DaemonStatistics.of(self._snapshots(), events_dropped=self._events.dropped)
 
     def system_info(self) -> dict[str, Any]:
         """What ``docker info`` says of the engine itself (the API adds the host's facts)."""

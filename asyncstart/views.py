@@ -17,6 +17,7 @@ from .spec import process_args
 
 __all__ = [
     "ContainerSnapshot",
+    "DaemonStatistics",
     "format_time",
     "human_duration",
     "inspect_view",
@@ -229,3 +230,28 @@ class ContainerSnapshot:
     def inspect(self) -> dict[str, Any]:
         """dockerd's inspect document."""
         return inspect_view(self.record, self.lifecycle)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatistics:
+    """The daemon's counts, as ``docker info`` shows them."""
+
+    containers: int
+    running: int
+    paused: int
+    stopped: int
+    #: Events a subscriber too slow to read them lost.
+    events_dropped: int
+
+    @classmethod
+    def of(cls, snapshots: Iterable[ContainerSnapshot], *, events_dropped: int) -> DaemonStatistics:
+        snapshots = list(snapshots)
+        running = sum(1 for s in snapshots if s.process_exists)
+        paused = sum(1 for s in snapshots if s.lifecycle.state is State.PAUSED)
+        return cls(
+            containers=len(snapshots),
+            running=running - paused,
+            paused=paused,
+            stopped=len(snapshots) - running,
+            events_dropped=events_dropped,
+        )
