@@ -20,6 +20,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # log.exception(): the exception's type, message and traceback, not "exc_info=True".
+            structlog.processors.format_exc_info,
             structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

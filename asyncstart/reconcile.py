@@ -43,11 +43,13 @@ async def reconcile(
         if await actor.request(Request.ADOPT):
             live.add(record.id)
             await _republish(ports, record)
-    await drivers.runtime.cleanup(live)
-    await drivers.mounter.cleanup(live, {r.id for r in loaded})
-    await drivers.network.cleanup(live)
+    # A container whose record could not be read keeps what it holds, for a person to decide.
+    spared = live | records.quarantined
+    await drivers.runtime.cleanup(spared)
+    await drivers.mounter.cleanup(spared, {r.id for r in loaded} | spared)
+    await drivers.network.cleanup(spared)
     for bundle in await anyio.to_thread.run_sync(lambda: list(exec_root.iterdir())):
-        if bundle.is_dir() and bundle.name not in live and len(bundle.name) == 64:
+        if bundle.is_dir() and bundle.name not in spared and len(bundle.name) == 64:
             await anyio.to_thread.run_sync(shutil.rmtree, bundle, True)
 
 

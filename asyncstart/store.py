@@ -12,13 +12,17 @@ from __future__ import annotations
 import bisect
 import os
 import shutil
+import time
 from pathlib import Path
 
 import anyio
 import msgspec
+import structlog
 
 from . import errors
 from .record import ContainerRecord
+
+log = structlog.get_logger("asyncstart.store")
 
 __all__ = ["ContainerIndex", "RecordStore"]
 
@@ -36,6 +40,11 @@ class RecordStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
         self.fsync = fsync
+        #: Where records that do not decode are moved (``data_root/quarantine``).
+        self.quarantine = root.parent / "quarantine"
+        #: IDs whose records were moved there by the last :meth:`load_all`: what their
+        #: containers hold (runtime state, layer, namespace) is left alone, not cleaned up.
+        self.quarantined: set[str] = set()
 
     def path(self, container_id: str) -> Path:
         return self.root / container_id
@@ -92,8 +101,26 @@ class RecordStore:
                 # Killed between mkdir and the first rename: the create never completed.
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
-            records.append(_decoder.decode(target.read_bytes()))
+            try:
+                records.append(_decoder.decode(target.read_bytes()))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._quarantine(entry, str(exc))
         return records
+
+    def _quarantine(self, entry: Path, error: str) -> None:
+        """A record that does not decode (torn by power loss on a file system that lies about
+        fsync, a full disk) is moved aside for a person to look at, as dockerd skips such a
+        container: one bad record must not keep the daemon from serving the others."""
+        target = self.quarantine / f"{entry.name}.{time.time_ns()}"
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.rename(entry, target)
+        self.quarantined.add(entry.name)
+        log.error(
+            "container.record_unreadable",
+            container_id=entry.name,
+            error=error,
+            moved_to=str(target),
+        )
 
     async def load_all(self) -> list[ContainerRecord]:
         """Every persisted record; leftovers of interrupted writes are swept away."""

@@ -19,6 +19,9 @@ __all__ = ["ProcessControl"]
 
 log = structlog.get_logger("asyncstart.runtime")
 
+#: How runtimes say the process is gone (runc: "container not running").
+_PROCESS_GONE = ("not running", "no such process")
+
 
 class ProcessControl:
     """Signals, freezing and stdin of containers' processes (dockerd's errors)."""
@@ -27,8 +30,18 @@ class ProcessControl:
         self.runtime = runtime
 
     async def kill(self, container_id: str, signal: int) -> None:
-        with _worded(errors.SystemError, f"Cannot kill container {container_id}"):
+        """Signal the process. One that has just exited, its exit not yet reported (runc
+        reports it once the output is drained), is no error: as dockerd, the exit that is on
+        its way answers whoever waits for it."""
+        try:
             await self.runtime.kill(container_id, signal)
+        except RuntimeFailure as exc:
+            if any(gone in exc.message.lower() for gone in _PROCESS_GONE):
+                log.warning("kill.process_gone", container_id=container_id, error=exc.message)
+                return
+            raise errors.SystemError(
+                f"Cannot kill container {container_id}: {exc.message}"
+            ) from exc
 
     async def pause(self, container_id: str) -> None:
         with _worded(errors.SystemError, f"cannot pause container {container_id}"):
