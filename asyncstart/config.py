@@ -25,6 +25,7 @@ __all__ = [
     "merge_image_defaults",
     "parse_config",
     "parse_host_config",
+    "validate_config",
     "validate_host_config",
 ]
 
@@ -142,6 +143,18 @@ def parse_host_config(value: HostConfig | dict[str, Any] | None) -> HostConfig:
 
 
 _RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: dockerd's ``linuxMinMemory``.
+_MIN_MEMORY = 6 * 1024 * 1024
+
+
+def validate_config(config: Config) -> None:
+    """dockerd's checks of a container's ``Config`` at create: 400 on violation."""
+    if config.working_dir and not config.working_dir.startswith("/"):
+        raise errors.InvalidParameter(
+            f"the working directory '{config.working_dir}' is invalid, it needs to be an "
+            "absolute path"
+        )
 
 
 def validate_host_config(host_config: HostConfig) -> None:
@@ -164,8 +177,25 @@ def validate_host_config(host_config: HostConfig) -> None:
         raise errors.InvalidParameter(message)
     if host_config.auto_remove and policy.name not in ("", "no"):
         raise errors.InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    for field, value in (
+        ("Memory", host_config.memory),
+        ("NanoCpus", host_config.nano_cpus),
+        ("CpuShares", host_config.cpu_shares),
+        ("ShmSize", host_config.shm_size),
+        ("PidsLimit", host_config.pids_limit or 0),
+    ):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            # What dockerd's JSON decoder answers for a number its int64 field cannot hold.
+            raise errors.InvalidParameter(
+                f"json: cannot unmarshal number {value} into Go struct field "
+                f"HostConfig.{field} of type int64"
+            )
     if host_config.memory < 0 or host_config.nano_cpus < 0 or host_config.cpu_shares < 0:
         raise errors.InvalidParameter("invalid resources: values cannot be negative")
+    if 0 < host_config.memory < _MIN_MEMORY:
+        raise errors.InvalidParameter("Minimum memory limit allowed is 6MB")
+    if host_config.shm_size < 0:
+        raise errors.InvalidParameter("SHM size can not be less than 0")
     if host_config.oom_score_adj < -1000 or host_config.oom_score_adj > 1000:
         raise errors.InvalidParameter(
             f"Invalid value {host_config.oom_score_adj}, range for oom score adj is [-1000, 1000]"

@@ -18,6 +18,7 @@ from .config import (
     merge_image_defaults,
     parse_config,
     parse_host_config,
+    validate_config,
     validate_host_config,
     validate_name,
 )
@@ -41,6 +42,7 @@ def new_record(
     """The record of a container to create, or dockerd's 400/404 for what is wrong."""
     parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
     host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
+    validate_config(parsed)
     validate_host_config(host)
     if host.runtime and host.runtime not in runtimes:
         raise errors.InvalidParameter(f"unknown or invalid runtime name: {host.runtime}")

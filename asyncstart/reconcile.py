@@ -36,6 +36,7 @@ async def reconcile(
     exec_root: Path,
 ) -> None:
     """Give every record its actor (``adopt``), take live processes back, clean up the rest."""
+    await anyio.to_thread.run_sync(drivers.images.sweep)
     loaded = await records.load_all()
     live: set[str] = set()
     for record in loaded:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import os
+import tarfile
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -100,3 +104,88 @@ async def test_a_record_that_does_not_decode_is_quarantined_and_the_rest_served(
     assert [p.name.split(".")[0] for p in kept] == [bad]
     assert (kept[0] / "container.json").read_bytes() == torn
     assert engine.mounter.layers.get(bad) is not None, "its layer is left for a person"
+
+
+@pytest.mark.parametrize(
+    ("config", "host_config", "message"),
+    [
+        ({}, {"Memory": 1}, "Minimum memory limit allowed is 6MB"),
+        (
+            {},
+            {"Memory": 2**70},
+            f"json: cannot unmarshal number {2**70} into Go struct field HostConfig.Memory "
+            "of type int64",
+        ),
+        (
+            {},
+            {"CpuShares": 2**63},
+            f"json: cannot unmarshal number {2**63} into Go struct field HostConfig.CpuShares "
+            "of type int64",
+        ),
+        ({}, {"ShmSize": -1}, "SHM size can not be less than 0"),
+        (
+            {"WorkingDir": "relative/dir"},
+            {},
+            "the working directory 'relative/dir' is invalid, it needs to be an absolute path",
+        ),
+    ],
+)
+async def test_values_dockerd_refuses_are_refused_at_create(
+    engine: Engine, config: dict[str, object], host_config: dict[str, object], message: str
+) -> None:
+    """They were accepted, and failed at start with runc's text and a 500."""
+    daemon = engine.daemon
+    body = {"Image": "busybox", "Cmd": ["true"], **config}
+    with pytest.raises(errors.InvalidParameter) as refused:
+        await daemon.container_create("web", body, host_config)
+    assert refused.value.message == message
+    assert await daemon.containers_list(all=True) == []
+    assert engine.mounter.layers == {}, "nothing is left behind"
+    assert not (engine.root / "data" / "containers").exists() or not any(
+        (engine.root / "data" / "containers").iterdir()
+    )
+
+
+async def test_what_a_killed_import_left_is_swept_at_start(open_engine: OpenEngine) -> None:
+    """A daemon killed mid-import left ``.upload-*`` directories (with the whole upload)
+    forever."""
+    async with open_engine() as engine:
+        root = engine.root / "data" / "image"
+    leftovers = [root / ".upload-x1", root / ".load-x2", root / "layers" / ".import-x3"]
+    for leftover in leftovers:
+        leftover.mkdir(parents=True)
+        (leftover / "upload.tar").write_bytes(b"x" * 1024)
+    keep = root / "layers" / ("a" * 64)
+    keep.mkdir()
+    async with open_engine():
+        assert [p.exists() for p in leftovers] == [False, False, False]
+        assert keep.exists()
+
+
+async def test_a_gzip_import_holds_no_deleted_file_open(engine: Engine, tmp_path: Path) -> None:
+    """Each gzip import kept an fd to its decompressed temporary file, pinning its size on
+    disk until the daemon restarted."""
+    layer = tmp_path / "rootfs.tar"
+    with tarfile.open(layer, "w") as archive:
+        data = b"y" * 200_000
+        member = tarfile.TarInfo("bin/blob")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    packed = tmp_path / "rootfs.tar.gz"
+    packed.write_bytes(gzip.compress(layer.read_bytes()))
+    await engine.daemon.image_import(str(packed), repo="gz", tag="1")
+    await engine.daemon.image_import(str(packed), repo="gz", tag="2")
+    held = [
+        os.readlink(f"/proc/self/fd/{fd}")
+        for fd in os.listdir("/proc/self/fd")
+        if _readable_link(f"/proc/self/fd/{fd}")
+    ]
+    assert not [path for path in held if path.endswith("(deleted)") and ".tar" in path]
+
+
+def _readable_link(path: str) -> bool:
+    try:
+        os.readlink(path)
+    except OSError:
+        return False
+    return True

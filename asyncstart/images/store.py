@@ -13,6 +13,7 @@ is safe (``extract.py``), and a failed import or load leaves nothing behind.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
@@ -65,6 +66,14 @@ class ImageStore:
         self._tags = TagFile(root / "repositories.json")
         #: Guards repositories.json and configs (imports run in worker threads).
         self._lock = threading.RLock()
+
+    def sweep(self) -> None:
+        """At start: remove what imports and loads of a daemon killed mid-way left (their
+        temporary directories), which nothing else would ever remove."""
+        for pattern, directory in ((".upload-*", self.root), (".load-*", self.root),
+                                   (".import-*", self.layers)):  # fmt: skip
+            for leftover in directory.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     # -- lookups ---------------------------------------------------------------------------
 
