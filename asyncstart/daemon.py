@@ -41,7 +41,14 @@ from .runtime import Runtime, StateInfo
 from .signals import parse_signal
 from .store import ContainerIndex, RecordStore
 from .views import ContainerSnapshot, DaemonStatistics, ps_rows
-from .wiring import DaemonConfig, Drivers, build_drivers, build_saga, read_engine_id
+from .wiring import (
+    DaemonConfig,
+    Drivers,
+    build_drivers,
+    build_saga,
+    read_engine_id,
+    secure_roots,
+)
 
 __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
 
@@ -406,8 +413,7 @@ async def open_daemon(
     roots finds them again.
     """
     clock = clock or SystemClock()
-    await anyio.Path(config.data_root).mkdir(parents=True, exist_ok=True)
-    await anyio.Path(config.exec_root).mkdir(parents=True, exist_ok=True, mode=0o700)
+    await anyio.to_thread.run_sync(secure_roots, config)
     drivers = build_drivers(config, clock, runtime=runtime, mounter=mounter, network=network)
     engine_id = await anyio.to_thread.run_sync(read_engine_id, Path(config.data_root))
     async with asyncio_loop(), anyio.create_task_group() as tg:

@@ -7,6 +7,7 @@ bridge, runc) or ``fake`` (in memory) — here and nowhere else; any driver may 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,14 @@ from .saga import Saga
 from .steps import MountStep, NetworkStep, PeerLookup, PortsStep, RuntimeStep, SpecStep, Step
 from .store import RecordStore
 
-__all__ = ["DaemonConfig", "Drivers", "build_drivers", "build_saga", "read_engine_id"]
+__all__ = [
+    "DaemonConfig",
+    "Drivers",
+    "build_drivers",
+    "build_saga",
+    "read_engine_id",
+    "secure_roots",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +177,36 @@ def build_saga(
         ),
     )
     return Saga(steps, clock)
+
+
+#: dockerd's modes: the roots closed to other users (the data root only traversable by its
+#: group, the remapped root's with user namespaces), and below the data root what holds
+#: container or image content closed too. (name, mode); "" is the data root itself.
+_DATA_MODES = (
+    ("", 0o710),
+    ("containers", 0o710),
+    ("overlay", 0o710),
+    ("image", 0o700),
+    ("network", 0o700),
+)
+
+
+def secure_roots(config: DaemonConfig) -> None:
+    """Make the roots and close them to other users — at every open, so that a root made
+    before (0755, as this engine once made them) is closed too. Otherwise a container plus any
+    local user is host root: a setuid binary the container leaves in its upper directory runs
+    as root for whoever can reach it."""
+    data_root, exec_root = Path(config.data_root), Path(config.exec_root)
+    exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(exec_root, 0o700)
+    userns = config.userns()
+    for name, mode in _DATA_MODES:
+        path = data_root / name if name else data_root
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        os.chmod(path, mode)
+        if userns and mode & 0o010:
+            # The remapped root reaches its root filesystem and files through these.
+            os.chown(path, -1, userns[1])
 
 
 def read_engine_id(data_root: Path) -> str:

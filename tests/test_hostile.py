@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import anyio
 import pytest
 import structlog
 
+import asyncstart
 from asyncstart import errors
 from asyncstart.logconfig import configure_logging
+from asyncstart.logs import JsonFileWriter
 from asyncstart.runtime import StateInfo
 
 from .conftest import Engine, OpenEngine
@@ -189,3 +193,59 @@ def _readable_link(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+_CLOSED = {"": 0o710, "containers": 0o710, "overlay": 0o710, "image": 0o700, "network": 0o700}
+
+
+def _modes(data_root: Path) -> dict[str, int]:
+    return {name: (data_root / name).stat().st_mode & 0o777 for name in _CLOSED}
+
+
+async def test_the_roots_are_closed_to_other_users_and_closed_again_on_reopen(
+    open_engine: OpenEngine,
+) -> None:
+    """Everything was 0755: with a container's setuid binary in its upper directory, any local
+    user was root. dockerd keeps its data root 0710 and what is below it closed."""
+    async with open_engine() as engine:
+        pass
+    data_root, exec_root = engine.root / "data", engine.root / "exec"
+    assert _modes(data_root) == _CLOSED
+    assert exec_root.stat().st_mode & 0o777 == 0o700
+    for name in _CLOSED:  # as an older version left them
+        (data_root / name).chmod(0o755)
+    exec_root.chmod(0o755)
+    async with open_engine():
+        assert _modes(data_root) == _CLOSED
+        assert exec_root.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_containers_log_is_not_for_other_users(tmp_path: Path) -> None:
+    writer = JsonFileWriter(tmp_path / "c-json.log")
+    writer.write("stdout", b"secret\n")
+    writer.close()
+    assert (tmp_path / "c-json.log").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+async def test_another_user_reaches_nothing_under_the_roots() -> None:
+    # Roots under a directory every user may cross (a test's tmp_path is closed already).
+    base = Path(tempfile.mkdtemp(prefix="asyncstart-perm-"))
+    try:
+        base.chmod(0o755)
+        config = asyncstart.DaemonConfig(
+            data_root=base / "data", exec_root=base / "exec", runtime="fake", fsync=False
+        )
+        async with asyncstart.open_daemon(config) as daemon:
+            await create(daemon, "web")
+        data_root = base / "data"
+        targets = [str(data_root), *(str(data_root / name) for name in _CLOSED if name)]
+        targets.append(str(base / "exec"))
+        probe = 'for p; do ls "$p" >/dev/null 2>&1 && echo "reached $p"; done; true'
+        result = await anyio.run_process(
+            ["/bin/sh", "-c", probe, "sh", *targets], user=65534, group=65534, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"", "another user reached: " + result.stdout.decode()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Set
 from pathlib import Path
@@ -42,7 +43,9 @@ class JsonFileWriter:
 
     def __init__(self, path: str | Path) -> None:
         # A local append-only file: writes of a few lines never stall the event loop noticeably.
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115
+        # Readable by the daemon's user and group only: a container's output is its own.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._file: BinaryIO = os.fdopen(fd, "ab")
         self._pending: dict[str, bytes] = {}
 
     def write(self, stream: str, chunk: bytes) -> None:
