@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from . import errors
 from .config import (
     Config,
@@ -57,7 +59,7 @@ def new_record(
         # dockerd: the host's name in host mode, else the short ID.
         host_mode = host.network_mode == "host"
         parsed.hostname = socket.gethostname() if host_mode else container_id[:12]
-    return ContainerRecord(
+    record = ContainerRecord(
         id=container_id,
         name=canonical,
         created=format_time(time.time()),
@@ -65,3 +67,8 @@ def new_record(
         config=parsed,
         host_config=host,
     )
+    try:
+        msgspec.json.encode(record)  # what could not be saved is refused before any work
+    except (msgspec.EncodeError, UnicodeEncodeError) as exc:
+        raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
+    return record

@@ -568,6 +568,23 @@ _HOSTILE = [
     ("wrong method", http("PUT", "/containers/json"), 404, "page not found"),
     ("garbage request line", b"HELLO\r\n\r\n", 400, ""),
     ("bad chunk", http("POST", _CREATE, b"", "Transfer-Encoding: chunked") + b"zz\r\n", 400, ""),
+    # Issue 10: these were a bare 500, a dropped connection, or a leaked overlay directory.
+    (
+        "deeply nested JSON",
+        http("POST", _CREATE, b"[" * 100_000 + b"]" * 100_000),
+        400,
+        "exceeded max depth",
+    ),
+    (
+        "lone surrogate in a label",
+        http("POST", _CREATE, b'{"Image":"busybox","Cmd":["true"],"Labels":{"a":"\\ud800"}}'),
+        400,
+        "invalid JSON",
+    ),
+    ("endless tail", http("GET", "/containers/web/logs?stdout=1&tail=" + "9" * 5000), 400, "tail"),
+    ("tag with dots", http("POST", "/images/web/tag?repo=a..b&tag=1"), 400, "reference format"),
+    ("upper-case repo", http("POST", "/images/web/tag?repo=Web&tag=1"), 400, "lowercase"),
+    ("tag with a newline", http("POST", "/images/web/tag?repo=a&tag=x%0Ay"), 400, "format"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -249,3 +250,59 @@ async def test_another_user_reaches_nothing_under_the_roots() -> None:
         assert result.stdout == b"", "another user reached: " + result.stdout.decode()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_lone_surrogate_is_refused_before_anything_is_made(engine: Engine) -> None:
+    """It was a 500 at the record's save, and the container's layer was left behind."""
+    with pytest.raises(errors.InvalidParameter, match="invalid JSON"):
+        await engine.daemon.container_create(
+            "web", {"Image": "busybox", "Cmd": ["true"], "Labels": {"a": "\ud800"}}
+        )
+    assert engine.mounter.layers == {}
+    assert await engine.daemon.containers_list(all=True) == []
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        [1],
+        [{"Config": 7, "Layers": []}],
+        [{"Config": "c.json", "Layers": "l.tar"}],
+        [{"Config": "c.json", "Layers": [], "RepoTags": "x:1"}],
+        [{"Config": "c.json", "Layers": [], "RepoTags": ["Upper:1"]}],
+    ],
+)
+async def test_a_load_manifest_of_the_wrong_shape_is_a_400(
+    engine: Engine, tmp_path: Path, manifest: object
+) -> None:
+    """Wrong types in manifest.json were a 500."""
+    archive = tmp_path / "saved.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (
+            ("manifest.json", json.dumps(manifest).encode()),
+            ("c.json", b'{"rootfs": {"diff_ids": []}}'),
+        ):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(errors.InvalidParameter):
+        await engine.daemon.image_load(str(archive))
+    assert await engine.daemon.images_list() == []
+
+
+@pytest.mark.parametrize("repo", ["a..b", "Upper", "a\nb", "nul\x00", "ok:bad tag"])
+async def test_an_import_under_a_name_dockerd_refuses_is_a_400(
+    engine: Engine, tmp_path: Path, repo: str
+) -> None:
+    layer = tmp_path / "rootfs.tar"
+    with tarfile.open(layer, "w") as tar:
+        tar.addfile(tarfile.TarInfo("empty"), io.BytesIO(b""))
+    with pytest.raises(errors.InvalidParameter, match="invalid reference format"):
+        await engine.daemon.image_import(str(layer), repo=repo)
+    assert await engine.daemon.images_list() == []
+
+
+async def test_a_tail_too_long_for_a_number_is_a_400(engine: Engine) -> None:
+    await create(engine.daemon, "web")
+    with pytest.raises(errors.InvalidParameter, match="invalid value for tail"):
+        engine.daemon.container_logs("web", tail="9" * 5000)

@@ -129,6 +129,9 @@ async def json_body(request: Request) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        # (What Go's decoder says past its nesting limit.)
+        raise errors.InvalidParameter("invalid JSON: exceeded max depth") from None
 
 
 async def primed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from typing import Any
 from .. import errors
 from .extract import safe_extract
 from .layers import LayerStore
+from .reference import check_name, parse_reference
 from .source import decompressed
 
 __all__ = ["SavedImage", "read_manifest", "store_layers", "unpack"]
@@ -37,7 +38,23 @@ def _member(root: Path, name: str) -> Path:
     return path
 
 
-def _image(root: Path, entry: dict[str, Any]) -> SavedImage:
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _image(root: Path, entry: Any) -> SavedImage:
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("Config", ""), str)
+        or not _strings(entry.get("Layers", []))
+        or not _strings(entry.get("RepoTags") or [])
+    ):
+        raise errors.InvalidParameter(
+            "invalid archive: a manifest entry must have a Config, Layers and RepoTags as "
+            "docker save writes them"
+        )
+    for reference in entry.get("RepoTags") or []:
+        check_name(*parse_reference(reference))
     config = _member(root, entry.get("Config", "")).read_bytes()
     try:
         expected = json.loads(config)["rootfs"]["diff_ids"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["parse_reference"]
+import re
+
+from .. import errors
+
+__all__ = ["check_name", "parse_reference"]
 
 # Docker Hub's long forms, stripped so that ``docker.io/library/busybox`` and ``busybox`` are
 # one name in repositories.json.
@@ -21,3 +25,30 @@ def parse_reference(reference: str) -> tuple[str, str]:
     for prefix in _HUB_PREFIXES:
         name = name.removeprefix(prefix)
     return name.removeprefix("library/"), tag
+
+
+# Docker's reference grammar (distribution/reference): lower-case path components joined by
+# separators, after an optional registry host[:port]; a tag of word characters, dots, dashes.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+)
+_NAME = re.compile(rf"(?:{_HOST}(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+
+
+def check_name(repository: str, tag: str = "") -> None:
+    """dockerd's 400 for a repository or tag its reference grammar refuses (``..``, NUL,
+    newlines, upper case, over 255 characters...)."""
+    name = repository
+    host, slash, _ = repository.partition("/")
+    if slash and ("." in host or ":" in host or host == "localhost"):
+        name = repository[len(host) + 1 :]  # the registry host may have upper case
+    if name != name.lower() and _NAME.fullmatch(repository.lower()):
+        raise errors.InvalidParameter(
+            f"invalid reference format: repository name ({repository}) must be lowercase"
+        )
+    if len(repository) > 255 or not _NAME.fullmatch(repository):
+        raise errors.InvalidParameter("invalid reference format")
+    if tag and not _TAG.fullmatch(tag):
+        raise errors.InvalidParameter("invalid reference format")

@@ -28,7 +28,7 @@ from .archive import read_manifest, store_layers, unpack
 from .configs import ConfigStore
 from .imported import container_config, import_config
 from .layers import LayerStore
-from .reference import parse_reference
+from .reference import check_name, parse_reference
 from .source import ImageSource, decompressed, spool
 from .tags import TagFile
 
@@ -144,6 +144,8 @@ class ImageStore:
         ``repo`` may carry the tag (``busybox:1``), as the docker CLI sends it."""
         if repo and not tag:
             repo, tag = parse_reference(repo)
+        if repo:
+            check_name(repo, tag)  # before any work: a bad name costs nothing
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".upload-") as tmpdir:
             scratch = Path(tmpdir)
             tar_path = await spool(source, scratch)
@@ -228,6 +230,7 @@ class ImageStore:
 
     def tag(self, reference: str, repo: str, tag: str = "latest") -> None:
         """``docker tag``: ``repo:tag`` names the image ``reference`` names (moved if taken)."""
+        check_name(repo, tag or "latest")
         with self._lock:
             self._tag(self.resolve(reference), repo, tag or "latest")
 

@@ -154,8 +154,10 @@ def check_arguments(*, stdout: bool, stderr: bool, tail: str | int) -> None:
     """dockerd's 400s for ``docker logs`` arguments, raised before anything is read."""
     if not (stdout or stderr):
         raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
-    if tail not in ("all", "") and not str(tail).lstrip("-").isdigit():
-        raise errors.InvalidParameter(f"invalid value for tail: {tail}")
+    text = str(tail)
+    # (A number too long to convert would fail the read half-way, after the headers.)
+    if tail not in ("all", "") and (not text.lstrip("-").isdigit() or len(text) > 19):
+        raise errors.InvalidParameter(f"invalid value for tail: {text[:40]}")
 
 
 class ContainerLogs:
