@@ -18,6 +18,7 @@ from .clock import Clock
 from .images import FakeMounter, MountDriver
 from .images.fake import FakeImageStore
 from .images.overlay import OverlayMounter
+from .images.source import ImportLimits
 from .images.store import ImageStore
 from .lifecycle import State
 from .network import FakeNetwork, NetworkDriver
@@ -67,6 +68,8 @@ class DaemonConfig:
     network: str = "bridge"
     bridge: str = DEFAULT_BRIDGE
     bridge_subnet: str = DEFAULT_SUBNET
+    #: What one ``docker import`` or ``docker load`` may unpack (bytes, archive members).
+    import_limits: ImportLimits = field(default_factory=ImportLimits)
 
     def userns(self) -> tuple[int, int, int] | None:
         """``userns_remap`` parsed: (uid, gid, size), or None."""
@@ -116,13 +119,13 @@ def build_drivers(
             runtime=runtime or FakeRuntime(clock=clock),
             mounter=mounter or FakeMounter(),
             network=network or FakeNetwork(),
-            images=FakeImageStore(data_root / "image"),
+            images=FakeImageStore(data_root / "image", config.import_limits),
             storage_driver="fake",
             network_files=False,
         )
     if config.runtime != "runc":
         raise errors.InvalidParameter(f"unknown runtime specified {config.runtime}")
-    images = ImageStore(data_root / "image")
+    images = ImageStore(data_root / "image", config.import_limits)
     userns = config.userns()
     owner = userns[:2] if userns else None
     if network is None and config.network == "bridge":

@@ -18,6 +18,7 @@ import structlog
 
 import asyncstart
 from asyncstart import errors
+from asyncstart.images.source import ImportLimits
 from asyncstart.logconfig import configure_logging
 from asyncstart.logs import JsonFileWriter
 from asyncstart.runtime import StateInfo
@@ -306,3 +307,39 @@ async def test_a_tail_too_long_for_a_number_is_a_400(engine: Engine) -> None:
     await create(engine.daemon, "web")
     with pytest.raises(errors.InvalidParameter, match="invalid value for tail"):
         engine.daemon.container_logs("web", tail="9" * 5000)
+
+
+async def test_an_import_beyond_the_limits_is_a_400_and_leaves_nothing(
+    open_engine: OpenEngine, tmp_path: Path
+) -> None:
+    """Imports had no bound on what they unpacked: a 4 MB gzip bomb filled the disk."""
+    limits = ImportLimits(max_bytes=1 << 20, max_entries=50)
+    bomb = tmp_path / "bomb.tar.gz"
+    with gzip.open(bomb, "wb") as out:  # a few KB that decompress to 4 MiB
+        for _ in range(4):
+            out.write(b"\0" * (1 << 20))
+    many = tmp_path / "many.tar"
+    with tarfile.open(many, "w") as tar:
+        for n in range(60):
+            tar.addfile(tarfile.TarInfo(f"f{n}"), io.BytesIO(b""))
+    big = tmp_path / "big.tar"
+    with tarfile.open(big, "w") as tar:
+        member = tarfile.TarInfo("blob")
+        member.size = 2 << 20
+        tar.addfile(member, io.BytesIO(b"z" * member.size))
+    async with open_engine(import_limits=limits) as engine:
+        daemon = engine.daemon
+        for archive, what in (
+            (bomb, "decompresses to more than 1048576 bytes"),
+            (many, "more than 50 entries"),
+            (big, "more than 1048576 bytes"),
+        ):
+            with pytest.raises(errors.InvalidParameter, match="archive too large") as refused:
+                await daemon.image_import(str(archive), repo="x")
+            assert what in refused.value.message
+            with pytest.raises(errors.InvalidParameter, match="archive too large"):
+                await daemon.image_load(str(archive))
+        assert await daemon.images_list() == []
+    image_root = engine.root / "data" / "image"
+    assert [p.name for p in (image_root / "layers").iterdir()] == []
+    assert [p.name for p in image_root.iterdir() if p.name.startswith(".")] == []

@@ -14,7 +14,7 @@ from .. import errors
 from .extract import safe_extract
 from .layers import LayerStore
 from .reference import check_name, parse_reference
-from .source import decompressed
+from .source import ImportLimits, decompressed
 
 __all__ = ["SavedImage", "read_manifest", "store_layers", "unpack"]
 
@@ -82,13 +82,13 @@ def read_manifest(root: Path) -> Iterator[SavedImage]:
     return (_image(root, entry) for entry in manifest)
 
 
-def unpack(archive_path: Path, scratch: Path) -> Path:
+def unpack(archive_path: Path, scratch: Path, limits: ImportLimits) -> Path:
     """Extract the archive (plain or gzip) into ``scratch``; return the directory."""
     workdir = scratch / "unpacked"
     workdir.mkdir()
     try:
-        with tarfile.open(decompressed(archive_path, scratch), "r:") as archive:
-            safe_extract(archive, str(workdir))
+        with tarfile.open(decompressed(archive_path, scratch, limits), "r:") as archive:
+            safe_extract(archive, str(workdir), limits)
     except (tarfile.TarError, EOFError) as exc:
         raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
     return workdir
@@ -98,7 +98,7 @@ def _store_image_layers(
     image: SavedImage, layers: LayerStore, scratch: Path, created: list[str]
 ) -> None:
     for layer, want in zip(image.layers, image.diff_ids, strict=True):
-        got, new = layers.store(decompressed(layer, scratch))
+        got, new = layers.store(decompressed(layer, scratch, layers.limits))
         if new:
             created.append(got)
         if got != want:

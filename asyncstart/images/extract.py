@@ -12,6 +12,7 @@ import stat
 import tarfile
 
 from .. import errors
+from .source import ImportLimits
 
 __all__ = ["safe_extract"]
 
@@ -57,7 +58,7 @@ def _whiteout(parent: str, base: str, member: tarfile.TarInfo) -> None:
     os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0))
 
 
-def safe_extract(archive: tarfile.TarFile, destination: str) -> None:
+def safe_extract(archive: tarfile.TarFile, destination: str, limits: ImportLimits) -> None:
     """Extract every member of ``archive`` under ``destination``, or raise InvalidParameter.
 
     Members are checked one at a time as they are extracted, so a refusal can leave part of
@@ -68,7 +69,14 @@ def safe_extract(archive: tarfile.TarFile, destination: str) -> None:
     def inside(path: str) -> bool:
         return path == root or path.startswith(root + os.sep)
 
+    entries = size = 0
     for member in archive:
+        entries += 1
+        size += max(member.size, 0)
+        if entries > limits.max_entries:
+            raise limits.too_large(f"more than {limits.max_entries} entries")
+        if size > limits.max_bytes:
+            raise limits.too_large(f"its members hold more than {limits.max_bytes} bytes")
         name = member.name
         parts = _parts(name)
         if name.startswith("/") or ".." in parts:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import errors
 from .extract import safe_extract
+from .source import ImportLimits
 
 __all__ = ["LayerStore"]
 
@@ -34,8 +35,10 @@ def _digest(path: Path) -> str:
 class LayerStore:
     """The layers under ``root`` (``data_root/image/layers``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ImportLimits | None = None) -> None:
         self.root = root
+        #: What one layer (and one archive) may unpack to.
+        self.limits = limits or ImportLimits()
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, diff_id: str) -> Path:
@@ -58,7 +61,7 @@ class LayerStore:
             os.chmod(tmp, 0o755)
             try:
                 with tarfile.open(tar_path, "r:") as archive:
-                    safe_extract(archive, str(tmp))
+                    safe_extract(archive, str(tmp), self.limits)
             except (tarfile.TarError, EOFError) as exc:
                 raise errors.InvalidParameter(f"invalid tar archive: {exc}") from None
             except OSError as exc:

@@ -29,7 +29,7 @@ from .configs import ConfigStore
 from .imported import container_config, import_config
 from .layers import LayerStore
 from .reference import check_name, parse_reference
-from .source import ImageSource, decompressed, spool
+from .source import ImageSource, ImportLimits, decompressed, spool
 from .tags import TagFile
 
 __all__ = ["ImageSource", "ImageStore", "RemovalPlan", "RemovalPolicy", "parse_reference"]
@@ -55,13 +55,13 @@ RemovalPolicy = Callable[[str, list[str]], RemovalPlan]
 class ImageStore:
     """Images and their layers under ``root`` (``data_root/image``)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ImportLimits | None = None) -> None:
         self.root = root
         #: The directory of the extracted layers.
         self.layers = root / "layers"
         #: The directory of the image configs.
         self.configs = root / "configs"
-        self._layers = LayerStore(self.layers)
+        self._layers = LayerStore(self.layers, limits)
         self._configs = ConfigStore(self.configs)
         self._tags = TagFile(root / "repositories.json")
         #: Guards repositories.json and configs (imports run in worker threads).
@@ -159,7 +159,7 @@ class ImageStore:
         if not tar_path.is_file():
             raise errors.InvalidParameter(f"no such file: {tar_path}")
         config = container_config(changes)  # before any work: a bad change costs nothing
-        diff_id, _ = self._layers.store(decompressed(tar_path, scratch))
+        diff_id, _ = self._layers.store(decompressed(tar_path, scratch, self._layers.limits))
         with self._lock:
             image_id = self._configs.write(import_config(config, diff_id))
             if repo:
@@ -175,7 +175,7 @@ class ImageStore:
             return await anyio.to_thread.run_sync(self._locked, self._load, archive_path, scratch)
 
     def _load(self, archive_path: Path, scratch: Path) -> list[str]:
-        images = read_manifest(unpack(archive_path, scratch))
+        images = read_manifest(unpack(archive_path, scratch, self._layers.limits))
         staged = store_layers(images, self._layers, scratch)
         loaded = []
         with self._lock:
