@@ -14,14 +14,17 @@ from typing import Any
 import msgspec
 
 from . import errors
+from .signals import parse_signal
 
 __all__ = [
+    "CAPABILITIES",
     "Config",
     "HostConfig",
     "Mount",
     "PortBinding",
     "RestartPolicy",
     "Ulimit",
+    "capability_name",
     "merge_image_defaults",
     "parse_config",
     "parse_host_config",
@@ -143,6 +146,61 @@ def parse_host_config(value: HostConfig | dict[str, Any] | None) -> HostConfig:
 
 
 _RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+#: The Linux capabilities (capability.h), as the Engine API names them with ``CAP_``.
+CAPABILITIES = tuple(
+    "CAP_" + name
+    for name in [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ]
+)
+
+
+def capability_name(name: str) -> str:
+    """``net_admin`` and ``CAP_NET_ADMIN`` are one capability; ``ALL`` stays ``ALL``."""
+    name = name.upper()
+    return name if name == "ALL" or name.startswith("CAP_") else "CAP_" + name
+
+
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: dockerd's ``linuxMinMemory``.
 _MIN_MEMORY = 6 * 1024 * 1024
@@ -150,6 +208,8 @@ _MIN_MEMORY = 6 * 1024 * 1024
 
 def validate_config(config: Config) -> None:
     """dockerd's checks of a container's ``Config`` at create: 400 on violation."""
+    if config.stop_signal:
+        parse_signal(config.stop_signal)  # dockerd's "Invalid signal: ..." at create
     if config.working_dir and not config.working_dir.startswith("/"):
         raise errors.InvalidParameter(
             f"the working directory '{config.working_dir}' is invalid, it needs to be an "
@@ -199,6 +259,14 @@ def validate_host_config(host_config: HostConfig) -> None:
     if host_config.oom_score_adj < -1000 or host_config.oom_score_adj > 1000:
         raise errors.InvalidParameter(
             f"Invalid value {host_config.oom_score_adj}, range for oom score adj is [-1000, 1000]"
+        )
+    for name in (*(host_config.cap_add or ()), *(host_config.cap_drop or ())):
+        if capability_name(name) not in (*CAPABILITIES, "ALL"):
+            raise errors.InvalidParameter(f'unknown capability: "{capability_name(name)}"')
+    driver = host_config.log_config.type
+    if driver not in ("", "json-file"):
+        raise errors.InvalidParameter(
+            f"asyncstart writes container logs with the json-file driver only, not {driver!r}"
         )
     for ulimit in host_config.ulimits or ():
         if ulimit.soft > ulimit.hard:

@@ -31,6 +31,29 @@ from .views import format_time
 
 __all__ = ["new_record"]
 
+#: Settings dockerd applies that this engine does not (yet): accepted only with the values
+#: that ask for nothing (what clients send by default), else refused at create — never
+#: accepted and ignored.
+_NOT_APPLIED: dict[str, dict[str, tuple[Any, ...]]] = {
+    "HostConfig": {
+        "Privileged": (None, False),
+        "PidMode": (None, ""),
+        "IpcMode": (None, "", "private", "shareable"),  # its own namespace, as ours
+        "UTSMode": (None, ""),
+        "UsernsMode": (None, ""),
+        "CgroupnsMode": (None, ""),
+        "Devices": (None, []),
+        "DeviceCgroupRules": (None, []),
+        "DeviceRequests": (None, []),
+        "GroupAdd": (None, []),
+        "Init": (None, False),
+        "Links": (None, []),
+        "VolumesFrom": (None, []),
+        "VolumeDriver": (None, ""),
+    },
+    "Config": {"MacAddress": (None, "")},
+}
+
 
 def new_record(
     name: str | None,
@@ -42,6 +65,9 @@ def new_record(
     name_taken: Callable[[str], bool],
 ) -> ContainerRecord:
     """The record of a container to create, or dockerd's 400/404 for what is wrong."""
+    for section, given in (("Config", config), ("HostConfig", host_config)):
+        if isinstance(given, Mapping):
+            _refuse_not_applied(section, given)
     parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
     host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
     validate_config(parsed)
@@ -72,3 +98,13 @@ def new_record(
     except (msgspec.EncodeError, UnicodeEncodeError) as exc:
         raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
     return record
+
+
+def _refuse_not_applied(section: str, given: Mapping[str, Any]) -> None:
+    for key, neutral in _NOT_APPLIED[section].items():
+        value = given.get(key)
+        if value not in neutral:
+            raise errors.InvalidParameter(
+                f"asyncstart does not apply {section}.{key} yet: {key}={value!r} is refused "
+                "rather than ignored"
+            )

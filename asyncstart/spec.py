@@ -8,11 +8,11 @@ applied on top.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import errors
-from .config import Config, HostConfig
+from .config import CAPABILITIES, Config, HostConfig, capability_name
 
 __all__ = ["DEFAULT_CAPABILITIES", "DEFAULT_PATH", "build_spec", "process_args"]
 
@@ -163,10 +163,7 @@ def build_spec(
         env.insert(0, DEFAULT_PATH)
     if config.tty and not any(item.startswith("TERM=") for item in env):
         env.append("TERM=xterm")
-    capabilities = sorted(
-        (set(DEFAULT_CAPABILITIES) | {_cap(c) for c in host_config.cap_add or ()})
-        - {_cap(c) for c in host_config.cap_drop or ()}
-    )
+    capabilities = _capabilities(host_config.cap_add or (), host_config.cap_drop or ())
     namespaces: list[dict[str, str]] = [
         {"type": "mount"},
         {"type": "uts"},
@@ -259,6 +256,13 @@ def build_spec(
     }
 
 
-def _cap(name: str) -> str:
-    name = name.upper()
-    return name if name.startswith("CAP_") else "CAP_" + name
+def _capabilities(add: Sequence[str], drop: Sequence[str]) -> list[str]:
+    """dockerd's ``TweakCapabilities``: ``ALL`` added is every capability but those dropped;
+    ``ALL`` dropped leaves only those added; else the defaults, plus added, minus dropped."""
+    added = {capability_name(c) for c in add}
+    dropped = {capability_name(c) for c in drop}
+    if "ALL" in added:
+        return sorted(set(CAPABILITIES) - dropped)
+    if "ALL" in dropped:
+        return sorted(added)
+    return sorted((set(DEFAULT_CAPABILITIES) | added) - dropped)

@@ -343,3 +343,53 @@ async def test_an_import_beyond_the_limits_is_a_400_and_leaves_nothing(
     image_root = engine.root / "data" / "image"
     assert [p.name for p in (image_root / "layers").iterdir()] == []
     assert [p.name for p in image_root.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("config", "host_config", "message"),
+    [
+        ({}, {"CapAdd": ["FOO"]}, 'unknown capability: "CAP_FOO"'),
+        ({}, {"CapDrop": ["cap_nope"]}, 'unknown capability: "CAP_NOPE"'),
+        ({}, {"LogConfig": {"Type": "syslog"}}, "json-file driver only"),
+        ({"StopSignal": "SIGFOO"}, {}, "Invalid signal: SIGFOO"),
+        ({"MacAddress": "02:42:ac:11:00:02"}, {}, "Config.MacAddress"),
+        ({}, {"Privileged": True}, "HostConfig.Privileged"),
+        ({}, {"PidMode": "host"}, "HostConfig.PidMode"),
+        ({}, {"IpcMode": "host"}, "HostConfig.IpcMode"),
+        ({}, {"UTSMode": "host"}, "HostConfig.UTSMode"),
+        ({}, {"CgroupnsMode": "host"}, "HostConfig.CgroupnsMode"),
+        ({}, {"Devices": [{"PathOnHost": "/dev/fuse"}]}, "HostConfig.Devices"),
+        ({}, {"DeviceCgroupRules": ["c 1:3 mr"]}, "HostConfig.DeviceCgroupRules"),
+        ({}, {"GroupAdd": ["audio"]}, "HostConfig.GroupAdd"),
+        ({}, {"Init": True}, "HostConfig.Init"),
+        ({}, {"Links": ["db:db"]}, "HostConfig.Links"),
+    ],
+)
+async def test_a_setting_not_applied_is_refused_not_ignored(
+    engine: Engine, config: dict[str, object], host_config: dict[str, object], message: str
+) -> None:
+    """These were accepted and never applied: the caller got another container than asked."""
+    body = {"Image": "busybox", "Cmd": ["true"], **config}
+    with pytest.raises(errors.InvalidParameter) as refused:
+        await engine.daemon.container_create("web", body, host_config)
+    assert message in refused.value.message
+    assert engine.mounter.layers == {}
+
+
+async def test_what_clients_send_by_default_is_accepted(engine: Engine) -> None:
+    neutral = {
+        "Privileged": False,
+        "PidMode": "",
+        "IpcMode": "private",
+        "UTSMode": "",
+        "CgroupnsMode": "",
+        "Devices": [],
+        "Init": None,
+        "Links": None,
+        "CapAdd": ["net_admin", "CAP_SYS_TIME"],
+        "CapDrop": ["ALL"],
+        "LogConfig": {"Type": "json-file", "Config": {}},
+    }
+    body = {"Image": "busybox", "Cmd": ["true"], "MacAddress": "", "StopSignal": "SIGUSR1"}
+    await engine.daemon.container_create("web", body, neutral)
+    await engine.daemon.container_start("web")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from asyncstart import errors
-from asyncstart.config import parse_config, parse_host_config
+from asyncstart.config import CAPABILITIES, parse_config, parse_host_config
 from asyncstart.spec import DEFAULT_CAPABILITIES, DEFAULT_PATH, build_spec, process_args
 
 CID = "3f1c" + "ab" * 30
@@ -451,3 +451,11 @@ def test_the_spec_does_not_share_state_between_calls() -> None:
 def test_editing_a_returned_spec_does_not_change_the_next_one() -> None:
     only_mount(spec(), "/proc")["options"].append("edited")
     assert "edited" not in only_mount(spec(), "/proc")["options"]
+
+
+def test_all_capabilities_added_or_dropped_as_dockerd() -> None:
+    everything = spec(host={"CapAdd": ["ALL"], "CapDrop": ["kill"]})["process"]["capabilities"]
+    assert "CAP_SYS_ADMIN" in everything["bounding"] and "CAP_KILL" not in everything["bounding"]
+    assert len(everything["bounding"]) == len(CAPABILITIES) - 1
+    only = spec(host={"CapDrop": ["ALL"], "CapAdd": ["chown"]})["process"]["capabilities"]
+    assert only["bounding"] == ["CAP_CHOWN"]
