@@ -8,6 +8,7 @@ PascalCase say so with ``name=``.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "Ulimit",
     "capability_name",
     "merge_image_defaults",
+    "not_applied",
     "parse_config",
     "parse_host_config",
     "validate_config",
@@ -206,8 +208,39 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MIN_MEMORY = 6 * 1024 * 1024
 
 
+def not_applied(section: str, key: str, value: Any) -> errors.InvalidParameter:
+    """The 400 for a setting dockerd applies and this engine does not (yet): refused, never
+    accepted and ignored."""
+    return errors.InvalidParameter(
+        f"asyncstart does not apply {section}.{key} yet: {key}={json.dumps(value)} is "
+        "refused rather than ignored"
+    )
+
+
+#: ``SecurityOpt`` values that ask for what this engine does (no seccomp, AppArmor or SELinux
+#: profile is applied yet, so "unconfined" is what every container gets).
+_SECURITY_OPTS = {
+    f"{key}{sep}{value}"
+    for key, values in (
+        ("no-new-privileges", ("true", "false")),
+        ("seccomp", ("unconfined",)),
+        ("apparmor", ("unconfined",)),
+        ("label", ("disable",)),
+    )
+    for value in values
+    for sep in ("=", ":")
+} | {"no-new-privileges"}
+
+
 def validate_config(config: Config) -> None:
     """dockerd's checks of a container's ``Config`` at create: 400 on violation."""
+    for key, value, neutral in (
+        ("MacAddress", config.mac_address, ""),
+        ("NetworkDisabled", config.network_disabled, False),
+        ("Volumes", config.volumes or None, None),
+    ):
+        if value != neutral:
+            raise not_applied("Config", key, value)
     if config.stop_signal:
         parse_signal(config.stop_signal)  # dockerd's "Invalid signal: ..." at create
     if config.working_dir and not config.working_dir.startswith("/"):
@@ -260,6 +293,11 @@ def validate_host_config(host_config: HostConfig) -> None:
         raise errors.InvalidParameter(
             f"Invalid value {host_config.oom_score_adj}, range for oom score adj is [-1000, 1000]"
         )
+    if host_config.privileged:
+        raise not_applied("HostConfig", "Privileged", True)
+    for option in host_config.security_opt or ():
+        if option not in _SECURITY_OPTS:
+            raise not_applied("HostConfig", "SecurityOpt", option)
     for name in (*(host_config.cap_add or ()), *(host_config.cap_drop or ())):
         if capability_name(name) not in (*CAPABILITIES, "ALL"):
             raise errors.InvalidParameter(f'unknown capability: "{capability_name(name)}"')

@@ -71,7 +71,11 @@ class RecordStore:
 
     async def save(self, record: ContainerRecord) -> None:
         """Write ``record`` atomically (in a worker thread: the event loop never waits on disk)."""
-        data = _encoder.encode(record)
+        try:
+            data = _encoder.encode(record)
+        except (msgspec.EncodeError, UnicodeEncodeError) as exc:
+            # A client's string no JSON can hold (a lone surrogate): its request is at fault.
+            raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
         try:
             await anyio.to_thread.run_sync(self._write, record.id, data)
         except OSError as exc:
