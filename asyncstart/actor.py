@@ -28,7 +28,7 @@ from . import errors
 from .attach import AttachSession, ContainerIO
 from .container import ActorServices, ContainerState
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
-from .logs import ContainerLogs, read_log
+from .logs import ContainerLogs, read_log_chunks
 from .mailbox import Call, Handler, Pending, Reply, RuntimeReport
 from .record import ContainerRecord, wait_result
 from .restart import RestartManager
@@ -160,9 +160,10 @@ class ContainerActor(ContainerState):
         since: float,
         until: float,
         timestamps: bool,
+        details: bool = False,
     ) -> ContainerLogs:
         """The container's json-file log (see :meth:`asyncstart.Daemon.container_logs`)."""
-        lines = read_log(
+        chunks = read_log_chunks(
             self.services.records.log_path(self.id),
             streams=streams,
             follow=follow,
@@ -170,9 +171,10 @@ class ContainerActor(ContainerState):
             since=since,
             until=until,
             timestamps=timestamps,
+            details=details,
             running=lambda: self._lifecycle.running,
         )
-        return ContainerLogs(lines, tty=self._record.config.tty)
+        return ContainerLogs(chunks, tty=self._record.config.tty)
 
     async def _h_start(
         self, reply: Reply, checkpoint: str | None, checkpoint_dir: str | None

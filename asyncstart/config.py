@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from . import errors
+from .security import parse_security_opt
 from .signals import parse_signal
 
 __all__ = [
@@ -82,46 +83,101 @@ class Config(_Docker):
     stdin_once: bool = False
     env: list[str] | None = None
     cmd: list[str] | None = None
+    healthcheck: dict[str, Any] | None = None
+    args_escaped: bool = False
     image: str = ""
     volumes: dict[str, dict[str, Any]] | None = None
     working_dir: str = ""
     entrypoint: list[str] | None = None
     network_disabled: bool = False
     mac_address: str = ""
+    on_build: list[str] | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     stop_signal: str = ""
     stop_timeout: int | None = None
+    shell: list[str] | None = None
 
 
 class HostConfig(_Docker):
-    """The ``HostConfig`` of ``POST /containers/create`` (what the host grants the container)."""
+    """The ``HostConfig`` of ``POST /containers/create`` (what the host grants the container).
+
+    Every field dockerd's has, in its order, so inspect echoes the whole of it; each is applied
+    or refused at create (``validate_host_config``), never held and ignored."""
 
     binds: list[str] | None = None
+    container_id_file: str = msgspec.field(default="", name="ContainerIDFile")
+    log_config: LogConfig = msgspec.field(default_factory=LogConfig)
     network_mode: str = "default"
     port_bindings: dict[str, list[PortBinding] | None] | None = None
     restart_policy: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
     auto_remove: bool = False
-    mounts: list[Mount] | None = None
+    volume_driver: str = ""
+    volumes_from: list[str] | None = None
+    console_size: list[int] = msgspec.field(default_factory=lambda: [0, 0])
+    annotations: dict[str, str] | None = None
+    cap_add: list[str] | None = None
+    cap_drop: list[str] | None = None
+    cgroupns_mode: str = ""
     dns: list[str] | None = None
     dns_options: list[str] | None = None
     dns_search: list[str] | None = None
     extra_hosts: list[str] | None = None
-    cap_add: list[str] | None = None
-    cap_drop: list[str] | None = None
+    group_add: list[str] | None = None
+    ipc_mode: str = ""
+    cgroup: str = ""
+    links: list[str] | None = None
+    oom_score_adj: int = 0
+    pid_mode: str = ""
     privileged: bool = False
+    publish_all_ports: bool = False
     readonly_rootfs: bool = False
+    security_opt: list[str] | None = None
+    storage_opt: dict[str, str] | None = None
     tmpfs: dict[str, str] | None = None
-    ulimits: list[Ulimit] | None = None
+    uts_mode: str = msgspec.field(default="", name="UTSMode")
+    userns_mode: str = ""
+    shm_size: int = 0
+    sysctls: dict[str, str] | None = None
+    runtime: str = ""
+    isolation: str = ""
+    # Resources
+    cpu_shares: int = 0
     memory: int = 0
     nano_cpus: int = 0
-    cpu_shares: int = 0
+    cgroup_parent: str = ""
+    blkio_weight: int = 0
+    blkio_weight_device: list[dict[str, Any]] | None = None
+    blkio_device_read_bps: list[dict[str, Any]] | None = None
+    blkio_device_write_bps: list[dict[str, Any]] | None = None
+    blkio_device_read_iops: list[dict[str, Any]] | None = msgspec.field(
+        default=None, name="BlkioDeviceReadIOps"
+    )
+    blkio_device_write_iops: list[dict[str, Any]] | None = msgspec.field(
+        default=None, name="BlkioDeviceWriteIOps"
+    )
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    cpu_realtime_period: int = 0
+    cpu_realtime_runtime: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    devices: list[dict[str, Any]] | None = None
+    device_cgroup_rules: list[str] | None = None
+    device_requests: list[dict[str, Any]] | None = None
+    memory_reservation: int = 0
+    memory_swap: int = 0
+    memory_swappiness: int | None = None
+    oom_kill_disable: bool | None = None
     pids_limit: int | None = None
-    oom_score_adj: int = 0
-    shm_size: int = 0
-    runtime: str = ""
-    security_opt: list[str] | None = None
-    sysctls: dict[str, str] | None = None
-    log_config: LogConfig = msgspec.field(default_factory=LogConfig)
+    ulimits: list[Ulimit] | None = None
+    cpu_count: int = 0
+    cpu_percent: int = 0
+    io_maximum_iops: int = msgspec.field(default=0, name="IOMaximumIOps")
+    io_maximum_bandwidth: int = msgspec.field(default=0, name="IOMaximumBandwidth")
+    mounts: list[Mount] | None = None
+    masked_paths: list[str] | None = None
+    readonly_paths: list[str] | None = None
+    init: bool | None = None
 
 
 def _convert(kind: type[Any], value: Any, what: str) -> Any:
@@ -217,30 +273,8 @@ def not_applied(section: str, key: str, value: Any) -> errors.InvalidParameter:
     )
 
 
-#: ``SecurityOpt`` values that ask for what this engine does (no seccomp, AppArmor or SELinux
-#: profile is applied yet, so "unconfined" is what every container gets).
-_SECURITY_OPTS = {
-    f"{key}{sep}{value}"
-    for key, values in (
-        ("no-new-privileges", ("true", "false")),
-        ("seccomp", ("unconfined",)),
-        ("apparmor", ("unconfined",)),
-        ("label", ("disable",)),
-    )
-    for value in values
-    for sep in ("=", ":")
-} | {"no-new-privileges"}
-
-
 def validate_config(config: Config) -> None:
     """dockerd's checks of a container's ``Config`` at create: 400 on violation."""
-    for key, value, neutral in (
-        ("MacAddress", config.mac_address, ""),
-        ("NetworkDisabled", config.network_disabled, False),
-        ("Volumes", config.volumes or None, None),
-    ):
-        if value != neutral:
-            raise not_applied("Config", key, value)
     if config.stop_signal:
         parse_signal(config.stop_signal)  # dockerd's "Invalid signal: ..." at create
     if config.working_dir and not config.working_dir.startswith("/"):
@@ -293,11 +327,10 @@ def validate_host_config(host_config: HostConfig) -> None:
         raise errors.InvalidParameter(
             f"Invalid value {host_config.oom_score_adj}, range for oom score adj is [-1000, 1000]"
         )
-    if host_config.privileged:
-        raise not_applied("HostConfig", "Privileged", True)
-    for option in host_config.security_opt or ():
-        if option not in _SECURITY_OPTS:
-            raise not_applied("HostConfig", "SecurityOpt", option)
+    # dockerd's parseSecurityOpt (its 400s, a seccomp profile decoded and checked); what this
+    # engine does not apply is refused.
+    for option in parse_security_opt(host_config.security_opt).not_applied:
+        raise not_applied("HostConfig", "SecurityOpt", option)
     for name in (*(host_config.cap_add or ()), *(host_config.cap_drop or ())):
         if capability_name(name) not in (*CAPABILITIES, "ALL"):
             raise errors.InvalidParameter(f'unknown capability: "{capability_name(name)}"')

@@ -16,7 +16,6 @@ from .config import (
     Config,
     HostConfig,
     merge_image_defaults,
-    not_applied,
     parse_config,
     parse_host_config,
     validate_config,
@@ -24,34 +23,14 @@ from .config import (
     validate_name,
 )
 from .images.store import ImageStore
+from .logs import check_log_options
 from .names import generate_name
 from .record import ContainerRecord, new_id
+from .settings import HostFacts, fill_defaults, validate_platform
+from .spec import MASKED_PATHS, READONLY_PATHS
 from .views import format_time
 
 __all__ = ["new_record"]
-
-#: Settings dockerd applies that this engine does not (yet) and its structs do not hold (those
-#: it holds are checked by ``validate_config``/``validate_host_config``): accepted only with the
-#: values that ask for nothing (what clients send by default), else refused at create.
-_NOT_APPLIED: dict[str, dict[str, tuple[Any, ...]]] = {
-    "HostConfig": {
-        "PidMode": (None, ""),
-        "IpcMode": (None, "", "private", "shareable"),  # its own namespace, as ours
-        "UTSMode": (None, ""),
-        "UsernsMode": (None, ""),
-        "CgroupnsMode": (None, ""),
-        "Devices": (None, []),
-        "DeviceCgroupRules": (None, []),
-        "DeviceRequests": (None, []),
-        "GroupAdd": (None, []),
-        "Init": (None, False),
-        "Links": (None, []),
-        "VolumesFrom": (None, []),
-        "VolumeDriver": (None, ""),
-        "PublishAllPorts": (None, False),
-    },
-    "Config": {},
-}
 
 
 def new_record(
@@ -62,15 +41,15 @@ def new_record(
     images: ImageStore,
     runtimes: Mapping[str, object],
     name_taken: Callable[[str], bool],
+    facts: HostFacts,
 ) -> ContainerRecord:
     """The record of a container to create, or dockerd's 400/404 for what is wrong."""
-    for section, given in (("Config", config), ("HostConfig", host_config)):
-        if isinstance(given, Mapping):
-            _refuse_not_applied(section, given)
     parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
     host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
     validate_config(parsed)
     validate_host_config(host)
+    check_log_options(host.log_config.config)
+    validate_platform(parsed, host, facts)
     if host.runtime and host.runtime not in runtimes:
         raise errors.InvalidParameter(f"unknown or invalid runtime name: {host.runtime}")
     image_id, image = images.container_image(parsed.image or "")
@@ -84,6 +63,7 @@ def new_record(
         # dockerd: the host's name in host mode, else the short ID.
         host_mode = host.network_mode == "host"
         parsed.hostname = socket.gethostname() if host_mode else container_id[:12]
+    fill_defaults(host, facts, masked=MASKED_PATHS, readonly=READONLY_PATHS)
     record = ContainerRecord(
         id=container_id,
         name=canonical,
@@ -93,10 +73,3 @@ def new_record(
         host_config=host,
     )
     return record
-
-
-def _refuse_not_applied(section: str, given: Mapping[str, Any]) -> None:
-    for key, neutral in _NOT_APPLIED[section].items():
-        value = given.get(key)
-        if value not in neutral:
-            raise not_applied(section, key, value)

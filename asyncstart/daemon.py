@@ -28,6 +28,7 @@ from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
 from .events import EventBus
 from .filters import container_filters, event_filters, event_matches
+from .hostinfo import apparmor_enabled, host_facts
 from .images import MountDriver
 from .images.store import ImageSource
 from .lifecycle import Request
@@ -79,6 +80,8 @@ class Daemon:
         self._events = EventBus()
         self._records = RecordStore(self.data_root / "containers", fsync=config.fsync)
         self._runtimes = config.runtime_table()
+        #: What the machine offers containers, read once (dockerd's ``sysinfo``).
+        self._host = host_facts(userns=config.userns() is not None)
         self._index = ContainerIndex()
         self._actors: dict[str, ContainerActor] = {}
         self._ports = PortProxy(task_group)
@@ -164,6 +167,7 @@ class Daemon:
             images=self._images,
             runtimes=self._runtimes,
             name_taken=self._index.has_name,
+            facts=self._host,
         )
         container_id, canonical = record.id, record.name
         self._index.reserve_name(canonical, container_id)
@@ -308,18 +312,29 @@ class Daemon:
         since: float = 0,
         until: float = 0,
         timestamps: bool = False,
+        details: bool = False,
     ) -> ContainerLogs:
-        """``docker logs``: ``(stream, bytes)`` from the container's json-file log.
+        """``docker logs``: ``(stream, bytes)`` from the container's json-file log and its
+        rotated files, read in worker threads a chunk at a time (any size, the loop never
+        waits on it).
 
         ``since``/``until`` are seconds since the epoch (0: unbounded); ``tail`` keeps the last
-        N lines; ``follow`` goes on until the container stops. Bad arguments and an unknown
-        container raise here, before the first line is read. ``.tty`` says whether the output
-        is one raw stream (a TTY's) rather than stdout and stderr apart.
+        N lines (as dockerd, counted before the streams are chosen); ``follow`` goes on until
+        the container stops; ``details`` puts each entry's attributes (``--log-opt labels``,
+        ``env``, ``tag``) before it. Bad arguments and an unknown container raise here, before
+        the first line is read. ``.tty`` says whether the output is one raw stream (a TTY's)
+        rather than stdout and stderr apart.
         """
         check_arguments(stdout=stdout, stderr=stderr, tail=tail)
         streams = {name for name, on in (("stdout", stdout), ("stderr", stderr)) if on}
         return self._actor(reference).logs(
-            streams, follow=follow, tail=tail, since=since, until=until, timestamps=timestamps
+            streams,
+            follow=follow,
+            tail=tail,
+            since=since,
+            until=until,
+            timestamps=timestamps,
+            details=details,
         )
 
     # -- images -----------------------------------------------------------------------------
@@ -394,6 +409,13 @@ class Daemon:
             "DefaultRuntime": "runc",
             "Runtimes": runtimes,
             "ExperimentalBuild": self.config.experimental,
+            # What every container gets, as dockerd lists it.
+            "SecurityOptions": [
+                *(["name=apparmor"] if apparmor_enabled() else []),
+                "name=seccomp,profile=builtin",
+                *(["name=userns"] if self._host.userns else []),
+                *(["name=cgroupns"] if self._host.cgroup2 else []),
+            ],
         }
 
 

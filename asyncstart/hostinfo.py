@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import platform
+from pathlib import Path
 
-__all__ = ["go_arch", "mem_total"]
+from .settings import HostFacts, parse_id_list
+
+__all__ = ["absent_seccomp_arches", "apparmor_enabled", "go_arch", "host_facts", "mem_total"]
 
 #: Go's GOARCH names where Python's machine name differs.
 _GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -27,3 +33,64 @@ def mem_total() -> int:
     except OSError:
         pass
     return 0
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def host_facts(*, userns: bool = False, root: Path = Path("/sys/fs/cgroup")) -> HostFacts:
+    """What this machine offers containers (dockerd's ``sysinfo``), from the cgroup hierarchy
+    under ``root`` and the CPUs this process may run on."""
+    cgroup2 = (root / "cgroup.controllers").exists()
+    if cgroup2:
+        cpus = _read(root / "cpuset.cpus.effective")
+        mems = _read(root / "cpuset.mems.effective")
+        blkio = (root / "io.weight").exists() or (root / "io.bfq.weight").exists()
+        swap = True  # memory.swap.max is in every child when the memory controller is
+    else:
+        cpus = _read(root / "cpuset" / "cpuset.cpus")
+        mems = _read(root / "cpuset" / "cpuset.mems")
+        weights = ("blkio.weight", "blkio.bfq.weight")
+        blkio = any((root / "blkio" / name).exists() for name in weights)
+        swap = (root / "memory" / "memory.memsw.limit_in_bytes").exists()
+    online = len(os.sched_getaffinity(0))
+    return HostFacts(
+        cpus=online,
+        cpuset_cpus=parse_id_list(cpus) if cpus else frozenset(range(online)),
+        cpuset_mems=parse_id_list(mems) if mems else frozenset({0}),
+        cgroup2=cgroup2,
+        blkio_weight=blkio,
+        swap_limit=swap,
+        userns=userns,
+    )
+
+
+def apparmor_enabled() -> bool:
+    """Whether the kernel enforces AppArmor (runc can then apply a profile by name)."""
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as file:
+            enabled = file.read(1) == "Y"
+    except OSError:
+        return False
+    return enabled and os.path.isdir("/sys/kernel/security/apparmor")
+
+
+#: x32's system call numbers are x86_64's with this bit set.
+_X32_SYSCALL_BIT = 0x40000000
+_GETPID_X86_64 = 39
+
+
+def absent_seccomp_arches() -> frozenset[str]:
+    """The architectures a seccomp filter would name that this kernel does not run (as
+    libseccomp names them): x32 on an x86_64 kernel built or booted without it, found by
+    asking for ``getpid`` through it (ENOSYS: absent)."""
+    if platform.machine() != "x86_64":
+        return frozenset()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_X32_SYSCALL_BIT | _GETPID_X86_64) == -1 and ctypes.get_errno() == errno.ENOSYS:
+        return frozenset({"SCMP_ARCH_X32"})
+    return frozenset()

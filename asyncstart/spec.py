@@ -8,11 +8,12 @@ applied on top.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import errors
 from .config import CAPABILITIES, Config, HostConfig, capability_name
+from .security import parse_security_opt
 
 __all__ = ["DEFAULT_CAPABILITIES", "DEFAULT_PATH", "build_spec", "process_args"]
 
@@ -95,8 +96,22 @@ def _lookup(table: str | None, name: str) -> list[str] | None:
     return None
 
 
-def _user(user: str, passwd: str | None, group: str | None) -> dict[str, Any]:
-    """``user[:group]`` by number or by name in the image's /etc/passwd and /etc/group."""
+def _gid(name: str, group: str | None) -> int:
+    if name.isdigit():
+        return int(name)
+    entry = _lookup(group, name)
+    if entry is None or not entry[2].isdigit():
+        raise errors.InvalidParameter(
+            f"unable to find group {name}: no matching entries in group file"
+        )
+    return int(entry[2])
+
+
+def _user(
+    user: str, passwd: str | None, group: str | None, group_add: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``user[:group]`` by number or by name in the image's /etc/passwd and /etc/group, and the
+    supplementary groups ``GroupAdd`` names."""
     name, _, group_name = user.partition(":")
     uid = gid = 0
     if name.isdigit():
@@ -108,21 +123,17 @@ def _user(user: str, passwd: str | None, group: str | None) -> dict[str, Any]:
                 break
     elif name:
         entry = _lookup(passwd, name)
-        if entry is None or len(entry) < 4:
+        if entry is None or len(entry) < 4 or not (entry[2].isdigit() and entry[3].isdigit()):
             raise errors.InvalidParameter(
                 f"unable to find user {name}: no matching entries in passwd file"
             )
         uid, gid = int(entry[2]), int(entry[3])
-    if group_name.isdigit():
-        gid = int(group_name)
-    elif group_name:
-        entry = _lookup(group, group_name)
-        if entry is None:
-            raise errors.InvalidParameter(
-                f"unable to find group {group_name}: no matching entries in group file"
-            )
-        gid = int(entry[2])
-    return {"uid": uid, "gid": gid}
+    if group_name:
+        gid = _gid(group_name, group)
+    ids: dict[str, Any] = {"uid": uid, "gid": gid}
+    if group_add:
+        ids["additionalGids"] = [_gid(name, group) for name in group_add]
+    return ids
 
 
 def _rlimits(host_config: HostConfig, host_hard: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -155,20 +166,33 @@ def build_spec(
     userns: tuple[int, int, int] | None = None,
     network_files: Mapping[str, str] | None = None,
     hostname: str | None = None,
+    arch: str = "amd64",
+    kernel: tuple[int, int] | None = None,
+    apparmor: bool = False,
+    absent_arches: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The ``config.json`` for one start. ``netns`` None shares the host's network namespace;
-    ``userns`` (uid, gid, size) runs it in a user namespace whose root is that uid/gid."""
+    ``userns`` (uid, gid, size) runs it in a user namespace whose root is that uid/gid.
+    ``arch`` (Go's GOARCH), ``kernel`` (version, major) and ``apparmor`` (the host has it) are
+    the machine's facts the seccomp filter and ``SecurityOpt`` depend on."""
     env = list(config.env or ())
     if not any(item.startswith("PATH=") for item in env):
         env.insert(0, DEFAULT_PATH)
     if config.tty and not any(item.startswith("TERM=") for item in env):
         env.append("TERM=xterm")
     capabilities = _capabilities(host_config.cap_add or (), host_config.cap_drop or ())
+    security = parse_security_opt(host_config.security_opt)  # checked at create; cached
+    # A namespace of its own for each kind, but those HostConfig shares with the host.
     namespaces: list[dict[str, str]] = [
-        {"type": "mount"},
-        {"type": "uts"},
-        {"type": "ipc"},
-        {"type": "pid"},
+        {"type": kind}
+        for kind, shared in (
+            ("mount", False),
+            ("uts", host_config.uts_mode == "host"),
+            ("ipc", host_config.ipc_mode == "host"),
+            ("pid", host_config.pid_mode == "host"),
+            ("cgroup", host_config.cgroupns_mode != "private"),
+        )
+        if not shared
     ]
     if netns is not None:
         namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
@@ -180,17 +204,7 @@ def build_spec(
             "uidMappings": [{"containerID": 0, "hostID": uid, "size": size}],
             "gidMappings": [{"containerID": 0, "hostID": gid, "size": size}],
         }
-    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
-    if host_config.memory:
-        resources["memory"] = {"limit": host_config.memory}
-    if host_config.nano_cpus:
-        period = 100_000
-        resources["cpu"] = {"quota": host_config.nano_cpus * period // 1_000_000_000,
-                            "period": period}  # fmt: skip
-    if host_config.cpu_shares:
-        resources.setdefault("cpu", {})["shares"] = host_config.cpu_shares
-    if host_config.pids_limit is not None and host_config.pids_limit > 0:
-        resources["pids"] = {"limit": host_config.pids_limit}
+    resources = _resources(host_config)
     # Deep: the caller may edit the spec it gets; the defaults must stay as they are.
     mounts = copy.deepcopy(list(_DEFAULT_MOUNTS))
     if userns is not None and netns:
@@ -202,11 +216,15 @@ def build_spec(
             if m["destination"] == "/sys" else m
             for m in mounts
         ]  # fmt: skip
-    shm = host_config.shm_size or 64 * 1024 * 1024
-    shm_options = ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm}"]
-    mounts.append(
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": shm_options}
-    )
+    if host_config.ipc_mode == "host":
+        mounts.append({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+                       "options": ["rbind", "nosuid", "noexec", "nodev"]})  # fmt: skip
+    elif host_config.ipc_mode != "none":
+        shm = host_config.shm_size or 64 * 1024 * 1024
+        shm_options = ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm}"]
+        mounts.append(
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": shm_options}
+        )
     for target, options in (host_config.tmpfs or {}).items():
         extra = [o for o in options.split(",") if o]
         mounts.append({"destination": target, "type": "tmpfs", "source": "tmpfs",
@@ -227,33 +245,94 @@ def build_spec(
             raise errors.InvalidParameter(f"mount type {mount.type!r} is not supported")
         mounts.append({"destination": mount.target, "type": "bind", "source": mount.source,
                        "options": ["rbind", "ro" if mount.read_only else "rw"]})  # fmt: skip
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
+    process: dict[str, Any] = {
             "terminal": config.tty,
-            "user": _user(config.user, passwd, group),
+            "user": _user(config.user, passwd, group, host_config.group_add or ()),
             "args": process_args(config),
             "env": env,
             "cwd": config.working_dir or "/",
             "capabilities": {k: capabilities for k in ("bounding", "effective", "permitted")},
             "rlimits": _rlimits(host_config, host_hard_limits or {}),
-            "noNewPrivileges": "no-new-privileges" in (host_config.security_opt or ())
-            or "no-new-privileges:true" in (host_config.security_opt or ()),
+            **security.spec_process(apparmor_host=apparmor),
             "oomScoreAdj": host_config.oom_score_adj,
-        },
+    }  # fmt: skip
+    height, width = [*host_config.console_size, 0, 0][:2]
+    if config.tty and height and width:
+        process["consoleSize"] = {"height": height, "width": width}
+    spec: dict[str, Any] = {
+        "ociVersion": "1.0.2",
+        "process": process,
         "root": {"path": rootfs, "readonly": host_config.readonly_rootfs},
-        "hostname": hostname or config.hostname or container_id[:12],
         "mounts": mounts,
         "linux": {
-            "cgroupsPath": f"{cgroup_parent}/{container_id}",
+            "cgroupsPath": f"{host_config.cgroup_parent or cgroup_parent}/{container_id}",
             "namespaces": namespaces,
             "resources": resources,
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
+            "maskedPaths": list(
+                MASKED_PATHS if host_config.masked_paths is None else host_config.masked_paths
+            ),
+            "readonlyPaths": list(
+                READONLY_PATHS if host_config.readonly_paths is None else host_config.readonly_paths
+            ),
             "sysctl": dict(host_config.sysctls or {}),
             **id_mappings,
         },
     }
+    seccomp = security.seccomp_filter(
+        capabilities, arch=arch, kernel=kernel, absent_arches=absent_arches
+    )
+    if seccomp is not None:  # dockerd's default profile unless unconfined or the caller's
+        spec["linux"]["seccomp"] = seccomp
+    if host_config.uts_mode != "host":  # the host's names are not the container's to set
+        spec["hostname"] = hostname or config.hostname or container_id[:12]
+        if config.domainname:
+            # runc before 1.2 ignores the spec's "domainname": the namespaced sysctl is what
+            # every runtime applies.
+            spec["linux"]["sysctl"].setdefault("kernel.domainname", config.domainname)
+    if host_config.annotations:
+        spec["annotations"] = dict(host_config.annotations)
+    return spec
+
+
+def _resources(host_config: HostConfig) -> dict[str, Any]:
+    """The cgroup limits, as dockerd's ``getMemoryResources``/``getCPUResources``: a field
+    only when it is set."""
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    memory: dict[str, Any] = {}
+    for key, value in (
+        ("limit", host_config.memory),
+        ("reservation", host_config.memory_reservation),
+        ("swap", host_config.memory_swap),
+    ):
+        if value > 0:
+            memory[key] = value
+    if host_config.memory_swappiness is not None and host_config.memory_swappiness >= 0:
+        memory["swappiness"] = host_config.memory_swappiness
+    if host_config.oom_kill_disable:
+        memory["disableOOMKiller"] = True
+    cpu: dict[str, Any] = {}
+    if host_config.cpu_shares:
+        cpu["shares"] = host_config.cpu_shares
+    if host_config.nano_cpus:
+        cpu["period"] = 100_000
+        cpu["quota"] = host_config.nano_cpus * cpu["period"] // 1_000_000_000
+    if host_config.cpu_period:
+        cpu["period"] = host_config.cpu_period
+    if host_config.cpu_quota:
+        cpu["quota"] = host_config.cpu_quota
+    if host_config.cpuset_cpus:
+        cpu["cpus"] = host_config.cpuset_cpus
+    if host_config.cpuset_mems:
+        cpu["mems"] = host_config.cpuset_mems
+    if memory:
+        resources["memory"] = memory
+    if cpu:
+        resources["cpu"] = cpu
+    if host_config.blkio_weight:
+        resources["blockIO"] = {"weight": host_config.blkio_weight}
+    if host_config.pids_limit is not None and host_config.pids_limit > 0:
+        resources["pids"] = {"limit": host_config.pids_limit}
+    return resources
 
 
 def _capabilities(add: Sequence[str], drop: Sequence[str]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import resource
 import stat
 from collections.abc import Callable, Mapping
@@ -21,13 +22,16 @@ import msgspec
 
 from . import errors
 from .attach import StdioHub
+from .hostinfo import absent_seccomp_arches, apparmor_enabled, go_arch
 from .images import MountDriver
+from .logs import LogSource, log_options
 from .network import NetworkDriver
 from .network.files import hostname_file, hosts_file, resolv_conf
 from .network.ports import PortProxy
 from .record import ContainerRecord
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
+from .seccomp import parse_kernel_release
 from .spec import build_spec
 
 __all__ = ["MountStep", "NetworkStep", "RuntimeStep", "SpecStep", "StartContext", "Step"]
@@ -264,6 +268,11 @@ class SpecStep:
         self.userns = userns
         # The daemon's own hard limits are the ceiling for any container's (read once).
         self.host_hard_limits = _host_hard_limits()
+        # What the seccomp filter and SecurityOpt depend on (read once).
+        self.arch = go_arch()
+        self.kernel = parse_kernel_release(platform.release())
+        self.apparmor = apparmor_enabled()
+        self.absent_arches = absent_seccomp_arches()
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
@@ -296,6 +305,10 @@ class SpecStep:
             },
             hostname=network.get("Hostname"),
             userns=self.userns,
+            arch=self.arch,
+            kernel=self.kernel,
+            apparmor=self.apparmor,
+            absent_arches=self.absent_arches,
         )
 
     async def undo(self, ctx: StartContext) -> None:
@@ -307,11 +320,24 @@ def container_stdio(
     logs: Callable[[str], Path] | None,
     on_output: Callable[[str, bytes], None],
 ) -> Stdio:
-    """The container's streams as the runtime needs them (at create, and when re-adopting)."""
+    """The container's streams as the runtime needs them (at create, and when re-adopting).
+    Its log options are read now, as dockerd's logger starts with the container: a ``tag``
+    shows the name the container has at this start."""
+    config = record.config
+    source = LogSource(
+        id=record.id,
+        name=record.name,
+        image_id=record.image,
+        image_name=config.image,
+        command=[*(config.entrypoint or ()), *(config.cmd or ())],
+        labels=config.labels,
+        env=config.env or (),
+    )
     return Stdio(
-        open_stdin=record.config.open_stdin,
-        tty=record.config.tty,
+        open_stdin=config.open_stdin,
+        tty=config.tty,
         log_path=str(logs(record.id)) if logs else None,
+        log_options=log_options(record.host_config.log_config.config, source),
         on_output=on_output,
     )
 

@@ -13,6 +13,7 @@ import msgspec
 from .filters import Filters, container_matches
 from .lifecycle import PROCESS_STATES, Lifecycle, State
 from .record import ZERO_TIME, ContainerRecord
+from .security import parse_security_opt
 from .spec import process_args
 
 __all__ = [
@@ -85,6 +86,14 @@ def _state(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any]:
     }
 
 
+def _host_config(record: ContainerRecord) -> dict[str, Any]:
+    """Every field of dockerd's ``HostConfig``; the runtime by name even when the container
+    runs the default one."""
+    document: dict[str, Any] = msgspec.to_builtins(record.host_config)
+    document["Runtime"] = document["Runtime"] or "runc"
+    return document
+
+
 def inspect_view(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any]:
     """The document ``GET /containers/{id}/json`` returns."""
     args = process_args(record.config)
@@ -107,9 +116,13 @@ def inspect_view(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any
         "Platform": "linux",
         "MountLabel": "",
         "ProcessLabel": "",
-        "AppArmorProfile": "",
+        # dockerd keeps the profile SecurityOpt names from create; a start on a host without
+        # AppArmor (the profile not applied) clears it.
+        "AppArmorProfile": ""
+        if record.has_been_started_before
+        else parse_security_opt(record.host_config.security_opt).apparmor,
         "ExecIDs": None,
-        "HostConfig": msgspec.to_builtins(record.host_config),
+        "HostConfig": _host_config(record),
         "GraphDriver": {"Data": None, "Name": "overlay2"},
         "Mounts": [],
         "Config": msgspec.to_builtins(record.config),

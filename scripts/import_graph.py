@@ -41,6 +41,10 @@ CORE: Final = (  # pure, no I/O
     "asyncstart.signals",
     "asyncstart.restart",
     "asyncstart.config",
+    "asyncstart.security",  # SecurityOpt, parsed once
+    "asyncstart.seccomp",  # seccomp profiles: format, checks, resolution (cached)
+    "asyncstart.seccomp_policy",  # dockerd's default seccomp policy, as data
+    "asyncstart.settings",
     "asyncstart.clock",
     "asyncstart.faults",
     "asyncstart.record",

@@ -18,10 +18,12 @@ import structlog
 
 import asyncstart
 from asyncstart import errors
+from asyncstart.hostinfo import host_facts
 from asyncstart.images.source import ImportLimits
 from asyncstart.logconfig import configure_logging
 from asyncstart.logs import JsonFileWriter
 from asyncstart.runtime import StateInfo
+from asyncstart.settings import format_id_list
 
 from .conftest import Engine, OpenEngine
 from .helpers import create
@@ -129,6 +131,67 @@ async def test_a_record_that_does_not_decode_is_quarantined_and_the_rest_served(
             "of type int64",
         ),
         ({}, {"ShmSize": -1}, "SHM size can not be less than 0"),
+        (
+            {"User": str(2**70)},
+            {},
+            f"invalid user '{2**70}': {2**70} is not a valid uid or gid (0 to 4294967294)",
+        ),
+        (
+            {},
+            {"Memory": 8 * 2**20, "MemorySwap": 7 * 2**20},
+            "Minimum memoryswap limit should be larger than memory limit, see usage",
+        ),
+        (
+            {},
+            {"MemorySwap": 8 * 2**20},
+            "You should always set the Memory limit when using Memoryswap limit, see usage",
+        ),
+        (
+            {},
+            {"MemorySwappiness": 101},
+            "Invalid value: 101, valid memory swappiness range is 0-100",
+        ),
+        ({}, {"MemoryReservation": 1}, "Minimum memory reservation allowed is 6MB"),
+        (
+            {},
+            {"NanoCpus": 10**9, "CpuPeriod": 100000},
+            "Conflicting options: Nano CPUs and CPU Period cannot both be set",
+        ),
+        (
+            {},
+            {"CpuPeriod": 10},
+            "CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)",
+        ),
+        ({}, {"CpuQuota": 10}, "CPU cfs quota can not be less than 1ms (i.e. 1000)"),
+        ({}, {"CpusetCpus": "0-x"}, "Invalid value 0-x for cpuset cpus: invalid format: 0-x"),
+        (
+            {},
+            {"CpusetCpus": "4095"},
+            "Requested CPUs are not available - requested 4095, available: "
+            + format_id_list(host_facts().cpuset_cpus),
+        ),
+        ({}, {"IpcMode": "bogus"}, "invalid IPC mode: bogus"),
+        ({}, {"PidMode": "bogus"}, "invalid PID mode: bogus"),
+        ({}, {"UTSMode": "bogus"}, "invalid UTS mode: bogus"),
+        ({}, {"CgroupnsMode": "bogus"}, "invalid cgroup namespace mode: bogus"),
+        ({"Hostname": "h"}, {"UTSMode": "host"}, "conflicting options: hostname and the UTS mode"),
+        ({"Hostname": "h" * 65}, {}, f'hostname "{"h" * 65}" is too long (maximum 64 bytes)'),
+        ({}, {"Isolation": "hyperv"}, "invalid isolation (hyperv): linux only supports 'default'"),
+        (
+            {},
+            {"IOMaximumIOps": 5},
+            "invalid option: QoS maximum IOPs configuration is not supported on linux",
+        ),
+        (
+            {},
+            {"StorageOpt": {"size": "1G"}},
+            "--storage-opt is supported only for overlay over xfs with 'pquota' mount option",
+        ),
+        (
+            {},
+            {"Annotations": {"": "x"}},
+            "invalid Annotations: the empty string is not permitted as an annotation key",
+        ),
         (
             {"WorkingDir": "relative/dir"},
             {},
@@ -354,15 +417,22 @@ async def test_an_import_beyond_the_limits_is_a_400_and_leaves_nothing(
         ({"StopSignal": "SIGFOO"}, {}, "Invalid signal: SIGFOO"),
         ({"MacAddress": "02:42:ac:11:00:02"}, {}, "Config.MacAddress"),
         ({}, {"Privileged": True}, "HostConfig.Privileged"),
-        ({}, {"PidMode": "host"}, "HostConfig.PidMode"),
-        ({}, {"IpcMode": "host"}, "HostConfig.IpcMode"),
-        ({}, {"UTSMode": "host"}, "HostConfig.UTSMode"),
-        ({}, {"CgroupnsMode": "host"}, "HostConfig.CgroupnsMode"),
+        ({}, {"PidMode": "container:web2"}, "HostConfig.PidMode"),
+        ({}, {"IpcMode": "container:web2"}, "HostConfig.IpcMode"),
         ({}, {"Devices": [{"PathOnHost": "/dev/fuse"}]}, "HostConfig.Devices"),
         ({}, {"DeviceCgroupRules": ["c 1:3 mr"]}, "HostConfig.DeviceCgroupRules"),
-        ({}, {"GroupAdd": ["audio"]}, "HostConfig.GroupAdd"),
+        ({}, {"DeviceRequests": [{"Count": -1}]}, "HostConfig.DeviceRequests"),
         ({}, {"Init": True}, "HostConfig.Init"),
         ({}, {"Links": ["db:db"]}, "HostConfig.Links"),
+        ({}, {"VolumesFrom": ["other"]}, "HostConfig.VolumesFrom"),
+        ({}, {"VolumeDriver": "local"}, "HostConfig.VolumeDriver"),
+        ({}, {"Cgroup": "container:web2"}, "HostConfig.Cgroup"),
+        ({}, {"CpuRealtimeRuntime": 950}, "HostConfig.CpuRealtimeRuntime"),
+        ({}, {"CpuCount": 2}, "HostConfig.CpuCount"),
+        ({}, {"BlkioDeviceReadBps": [{"Path": "/dev/sda", "Rate": 1}]}, "BlkioDeviceReadBps"),
+        ({"Healthcheck": {"Test": ["CMD", "true"]}}, {}, "Config.Healthcheck"),
+        ({"NetworkDisabled": True}, {}, "Config.NetworkDisabled"),
+        ({"Volumes": {"/data": {}}}, {}, "Config.Volumes"),
     ],
 )
 async def test_a_setting_not_applied_is_refused_not_ignored(
@@ -393,3 +463,115 @@ async def test_what_clients_send_by_default_is_accepted(engine: Engine) -> None:
     body = {"Image": "busybox", "Cmd": ["true"], "MacAddress": "", "StopSignal": "SIGUSR1"}
     await engine.daemon.container_create("web", body, neutral)
     await engine.daemon.container_start("web")
+
+
+@pytest.mark.parametrize(
+    ("security_opt", "message"),
+    [
+        (["label"], 'invalid --security-opt 1: "label"'),
+        (["nonsense"], 'invalid --security-opt 1: "nonsense"'),
+        (["seccomp"], 'invalid --security-opt 1: "seccomp"'),
+        (["sekcomp=unconfined"], 'invalid --security-opt 2: "sekcomp=unconfined"'),
+        (["no-new-privileges=yes"], 'invalid --security-opt 2: "no-new-privileges=yes"'),
+        (["writable-cgroups=dang"], 'invalid --security-opt 2: "writable-cgroups=dang"'),
+        (["seccomp=/path/on/the/client.json"], "Decoding seccomp profile failed: "),
+        (["seccomp={\"defaultAction\": \"SCMP_ACT_ALLOW\", \"syscalls\": [{\"names\": "
+          "[\"mkdir\"], \"action\": \"SCMP_ACT_NOPE\"}]}"],
+         "Decoding seccomp profile failed: unknown seccomp action 'SCMP_ACT_NOPE'"),
+        (["seccomp={\"defaultAction\": \"SCMP_ACT_ERRNO\", \"architectures\": "
+          "[\"SCMP_ARCH_X86_64\"], \"archMap\": []}", "seccomp={\"syscalls\": 1}"],
+         "Decoding seccomp profile failed: Expected `array | null`, got `int`"),
+        (["writable-cgroups"], "HostConfig.SecurityOpt"),
+    ],
+)  # fmt: skip
+async def test_a_bad_security_opt_is_refused_at_create(
+    engine: Engine, security_opt: list[str], message: str
+) -> None:
+    """SecurityOpt was checked against a fixed list: a seccomp profile or an AppArmor name was
+    refused as not applied, ``no-new-privileges=true`` accepted and not applied. Now it is
+    dockerd's grammar and a profile is decoded at create: a bad one is a 400 before anything
+    is made, not a failed start."""
+    body = {"Image": "busybox", "Cmd": ["true"]}
+    with pytest.raises(errors.InvalidParameter) as refused:
+        await engine.daemon.container_create("web", body, {"SecurityOpt": security_opt})
+    assert message in refused.value.message
+    assert await engine.daemon.containers_list(all=True) == []
+    assert engine.mounter.layers == {}
+
+
+@pytest.mark.parametrize(
+    ("log_opts", "message"),
+    [
+        ({"max-size": "lots"}, "invalid size: 'lots'"),
+        ({"max-size": "10q"}, "invalid suffix: 'q'"),
+        ({"max-size": "1e400"}, "value out of range"),
+        ({"max-file": "0"}, "max-file cannot be less than 1"),
+        ({"max-file": "1" * 40}, "value out of range"),
+        ({"rotate-all": "1"}, "unknown log opt 'rotate-all' for json-file log driver"),
+        ({"compress": "true", "max-size": "1m", "max-file": "3"}, "LogConfig.Config.compress"),
+    ],
+)
+async def test_a_bad_log_opt_is_a_400_at_create(
+    engine: Engine, log_opts: dict[str, str], message: str
+) -> None:
+    """LogConfig's options were accepted and ignored: a log meant to stay under 30 MB grew
+    without bound. dockerd refuses a bad value when the logger starts; here at create."""
+    body = {"Image": "busybox", "Cmd": ["true"]}
+    host = {"LogConfig": {"Type": "json-file", "Config": log_opts}}
+    with pytest.raises(errors.InvalidParameter) as refused:
+        await engine.daemon.container_create("web", body, host)
+    assert message in refused.value.message
+    assert await engine.daemon.containers_list(all=True) == []
+    assert engine.mounter.layers == {}
+
+
+async def test_a_huge_max_file_costs_only_the_files_there_are(engine: Engine) -> None:
+    """dockerd renames every name up to max-file at each rotation: 2**63 of them here."""
+    opts = {"max-size": "1", "max-file": str(2**63 - 1)}
+    cid = await create(engine.daemon, "web", LogConfig={"Type": "json-file", "Config": opts})
+    await engine.daemon.container_start("web")
+    with anyio.fail_after(10):
+        for n in range(50):  # a rotation per line
+            engine.runtime.output(cid, "stdout", f"{n}\n".encode())
+        got = [d async for _, d in engine.daemon.container_logs("web")]
+    assert got == [f"{n}\n".encode() for n in range(50)]
+
+
+async def test_a_huge_tail_of_a_huge_log_streams_and_leaves_the_loop_free(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log was read whole and parsed on the event loop: ``--tail`` of 97 MiB stalled the
+    daemon (``_ping`` included) for seconds. A tail longer than the log is all of it, read in
+    chunks in worker threads."""
+    from asyncstart.logs import reader
+
+    cid = await create(engine.daemon, "web")
+    log = Path((await engine.daemon.container_inspect("web"))["LogPath"])
+    at = "2024-01-01T00:00:00Z"
+    entry = json.dumps({"log": "y" * 100 + "\n", "stream": "stdout", "time": at})
+    count = 20 * 1024 * 1024 // (len(entry) + 1)
+    log.write_bytes((entry + "\n").encode() * count)
+    sizes: list[int] = []
+    real = reader._read_at
+
+    def counting(fd: int, size: int, offset: int) -> bytes:
+        sizes.append(size)
+        return real(fd, size, offset)
+
+    monkeypatch.setattr(reader, "_read_at", counting)
+    ticks, seen = 0, 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.001)
+            ticks += 1
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            async for _ in engine.daemon.container_logs(cid, tail="9" * 19):
+                seen += 1
+            tg.cancel_scope.cancel()
+    assert seen == count
+    assert ticks > 0 and max(sizes) <= 256 * 1024

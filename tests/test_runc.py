@@ -228,13 +228,39 @@ async def test_logs_options(runc_daemon: asyncstart.Daemon) -> None:
     # Two pipes: the order between stdout and stderr is not defined (nor is it in dockerd).
     assert [d for s, d in logs if s == "stdout"] == [b"line1\n", b"line2\n", b"line3\n", b"line4\n"]
     assert [d for s, d in logs if s == "stderr"] == [b"e\n"]
-    tail = [d async for _, d in runc_daemon.container_logs(cid, stderr=False, tail=2)]
-    assert tail == [b"line3\n", b"line4\n"]
+    # As dockerd, the last lines of the file, then the streams asked for.
+    assert [x async for x in runc_daemon.container_logs(cid, tail=2)] == logs[-2:]
+    tail = [x async for x in runc_daemon.container_logs(cid, stderr=False, tail=2)]
+    assert tail == [x for x in logs[-2:] if x[0] == "stdout"]
     stamped = [d async for _, d in runc_daemon.container_logs(cid, stdout=False, timestamps=True)]
     assert len(stamped) == 1 and stamped[0].endswith(b"Z e\n")
     assert [d async for _, d in runc_daemon.container_logs(cid, since=2**40)] == []
     with pytest.raises(errors.InvalidParameter, match="at least one stream"):
         _ = [d async for _, d in runc_daemon.container_logs(cid, stdout=False, stderr=False)]
+
+
+async def test_logs_rotate_with_max_size_and_max_file(runc_daemon: asyncstart.Daemon) -> None:
+    """Both streams share one writer: the file's size, not each stream's, decides a rotation."""
+    script = "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo out$i; echo err$i >&2; done"
+    options = {"max-size": "2k", "max-file": "3"}
+    cid = await runc_daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["sh", "-c", script]},
+        host_config={"LogConfig": {"Type": "json-file", "Config": options}},
+    )
+    await runc_daemon.container_start(cid)
+    await runc_daemon.container_wait(cid)
+    log = Path((await runc_daemon.container_inspect(cid))["LogPath"])
+    names = sorted(p.name for p in log.parent.iterdir() if p.name.startswith(log.name))
+    assert names == [log.name, f"{log.name}.1", f"{log.name}.2"]
+    assert all((log.parent / name).stat().st_size <= 2000 + 200 for name in names)
+    logs = await _logs(runc_daemon, cid)
+    assert 30 < len(logs) < 600 and logs[-1][1] in (b"out300\n", b"err300\n")
+    # Per stream, the newest lines in order (two pipes: how they interleave is not defined).
+    for stream in ("stdout", "stderr"):
+        numbers = [int(d[3:]) for s, d in logs if s == stream]
+        assert numbers == list(range(301 - len(numbers), 301))
+    await runc_daemon.container_remove(cid)
+    assert not log.parent.exists()
 
 
 async def test_follow_streams_until_the_container_exits(runc_daemon: asyncstart.Daemon) -> None:

@@ -191,7 +191,6 @@ class EngineAPI:
                 "CgroupDriver": "cgroupfs",
                 "LoggingDriver": "json-file",
                 "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "NodeAddr": ""},
-                "SecurityOptions": [],
                 "Warnings": [],
             }
         )
@@ -306,12 +305,14 @@ class EngineAPI:
             since=timestamp(request.arg("since"), now),
             until=timestamp(request.arg("until"), now),
             timestamps=arg_bool(request, "timestamps"),
+            details=arg_bool(request, "details"),
         )
         tty = logs.tty
 
         async def body() -> AsyncIterator[bytes]:
-            async for stream, data in logs:
-                yield data if tty else frame(stream, data)
+            # A write per chunk read (thousands of entries), not per entry.
+            async for chunk in logs.chunks():
+                yield b"".join(data if tty else frame(stream, data) for stream, data in chunk)
 
         return Streaming(200, body(), [("Content-Type", stdio_type(tty))])
 
@@ -338,10 +339,9 @@ class EngineAPI:
                 # Subscribed before the client hears back, so a start it sends next is seen.
                 await conn.accept(head.encode())
                 if arg_bool(request, "logs") and (stdout or stderr):
-                    async for stream, data in self.daemon.container_logs(
-                        name, stdout=stdout, stderr=stderr
-                    ):
-                        await conn.send(out(stream, data))
+                    replay = self.daemon.container_logs(name, stdout=stdout, stderr=stderr)
+                    async for chunk in replay.chunks():
+                        await conn.send(b"".join(out(stream, data) for stream, data in chunk))
                 if not arg_bool(request, "stream"):
                     return
 

@@ -1,5 +1,19 @@
-"""Container logs: dockerd's json-file format, written by the runtime, read by ``docker logs``."""
+"""Container logs: dockerd's json-file format, written (and rotated) by the runtime, read by
+``docker logs``; the driver's options, checked at create."""
 
-from .jsonfile import MAX_LINE, ContainerLogs, JsonFileWriter, check_arguments, read_log
+from .jsonfile import MAX_LINE, ContainerLogs, JsonFileWriter, check_arguments
+from .options import LogOptions, LogSource, check_log_options, log_options
+from .reader import read_log, read_log_chunks
 
-__all__ = ["MAX_LINE", "ContainerLogs", "JsonFileWriter", "check_arguments", "read_log"]
+__all__ = [
+    "MAX_LINE",
+    "ContainerLogs",
+    "JsonFileWriter",
+    "LogOptions",
+    "LogSource",
+    "check_arguments",
+    "check_log_options",
+    "log_options",
+    "read_log",
+    "read_log_chunks",
+]

@@ -1,153 +1,241 @@
-"""dockerd's json-file log format: one JSON object per line, ``{"log", "stream", "time"}``.
+"""dockerd's json-file log format: one JSON object per line, ``{"log", "stream", "time"}``
+(and ``"attrs"`` when the container's log options ask for some): its writer, and how a reader
+chooses entries (:class:`Selection`).
 
-The writer is fed raw output chunks as the container produces them; the reader serves
-``docker logs`` from the file, following it while the container runs.
+The writer is fed raw output chunks as the container produces them and rotates the file as
+dockerd's ``loggerutils.LogFile`` does; :mod:`.reader` serves ``docker logs`` from the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Set
+import re
+from collections.abc import AsyncIterator, Set
 from pathlib import Path
-from typing import BinaryIO
+from urllib.parse import quote_plus
 
-import anyio
+import msgspec
+import structlog
 
 from .. import errors
+from .options import LogOptions
 
-__all__ = ["MAX_LINE", "ContainerLogs", "JsonFileWriter", "check_arguments", "read_log"]
+__all__ = [
+    "MAX_LINE",
+    "ContainerLogs",
+    "JsonFileWriter",
+    "Selection",
+    "check_arguments",
+    "rotated_name",
+]
+
+log = structlog.get_logger("asyncstart.logs")
 
 #: As dockerd: a longer line is logged in parts of this size, so memory stays bounded whatever
 #: the container prints.
 MAX_LINE = 16 * 1024
+#: An entry's ``time`` in UTC, to write it as ``--timestamps`` shows it.
+_FIXED_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\d*Z")
 
-#: How often a followed log is read again while the container runs.
-_FOLLOW_POLL = 0.02
+
+def rotated_name(path: str, index: int) -> str:
+    """The file ``index`` rotations old: ``<id>-json.log`` itself (0), then ``.1``, ``.2``..."""
+    return f"{path}.{index}" if index else path
 
 
-def _entry(data: bytes, stream: str) -> bytes:
+def _entry(data: bytes, stream: str, attrs: str) -> bytes:
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    entry = {"log": data.decode(errors="replace"), "stream": stream, "time": now}
-    return json.dumps(entry).encode() + b"\n"
+    # dockerd's order of keys: log, stream, attrs (already JSON), time.
+    head = json.dumps({"log": data.decode(errors="replace"), "stream": stream})[:-1]
+    return f'{head}{attrs}, "time": "{now}"}}\n'.encode()
 
 
 class JsonFileWriter:
-    """Appends output chunks to a json-file log, one entry per line (or 16 KiB part).
+    """Appends output chunks to a json-file log, one entry per line (or 16 KiB part), and
+    rotates it as dockerd's json-file driver does.
 
     A line that has not ended yet is kept per stream until its newline arrives, or written as
-    it is by :meth:`close`.
+    it is by :meth:`close`. One writer per container: its streams share it, so the size that
+    decides a rotation is the file's. With ``options.max_size``, an entry that finds the file
+    at that size or more first rotates it (so a file holds at most ``max_size`` and one
+    entry): ``<id>-json.log`` becomes ``.1``, ``.1`` becomes ``.2``... and the oldest of
+    ``max_file`` files goes (with ``max_file`` 1, the file is only emptied).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, options: LogOptions | None = None) -> None:
+        self._path = os.fspath(path)
+        self._options = options or LogOptions()
+        attrs = self._options.attrs
+        self._attrs = f', "attrs": {json.dumps(dict(attrs))}' if attrs else ""
+        self._fd = self._open(0)
+        self._size = os.fstat(self._fd).st_size
+        self._pending: dict[str, bytes] = {}
+        #: Entries of the chunk being logged, written together.
+        self._out: list[bytes] = []
+
+    def _open(self, flags: int) -> int:
         # A local append-only file: writes of a few lines never stall the event loop noticeably.
         # Readable by the daemon's user and group only: a container's output is its own.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        self._file: BinaryIO = os.fdopen(fd, "ab")
-        self._pending: dict[str, bytes] = {}
+        flags |= os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return os.open(self._path, flags, 0o640)
+
+    def _log(self, data: bytes, stream: str) -> None:
+        entry = _entry(data, stream, self._attrs)
+        if self._options.max_size != -1 and self._size >= self._options.max_size:
+            self._flush()
+            self._rotate()
+        self._out.append(entry)
+        self._size += len(entry)
+
+    def _flush(self) -> None:
+        view = memoryview(b"".join(self._out))
+        self._out.clear()
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _rotate(self) -> None:
+        """dockerd's ``LogFile.rotate``: the files move up by one, the oldest kept goes, and
+        entries go on into a new, empty current file. Readers that hold the old file open read
+        it to its end (see :mod:`.reader`). Only the files that exist are renamed, so a huge
+        ``max-file`` costs nothing while few files exist."""
+        os.close(self._fd)
+        self._fd = -1
+        keep = self._options.max_file
+        try:
+            if keep < 2:
+                os.unlink(self._path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(rotated_name(self._path, keep - 1))
+                last = 0
+                while last + 1 < keep - 1 and os.path.exists(rotated_name(self._path, last + 1)):
+                    last += 1
+                for index in range(last, 0, -1):
+                    os.rename(rotated_name(self._path, index), rotated_name(self._path, index + 1))
+                os.rename(self._path, rotated_name(self._path, 1))
+        except OSError as exc:
+            log.warning("logs.rotate_failed", path=self._path, error=str(exc))
+        # Truncated in any case, as dockerd: a rotation that failed must not let the file grow.
+        self._fd = self._open(os.O_TRUNC)
+        self._size = 0
 
     def write(self, stream: str, chunk: bytes) -> None:
         """Log the complete lines of ``chunk`` (``stream`` is ``stdout`` or ``stderr``)."""
         *lines, pending = (self._pending.get(stream, b"") + chunk).split(b"\n")
         for line in lines:
-            self._file.write(_entry(line + b"\n", stream))
+            self._log(line + b"\n", stream)
         while len(pending) >= MAX_LINE:
-            self._file.write(_entry(pending[:MAX_LINE], stream))
+            self._log(pending[:MAX_LINE], stream)
             pending = pending[MAX_LINE:]
         self._pending[stream] = pending
-        # Flushed per chunk: a reader following the file sees each line as soon as it is out.
-        self._file.flush()
+        # Written per chunk: a reader following the file sees each line as soon as it is out.
+        self._flush()
 
     def close(self) -> None:
         """Log what is left of unfinished lines (without a newline) and close the file."""
+        if self._fd < 0:
+            return
         try:
             for stream, pending in self._pending.items():
                 if pending:
-                    self._file.write(_entry(pending, stream))
+                    self._log(pending, stream)
             self._pending.clear()
+            self._flush()
         finally:
-            self._file.close()
+            os.close(self._fd)
+            self._fd = -1
 
 
-def _entry_time(text: str) -> float:
-    """An entry's ``time`` (RFC 3339 in UTC) in seconds since the epoch."""
+class _Entry(msgspec.Struct):
+    log: str = ""
+    stream: str = ""
+    time: str = ""
+    attrs: dict[str, str] | None = None
+
+
+_decoder = msgspec.json.Decoder(_Entry)
+
+
+def _decode(data: bytes) -> list[_Entry]:
+    try:
+        return _decoder.decode_lines(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    entries = []
+    for line in data.splitlines():  # one bad line (a torn write, a disk error): skip it alone
+        if not line.strip():
+            continue
+        try:
+            entries.append(_decoder.decode(line))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.debug("logs.bad_entry", entry=line[:200])
+    return entries
+
+
+def _seconds(text: str) -> float:
+    """An entry's ``time`` (RFC 3339) in seconds since the epoch."""
     return _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _select(
-    lines: list[bytes], streams: Set[str], since: float, until: float, timestamps: bool
-) -> list[tuple[str, bytes]]:
-    chosen = []
-    for line in lines:
-        entry = json.loads(line)
-        if entry["stream"] not in streams:
-            continue
-        at = _entry_time(entry["time"])
-        if (since and at < since) or (until and at > until):
-            continue
-        data = entry["log"].encode()
-        if timestamps:
-            data = entry["time"].encode() + b" " + data
-        chosen.append((entry["stream"], data))
-    return chosen
+def _fixed(text: str) -> str:
+    """dockerd's ``--timestamps`` form: nine digits of fraction, whatever the file holds."""
+    found = _FIXED_TIME.fullmatch(text)
+    if found is None:
+        return text
+    return f"{found.group(1)}.{(found.group(2) or '').ljust(9, '0')}Z"
 
 
-def _complete(data: bytes) -> bytes:
-    """The whole lines of ``data``: a line still being written is read on the next pass."""
-    return data[: data.rfind(b"\n") + 1]
+def _details(attrs: dict[str, str] | None) -> bytes:
+    """dockerd's ``--details`` prefix: ``k=v,...`` (query-escaped, by key), then a space."""
+    pairs = sorted((attrs or {}).items())
+    text = ",".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in pairs)
+    return text.encode() + b" "
 
 
-async def read_log(
-    path: Path,
-    *,
-    streams: Set[str],
-    follow: bool,
-    tail: str | int,
-    since: float,
-    until: float,
-    timestamps: bool,
-    running: Callable[[], bool],
-) -> AsyncIterator[tuple[str, bytes]]:
-    """``docker logs`` from a json-file log: ``(stream, bytes)`` per entry, in file order.
+class Selection:
+    """The entries a ``docker logs`` call asks for, as dockerd chooses them: ``since`` (once
+    an entry is at or after it, later ones are not checked: times need not be monotonic),
+    ``until`` (the first entry after it ends the call), the streams; ``timestamps`` and
+    ``details`` prefixes. Called with chunks of whole lines, in order (in a worker thread)."""
 
-    ``streams`` are the streams wanted; ``since``/``until`` are seconds since the epoch (0:
-    unbounded); ``tail`` keeps the last N entries of what is already logged (``"all"``, ``""``
-    or a negative number: all); ``timestamps`` puts each entry's time and a space before it.
-    ``follow`` goes on reading what is appended, every 20 ms, until ``until`` has passed or
-    ``running()`` says the container has stopped and everything it logged has been read.
-    A missing file is an empty log.
-    """
-    file = anyio.Path(path)
-    try:
-        data = await file.read_bytes()
-    except FileNotFoundError:
-        data = b""
-    complete = _complete(data)
-    offset = len(complete)
-    backlog = _select(complete.splitlines(), streams, since, until, timestamps)
-    if str(tail).isdigit():
-        backlog = backlog[-int(tail) :] if int(tail) else []
-    for item in backlog:
-        yield item
-    while follow and not (until and time.time() > until):
-        # Asked before reading: whatever was logged before the container stopped is then read.
-        was_running = running()
-        try:
-            async with await anyio.open_file(file, "rb") as log:
-                await log.seek(offset)
-                data = await log.read()
-        except FileNotFoundError:
-            data = b""
-        complete = _complete(data)
-        offset += len(complete)
-        for item in _select(complete.splitlines(), streams, since, until, timestamps):
-            yield item
-        if not was_running and not complete:
-            return
-        if not complete:
-            await anyio.sleep(_FOLLOW_POLL)
+    def __init__(
+        self, streams: Set[str], since: float, until: float, timestamps: bool, details: bool
+    ) -> None:
+        self.streams = frozenset(streams)
+        self.since = since
+        self.until = until
+        self.timestamps = timestamps
+        self.details = details
+        #: An entry after ``until`` was met: nothing more is sent (dockerd's forwarder).
+        self.ended = False
+
+    def __call__(self, data: bytes) -> list[tuple[str, bytes]]:
+        chosen = []
+        for entry in _decode(data):
+            if self.since or self.until:
+                try:
+                    at = _seconds(entry.time)
+                except ValueError:
+                    continue
+                if self.since:
+                    if at < self.since:
+                        continue
+                    self.since = 0
+                if self.until and at > self.until:
+                    self.ended = True
+                    break
+            if entry.stream not in self.streams:
+                continue
+            line = entry.log.encode(errors="replace")
+            if self.details:
+                line = _details(entry.attrs) + line
+            if self.timestamps:
+                line = _fixed(entry.time).encode() + b" " + line
+            chosen.append((entry.stream, line))
+        return chosen
 
 
 def check_arguments(*, stdout: bool, stderr: bool, tail: str | int) -> None:
@@ -161,20 +249,30 @@ def check_arguments(*, stdout: bool, stderr: bool, tail: str | int) -> None:
 
 
 class ContainerLogs:
-    """A container's log as ``async for stream, data in logs``.
+    """A container's log as ``async for stream, data in logs``, or a chunk at a time (lists
+    of them, as read) with ``async for chunk in logs.chunks()``.
 
     ``tty``: the output is one raw stream (a terminal's), not stdout and stderr apart.
     """
 
-    def __init__(self, lines: AsyncIterator[tuple[str, bytes]], *, tty: bool) -> None:
-        self._lines = lines
+    def __init__(self, chunks: AsyncIterator[list[tuple[str, bytes]]], *, tty: bool) -> None:
+        self._chunks = chunks
         self.tty = tty
 
     def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
-        return self._lines
+        return self._entries()
+
+    async def _entries(self) -> AsyncIterator[tuple[str, bytes]]:
+        async for chunk in self._chunks:
+            for item in chunk:
+                yield item
+
+    def chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """The entries as they are read, a list per chunk: one write each."""
+        return self._chunks
 
     async def aclose(self) -> None:
         """Stop reading (a follow ends here)."""
-        close = getattr(self._lines, "aclose", None)
+        close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()

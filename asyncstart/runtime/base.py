@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 import anyio
 
 from .. import errors
+from ..logs.options import LogOptions
 
 __all__ = [
     "Bundle",
@@ -53,6 +54,8 @@ class Stdio:
     tty: bool = False
     #: Where the runtime writes stdout/stderr, in dockerd's json-file format (None: discard).
     log_path: str | None = None
+    #: How that log is rotated and what its entries carry (``HostConfig.LogConfig``).
+    log_options: LogOptions = field(default_factory=LogOptions)
     #: Called with ``(stream, chunk)`` for every chunk of output (attached clients); must not block.
     on_output: Callable[[str, bytes], None] | None = None
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .runc_cli import RuntimeChoice
 
 __all__ = ["BundleDir"]
@@ -52,7 +54,7 @@ class BundleDir:
         if owner is not None:
             os.chown(self.path, *owner)
         tmp = self.path / "config.json.tmp"
-        tmp.write_text(json.dumps(spec))
+        tmp.write_bytes(msgspec.json.encode(spec))  # (several times json.dumps's speed)
         os.replace(tmp, self.path / "config.json")
         # A daemon that reopens on the container later must drive it with the same runtime.
         self._runtime_file.write_text(

@@ -5,8 +5,11 @@ behaves like a process would, from the container's arguments:
 
 * ``true`` / ``false`` / ``sh -c "exit N"`` exit at once with 0 / 1 / N;
 * ``sleep N`` exits 0 after N seconds of the runtime's clock (``sleep infinity`` never);
-* ``cat`` with an open stdin exits 0 when its stdin is closed;
+* ``cat`` with an open stdin echoes its input and exits 0 when its stdin is closed;
 * anything else runs until signalled, or until a test calls :meth:`FakeRuntime.exit`.
+
+What a process prints (``cat``'s echo, or :meth:`FakeRuntime.output` from a test) goes to the
+attached clients and to the container's json-file log, through the writer the real runtime uses.
 
 Signals are honoured as by a process with default handlers: a terminating signal ends it with
 ``128 + signal`` (KILL gives 137, TERM 143); ``SIGCHLD``, ``SIGWINCH``, ``SIGURG`` and ``SIGCONT``
@@ -27,6 +30,7 @@ import anyio.abc
 
 from ..clock import Clock, SystemClock
 from ..faults import FaultPlan
+from ..logs import JsonFileWriter
 from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 
 __all__ = ["FakeProcess", "FakeRuntime"]
@@ -46,6 +50,13 @@ class FakeProcess:
     stdin_closes: int = 0
     pending_signals: list[int] = field(default_factory=list)
     timer: anyio.CancelScope | None = None
+    #: Its json-file log, opened at its first output and closed when it ends.
+    log: JsonFileWriter | None = None
+
+    def close_log(self) -> None:
+        log, self.log = self.log, None
+        if log is not None:
+            log.close()
 
 
 class FakeRuntime:
@@ -104,9 +115,20 @@ class FakeRuntime:
         assert self._backend is not None, "FakeRuntime.run() is not running"
         self._backend.state_changed(container_id, info)
 
+    def _output(self, process: FakeProcess, stream: str, data: bytes) -> None:
+        """As the real runtime's pumps: to attached clients, then to the log."""
+        stdio = process.stdio
+        if stdio.on_output is not None:
+            stdio.on_output(stream, data)
+        if stdio.log_path:
+            if process.log is None:
+                process.log = JsonFileWriter(stdio.log_path, stdio.log_options)
+            process.log.write(stream, data)
+
     def _finish(self, process: FakeProcess, exit_code: int) -> None:
         if process.status == "stopped":
             return
+        process.close_log()  # as the pumps end before the exit is reported
         process.status = "stopped"
         process.exit_code = exit_code
         if process.timer is not None:
@@ -215,8 +237,8 @@ class FakeRuntime:
         if process.stdin_closes:
             raise RuntimeFailure("stdin is closed")
         program = process.args[0].rsplit("/", 1)[-1] if process.args else ""
-        if program == "cat" and process.stdio.on_output is not None:
-            process.stdio.on_output("stdout", data)  # cat echoes its input
+        if program == "cat":
+            self._output(process, "stdout", data)  # cat echoes its input
 
     async def close_stdin(self, container_id: str) -> None:
         process = self._process(container_id)
@@ -234,6 +256,7 @@ class FakeRuntime:
             raise RuntimeFailure(f"cannot delete container {container_id} that is not stopped")
         if process.timer is not None:
             process.timer.cancel()
+        process.close_log()
         del self.processes[container_id]
 
     async def restore(self, container_id: str, stdio: Stdio) -> StateInfo | None:
@@ -241,12 +264,13 @@ class FakeRuntime:
         if process is None or process.status in ("stopped", "created"):
             self.processes.pop(container_id, None)
             return None
+        process.close_log()
         process.stdio = stdio
         return StateInfo("start", pid=process.pid)
 
     async def cleanup(self, keep: set[str]) -> None:
         for container_id in set(self.processes) - keep:
-            del self.processes[container_id]
+            self.processes.pop(container_id).close_log()
 
     # -- for tests -------------------------------------------------------------------------
 
@@ -256,6 +280,13 @@ class FakeRuntime:
         if process.status == "created":
             raise RuntimeFailure("process has not started")
         self._finish(process, exit_code)
+
+    def output(self, container_id: str, stream: str, data: bytes) -> None:
+        """Make the running process print ``data`` on ``stream`` (``stdout`` or ``stderr``)."""
+        process = self._process(container_id)
+        if process.status != "running":
+            raise RuntimeFailure(f"container {container_id} is not running")
+        self._output(process, stream, data)
 
     def replay_exit(self, container_id: str) -> None:
         """Report the last exit again (runtimes may deliver an exit twice)."""

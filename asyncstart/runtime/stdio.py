@@ -119,6 +119,9 @@ class ContainerStdio:
     readers: list[tuple[str, int]] = field(default_factory=list)
     #: Output streams still being copied; the exit is reported once they are drained.
     pumping: int = 0
+    #: The container's log, shared by its streams (one writer decides rotations); opened by
+    #: the first pump, closed by the last.
+    log: JsonFileWriter | None = None
     drained: anyio.Event = field(default_factory=anyio.Event)
 
     # -- setting up ------------------------------------------------------------------------
@@ -185,10 +188,10 @@ class ContainerStdio:
             tg.start_soon(self._pump, fd, stream)
 
     async def _pump(self, fd: int, stream: str) -> None:
-        log_file: JsonFileWriter | None = None
         try:
-            if self.wanted.log_path:
-                log_file = JsonFileWriter(self.wanted.log_path)
+            if self.wanted.log_path and self.log is None:
+                self.log = JsonFileWriter(self.wanted.log_path, self.wanted.log_options)
+            log_file = self.log
             while True:
                 await anyio.wait_readable(fd)
                 try:
@@ -207,11 +210,14 @@ class ContainerStdio:
                     log_file.write(stream, chunk)
         finally:
             os.close(fd)
-            if log_file is not None:
-                log_file.close()
             self.pumping -= 1
             if self.pumping == 0:
-                self.drained.set()
+                log_file, self.log = self.log, None
+                try:
+                    if log_file is not None:
+                        log_file.close()
+                finally:
+                    self.drained.set()
 
     # -- input -----------------------------------------------------------------------------
 
