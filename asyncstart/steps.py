@@ -110,10 +110,8 @@ class NetworkStep:
         if self.files_root is not None:
             try:
                 ctx.network |= await anyio.to_thread.run_sync(
-                    self._write_files, record, ctx.network
+                    self._prepare_files, record, ctx.network, ctx.rootfs
                 )
-                if ctx.rootfs:
-                    await anyio.to_thread.run_sync(_mount_targets, ctx.rootfs)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await self.network.teardown(record.id)
@@ -133,6 +131,15 @@ class NetworkStep:
             )
         shared = {k: v for k, v in settings.items() if k.endswith("Path") or k == "Hostname"}
         return {"SandboxKey": f"/proc/{pid}/ns/net", "Networks": {}, **shared}
+
+    def _prepare_files(
+        self, record: ContainerRecord, network: dict[str, Any], rootfs: str | None
+    ) -> dict[str, Any]:
+        """In one trip to a worker thread: the files written, their mount targets made."""
+        paths = self._write_files(record, network)
+        if rootfs:
+            _mount_targets(rootfs)
+        return paths
 
     def _write_files(self, record: ContainerRecord, network: dict[str, Any]) -> dict[str, Any]:
         assert self.files_root is not None

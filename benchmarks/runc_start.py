@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Real starts: asyncstart on runc beside bare ``runc create`` + ``runc start``, same run.
+"""Real starts: asyncstart on runc beside bare runc (``run --detach``, and ``create`` +
+``start``), same run.
 
 Sequential start latency (start call until the process runs) of a busybox ``sleep`` container,
 p50/p90, for asyncstart and for bare runc on a prepared bundle (same rootfs, same spec); then the
@@ -27,20 +28,23 @@ from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.logconfig import configure_logging
 
 
-def bare_runc(root: Path, spec: dict[str, Any], runs: int) -> list[float]:
-    """Time ``runc create`` + ``runc start`` of a prepared bundle, then clean it up."""
+def bare_runc(root: Path, spec: dict[str, Any], runs: int, *, two_step: bool) -> list[float]:
+    """Time ``runc run --detach`` (``two_step``: ``runc create`` + ``runc start``) of a
+    prepared bundle, then clean it up."""
     state = root / "bare-state"
     samples = []
     for i in range(runs):
-        bundle = root / f"bare-{i}"
+        bundle = root / f"bare-{two_step}-{i}"
         bundle.mkdir(mode=0o700)
         (bundle / "config.json").write_text(json.dumps(spec))
         name = f"bare-{os.getpid()}-{i}"
         runc = ["runc", "--root", str(state)]
+        first = ["create"] if two_step else ["run", "--detach"]
         began = time.perf_counter()
-        subprocess.run([*runc, "create", "--bundle", str(bundle), name], check=True,
+        subprocess.run([*runc, *first, "--bundle", str(bundle), name], check=True,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
-        subprocess.run([*runc, "start", name], check=True)
+        if two_step:
+            subprocess.run([*runc, "start", name], check=True)
         samples.append(time.perf_counter() - began)
         subprocess.run([*runc, "delete", "--force", name], check=True)
     return samples
@@ -100,7 +104,9 @@ def main() -> None:
         rootfs.mkdir()
         subprocess.run(["tar", "-xf", str(tar), "-C", str(rootfs)], check=True)
         # The same spec, on the same rootfs: fresh namespaces, the spec's own cgroups path.
-        bare = bare_runc(root, bare_spec(spec, str(rootfs), ["sleep", "1000"]), args.runs)
+        prepared = bare_spec(spec, str(rootfs), ["sleep", "1000"])
+        bare = bare_runc(root, prepared, args.runs, two_step=False)
+        two_step = bare_runc(root, prepared, args.runs, two_step=True)
     p50 = sorted(samples)[len(samples) // 2]
     bare_p50 = sorted(bare)[len(bare) // 2]
     print(
@@ -108,7 +114,8 @@ def main() -> None:
         f"asyncstart sequential: {summary_ms(samples)}"
     )
     print(f"runc_start network phase:                {summary_ms(networking)}")
-    print(f"runc_start bare runc create+start:        {summary_ms(bare)}")
+    print(f"runc_start bare runc run --detach:        {summary_ms(bare)}")
+    print(f"runc_start bare runc create + start:      {summary_ms(two_step)}")
     print(f"runc_start asyncstart p50 / bare p50 = {p50 / bare_p50:.2f}x")
     print(
         f"runc_start {args.concurrent} concurrent starts: {elapsed:.2f}s, "

@@ -544,11 +544,16 @@ async def _userns_case(roots: _Roots, busybox_tar: Path) -> None:
 async def test_a_failed_start_at_each_real_phase_leaves_nothing(
     roots: _Roots, busybox_tar: Path, tmp_path: Path
 ) -> None:
-    # A runc that fails its "start" subcommand (after a successful create).
-    wrapper = tmp_path / "runc-start-fails"
+    # A runc that fails to run the container (after the bundle and stdio are made), saying
+    # why in its JSON log as runc does.
+    wrapper = tmp_path / "runc-run-fails"
     wrapper.write_text(
         "#!/bin/sh\n"
-        'for a in "$@"; do [ "$a" = start ] && { echo "start refused" >&2; exit 1; }; done\n'
+        "log=; prev=; fail=\n"
+        'for a in "$@"; do [ "$prev" = --log ] && log=$a; prev=$a; [ "$a" = run ] && fail=1; done\n'
+        'if [ -n "$fail" ]; then\n'
+        """  echo '{"level":"error","msg":"start refused"}' >> "$log"; exit 1\n"""
+        "fi\n"
         'exec runc "$@"\n'
     )
     wrapper.chmod(0o755)

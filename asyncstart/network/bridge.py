@@ -8,6 +8,7 @@ veths one by one holds the kernel's netlink lock ~30 ms each).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -142,21 +143,31 @@ class BridgeNetwork:
         inside = AsyncIPRoute(fileno=fd, groups=0)
         handed[0] = True
         try:
-            await inside.link("set", index=1, state="up")  # lo is ifindex 1 in a new namespace
+            lo_up = inside.link("set", index=1, state="up")  # lo is ifindex 1 in a new netns
             if address is None:
+                await lo_up
                 return
             host = AsyncIPRoute(groups=0)
             try:
-                await host.link(
-                    "add",
-                    ifname=host_if,
-                    kind="veth",
-                    master=self._bridge_index,
-                    state="up",
-                    peer={"ifname": "eth0", "net_ns_fd": str(path), "address": _mac(address)},
+                # Two sockets, two namespaces: lo comes up while the veth pair is made (both
+                # finish before anything is closed; the first failure is raised).
+                results = await asyncio.gather(
+                    lo_up,
+                    host.link(
+                        "add",
+                        ifname=host_if,
+                        kind="veth",
+                        master=self._bridge_index,
+                        state="up",
+                        peer={"ifname": "eth0", "net_ns_fd": str(path), "address": _mac(address)},
+                    ),
+                    return_exceptions=True,
                 )
             finally:
                 host.close()
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             eth0 = int((await inside.link("get", ifname="eth0"))[0]["index"])
             prefix = self.ipam.subnet.prefixlen
             await inside.addr("add", index=eth0, address=address, prefixlen=prefix)

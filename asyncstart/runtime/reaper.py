@@ -1,6 +1,6 @@
 """Exit monitoring of container inits, without a process per container.
 
-The daemon makes itself a *child subreaper*: ``runc create`` forks the container's init and
+The daemon makes itself a *child subreaper*: ``runc run --detach`` forks the container's init and
 exits, and the orphaned init is re-parented to the daemon. A pidfd opened on it at create time
 becomes readable when it dies; it is then reaped with ``waitid`` on that pidfd, so every exit code
 is delivered (a signal gives 128 + signal) with no polling. The cost: a daemon restart loses the

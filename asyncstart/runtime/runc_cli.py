@@ -116,8 +116,9 @@ class RuncCli:
         checkpoint_dir: str | None = None,
         no_pivot: bool = False,
     ) -> None:
-        """``runc create`` (or ``restore`` from ``checkpoint``), the process's stdio on ``fds``
-        or, with a ``console_socket``, a pty sent there."""
+        """``runc run --detach`` — create and start in one runc — (or ``restore`` from
+        ``checkpoint``), the process's stdio on ``fds`` or, with a ``console_socket``, a pty
+        sent there."""
         extra = ["--no-pivot"] if no_pivot else []
         if console_socket is not None:
             extra += ["--console-socket", console_socket]
@@ -125,7 +126,7 @@ class RuncCli:
             images = os.path.join(checkpoint_dir or "", checkpoint)
             args = ["restore", "--detach", "--image-path", images]
         else:
-            args = ["create"]
+            args = ["run", "--detach"]
         args += ["--bundle", str(bundle), "--pid-file", str(pid_file), *extra, container_id]
         result = await self.run(*args, runtime=runtime, log_file=log_file, fds=fds)
         if result.returncode != 0:
