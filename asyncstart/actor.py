@@ -28,7 +28,7 @@ from . import errors
 from .attach import AttachSession, ContainerIO
 from .container import ActorServices, ContainerState
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
-from .logs import ContainerLogs, read_log_chunks
+from .logs import ContainerLogs, LogQuery, read_log_chunks
 from .mailbox import Call, Handler, Pending, Reply, RuntimeReport
 from .record import ContainerRecord, wait_result
 from .restart import RestartManager
@@ -151,27 +151,11 @@ class ContainerActor(ContainerState):
         finally:
             self._io.hub.unsubscribe(receive)
 
-    def logs(
-        self,
-        streams: frozenset[str] | set[str],
-        *,
-        follow: bool,
-        tail: str | int,
-        since: float,
-        until: float,
-        timestamps: bool,
-        details: bool = False,
-    ) -> ContainerLogs:
+    def logs(self, query: LogQuery) -> ContainerLogs:
         """The container's json-file log (see :meth:`asyncstart.Daemon.container_logs`)."""
         chunks = read_log_chunks(
             self.services.records.log_path(self.id),
-            streams=streams,
-            follow=follow,
-            tail=tail,
-            since=since,
-            until=until,
-            timestamps=timestamps,
-            details=details,
+            query,
             running=lambda: self._lifecycle.running,
         )
         return ContainerLogs(chunks, tty=self._record.config.tty)

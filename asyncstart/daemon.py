@@ -32,7 +32,7 @@ from .hostinfo import apparmor_enabled, host_facts
 from .images import MountDriver
 from .images.store import ImageSource
 from .lifecycle import Request
-from .logs import ContainerLogs, check_arguments
+from .logs import ContainerLogs, LogQuery
 from .network import NetworkDriver
 from .network.netlink import asyncio_loop
 from .network.ports import PortProxy
@@ -325,17 +325,16 @@ class Daemon:
         the first line is read. ``.tty`` says whether the output is one raw stream (a TTY's)
         rather than stdout and stderr apart.
         """
-        check_arguments(stdout=stdout, stderr=stderr, tail=tail)
-        streams = {name for name, on in (("stdout", stdout), ("stderr", stderr)) if on}
-        return self._actor(reference).logs(
-            streams,
-            follow=follow,
-            tail=tail,
-            since=since,
-            until=until,
-            timestamps=timestamps,
-            details=details,
+        query = LogQuery(
+            frozenset(name for name, on in (("stdout", stdout), ("stderr", stderr)) if on),
+            follow,
+            tail,
+            since,
+            until,
+            timestamps,
+            details,
         )
+        return self._actor(reference).logs(query)
 
     # -- images -----------------------------------------------------------------------------
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from asyncstart import Daemon
+import asyncstart
+from asyncstart import Daemon, errors
 from asyncstart.images.busybox import missing_for_real_containers
 
 
@@ -52,3 +56,19 @@ def actions(events: MemoryObjectReceiveStream[dict[str, Any]]) -> list[str]:
                 seen.append(event["Action"])
         except anyio.WouldBlock:
             return seen
+
+
+@asynccontextmanager
+async def open_clean(
+    config: asyncstart.DaemonConfig, **drivers: Any
+) -> AsyncIterator[asyncstart.Daemon]:
+    """A daemon that force-removes every container it has when the block ends, even when a
+    test fails half-way: the machine stays clean."""
+    async with asyncstart.open_daemon(config, **drivers) as daemon:
+        try:
+            yield daemon
+        finally:
+            with anyio.CancelScope(shield=True):
+                for row in await daemon.containers_list(all=True):
+                    with contextlib.suppress(errors.DockerError):
+                        await daemon.container_remove(row["Id"], force=True)

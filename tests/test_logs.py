@@ -23,7 +23,7 @@ import anyio
 import pytest
 
 from asyncstart import errors, serve_api
-from asyncstart.logs import JsonFileWriter, LogOptions, read_log, reader
+from asyncstart.logs import JsonFileWriter, LogOptions, LogQuery, read_log, reader
 
 from .conftest import Engine
 from .helpers import create
@@ -193,16 +193,7 @@ async def test_a_reader_keeps_its_place_while_the_files_rotate_under_it(tmp_path
     for n in range(60):
         writer.write("stdout", f"before {n:03d} {'.' * 40}\n".encode())
     assert Path(f"{path}.4").exists() and not Path(f"{path}.7").exists()
-    lines = read_log(
-        path,
-        streams={"stdout"},
-        follow=False,
-        tail="all",
-        since=0,
-        until=0,
-        timestamps=False,
-        running=lambda: False,
-    )
+    lines = read_log(path, LogQuery(frozenset({"stdout"})), running=lambda: False)
     first = await anext(lines)  # the oldest file is open and read
     for n in range(60):  # every file moves up by several places
         writer.write("stdout", f"after {n:03d}\n".encode())

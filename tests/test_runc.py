@@ -6,15 +6,12 @@ root). Every test checks that nothing is left behind: mounts, runc state, bundle
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -24,7 +21,7 @@ from asyncstart import errors
 from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.network.loopback import LoopbackNetwork
 
-from .helpers import real_containers
+from .helpers import open_clean, real_containers
 
 pytestmark = real_containers()
 
@@ -74,22 +71,6 @@ def assert_nothing_left(roots: _Roots) -> None:
     for kept in ("containers", "overlay"):
         leftovers = list((roots.data / kept).iterdir()) if (roots.data / kept).exists() else []
         assert leftovers == [], f"{kept}: {leftovers}"
-
-
-@asynccontextmanager
-async def open_clean(
-    config: asyncstart.DaemonConfig, **drivers: Any
-) -> AsyncIterator[asyncstart.Daemon]:
-    """A daemon that force-removes every container it has when the block ends, even when a
-    test fails half-way: the machine stays clean."""
-    async with asyncstart.open_daemon(config, **drivers) as daemon:
-        try:
-            yield daemon
-        finally:
-            with anyio.CancelScope(shield=True):
-                for row in await daemon.containers_list(all=True):
-                    with contextlib.suppress(errors.DockerError):
-                        await daemon.container_remove(row["Id"], force=True)
 
 
 @pytest.fixture

@@ -12,14 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 import asyncstart
-from asyncstart import errors
 from asyncstart.images.busybox import build_busybox_tar
 
-from .helpers import real_containers
+from .helpers import open_clean, real_containers
 
 pytestmark = real_containers()
 
@@ -34,15 +32,9 @@ async def daemon(tmp_path: Path, busybox_tar: Path) -> AsyncIterator[asyncstart.
     config = asyncstart.DaemonConfig(
         data_root=tmp_path / "d", exec_root=tmp_path / "x", runtime="runc", network="loopback"
     )
-    async with asyncstart.open_daemon(config) as engine:
+    async with open_clean(config) as engine:
         await engine.image_import(str(busybox_tar), repo="busybox", tag="latest")
-        try:
-            yield engine
-        finally:
-            with anyio.CancelScope(shield=True):
-                for row in await engine.containers_list(all=True):
-                    with contextlib.suppress(errors.DockerError):
-                        await engine.container_remove(row["Id"], force=True)
+        yield engine
 
 
 async def _output(daemon: asyncstart.Daemon, script: str, **host: Any) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """Container logs: dockerd's json-file format, written (and rotated) by the runtime, read by
 ``docker logs``; the driver's options, checked at create."""
 
-from .jsonfile import MAX_LINE, ContainerLogs, JsonFileWriter, check_arguments
+from .jsonfile import MAX_LINE, ContainerLogs, JsonFileWriter, LogQuery
 from .options import LogOptions, LogSource, check_log_options, log_options
 from .reader import read_log, read_log_chunks
 
@@ -10,8 +10,8 @@ __all__ = [
     "ContainerLogs",
     "JsonFileWriter",
     "LogOptions",
+    "LogQuery",
     "LogSource",
-    "check_arguments",
     "check_log_options",
     "log_options",
     "read_log",

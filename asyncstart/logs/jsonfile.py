@@ -14,6 +14,7 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Set
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -27,8 +28,8 @@ __all__ = [
     "MAX_LINE",
     "ContainerLogs",
     "JsonFileWriter",
+    "LogQuery",
     "Selection",
-    "check_arguments",
     "rotated_name",
 ]
 
@@ -238,14 +239,29 @@ class Selection:
         return chosen
 
 
-def check_arguments(*, stdout: bool, stderr: bool, tail: str | int) -> None:
-    """dockerd's 400s for ``docker logs`` arguments, raised before anything is read."""
-    if not (stdout or stderr):
-        raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
-    text = str(tail)
-    # (A number too long to convert would fail the read half-way, after the headers.)
-    if tail not in ("all", "") and (not text.lstrip("-").isdigit() or len(text) > 19):
-        raise errors.InvalidParameter(f"invalid value for tail: {text[:40]}")
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """What ``docker logs`` asks for, checked as it is made (dockerd's 400s, before anything
+    is read). ``since``/``until`` are seconds since the epoch (0: unbounded); ``tail`` keeps
+    the last N entries (``"all"``, ``""`` or a negative number: all); ``timestamps`` puts each
+    entry's time before it, ``details`` its attributes; ``follow`` goes on while the container
+    runs."""
+
+    streams: frozenset[str] = frozenset({"stdout", "stderr"})
+    follow: bool = False
+    tail: str | int = "all"
+    since: float = 0
+    until: float = 0
+    timestamps: bool = False
+    details: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.streams:
+            raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
+        text = str(self.tail)
+        # (A number too long to convert would fail the read half-way, after the headers.)
+        if self.tail not in ("all", "") and (not text.lstrip("-").isdigit() or len(text) > 19):
+            raise errors.InvalidParameter(f"invalid value for tail: {text[:40]}")
 
 
 class ContainerLogs:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Set
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import structlog
 
-from .jsonfile import Selection, rotated_name
+from .jsonfile import LogQuery, Selection, rotated_name
 
 __all__ = ["read_log", "read_log_chunks"]
 
@@ -332,32 +332,21 @@ def _wanted(tail: str | int) -> int:
 
 
 async def read_log_chunks(
-    path: Path,
-    *,
-    streams: Set[str],
-    follow: bool,
-    tail: str | int,
-    since: float,
-    until: float,
-    timestamps: bool,
-    running: Callable[[], bool],
-    details: bool = False,
+    path: Path, query: LogQuery, *, running: Callable[[], bool]
 ) -> AsyncGenerator[list[tuple[str, bytes]]]:
     """``docker logs`` from a json-file log: lists of ``(stream, bytes)``, one per chunk read
     (never empty), in order. A consumer that writes each list at once (the API: one send per
     chunk, not one per entry) keeps the loop's share of a large log small.
 
-    ``streams`` are the streams wanted; ``since``/``until`` are seconds since the epoch (0:
-    unbounded); ``tail`` keeps the last N entries (``"all"``, ``""`` or a negative number:
-    all); ``timestamps`` puts each entry's time (RFC 3339, nine digits) and a space before it,
-    ``details`` its attributes. ``follow`` goes on reading what is appended, every 20 ms, until
-    ``until`` has passed or ``running()`` says the container has stopped and everything it
-    logged has been read. A missing file is an empty log.
+    ``query`` says what is wanted (timestamps in RFC 3339 with nine digits). ``follow`` goes
+    on reading what is appended, every 20 ms, until ``until`` has passed or ``running()`` says
+    the container has stopped and everything it logged has been read. A missing file is an
+    empty log.
     """
-    select = Selection(streams, since, until, timestamps, details)
+    select = Selection(query.streams, query.since, query.until, query.timestamps, query.details)
     cursor = _Cursor(path)
     try:
-        chosen, done = await anyio.to_thread.run_sync(cursor.begin, _wanted(tail), select)
+        chosen, done = await anyio.to_thread.run_sync(cursor.begin, _wanted(query.tail), select)
         while True:
             if chosen:
                 yield chosen
@@ -366,7 +355,7 @@ async def read_log_chunks(
             if done:
                 break
             chosen, done = await anyio.to_thread.run_sync(cursor.backlog, select)
-        while follow and not (until and time.time() > until):
+        while query.follow and not (query.until and time.time() > query.until):
             # Asked before reading: whatever was logged before the container stopped is then read.
             was_running = running()
             fresh = await anyio.to_thread.run_sync(cursor.follow, select)
@@ -384,29 +373,10 @@ async def read_log_chunks(
 
 
 async def read_log(
-    path: Path,
-    *,
-    streams: Set[str],
-    follow: bool,
-    tail: str | int,
-    since: float,
-    until: float,
-    timestamps: bool,
-    running: Callable[[], bool],
-    details: bool = False,
+    path: Path, query: LogQuery, *, running: Callable[[], bool]
 ) -> AsyncIterator[tuple[str, bytes]]:
     """:func:`read_log_chunks` an entry at a time."""
-    chunks = read_log_chunks(
-        path,
-        streams=streams,
-        follow=follow,
-        tail=tail,
-        since=since,
-        until=until,
-        timestamps=timestamps,
-        running=running,
-        details=details,
-    )
+    chunks = read_log_chunks(path, query, running=running)
     try:
         async for chunk in chunks:
             for item in chunk:
