@@ -61,6 +61,10 @@ class Mount(_Docker):
     source: str = ""
     target: str = ""
     read_only: bool = False
+    consistency: str = ""
+    bind_options: dict[str, Any] | None = None
+    volume_options: dict[str, Any] | None = None
+    tmpfs_options: dict[str, Any] | None = None
 
 
 class LogConfig(_Docker):
@@ -180,11 +184,24 @@ class HostConfig(_Docker):
     init: bool | None = None
 
 
+def _as_go_decodes(kind: type[Any], value: dict[str, Any]) -> dict[str, Any]:
+    """Keys as Go's JSON decoder matches them — a field's name in any case — and a ``null``
+    that leaves the field as it is (a client's ``{"memory": ...}`` is dockerd's Memory)."""
+    names = {wire.lower(): wire for wire in kind.__struct_encode_fields__}
+    return {
+        names.get(key.lower(), key) if isinstance(key, str) else key: item
+        for key, item in value.items()
+        if item is not None
+    }
+
+
 def _convert(kind: type[Any], value: Any, what: str) -> Any:
     if value is None:
         return kind()
     if isinstance(value, kind):
         return value
+    if isinstance(value, dict):
+        value = _as_go_decodes(kind, value)
     try:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as exc:
@@ -349,8 +366,9 @@ def validate_host_config(host_config: HostConfig) -> None:
 
 def merge_image_defaults(config: Config, image: dict[str, Any]) -> None:
     """Fill what the container leaves to its image (dockerd's ``merge``): the command and
-    entrypoint if it names none, the image's environment under its own, the working dir and
-    user if unset. ``image`` is the image config's ``config`` section."""
+    entrypoint if it names none, the image's environment, labels and exposed ports under its
+    own, the working dir, user, stop signal and health check if unset. ``image`` is the image
+    config's ``config`` section."""
     if not config.cmd and not config.entrypoint:
         config.cmd = image.get("Cmd")
     if config.entrypoint is None:
@@ -360,6 +378,12 @@ def merge_image_defaults(config: Config, image: dict[str, Any]) -> None:
     config.env = [*inherited, *(config.env or ())]
     config.working_dir = config.working_dir or image.get("WorkingDir", "")
     config.user = config.user or image.get("User", "")
+    config.stop_signal = config.stop_signal or image.get("StopSignal") or ""
+    config.labels = {**(image.get("Labels") or {}), **config.labels}
+    if image.get("ExposedPorts"):
+        config.exposed_ports = {**image["ExposedPorts"], **(config.exposed_ports or {})}
+    if config.healthcheck is None and image.get("Healthcheck") is not None:
+        config.healthcheck = dict(image["Healthcheck"])
 
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")

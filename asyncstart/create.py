@@ -26,7 +26,7 @@ from .images.store import ImageStore
 from .logs import check_log_options
 from .names import generate_name
 from .record import ContainerRecord, new_id
-from .settings import HostFacts, fill_defaults, validate_platform
+from .settings import HostFacts, fill_defaults, refuse_health_check, validate_platform
 from .spec import MASKED_PATHS, READONLY_PATHS
 from .views import format_time
 
@@ -55,6 +55,7 @@ def new_record(
     image_id, image = images.container_image(parsed.image or "")
     if image is not None:  # (None: an image only the fake runtime's store lets by)
         merge_image_defaults(parsed, image)
+        refuse_health_check(parsed)  # the image's, now merged
     canonical = validate_name(name) if name else generate_name(name_taken)
     if not parsed.cmd and not parsed.entrypoint:
         raise errors.InvalidParameter("No command specified")

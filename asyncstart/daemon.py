@@ -28,7 +28,7 @@ from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
 from .events import EventBus
 from .filters import container_filters, event_filters, event_matches
-from .hostinfo import apparmor_enabled, host_facts
+from .hostinfo import host_facts
 from .images import MountDriver
 from .images.store import ImageSource
 from .lifecycle import Request
@@ -408,9 +408,9 @@ class Daemon:
             "DefaultRuntime": "runc",
             "Runtimes": runtimes,
             "ExperimentalBuild": self.config.experimental,
-            # What every container gets, as dockerd lists it.
+            # What every container gets, as dockerd lists it (no AppArmor: no default profile
+            # is loaded, so none is claimed).
             "SecurityOptions": [
-                *(["name=apparmor"] if apparmor_enabled() else []),
                 "name=seccomp,profile=builtin",
                 *(["name=userns"] if self._host.userns else []),
                 *(["name=cgroupns"] if self._host.cgroup2 else []),

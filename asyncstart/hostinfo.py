@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
-import errno
+import functools
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 from .settings import HostFacts, parse_id_list
@@ -51,12 +52,15 @@ def host_facts(*, userns: bool = False, root: Path = Path("/sys/fs/cgroup")) -> 
         mems = _read(root / "cpuset.mems.effective")
         blkio = (root / "io.weight").exists() or (root / "io.bfq.weight").exists()
         swap = True  # memory.swap.max is in every child when the memory controller is
+        swappiness = oom_control = False  # runc's v2 backend writes neither
     else:
         cpus = _read(root / "cpuset" / "cpuset.cpus")
         mems = _read(root / "cpuset" / "cpuset.mems")
         weights = ("blkio.weight", "blkio.bfq.weight")
         blkio = any((root / "blkio" / name).exists() for name in weights)
         swap = (root / "memory" / "memory.memsw.limit_in_bytes").exists()
+        swappiness = (root / "memory" / "memory.swappiness").exists()
+        oom_control = (root / "memory" / "memory.oom_control").exists()
     online = len(os.sched_getaffinity(0))
     return HostFacts(
         cpus=online,
@@ -65,6 +69,8 @@ def host_facts(*, userns: bool = False, root: Path = Path("/sys/fs/cgroup")) -> 
         cgroup2=cgroup2,
         blkio_weight=blkio,
         swap_limit=swap,
+        memory_swappiness=swappiness,
+        oom_kill_disable=oom_control,
         userns=userns,
     )
 
@@ -84,13 +90,25 @@ _X32_SYSCALL_BIT = 0x40000000
 _GETPID_X86_64 = 39
 
 
+_X32_PROBE = f"""
+import ctypes, errno, sys
+libc = ctypes.CDLL(None, use_errno=True)
+result = libc.syscall({_X32_SYSCALL_BIT | _GETPID_X86_64})
+sys.exit(3 if result == -1 and ctypes.get_errno() == errno.ENOSYS else 0)
+"""
+
+
+@functools.cache
 def absent_seccomp_arches() -> frozenset[str]:
     """The architectures a seccomp filter would name that this kernel does not run (as
     libseccomp names them): x32 on an x86_64 kernel built or booted without it, found by
-    asking for ``getpid`` through it (ENOSYS: absent)."""
+    asking for ``getpid`` through it (ENOSYS: absent). Asked by a child process, once: a
+    sandbox that kills a foreign ABI's caller (systemd's ``SystemCallArchitectures=native``)
+    then kills the child, not the daemon; anything but a clear ENOSYS keeps x32 filtered."""
     if platform.machine() != "x86_64":
         return frozenset()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(_X32_SYSCALL_BIT | _GETPID_X86_64) == -1 and ctypes.get_errno() == errno.ENOSYS:
-        return frozenset({"SCMP_ARCH_X32"})
-    return frozenset()
+    try:
+        probe = subprocess.run([sys.executable, "-c", _X32_PROBE], timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset({"SCMP_ARCH_X32"}) if probe.returncode == 3 else frozenset()

@@ -29,7 +29,15 @@ from .seccomp_policy import (
     SYSCALL_GROUPS,
 )
 
-__all__ = ["MIN_KERNEL", "Profile", "load_profile", "parse_kernel_release", "seccomp_filter"]
+__all__ = [
+    "CACHED",
+    "MAX_PROFILE",
+    "MIN_KERNEL",
+    "Profile",
+    "load_profile",
+    "parse_kernel_release",
+    "seccomp_filter",
+]
 
 #: The oldest kernel asyncstart runs on (the exit monitor needs ``pidfd_open``, Linux 5.3): what
 #: ``minKernel`` filters are compared with when the kernel's release does not say.
@@ -218,9 +226,20 @@ def _check(profile: Profile) -> None:
                 _kernel_version(condition.min_kernel)
 
 
-@functools.lru_cache(maxsize=64)
+#: A caller's profile is at most this long (dockerd's own default is about 20 KB): what the
+#: caches below may hold stays bounded whatever clients send.
+MAX_PROFILE = 1024 * 1024
+#: Distinct profiles (and option lists naming them) kept resolved.
+CACHED = 16
+
+
+@functools.lru_cache(maxsize=CACHED)
 def load_profile(text: str) -> Profile:
     """A caller's profile (its JSON), checked: a 400 with dockerd's wording where it has one."""
+    if len(text) > MAX_PROFILE:
+        raise errors.InvalidParameter(
+            f"seccomp profile too large: {len(text)} bytes (at most {MAX_PROFILE})"
+        )
     try:
         profile = msgspec.json.decode(text, type=Profile)
         _check(profile)
@@ -314,7 +333,7 @@ def _resolve(
     return out
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4 * CACHED)
 def _resolved(
     text: str | None,
     caps: frozenset[str],

@@ -245,7 +245,10 @@ ARG_RULES: Final[tuple[ArgRule, ...]] = (
     *(ArgRule("personality", "only harmless personalities", 0, "SCMP_CMP_EQ", persona)
       for persona in _PERSONAS),
     # Every address family but AF_ALG (the kernel's crypto, a large attack surface) and
-    # AF_VSOCK (talks to the hypervisor, past the network namespace).
+    # AF_VSOCK (talks to the hypervisor, past the network namespace). For direct ``socket``
+    # calls only: 32-bit x86's ``socketcall`` multiplexer (allowed, as in dockerd's policy, for
+    # the C libraries that still use it) passes its arguments in memory, out of a filter's
+    # reach.
     ArgRule("socket", "families below AF_ALG", 0, "SCMP_CMP_LT", _AF_ALG),
     ArgRule("socket", "the family between AF_ALG and AF_VSOCK", 0, "SCMP_CMP_EQ", _AF_ALG + 1),
     ArgRule("socket", "families above AF_VSOCK", 0, "SCMP_CMP_GT", _AF_VSOCK),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import errors
-from .seccomp import MIN_KERNEL, load_profile, seccomp_filter
+from .seccomp import CACHED, MIN_KERNEL, load_profile, seccomp_filter
 
 __all__ = ["SecurityOptions", "parse_security_opt"]
 
@@ -105,7 +105,7 @@ def _parse_bool(value: str, option: str) -> bool:
     raise errors.InvalidParameter(f"invalid --security-opt 2: {go_quote(option)}")
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=CACHED)
 def _parse(options: tuple[str, ...]) -> SecurityOptions:
     no_new_privileges = False
     seccomp, profile, apparmor = "default", "", ""

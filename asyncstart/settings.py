@@ -22,6 +22,7 @@ __all__ = [
     "fill_defaults",
     "format_id_list",
     "parse_id_list",
+    "refuse_health_check",
     "validate_platform",
 ]
 
@@ -50,6 +51,10 @@ class HostFacts:
     blkio_weight: bool = False
     #: Swap is accounted (``memory.memsw.*``): ``MemorySwap`` can be limited.
     swap_limit: bool = True
+    #: The memory controller takes ``swappiness`` and can leave the OOM killer off (cgroup v1
+    #: only: runc writes neither on v2).
+    memory_swappiness: bool = True
+    oom_kill_disable: bool = True
     #: Containers run in a user namespace (``userns-remap``).
     userns: bool = False
 
@@ -168,6 +173,13 @@ def _resources(host: HostConfig, facts: HostFacts) -> None:
         raise errors.InvalidParameter(
             f"Invalid value: {swappiness}, valid memory swappiness range is 0-100"
         )
+    if swappiness is not None and swappiness != -1 and not facts.memory_swappiness:
+        raise errors.InvalidParameter(
+            "Your kernel does not support memory swappiness capabilities or the cgroup is not "
+            "mounted."
+        )
+    if host.oom_kill_disable and not facts.oom_kill_disable:
+        raise errors.InvalidParameter("Your kernel does not support OomKillDisable.")
     if 0 < host.memory_reservation < _MIN_MEMORY:
         raise errors.InvalidParameter("Minimum memory reservation allowed is 6MB")
     if 0 < host.memory < host.memory_reservation:
@@ -268,6 +280,14 @@ def _decode_checks(config: Config, host: HostConfig) -> None:
         )
 
 
+def refuse_health_check(config: Config) -> None:
+    """Health checks are not run: a check asked for — by the request or, once merged, by the
+    image's ``HEALTHCHECK`` — is refused (``--no-healthcheck`` is the way to run without)."""
+    test = (config.healthcheck or {}).get("Test")
+    if test not in (None, [], ["NONE"]):
+        raise not_applied("Config", "Healthcheck", config.healthcheck)
+
+
 def validate_platform(config: Config, host: HostConfig, facts: HostFacts) -> None:
     """dockerd's platform checks, then the engine's: every setting held is applied or refused.
 
@@ -288,17 +308,22 @@ def validate_platform(config: Config, host: HostConfig, facts: HostFacts) -> Non
     _resources(host, facts)
     _modes(host, facts)
     _storage_opt(host)
+    for mount in host.mounts or ():
+        if mount.type != "bind":
+            raise not_applied("HostConfig", "Mounts.Type", mount.type)
+        for key, value in (
+            ("BindOptions", mount.bind_options),
+            ("VolumeOptions", mount.volume_options),
+            ("TmpfsOptions", mount.tmpfs_options),
+        ):
+            if value:
+                raise not_applied("HostConfig", f"Mounts.{key}", value)
     for key in host.annotations or {}:
         if key == "":
             raise errors.InvalidParameter(
                 "invalid Annotations: the empty string is not permitted as an annotation key"
             )
-    if config.healthcheck is not None and config.healthcheck.get("Test") not in (
-        None,
-        [],
-        ["NONE"],
-    ):
-        raise not_applied("Config", "Healthcheck", config.healthcheck)
+    refuse_health_check(config)
     _refuse_not_applied("Config", _wire(config), _CONFIG_NOT_APPLIED)
     _refuse_not_applied("HostConfig", _wire(host), _NOT_APPLIED)
 

@@ -288,8 +288,9 @@ class SpecStep:
         # host: no namespace of its own; "" : a new one (loopback only); else join that path.
         netns = None if record.host_config.network_mode == "host" else sandbox
         passwd = group = None
-        if ctx.rootfs and record.config.user:
-            # A user needs the image's files (a name, or a uid's group): off the event loop.
+        names = [g for g in record.host_config.group_add or () if not g.isdigit()]
+        if ctx.rootfs and (record.config.user or names):
+            # A user or a group by name needs the image's files: off the event loop.
             passwd, group = await anyio.to_thread.run_sync(_read_users, ctx.rootfs)
         ctx.spec = build_spec(
             record.id,

@@ -332,7 +332,7 @@ VALID = [
     {"max-size": "10 KiB"},
     {"max-file": "5"},  # without max-size: accepted, never rotates (dockerd)
     {"max-size": "10m", "max-file": "3", "compress": "false"},
-    {"labels": "a,b", "labels-regex": "^com\\.", "env": "A", "env-regex": "^X_", "tag": "web"},
+    {"labels": "a,b", "env": "A", "tag": "web"},
     {"tag": "{{.ImageName}}/{{ .Name }}/{{.ID}}"},
     {"mode": "blocking"},
     {"cache-disabled": "true", "cache-max-size": "20m"},
@@ -366,6 +366,9 @@ INVALID = [
     ({"cache-disabled": "maybe"}, "invalid value for option cache-disabled: maybe"),
     ({"max-sizes": "1m"}, "unknown log opt 'max-sizes' for json-file log driver"),
     ({"labels-regex": "("}, "error parsing regexp"),
+    # Python's regular expressions backtrack (``^(a+)+$`` on a long name: minutes); RE2's do not.
+    ({"env-regex": "^(a+)+$"}, "asyncstart does not apply HostConfig.LogConfig.Config.env-regex"),
+    ({"labels-regex": "^com\\."}, "does not apply HostConfig.LogConfig.Config.labels-regex"),
     ({"tag": "{{.Name | upper}}"}, "asyncstart renders log tags"),
 ]
 

@@ -565,3 +565,10 @@ def test_an_architecture_the_kernel_does_not_run_is_left_out() -> None:
 async def test_docker_info_says_every_container_is_filtered(engine: Engine) -> None:
     """It said ``"SecurityOptions": []``: clients concluded no seccomp at all."""
     assert "name=seccomp,profile=builtin" in engine.daemon.system_info()["SecurityOptions"]
+
+
+def test_a_profile_too_large_is_refused_before_it_is_decoded() -> None:
+    """The caches hold profiles by their text: a bound on each keeps them bounded."""
+    huge = json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "comment": "x" * (2 << 20)})
+    with pytest.raises(errors.InvalidParameter, match="seccomp profile too large"):
+        load_profile(huge)

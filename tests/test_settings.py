@@ -4,18 +4,21 @@ at create, and what the spec makes of each setting (pure; the real-container sid
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from asyncstart import errors
-from asyncstart.config import Config, HostConfig, parse_host_config
+from asyncstart.config import Config, HostConfig, merge_image_defaults, parse_host_config
+from asyncstart.hostinfo import host_facts
 from asyncstart.settings import (
     DEFAULT_SHM_SIZE,
     HostFacts,
     fill_defaults,
     format_id_list,
     parse_id_list,
+    refuse_health_check,
     validate_platform,
 )
 from asyncstart.spec import MASKED_PATHS, READONLY_PATHS, build_spec
@@ -80,6 +83,16 @@ def test_malformed_cpuset_lists_are_refused(text: str) -> None:
             "does not support swap limit",
         ),
         (HostFacts(userns=True), {"PidMode": "host"}, "cannot share the host PID namespace"),
+        (  # cgroup v2: runc writes neither, dockerd discards both
+            HostFacts(memory_swappiness=False),
+            {"MemorySwappiness": 0},
+            "does not support memory swappiness",
+        ),
+        (
+            HostFacts(oom_kill_disable=False),
+            {"Memory": 8 << 20, "OomKillDisable": True},
+            "does not support OomKillDisable",
+        ),
         (HostFacts(userns=True), {"UsernsMode": "host"}, "HostConfig.UsernsMode"),
         (FACTS, {"ConsoleSize": [1, -1]}, "invalid ConsoleSize"),
         (FACTS, {"GroupAdd": [str(2**40)]}, "not a valid gid"),
@@ -209,3 +222,70 @@ async def test_inspect_shows_every_field_and_the_defaults(engine: Engine) -> Non
     assert host["MemorySwap"] == 16 << 20
     assert (host["OomKillDisable"], host["ConsoleSize"]) == (False, [0, 0])
     assert host["MaskedPaths"] == list(MASKED_PATHS)
+
+
+def test_the_machines_facts_are_read_from_its_cgroup_tree(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (v2 / "cpuset.cpus.effective").write_text("0-3\n")
+    facts = host_facts(root=v2)
+    assert facts.cgroup2 and facts.cpuset_cpus == {0, 1, 2, 3}
+    assert not (facts.memory_swappiness or facts.oom_kill_disable), "runc writes neither on v2"
+    v1 = tmp_path / "v1"
+    for name in ("memory/memory.swappiness", "memory/memory.oom_control", "cpuset/cpuset.cpus"):
+        (v1 / name).parent.mkdir(parents=True, exist_ok=True)
+        (v1 / name).write_text("0\n")
+    facts = host_facts(root=v1, userns=True)
+    assert not facts.cgroup2 and facts.memory_swappiness and facts.oom_kill_disable
+    assert not (facts.swap_limit or facts.blkio_weight) and facts.userns
+
+
+def test_keys_match_in_any_case_and_null_is_the_default_as_go_decodes_them() -> None:
+    """``{"memory": ...}`` gave a container with no memory limit; ``"VolumeDriver": null``
+    was a 400. dockerd's decoder matches field names in any case and leaves a null field."""
+    host = parse_host_config({"memory": 8 << 20, "PRIVILEGED": False, "VolumeDriver": None})
+    assert (host.memory, host.volume_driver) == (8 << 20, "")
+    assert parse_host_config({"restartpolicy": {"Name": "always"}}).restart_policy.name == "always"
+
+
+@pytest.mark.parametrize(
+    ("mount", "message"),
+    [
+        ({"Type": "volume", "Target": "/data"}, "HostConfig.Mounts.Type"),
+        ({"Type": "tmpfs", "Target": "/t"}, "HostConfig.Mounts.Type"),
+        (
+            {"Type": "bind", "Source": "/tmp", "Target": "/t",
+             "BindOptions": {"Propagation": "rshared"}},
+            "HostConfig.Mounts.BindOptions",
+        ),
+    ],
+)  # fmt: skip
+def test_mount_settings_not_applied_are_refused_at_create(
+    mount: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(errors.InvalidParameter, match=message):
+        validate_platform(Config(), _host(Mounts=[mount]), FACTS)
+
+
+def test_the_image_gives_labels_stop_signal_ports_and_its_health_check() -> None:
+    """dockerd's merge: they were dropped, so an image's HEALTHCHECK was silently not run."""
+    image = {
+        "Cmd": ["sh"],
+        "Labels": {"a": "image", "b": "image"},
+        "StopSignal": "SIGQUIT",
+        "ExposedPorts": {"80/tcp": {}},
+        "Healthcheck": {"Test": ["CMD", "true"]},
+    }
+    config = Config(labels={"b": "mine"}, exposed_ports={"81/tcp": {}})
+    merge_image_defaults(config, image)
+    assert config.labels == {"a": "image", "b": "mine"}
+    assert (config.stop_signal, set(config.exposed_ports or ())) == (
+        "SIGQUIT",
+        {"80/tcp", "81/tcp"},
+    )
+    with pytest.raises(errors.InvalidParameter, match="Config.Healthcheck"):
+        refuse_health_check(config)
+    disabled = Config(healthcheck={"Test": ["NONE"]})  # --no-healthcheck
+    merge_image_defaults(disabled, image)
+    refuse_health_check(disabled)

@@ -124,6 +124,22 @@ async def test_group_add_gives_supplementary_groups(daemon: asyncstart.Daemon) -
     assert {"1234", "50"} <= set(text.split())
 
 
+async def test_group_add_by_name_is_looked_up_in_the_image(
+    daemon: asyncstart.Daemon, tmp_path: Path
+) -> None:
+    """Without ``User``, the image's /etc/group was never read: any name was "not found"."""
+    cid = await daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["id", "-G"]}, host_config={"GroupAdd": ["audio"]}
+    )
+    etc = tmp_path / "d" / "overlay" / cid / "upper" / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "group").write_text("root:x:0:\naudio:x:63:\n")
+    await daemon.container_start(cid)
+    assert (await daemon.container_wait(cid))["StatusCode"] == 0
+    text = b"".join([d async for _, d in daemon.container_logs(cid)]).decode()
+    assert "63" in text.split()
+
+
 async def test_masked_and_readonly_paths_replace_the_defaults(daemon: asyncstart.Daemon) -> None:
     status, text = await _output(
         daemon,

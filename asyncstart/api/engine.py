@@ -310,9 +310,14 @@ class EngineAPI:
         tty = logs.tty
 
         async def body() -> AsyncIterator[bytes]:
-            # A write per chunk read (thousands of entries), not per entry.
-            async for chunk in logs.chunks():
-                yield b"".join(data if tty else frame(stream, data) for stream, data in chunk)
+            # A write per chunk read (thousands of entries), not per entry; a client gone
+            # closes the reader (its files) now, not at garbage collection.
+            try:
+                async for chunk in logs.chunks():
+                    yield b"".join(data if tty else frame(stream, data) for stream, data in chunk)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await logs.aclose()
 
         return Streaming(200, body(), [("Content-Type", stdio_type(tty))])
 

@@ -211,6 +211,9 @@ def _check(config: Mapping[str, str]) -> LogOptions:
                 re.compile(config[key])
             except re.error as exc:
                 raise ValueError(f"error parsing regexp: {exc}: `{config[key][:_ECHO]}`") from None
+            # dockerd matches with RE2, in linear time; Python's engine backtracks, and a
+            # client's pattern against a client's names could hold the daemon for minutes.
+            raise not_applied("HostConfig.LogConfig.Config", key, config[key])
     if config.get("tag"):
         try:
             _tag_parts(config["tag"])
@@ -250,16 +253,10 @@ def _attributes(config: Mapping[str, str], source: LogSource) -> dict[str, str]:
     for name in filter(None, config.get("labels", "").split(",")):
         if name in source.labels:
             extra[name] = source.labels[name]
-    if config.get("labels-regex"):
-        pattern = re.compile(config["labels-regex"])
-        extra.update({k: v for k, v in source.labels.items() if pattern.search(k)})
     env = dict(item.split("=", 1) for item in source.env if "=" in item)
     for name in filter(None, config.get("env", "").split(",")):
         if name in env:
             extra[name] = env[name]
-    if config.get("env-regex") and env:
-        pattern = re.compile(config["env-regex"])
-        extra.update({k: v for k, v in env.items() if pattern.search(k)})
     if config.get("tag"):
         tag = _tag(config["tag"], source)
         if tag:
@@ -269,7 +266,7 @@ def _attributes(config: Mapping[str, str], source: LogSource) -> dict[str, str]:
 
 def log_options(config: Mapping[str, str], source: LogSource) -> LogOptions:
     """The options of a container about to start: rotation, and the attributes its entries
-    carry (``labels``, ``env`` and their regexes, ``tag`` rendered now, as dockerd does when
+    carry (``labels``, ``env``, ``tag`` rendered now, as dockerd does when
     the logger starts)."""
     checked = check_log_options(config)
     return LogOptions(checked.max_size, checked.max_file, _attributes(config, source))
