@@ -40,6 +40,7 @@ def new_record(
     *,
     images: ImageStore,
     runtimes: Mapping[str, object],
+    default_runtime: str = "runc",
     name_taken: Callable[[str], bool],
     facts: HostFacts,
 ) -> ContainerRecord:
@@ -65,6 +66,7 @@ def new_record(
         host_mode = host.network_mode == "host"
         parsed.hostname = socket.gethostname() if host_mode else container_id[:12]
     fill_defaults(host, facts, masked=MASKED_PATHS, readonly=READONLY_PATHS)
+    host.runtime = host.runtime or default_runtime  # dockerd: the default, by name
     record = ContainerRecord(
         id=container_id,
         name=canonical,

@@ -8,6 +8,7 @@ bridge, runc) or ``fake`` (in memory) — here and nowhere else; any driver may 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +58,11 @@ class DaemonConfig:
     #: Checkpoint/restore is experimental in dockerd too.
     experimental: bool = False
     #: OCI runtimes a container may name in ``HostConfig.Runtime``: name -> (path, *args),
-    #: as dockerd's ``runtimes`` setting. ``runc`` is always there.
+    #: as dockerd's ``runtimes`` setting (``--add-runtime``). ``runc`` is always there, and
+    #: ``crun`` where it is installed.
     runtimes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: The runtime of a container that names none (dockerd's ``--default-runtime``).
+    default_runtime: str = "runc"
     #: User-namespace remapping, ``"UID:GID[:SIZE]"``: container root is that host uid/gid
     #: (dockerd's ``--userns-remap``, given as numbers). Empty: no remapping.
     userns_remap: str = ""
@@ -84,9 +88,17 @@ class DaemonConfig:
         return uid, gid, int(parts[2]) if len(parts) == 3 else 65536
 
     def runtime_table(self) -> dict[str, tuple[str, ...]]:
-        """``HostConfig.Runtime`` names -> (path, *global flags); ``runc`` always."""
+        """``HostConfig.Runtime`` names -> (path, *global flags); ``runc`` always, ``crun``
+        if installed. The default runtime must be one of them."""
         table: dict[str, tuple[str, ...]] = {"runc": ("runc",)}
+        if shutil.which("crun"):
+            table["crun"] = ("crun",)
         table.update({name: tuple(value) for name, value in self.runtimes.items()})
+        if self.default_runtime not in table:
+            raise errors.InvalidParameter(
+                f"default runtime {self.default_runtime} is not one of the runtimes: "
+                f"{', '.join(sorted(table))}"
+            )
         return table
 
 
@@ -136,7 +148,8 @@ def build_drivers(
             subnet=config.bridge_subnet,
         )
     return Drivers(
-        runtime=runtime or RuncRuntime(exec_root / "runc"),
+        runtime=runtime
+        or RuncRuntime(exec_root / "runc", runtimes=list(config.runtime_table().values())),
         mounter=mounter or OverlayMounter(data_root / "overlay", images, owner),
         network=network or LoopbackNetwork(),
         images=images,
@@ -176,6 +189,7 @@ def build_saga(
                 records.log_path,
                 config.runtime_table(),
                 owner=userns[:2] if userns else None,
+                default=config.default_runtime,
             ),
         ),
     )

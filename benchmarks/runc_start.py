@@ -51,10 +51,14 @@ def bare_runc(root: Path, spec: dict[str, Any], runs: int, *, two_step: bool) ->
 
 
 async def engine(
-    root: Path, tar: Path, runs: int, concurrent: int, network: str
+    root: Path, tar: Path, runs: int, concurrent: int, network: str, oci: str
 ) -> tuple[list[float], float, dict[str, Any], list[float]]:
     config = asyncstart.DaemonConfig(
-        data_root=root / "d", exec_root=root / "x", runtime="runc", network=network
+        data_root=root / "d",
+        exec_root=root / "x",
+        runtime="runc",
+        network=network,
+        default_runtime=oci,
     )
     async with asyncstart.open_daemon(config) as daemon:
         await daemon.image_import(str(tar), repo="busybox")
@@ -92,13 +96,22 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--network", choices=["bridge", "loopback"], default="bridge")
+    parser.add_argument("--oci", choices=["runc", "crun"], default="runc",
+                        help="the OCI runtime asyncstart starts with")  # fmt: skip
     args = parser.parse_args()
     configure_logging("warning")
     with tempfile.TemporaryDirectory(prefix="asyncstart-runc-bench-") as tmp:
         root = Path(tmp)
         tar = build_busybox_tar(root / "busybox.tar")
         samples, elapsed, spec, networking = anyio.run(
-            engine, root, tar, args.runs, args.concurrent, args.network, backend=args.backend
+            engine,
+            root,
+            tar,
+            args.runs,
+            args.concurrent,
+            args.network,
+            args.oci,
+            backend=args.backend,
         )
         rootfs = root / "rootfs"
         rootfs.mkdir()
@@ -110,7 +123,7 @@ def main() -> None:
     p50 = sorted(samples)[len(samples) // 2]
     bare_p50 = sorted(bare)[len(bare) // 2]
     print(
-        f"runc_start backend={args.backend} network={args.network} "
+        f"runc_start backend={args.backend} network={args.network} oci={args.oci} "
         f"asyncstart sequential: {summary_ms(samples)}"
     )
     print(f"runc_start network phase:                {summary_ms(networking)}")

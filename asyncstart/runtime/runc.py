@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import structlog
 from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess, reap, set_subreaper
-from .runc_cli import RuncCli, RuntimeChoice
+from .runc_cli import RuncCli, RuntimeChoice, starts_in_one_call
 from .stdio import ContainerStdio
 
 __all__ = ["RuncRuntime"]
@@ -35,6 +36,8 @@ class _Container:
     runtime: RuntimeChoice
     init: InitProcess
     stdio: ContainerStdio
+    #: Its process runs (``run --detach`` or a restore); else ``start`` runs the runtime's.
+    running: bool = False
 
     def close(self) -> None:
         self.stdio.close()
@@ -58,8 +61,12 @@ class RuncRuntime:
         binary: str = "runc",
         runtime_args: tuple[str, ...] = (),
         no_pivot_root: bool = False,
+        runtimes: Sequence[Sequence[str]] = (),
     ) -> None:
         self.state_root = state_root
+        #: Every (path, *flags) a container may be run with: asked for their containers after
+        #: a restart.
+        self.runtimes = [tuple(entry) for entry in runtimes if entry]
         self.binary = binary
         self.runtime_args = runtime_args
         self.no_pivot_root = no_pivot_root or bool(os.environ.get("DOCKER_RAMDISK"))
@@ -130,14 +137,15 @@ class RuncRuntime:
         binary: str | None = None,
     ) -> int:
         """The container, created and started by one ``runc run --detach`` (or ``restore``
-        from a checkpoint); the output is pumped from now. Its start is reported by
-        :meth:`start`, as a create and a start would be: nothing else runs in between, so
-        the second runc of ``create`` + ``start`` (about 10 ms at every start) is spared."""
+        from a checkpoint; crun: created only, see ``starts_in_one_call``); the output is
+        pumped from now. The start is reported by :meth:`start`: nothing else runs between
+        create and start, so the second runc (about 10 ms at every start) is spared."""
         directory = BundleDir(bundle.path)
         runtime = RuntimeChoice(binary, tuple(runtime_args))
         for attempt in range(2):
             directory.make()
             box = _Container(directory, runtime, InitProcess(), ContainerStdio(stdio))
+            box.running = bool(checkpoint) or starts_in_one_call(binary or self.binary)
             try:
                 await self._spawn(container_id, bundle, box, checkpoint, checkpoint_dir)
                 break
@@ -176,6 +184,7 @@ class RuncRuntime:
                 checkpoint=checkpoint,
                 checkpoint_dir=checkpoint_dir,
                 no_pivot=self.no_pivot_root,
+                start=box.running,
             )
             box.stdio.take_console(child)
         box.init.open(box.bundle.read_pid())
@@ -191,9 +200,12 @@ class RuncRuntime:
     # -- the running process ---------------------------------------------------------------
 
     async def start(self, container_id: str) -> None:
-        """Reports the start (the process runs since :meth:`create`), then the exit when it
-        comes."""
+        """Starts the process if :meth:`create` did not (crun), reports the start, then the
+        exit when it comes."""
         box = self._box(container_id)
+        if not box.running:
+            await self._cli.checked("start", container_id, runtime=box.runtime)
+            box.running = True
         assert self._backend is not None and self._tg is not None
         info = StateInfo("start", pid=box.init.pid, at=time.time())
         self._backend.state_changed(container_id, info)
@@ -235,23 +247,25 @@ class RuncRuntime:
     # -- after a daemon restart ------------------------------------------------------------
 
     async def restore(self, container_id: str, stdio: Stdio) -> StateInfo | None:
-        """Take a live container back (pidfd, FIFOs reopened); delete a dead one."""
-        state = await self._cli.state(container_id)
+        """Take a live container back (pidfd, FIFOs reopened); delete a dead one. Asked of
+        the runtime its bundle says it was created with (runc or crun)."""
+        runtime = BundleDir(self.state_root.parent / container_id).runtime()
+        state = await self._cli.state(container_id, runtime=runtime)
         if state is None:
             return None
         if state.get("status") not in ("running", "paused"):
             # runc reports pid 0 for a stopped container: the pid file still knows it.
             dead = BundleDir(Path(state.get("bundle", "/nonexistent")))
             pid = dead.read_pid() if dead.pid_file.is_file() else 0
-            await self._cli.quietly("delete", "--force", container_id)
+            await self._cli.quietly("delete", "--force", container_id, runtime=runtime)
             await reap(pid)
             return None
         bundle = BundleDir(Path(state["bundle"]))
-        box = _Container(bundle, bundle.runtime(), InitProcess(), ContainerStdio(stdio))
+        box = _Container(bundle, bundle.runtime(), InitProcess(), ContainerStdio(stdio), True)
         try:
             box.init.open(int(state["pid"]))
         except ProcessLookupError:
-            await self._cli.quietly("delete", "--force", container_id)
+            await self._cli.quietly("delete", "--force", container_id, runtime=runtime)
             return None
         box.stdio.reopen(bundle)
         self._watch(container_id, box)
@@ -260,12 +274,22 @@ class RuncRuntime:
         return StateInfo("start", pid=box.init.pid)
 
     async def cleanup(self, keep: set[str]) -> None:
-        """Delete every runc container (and its bundle) not in ``keep``."""
-        for entry in await self._cli.containers():
-            if entry["id"] not in keep:
-                log.info("runtime.cleanup", container_id=entry["id"], status=entry["status"])
-                bundle = BundleDir(Path(entry["bundle"]))
-                runtime = bundle.runtime()
-                await self._cli.quietly("delete", "--force", entry["id"], runtime=runtime)
-                await reap(int(entry.get("pid", 0)))
-                bundle.remove()
+        """Delete every container of the state root (and its bundle) not in ``keep``, asking
+        each runtime the daemon knows (each lists only its own)."""
+        for runtime in self._choices():
+            for entry in await self._cli.containers(runtime=runtime):
+                if entry["id"] not in keep:
+                    log.info("runtime.cleanup", container_id=entry["id"], status=entry["status"])
+                    bundle = BundleDir(Path(entry["bundle"]))
+                    await self._cli.quietly("delete", "--force", entry["id"], runtime=runtime)
+                    await reap(int(entry.get("pid", 0)))
+                    bundle.remove()
+
+    def _choices(self) -> list[RuntimeChoice]:
+        """The daemon's runtime, then each other binary it may run containers with."""
+        choices, seen = [RuntimeChoice()], {self.binary}
+        for binary, *flags in self.runtimes:
+            if binary not in seen:
+                seen.add(binary)
+                choices.append(RuntimeChoice(binary, tuple(flags)))
+        return choices

@@ -1,4 +1,5 @@
-"""The ``runc`` command line: which binary and global flags, argv, running it, its errors.
+"""The ``runc`` command line — and that of runtimes that share it (crun) —: which binary and
+global flags, argv, running it, its errors.
 
 Every failure is a :class:`RuntimeFailure` carrying runc's own message: from its JSON log for
 ``create``/``restore`` (its stderr says less), from its output otherwise.
@@ -7,6 +8,7 @@ Every failure is a :class:`RuntimeFailure` carrying runc's own message: from its
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -18,7 +20,7 @@ import anyio
 
 from .base import RuntimeFailure
 
-__all__ = ["RuncCli", "RuntimeChoice", "runc_error"]
+__all__ = ["RuncCli", "RuntimeChoice", "launcher", "runc_error", "starts_in_one_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,38 @@ class RuntimeChoice:
     binary: str | None = None
     #: Its global flags, given after the daemon's own.
     flags: tuple[str, ...] = ()
+
+
+#: crun (before 1.9) refuses a hybrid cgroup layout whose cgroup2 half has controllers of its
+#: own ("cgroups in hybrid mode not supported"). Run in a mount namespace of its own without
+#: that mount, it sees the v1 hierarchies alone and uses them: every limit is still applied
+#: (the controllers the v1 hierarchies have). The namespace is a copy of the daemon's, so the
+#: root filesystems and network namespaces it mounts are there; nothing is unmounted outside.
+_HIDE_UNIFIED = (
+    "unshare", "--mount", "--propagation", "private",
+    "sh", "-c", 'umount -l /sys/fs/cgroup/unified && exec "$0" "$@"',
+)  # fmt: skip
+
+
+@functools.cache
+def launcher(binary: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[str, ...]:
+    """What runs ``binary`` on this host: nothing but itself, or, for crun on a hybrid cgroup
+    layout with cgroup2 controllers, the mount namespace that hides the cgroup2 half."""
+    if os.path.basename(binary) != "crun":
+        return ()
+    try:
+        controllers = (cgroup_root / "unified" / "cgroup.controllers").read_text().split()
+    except OSError:
+        return ()  # unified (cgroup2 only, which crun handles) or legacy
+    return _HIDE_UNIFIED if controllers else ()
+
+
+def starts_in_one_call(binary: str) -> bool:
+    """Whether ``run --detach`` may create and start at once. Not with crun: a process that
+    ends while ``crun run`` is still there is reaped by crun, and its exit code is lost (the
+    daemon, its subreaper, must be the one to reap it); ``crun create`` exits before the
+    process can run, so ``create`` + ``start`` it is."""
+    return os.path.basename(binary) != "crun"
 
 
 def runc_error(log_file: Path, fallback: str) -> str:
@@ -61,7 +95,7 @@ class RuncCli:
     ) -> list[str]:
         """The command line for ``runc [global flags] args``."""
         binary = (runtime.binary if runtime else None) or self.binary
-        argv = [binary, "--root", str(self.state_root)]
+        argv = [*launcher(binary), binary, "--root", str(self.state_root)]
         if log_file is not None:
             argv += ["--log", str(log_file), "--log-format", "json"]
         if runtime is not None:
@@ -115,10 +149,11 @@ class RuncCli:
         checkpoint: str | None = None,
         checkpoint_dir: str | None = None,
         no_pivot: bool = False,
+        start: bool = True,
     ) -> None:
-        """``runc run --detach`` — create and start in one runc — (or ``restore`` from
-        ``checkpoint``), the process's stdio on ``fds`` or, with a ``console_socket``, a pty
-        sent there."""
+        """``runc run --detach`` — create and start in one runc — (``start`` False: ``create``
+        only; or ``restore`` from ``checkpoint``), the process's stdio on ``fds`` or, with a
+        ``console_socket``, a pty sent there."""
         extra = ["--no-pivot"] if no_pivot else []
         if console_socket is not None:
             extra += ["--console-socket", console_socket]
@@ -126,7 +161,7 @@ class RuncCli:
             images = os.path.join(checkpoint_dir or "", checkpoint)
             args = ["restore", "--detach", "--image-path", images]
         else:
-            args = ["run", "--detach"]
+            args = ["run", "--detach"] if start else ["create"]
         args += ["--bundle", str(bundle), "--pid-file", str(pid_file), *extra, container_id]
         result = await self.run(*args, runtime=runtime, log_file=log_file, fds=fds)
         if result.returncode != 0:
@@ -144,9 +179,9 @@ class RuncCli:
         state: dict[str, Any] = json.loads(result.stdout)
         return state
 
-    async def containers(self) -> list[dict[str, Any]]:
-        """``runc list``: every container of the state root."""
-        result = await self.run("list", "--format", "json")
+    async def containers(self, *, runtime: RuntimeChoice | None = None) -> list[dict[str, Any]]:
+        """``runc list``: every container of the state root that runtime knows."""
+        result = await self.run("list", "--format", "json", runtime=runtime)
         entries: list[dict[str, Any]] = json.loads(result.stdout or b"null") or []
         return entries
 

@@ -1,0 +1,157 @@
+"""crun beside runc: a container names it (``HostConfig.Runtime``) or the daemon makes it the
+default; its limits are enforced (on this host's hybrid cgroups crun runs where the cgroup2
+half is hidden and uses the v1 hierarchies); a reopened daemon takes its containers back and
+deletes those no record claims. Real processes, as root; the loopback network, no bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncstart
+from asyncstart.images.busybox import build_busybox_tar
+from asyncstart.runtime.runc_cli import launcher
+
+from .helpers import open_clean, real_containers
+
+pytestmark = real_containers(("crun is not installed", shutil.which("crun") is None))
+
+RUNTIMES = ["runc", "crun"]
+
+
+@pytest.fixture(scope="module")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_busybox_tar(tmp_path_factory.mktemp("image") / "busybox.tar")
+
+
+def _config(root: Path, **extra: Any) -> asyncstart.DaemonConfig:
+    return asyncstart.DaemonConfig(
+        data_root=root / "d", exec_root=root / "x", runtime="runc", network="loopback", **extra
+    )
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, busybox_tar: Path) -> AsyncIterator[asyncstart.Daemon]:
+    async with open_clean(_config(tmp_path)) as engine:
+        await engine.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        yield engine
+
+
+def _listed(root: Path, binary: str) -> list[str]:
+    argv = [*launcher(binary), binary, "--root", str(root / "x" / "runc"), "list", "--format",
+            "json"]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    return [entry["id"] for entry in json.loads(out or "null") or []]
+
+
+async def _run(daemon: asyncstart.Daemon, script: str, **host: Any) -> tuple[str, int, str]:
+    cid = await daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["sh", "-c", script]}, host_config=host
+    )
+    await daemon.container_start(cid)
+    code = (await daemon.container_wait(cid))["StatusCode"]
+    text = b"".join([d async for _, d in daemon.container_logs(cid)]).decode()
+    return cid, code, text
+
+
+async def test_a_container_runs_on_crun_and_leaves_nothing(
+    daemon: asyncstart.Daemon, tmp_path: Path
+) -> None:
+    cid, code, text = await _run(daemon, "echo on crun; exit 3", Runtime="crun")
+    assert (code, text) == (3, "on crun\n")
+    assert (await daemon.container_inspect(cid))["HostConfig"]["Runtime"] == "crun"
+    assert "crun" in daemon.system_info()["Runtimes"]
+    await daemon.container_remove(cid)
+    assert _listed(tmp_path, "crun") == [] and _listed(tmp_path, "runc") == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_memory_limit_kills_what_exceeds_it(
+    daemon: asyncstart.Daemon, runtime: str
+) -> None:
+    # The shell holds what it reads in a variable: 64 MiB against a 16 MiB limit, no swap.
+    mib = 1024 * 1024
+    limits = {"Memory": 16 * mib, "MemorySwap": 16 * mib, "Runtime": runtime}
+    hog = "x=$(head -c {}m /dev/zero | tr '\\0' a); echo ${{#x}}"
+    _, code, _ = await _run(daemon, hog.format(64), **limits)
+    assert code == 137, "killed by the OOM killer (SIGKILL)"
+    _, code, text = await _run(daemon, hog.format(2), **limits)
+    assert (code, text) == (0, f"{2 * mib}\n"), "within the limit it runs"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_pids_limit_stops_forks(daemon: asyncstart.Daemon, runtime: str) -> None:
+    script = "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 3 & done 2>&1; echo done"
+    _, _, text = await _run(daemon, script, PidsLimit=6, Runtime=runtime)
+    assert "can't fork" in text
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_cpu_limits_reach_the_cgroup(daemon: asyncstart.Daemon, runtime: str) -> None:
+    cid = await daemon.container_create(
+        config={"Image": "busybox", "Cmd": ["sleep", "30"]},
+        host_config={"CpuPeriod": 50_000, "CpuQuota": 20_000, "Runtime": runtime},
+    )
+    await daemon.container_start(cid)
+    pid = (await daemon.container_inspect(cid))["State"]["Pid"]
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            directory = Path("/sys/fs/cgroup") / controllers / path.lstrip("/")
+            assert int((directory / "cpu.cfs_quota_us").read_text()) == 20_000
+            break
+    else:
+        raise AssertionError("no cpu controller in the container's cgroups")
+    await daemon.container_remove(cid, force=True)
+
+
+async def test_crun_as_the_default_runtime(tmp_path: Path, busybox_tar: Path) -> None:
+    async with open_clean(_config(tmp_path, default_runtime="crun")) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        assert daemon.system_info()["DefaultRuntime"] == "crun"
+        cid, code, _ = await _run(daemon, "true")
+        assert code == 0
+        assert (await daemon.container_inspect(cid))["HostConfig"]["Runtime"] == "crun"
+    with pytest.raises(asyncstart.errors.InvalidParameter, match="default runtime nope"):
+        _config(tmp_path, default_runtime="nope").runtime_table()
+
+
+async def test_a_reopened_daemon_takes_back_crun_containers_and_deletes_strays(
+    tmp_path: Path, busybox_tar: Path
+) -> None:
+    async with asyncstart.open_daemon(_config(tmp_path)) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        kept = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sleep", "60"]}, host_config={"Runtime": "crun"}
+        )
+        await daemon.container_start(kept)
+        stray = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sleep", "60"]}, host_config={"Runtime": "crun"}
+        )
+        await daemon.container_start(stray)
+    # The daemon is gone, its containers live on; one loses its record.
+    shutil.rmtree(tmp_path / "d" / "containers" / stray)
+    async with open_clean(_config(tmp_path)) as daemon:
+        state = (await daemon.container_inspect(kept))["State"]
+        assert state["Running"], "taken back through crun"
+        assert _listed(tmp_path, "crun") == [kept], "the stray is deleted"
+        await daemon.container_stop(kept, timeout=0)
+        assert (await daemon.container_inspect(kept))["State"]["ExitCode"] == 137
+    assert _listed(tmp_path, "crun") == []
+
+
+async def test_a_process_that_ends_at_once_on_crun_keeps_its_exit_code(
+    daemon: asyncstart.Daemon,
+) -> None:
+    """``crun run --detach`` reaped a process that ended before it did: the code was lost
+    (255). crun creates, then starts: the daemon reaps, every time."""
+    for code in (0, 7, 0, 42, 0, 3, 0, 0):
+        _, got, _ = await _run(daemon, f"exit {code}", Runtime="crun")
+        assert got == code
