@@ -66,6 +66,14 @@ def _lock_exec_root(exec_root: Path) -> int:
     return fd
 
 
+def _runtime_entry(text: str) -> tuple[str, tuple[str, ...]]:
+    """dockerd's ``--add-runtime NAME=PATH``."""
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"invalid runtime {text!r}: expected NAME=PATH")
+    return name, (path,)
+
+
 async def _daemon(args: argparse.Namespace) -> int:
     hosts = [parse_host(h, allow_tcp=args.insecure_tcp) for h in args.host or [DEFAULT_HOST]]
     # Refuse before touching any container: another daemon here, or on one of the sockets.
@@ -76,7 +84,10 @@ async def _daemon(args: argparse.Namespace) -> int:
     config = DaemonConfig(
         data_root=args.data_root,
         exec_root=args.exec_root,
-        runtime=args.default_runtime,
+        # fake: the in-memory engine; any other name: real containers on that OCI runtime.
+        runtime="fake" if args.default_runtime == "fake" else "runc",
+        default_runtime="runc" if args.default_runtime == "fake" else args.default_runtime,
+        runtimes=dict(args.add_runtime or ()),
         bridge_subnet=args.bridge_subnet,
         experimental=args.experimental,
     )
@@ -242,7 +253,19 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "-H", "--host", action="append", help=f"listen address (default {DEFAULT_HOST})"
     )
-    daemon.add_argument("--default-runtime", default="runc", choices=["runc", "fake"])
+    daemon.add_argument(
+        "--default-runtime",
+        default="runc",
+        help="the OCI runtime of a container that names none: runc, crun, one added with "
+        "--add-runtime, or fake (no real containers)",
+    )
+    daemon.add_argument(
+        "--add-runtime",
+        action="append",
+        type=_runtime_entry,
+        metavar="NAME=PATH",
+        help="an OCI runtime containers may name (HostConfig.Runtime), as dockerd's",
+    )
     daemon.add_argument("--bridge-subnet", default=DEFAULT_SUBNET)
     daemon.add_argument("--experimental", action="store_true")
     daemon.add_argument(

@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from asyncstart import Client
+from asyncstart import Client, errors
 from asyncstart.images.busybox import find_static_busybox
 
 pytestmark = pytest.mark.anyio
@@ -128,6 +128,36 @@ async def test_shutdown_stop_stops_the_running_containers(short: Path, anyio_bac
             assert await process.wait() == 0
     exited = [line for line in lines if "container.exited" in line and cid in line]
     assert len(exited) == 1 and "exit_code=143" in exited[0]
+
+
+async def test_add_runtime_is_offered_to_containers(short: Path, anyio_backend: str) -> None:
+    """dockerd's ``--add-runtime NAME=PATH``: ``info`` lists it, a container may name it."""
+    extra = ("--add-runtime", "mine=/usr/local/bin/mine")
+    async with daemon_process(short, anyio_backend, *extra) as (process, _):
+        async with Client(f"unix://{short / 'api.sock'}") as client:
+            info = await client.info()
+            assert info["Runtimes"]["mine"] == {"path": "/usr/local/bin/mine"}
+            assert info["DefaultRuntime"] == "runc"
+            await client.container_create(
+                "web", {"Image": "busybox", "Cmd": ["true"]}, {"Runtime": "mine"}
+            )
+            with pytest.raises(errors.InvalidParameter, match="unknown or invalid runtime"):
+                await client.container_create(
+                    "other", {"Image": "busybox", "Cmd": ["true"]}, {"Runtime": "nope"}
+                )
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            await process.wait()
+
+
+def test_add_runtime_wants_name_and_path() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "asyncstart", "daemon", "--add-runtime", "nopath"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "expected NAME=PATH" in result.stderr
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
