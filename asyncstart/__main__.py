@@ -86,7 +86,7 @@ async def _daemon(args: argparse.Namespace) -> int:
         exec_root=args.exec_root,
         # fake: the in-memory engine; any other name: real containers on that OCI runtime.
         runtime="fake" if args.default_runtime == "fake" else "runc",
-        default_runtime="runc" if args.default_runtime == "fake" else args.default_runtime,
+        default_runtime="" if args.default_runtime == "fake" else args.default_runtime,
         runtimes=dict(args.add_runtime or ()),
         bridge_subnet=args.bridge_subnet,
         experimental=args.experimental,
@@ -255,9 +255,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     daemon.add_argument(
         "--default-runtime",
-        default="runc",
+        default="",
         help="the OCI runtime of a container that names none: runc, crun, one added with "
-        "--add-runtime, or fake (no real containers)",
+        "--add-runtime, or fake (no real containers); default: crun where installed, else runc",
     )
     daemon.add_argument(
         "--add-runtime",

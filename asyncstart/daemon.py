@@ -166,7 +166,7 @@ class Daemon:
             host_config,
             images=self._images,
             runtimes=self._runtimes,
-            default_runtime=self.config.default_runtime,
+            default_runtime=self.config.runtime_name(),
             name_taken=self._index.has_name,
             facts=self._host,
         )
@@ -406,7 +406,7 @@ class Daemon:
             "ContainersStopped": stats.stopped,
             "Driver": self._drivers.storage_driver,
             "DockerRootDir": str(self.data_root),
-            "DefaultRuntime": self.config.default_runtime,
+            "DefaultRuntime": self.config.runtime_name(),
             "Runtimes": runtimes,
             "ExperimentalBuild": self.config.experimental,
             # What every container gets, as dockerd lists it (no AppArmor: no default profile

@@ -4,6 +4,7 @@ image helper. The daemon runs on the fake runtime here, on the test's backend.""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,7 +138,7 @@ async def test_add_runtime_is_offered_to_containers(short: Path, anyio_backend: 
         async with Client(f"unix://{short / 'api.sock'}") as client:
             info = await client.info()
             assert info["Runtimes"]["mine"] == {"path": "/usr/local/bin/mine"}
-            assert info["DefaultRuntime"] == "runc"
+            assert info["DefaultRuntime"] == ("crun" if shutil.which("crun") else "runc")
             await client.container_create(
                 "web", {"Image": "busybox", "Cmd": ["true"]}, {"Runtime": "mine"}
             )

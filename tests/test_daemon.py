@@ -7,6 +7,7 @@ import pytest
 
 from asyncstart import errors
 from asyncstart.config import Config
+from asyncstart.views import parse_time
 
 from .conftest import Engine, OpenEngine
 from .helpers import actions, create, next_action
@@ -236,7 +237,9 @@ async def test_exit_codes_events_and_wait(engine: Engine) -> None:
     assert die["timeNano"] // 1_000_000_000 == die["time"]
     assert await daemon.container_wait("job") == {"StatusCode": 3}
     state = (await daemon.container_inspect("job"))["State"]
-    assert state["Status"] == "exited" and state["FinishedAt"] >= state["StartedAt"]
+    # As times, not strings: RFC 3339 drops a fraction's trailing zeros (".0192Z").
+    assert state["Status"] == "exited"
+    assert parse_time(state["FinishedAt"]) >= parse_time(state["StartedAt"])
     rows = await daemon.containers_list(all=True, filters={"exited": ["3"]})
     assert [r["Status"].startswith("Exited (3)") for r in rows] == [True]
     assert not engine.mounter.mounted(cid) and engine.network.sandboxes == {}

@@ -218,7 +218,8 @@ async def test_inspect_shows_every_field_and_the_defaults(engine: Engine) -> Non
     )
     host = (await engine.daemon.container_inspect(cid))["HostConfig"]
     assert list(host) == DOCKERD_HOST_CONFIG
-    assert (host["IpcMode"], host["ShmSize"], host["Runtime"]) == ("private", 64 << 20, "runc")
+    assert (host["IpcMode"], host["ShmSize"]) == ("private", 64 << 20)
+    assert host["Runtime"] == engine.daemon.system_info()["DefaultRuntime"]
     assert host["MemorySwap"] == 16 << 20
     assert (host["OomKillDisable"], host["ConsoleSize"]) == (False, [0, 0])
     assert host["MaskedPaths"] == list(MASKED_PATHS)

@@ -228,6 +228,6 @@ async def test_inspect_echoes_the_whole_host_config_with_defaults(
     assert host["IpcMode"] == "private"
     assert host["ShmSize"] == 64 * 1024 * 1024
     assert host["OomKillDisable"] is False
-    assert host["Runtime"] == "runc"
+    assert host["Runtime"] == daemon.system_info()["DefaultRuntime"]
     assert "/proc/kcore" in host["MaskedPaths"] and "/proc/sys" in host["ReadonlyPaths"]
     await daemon.container_remove(cid)

@@ -190,12 +190,14 @@ class RuncRuntime:
         box.init.open(box.bundle.read_pid())
 
     async def _delete_leftover(self, container_id: str, runtime: RuntimeChoice) -> None:
-        """Delete whatever runc has under this ID (and reap its init if it is ours)."""
-        state = await self._cli.state(container_id, runtime=runtime)
-        if state is None:
-            return
-        await self._cli.quietly("delete", "--force", container_id, runtime=runtime)
-        await reap(int(state.get("pid", 0)))
+        """Delete whatever any runtime has under this ID (and reap its init if it is ours):
+        a crashed daemon's container may be another runtime's than this one's."""
+        for choice in [runtime, *self._choices()]:
+            state = await self._cli.state(container_id, runtime=choice)
+            if state is not None:
+                await self._cli.quietly("delete", "--force", container_id, runtime=choice)
+                await reap(int(state.get("pid", 0)))
+                return
 
     # -- the running process ---------------------------------------------------------------
 

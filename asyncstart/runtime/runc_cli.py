@@ -165,9 +165,13 @@ class RuncCli:
         args += ["--bundle", str(bundle), "--pid-file", str(pid_file), *extra, container_id]
         result = await self.run(*args, runtime=runtime, log_file=log_file, fds=fds)
         if result.returncode != 0:
-            raise RuntimeFailure(
-                runc_error(log_file, (result.stderr or b"").decode(errors="replace"))
-            )
+            # (Its stderr is the container's: a runtime that logs nothing leaves only this.)
+            binary = os.path.basename((runtime.binary if runtime else None) or self.binary)
+            silent = f"{binary} {args[0]} failed and gave no reason"
+            if checkpoint:
+                silent += " (restoring a checkpoint needs CRIU and a runtime built with it)"
+            stderr = (result.stderr or b"").decode(errors="replace")
+            raise RuntimeFailure(runc_error(log_file, stderr or silent))
 
     async def state(
         self, container_id: str, *, runtime: RuntimeChoice | None = None
