@@ -229,7 +229,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
             return await _run_demo(
                 daemon, args.containers, image_tar if runtime == "runc" else None, phases_of,
-                f"on the embedded {runtime} runtime",
+                f"on the embedded {config.runtime_name() if runtime == 'runc' else runtime} "
+                "runtime",
             )  # fmt: skip
 
 
