@@ -183,6 +183,12 @@ class HostConfig(_Docker):
     readonly_paths: list[str] | None = None
     init: bool | None = None
 
+    @property
+    def effective_runtime(self) -> str:
+        """The OCI runtime by name: create fills ``Runtime`` in; a record from before it did
+        ran on runc."""
+        return self.runtime or "runc"
+
 
 def _as_go_decodes(kind: type[Any], value: dict[str, Any]) -> dict[str, Any]:
     """Keys as Go's JSON decoder matches them — a field's name in any case — and a ``null``

@@ -65,8 +65,9 @@ def new_record(
         # dockerd: the host's name in host mode, else the short ID.
         host_mode = host.network_mode == "host"
         parsed.hostname = socket.gethostname() if host_mode else container_id[:12]
-    fill_defaults(host, facts, masked=MASKED_PATHS, readonly=READONLY_PATHS)
-    host.runtime = host.runtime or default_runtime  # dockerd: the default, by name
+    fill_defaults(
+        host, facts, runtime=default_runtime, masked=MASKED_PATHS, readonly=READONLY_PATHS
+    )
     record = ContainerRecord(
         id=container_id,
         name=canonical,

@@ -80,6 +80,7 @@ class Daemon:
         self._events = EventBus()
         self._records = RecordStore(self.data_root / "containers", fsync=config.fsync)
         self._runtimes = config.runtime_table()
+        self._default_runtime = config.runtime_name()  # (a PATH lookup: once)
         #: What the machine offers containers, read once (dockerd's ``sysinfo``).
         self._host = host_facts(userns=config.userns() is not None)
         self._index = ContainerIndex()
@@ -166,7 +167,7 @@ class Daemon:
             host_config,
             images=self._images,
             runtimes=self._runtimes,
-            default_runtime=self.config.runtime_name(),
+            default_runtime=self._default_runtime,
             name_taken=self._index.has_name,
             facts=self._host,
         )
@@ -406,7 +407,7 @@ class Daemon:
             "ContainersStopped": stats.stopped,
             "Driver": self._drivers.storage_driver,
             "DockerRootDir": str(self.data_root),
-            "DefaultRuntime": self.config.runtime_name(),
+            "DefaultRuntime": self._default_runtime,
             "Runtimes": runtimes,
             "ExperimentalBuild": self.config.experimental,
             # What every container gets, as dockerd lists it (no AppArmor: no default profile

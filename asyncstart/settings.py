@@ -220,12 +220,12 @@ def _resources(host: HostConfig, facts: HostFacts) -> None:
 def _modes(host: HostConfig, facts: HostFacts) -> None:
     """The namespace modes: dockerd's "invalid ... mode" for what no dockerd accepts, the
     engine's refusal for joining another container's namespace (not applied yet)."""
-    for key, value, valid, what in (
-        ("IpcMode", host.ipc_mode, _IPC_MODES, "IPC"),
-        ("PidMode", host.pid_mode, _PID_MODES, "PID"),
-        ("UTSMode", host.uts_mode, _UTS_MODES, "UTS"),
+    for key, value, valid, what, joinable in (
+        ("IpcMode", host.ipc_mode, _IPC_MODES, "IPC", True),
+        ("PidMode", host.pid_mode, _PID_MODES, "PID", True),
+        ("UTSMode", host.uts_mode, _UTS_MODES, "UTS", False),
     ):
-        if value.startswith("container:") and key != "UTSMode" and len(value) > len("container:"):
+        if joinable and value.startswith("container:") and value != "container:":
             raise not_applied("HostConfig", key, value)
         if value not in valid:
             raise errors.InvalidParameter(f"invalid {what} mode: {value}")
@@ -328,11 +328,12 @@ def validate_platform(config: Config, host: HostConfig, facts: HostFacts) -> Non
     _refuse_not_applied("HostConfig", _wire(host), _NOT_APPLIED)
 
 
-def fill_defaults(host: HostConfig, facts: HostFacts, *, masked: Iterable[str],
+def fill_defaults(host: HostConfig, facts: HostFacts, *, runtime: str, masked: Iterable[str],
                   readonly: Iterable[str]) -> None:  # fmt: skip
     """What dockerd fills in at create (``adaptContainerSettings``), so inspect shows the
     container as it runs: the IPC and cgroup namespace modes, the shm size, the OOM killer,
-    the runtime, the masked and read-only paths."""
+    the runtime (``runtime``: the daemon's default), the masked and read-only paths."""
+    host.runtime = host.runtime or runtime
     host.ipc_mode = host.ipc_mode or "private"
     host.cgroupns_mode = host.cgroupns_mode or ("private" if facts.cgroup2 else "host")
     host.shm_size = host.shm_size or DEFAULT_SHM_SIZE

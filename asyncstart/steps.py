@@ -363,11 +363,8 @@ class RuntimeStep:
         logs: Callable[[str], Path] | None = None,
         runtimes: Mapping[str, tuple[str, ...]] | None = None,
         owner: tuple[int, int] | None = None,
-        default: str = "runc",
     ) -> None:
         self.runtime = runtime
-        #: The runtime of a record that names none (made before runtimes were recorded).
-        self.default = default
         #: With user-namespace remapping: the bundle belongs to the remapped root.
         self.owner = owner
         self.bundles = bundles
@@ -381,8 +378,7 @@ class RuntimeStep:
         bundle = Bundle(self.bundles / record.id, ctx.spec or {}, owner=self.owner)
         stdio = container_stdio(record, self.logs, ctx.stdio.publish)
         try:
-            name = record.host_config.runtime or self.default
-            binary, *args = self.runtimes.get(name, ("",))
+            binary, *args = self.runtimes.get(record.host_config.effective_runtime, ("",))
             ctx.pid = await self.runtime.create(
                 record.id,
                 bundle,

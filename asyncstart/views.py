@@ -90,7 +90,7 @@ def _host_config(record: ContainerRecord) -> dict[str, Any]:
     """Every field of dockerd's ``HostConfig``; the runtime by name even when the container
     runs the default one."""
     document: dict[str, Any] = msgspec.to_builtins(record.host_config)
-    document["Runtime"] = document["Runtime"] or "runc"
+    document["Runtime"] = record.host_config.effective_runtime
     return document
 
 

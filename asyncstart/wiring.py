@@ -194,7 +194,6 @@ def build_saga(
                 records.log_path,
                 config.runtime_table(),
                 owner=userns[:2] if userns else None,
-                default=config.runtime_name(),
             ),
         ),
     )

@@ -127,7 +127,7 @@ def test_what_the_machine_can_do_passes() -> None:
 
 def test_create_fills_in_what_dockerd_fills_in() -> None:
     host = _host(Memory=8 << 20, PidsLimit=0, MemorySwappiness=-1)
-    fill_defaults(host, FACTS, masked=MASKED_PATHS, readonly=READONLY_PATHS)
+    fill_defaults(host, FACTS, runtime="runc", masked=MASKED_PATHS, readonly=READONLY_PATHS)
     assert (host.ipc_mode, host.cgroupns_mode, host.shm_size) == (
         "private",
         "host",
@@ -137,7 +137,8 @@ def test_create_fills_in_what_dockerd_fills_in() -> None:
     assert (host.oom_kill_disable, host.pids_limit, host.memory_swappiness) == (False, None, None)
     assert host.masked_paths == list(MASKED_PATHS)
     v2 = _host(MaskedPaths=[], Memory=8 << 20)
-    fill_defaults(v2, HostFacts(cgroup2=True, swap_limit=False), masked=["/x"], readonly=[])
+    v2_facts = HostFacts(cgroup2=True, swap_limit=False)
+    fill_defaults(v2, v2_facts, runtime="runc", masked=["/x"], readonly=[])
     assert (v2.cgroupns_mode, v2.masked_paths, v2.memory_swap) == ("private", [], -1)
 
 
