@@ -25,7 +25,7 @@ import anyio
 
 from . import Daemon, DaemonConfig, errors, open_daemon
 from .api import parse_host, serve_api
-from .api.server import claim_socket
+from .api.server import Host, claim_socket
 from .client import Client
 from .images.busybox import build_busybox_tar, missing_for_real_containers
 from .logconfig import configure_logging
@@ -77,7 +77,17 @@ def _runtime_entry(text: str) -> tuple[str, tuple[str, ...]]:
 async def _daemon(args: argparse.Namespace) -> int:
     hosts = [parse_host(h, allow_tcp=args.insecure_tcp) for h in args.host or [DEFAULT_HOST]]
     # Refuse before touching any container: another daemon here, or on one of the sockets.
-    _lock_exec_root(Path(args.exec_root))
+    lock = _lock_exec_root(Path(args.exec_root))
+    try:
+        return await _serve(args, hosts)
+    finally:
+        # As dockerd's pid file: gone after a clean exit (still locked while it goes).
+        with contextlib.suppress(OSError):
+            os.unlink(Path(args.exec_root) / "asyncstart.pid")
+        os.close(lock)
+
+
+async def _serve(args: argparse.Namespace, hosts: list[Host]) -> int:
     for host in hosts:
         if host.scheme == "unix":
             await anyio.to_thread.run_sync(claim_socket, host.path)
@@ -88,6 +98,7 @@ async def _daemon(args: argparse.Namespace) -> int:
         runtime="fake" if args.default_runtime == "fake" else "runc",
         default_runtime="" if args.default_runtime == "fake" else args.default_runtime,
         runtimes=dict(args.add_runtime or ()),
+        monitor=args.monitor,
         bridge_subnet=args.bridge_subnet,
         experimental=args.experimental,
     )
@@ -266,6 +277,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_runtime_entry,
         metavar="NAME=PATH",
         help="an OCI runtime containers may name (HostConfig.Runtime), as dockerd's",
+    )
+    daemon.add_argument(
+        "--monitor",
+        choices=("conmon", "none"),
+        default="",
+        help="what watches each container while no engine runs: conmon (its output, stdin and "
+        "exit code survive the engine), or none; default: conmon where installed",
     )
     daemon.add_argument("--bridge-subnet", default=DEFAULT_SUBNET)
     daemon.add_argument("--experimental", action="store_true")

@@ -14,6 +14,7 @@ deferred, and a second start joins the first. What a state refuses is the table
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal as _signal
 import time
 from collections.abc import AsyncIterator
@@ -152,11 +153,20 @@ class ContainerActor(ContainerState):
             self._io.hub.unsubscribe(receive)
 
     def logs(self, query: LogQuery) -> ContainerLogs:
-        """The container's json-file log (see :meth:`asyncstart.Daemon.container_logs`)."""
+        """The container's log, json-file or conmon's k8s-file (see
+        :meth:`asyncstart.Daemon.container_logs`)."""
+        attrs = None
+        if query.details:
+            # k8s-file entries carry no attributes: the container's, as its start computes them
+            # (options refused since create: the entries' own only, the logs still readable).
+            with contextlib.suppress(errors.InvalidParameter):
+                stdio = container_stdio(self._record, None, self._io.hub.publish)
+                attrs = stdio.log_options.attrs
         chunks = read_log_chunks(
             self.services.records.log_path(self.id),
             query,
             running=lambda: self._lifecycle.running,
+            attrs=attrs,
         )
         return ContainerLogs(chunks, tty=self._record.config.tty)
 
@@ -201,11 +211,16 @@ class ContainerActor(ContainerState):
             reply.set(False)
             return
         stdio = container_stdio(self._record, self.services.records.log_path, self._io.hub.publish)
-        if await self.services.runtime.restore(self.id, stdio) is not None:
+        found = await self.services.runtime.restore(self.id, stdio)
+        if found is not None and found.state == "start":
             reply.set(True)
             return
-        # Taken as an exit, so that what its start took is given back as at any exit.
-        lost = StateInfo("exit", pid=self._record.pid, exit_code=255, at=time.time())
+        # Taken as an exit, so that what its start took is given back as at any exit: with the
+        # code and time its monitor kept, else dockerd's 255 for an exit nobody saw.
+        if found is not None and found.state == "exit":
+            lost = dataclasses.replace(found, pid=self._record.pid)
+        else:
+            lost = StateInfo("exit", pid=self._record.pid, exit_code=255, at=time.time())
         await self._on_exited(lost)
         reply.set(False)
 

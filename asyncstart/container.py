@@ -126,6 +126,12 @@ class ContainerState:
                 status=self._lifecycle.status,
             )
 
+    async def resize(self, height: int, width: int) -> None:
+        """Give the running process's terminal a new size (409 unless it runs; nothing
+        without a terminal). No state changes: not through the mailbox."""
+        self.check(Request.RESIZE)
+        await self._process.resize(self.id, height, width)
+
     async def _save(self) -> None:
         self._record.state = persisted_state(self._lifecycle)
         await self.services.records.save(self._record)

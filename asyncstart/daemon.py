@@ -295,8 +295,8 @@ class Daemon:
         await self._actor(reference).io.close_stdin()
 
     async def container_resize(self, reference: str, height: int, width: int) -> None:
-        """``docker resize``: 409 unless the container runs (no console resize yet)."""
-        self._actor(reference).check(Request.RESIZE)
+        """``docker resize``: the terminal's new size (409 unless the container runs)."""
+        await self._actor(reference).resize(height, width)
 
     def container_start_phases(self, reference: str) -> dict[str, float]:
         """Seconds spent in each phase of the container's latest start."""

@@ -343,6 +343,7 @@ def container_stdio(
     )
     return Stdio(
         open_stdin=config.open_stdin,
+        stdin_once=config.stdin_once,
         tty=config.tty,
         log_path=str(logs(record.id)) if logs else None,
         log_options=log_options(record.host_config.log_config.config, source),

@@ -27,6 +27,7 @@ from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
 from .network.loopback import LoopbackNetwork
 from .network.ports import PortProxy
 from .runtime import FakeRuntime, Runtime
+from .runtime.conmon import ConmonRuntime, conmon_binary
 from .runtime.runc import RuncRuntime
 from .saga import Saga
 from .steps import MountStep, NetworkStep, PeerLookup, PortsStep, RuntimeStep, SpecStep, Step
@@ -64,6 +65,11 @@ class DaemonConfig:
     #: The runtime of a container that names none (dockerd's ``--default-runtime``); empty:
     #: the host's best, crun where it is installed (about 0.6x runc's start here), else runc.
     default_runtime: str = ""
+    #: What watches each container and keeps its output and exit code while no engine runs:
+    #: ``conmon`` (a conmon process per container), ``none`` (the engine itself: a container
+    #: that ends or prints while the engine is down loses its exit code or that output);
+    #: empty: conmon where it is installed.
+    monitor: str = ""
     #: User-namespace remapping, ``"UID:GID[:SIZE]"``: container root is that host uid/gid
     #: (dockerd's ``--userns-remap``, given as numbers). Empty: no remapping.
     userns_remap: str = ""
@@ -101,6 +107,19 @@ class DaemonConfig:
                 f"{', '.join(sorted(table))}"
             )
         return table
+
+    def monitor_binary(self) -> str | None:
+        """conmon's path if containers are to run under it, else None."""
+        if self.monitor not in ("", "conmon", "none"):
+            raise errors.InvalidParameter(
+                f"unknown monitor {self.monitor!r}: expected conmon or none"
+            )
+        if self.monitor == "none":
+            return None
+        found = conmon_binary()
+        if found is None and self.monitor == "conmon":
+            raise errors.InvalidParameter("monitor conmon is not installed")
+        return found
 
     def runtime_name(self) -> str:
         """The default runtime's name: ``default_runtime``, else crun if installed, else runc."""
@@ -152,9 +171,15 @@ def build_drivers(
             bridge=config.bridge,
             subnet=config.bridge_subnet,
         )
+    if runtime is None:
+        runtimes = list(config.runtime_table().values())
+        conmon = config.monitor_binary()
+        if conmon is None:
+            runtime = RuncRuntime(exec_root / "runc", runtimes=runtimes)
+        else:
+            runtime = ConmonRuntime(exec_root / "runc", conmon=conmon, runtimes=runtimes)
     return Drivers(
-        runtime=runtime
-        or RuncRuntime(exec_root / "runc", runtimes=list(config.runtime_table().values())),
+        runtime=runtime,
         mounter=mounter or OverlayMounter(data_root / "overlay", images, owner),
         network=network or LoopbackNetwork(),
         images=images,

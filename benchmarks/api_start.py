@@ -443,9 +443,16 @@ async def run(
     rounds: int,
     concurrency: int,
     settle: float,
+    oci: str = "",
+    monitor: str = "",
 ) -> list[Mode]:
     config = asyncstart.DaemonConfig(
-        data_root=root / "data", exec_root=root / "exec", runtime=runtime, network=network
+        data_root=root / "data",
+        exec_root=root / "exec",
+        runtime=runtime,
+        network=network,
+        default_runtime=oci if runtime == "runc" else "",
+        monitor=monitor,
     )
     if bridge is not None:
         config = dataclasses.replace(config, bridge=bridge[0], bridge_subnet=bridge[1])
@@ -621,6 +628,18 @@ def main() -> None:
         "--runtime", choices=["auto", "runc", "fake"], default="auto",
         help="auto: runc if root with runc and a static busybox, else fake",
     )  # fmt: skip
+    parser.add_argument(
+        "--oci",
+        choices=["", "runc", "crun"],
+        default="",
+        help="the OCI runtime (default: the host's, crun where installed)",
+    )
+    parser.add_argument(
+        "--monitor",
+        choices=["", "conmon", "none"],
+        default="",
+        help="each container's monitor (default: conmon where installed)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--network", choices=["bridge", "loopback"], default="bridge")
@@ -650,7 +669,7 @@ def main() -> None:
                 subprocess.run(["tar", "-xf", str(tar), "-C", str(root / "rootfs")], check=True)
             modes = anyio.run(
                 run, root, runtime, args.network, bridge, args.rounds, args.concurrency, settle,
-                backend=args.backend,
+                args.oci, args.monitor, backend=args.backend,
             )  # fmt: skip
     finally:
         if bridge is not None and Path("/sys/class/net", bridge[0]).exists():
@@ -658,6 +677,7 @@ def main() -> None:
     header = f"api_start backend={args.backend} runtime={runtime} "
     if runtime == "runc":
         header += f"network={args.network} " + (f"({bridge[0]} {bridge[1]}) " if bridge else "")
+        header += f"oci={args.oci or 'default'} monitor={args.monitor or 'default'} "
     header += (
         f"concurrency={args.concurrency} rounds={args.rounds} "
         f"({args.rounds * args.concurrency} starts per mode)"

@@ -51,7 +51,7 @@ def bare_runc(root: Path, spec: dict[str, Any], runs: int, *, two_step: bool) ->
 
 
 async def engine(
-    root: Path, tar: Path, runs: int, concurrent: int, network: str, oci: str
+    root: Path, tar: Path, runs: int, concurrent: int, network: str, oci: str, monitor: str
 ) -> tuple[list[float], float, dict[str, Any], list[float]]:
     config = asyncstart.DaemonConfig(
         data_root=root / "d",
@@ -59,6 +59,7 @@ async def engine(
         runtime="runc",
         network=network,
         default_runtime=oci,
+        monitor=monitor,
     )
     async with asyncstart.open_daemon(config) as daemon:
         await daemon.image_import(str(tar), repo="busybox")
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--network", choices=["bridge", "loopback"], default="bridge")
     parser.add_argument("--oci", choices=["runc", "crun"], default="runc",
                         help="the OCI runtime asyncstart starts with")  # fmt: skip
+    parser.add_argument("--monitor", choices=["", "conmon", "none"], default="",
+                        help="each container's monitor (default: conmon if installed)")  # fmt: skip
     args = parser.parse_args()
     configure_logging("warning")
     with tempfile.TemporaryDirectory(prefix="asyncstart-runc-bench-") as tmp:
@@ -111,6 +114,7 @@ def main() -> None:
             args.concurrent,
             args.network,
             args.oci,
+            args.monitor,
             backend=args.backend,
         )
         rootfs = root / "rootfs"
@@ -124,6 +128,7 @@ def main() -> None:
     bare_p50 = sorted(bare)[len(bare) // 2]
     print(
         f"runc_start backend={args.backend} network={args.network} oci={args.oci} "
+        f"monitor={args.monitor or 'default'} "
         f"asyncstart sequential: {summary_ms(samples)}"
     )
     print(f"runc_start network phase:                {summary_ms(networking)}")

@@ -80,10 +80,13 @@ async def test_a_memory_limit_kills_what_exceeds_it(
     mib = 1024 * 1024
     limits = {"Memory": 16 * mib, "MemorySwap": 16 * mib, "Runtime": runtime}
     hog = "x=$(head -c {}m /dev/zero | tr '\\0' a); echo ${{#x}}"
-    _, code, _ = await _run(daemon, hog.format(64), **limits)
+    hogged, code, _ = await _run(daemon, hog.format(64), **limits)
     assert code == 137, "killed by the OOM killer (SIGKILL)"
-    _, code, text = await _run(daemon, hog.format(2), **limits)
+    # Its monitor saw the OOM kill: inspect says so, as dockerd's.
+    assert (await daemon.container_inspect(hogged))["State"]["OOMKilled"] is True
+    fits, code, text = await _run(daemon, hog.format(2), **limits)
     assert (code, text) == (0, f"{2 * mib}\n"), "within the limit it runs"
+    assert (await daemon.container_inspect(fits))["State"]["OOMKilled"] is False
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

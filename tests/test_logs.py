@@ -5,6 +5,10 @@ the driver's options checked at create with dockerd's messages.
 Each of the reading cases failed on the reader that loaded the whole file and parsed it on the
 event loop (a ``--tail 5`` of 97 MiB took 3.9 s and stalled ``_ping`` 3.6 s); the options were
 accepted and ignored.
+
+Logs written by conmon in its k8s-file format (``<time> <stream> F|P <content>``), alone or
+after json-file lines in the same file, are read as well: each of those cases got nothing from
+the reader that knew json-file only.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asyncstart import errors, serve_api
 from asyncstart.logs import JsonFileWriter, LogOptions, LogQuery, read_log, reader
+from asyncstart.logs.jsonfile import Selection
 
 from .conftest import Engine
 from .helpers import create
@@ -319,6 +326,316 @@ async def test_details_without_attributes_is_a_space(engine: Engine) -> None:
     cid, _ = await running(engine)
     engine.runtime.output(cid, "stderr", b"oops\n")
     assert await logs(engine, details=True) == [("stderr", b" oops\n")]
+
+
+# -- conmon's k8s-file -----------------------------------------------------------------------
+
+NS = 10**9
+T0_NS = int(T0) * NS
+
+
+def k8s(stream: str, tag: str, content: bytes, at_ns: int, offset: str = "+00:00") -> bytes:
+    """One entry as conmon writes it in k8s-file: local time at ``offset`` with nine digits of
+    nanoseconds (``at_ns``: since the epoch, an int so that none is lost), stream, tag."""
+    whole, nanos = divmod(at_ns, NS)
+    hours, minutes = offset[1:].split(":")
+    shift = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    zone = dt.timezone(-shift if offset[0] == "-" else shift)
+    local = dt.datetime.fromtimestamp(whole, zone).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{local}.{nanos:09d}{offset} {stream} {tag} ".encode() + content + b"\n"
+
+
+def k8s_text(content: bytes, tag: str) -> bytes:
+    """What ``docker logs`` sends for a k8s-file entry (invalid UTF-8 replaced, as json-file's)."""
+    return content.decode(errors="replace").encode() + (b"\n" if tag == "F" else b"")
+
+
+async def test_k8s_file_full_partial_and_empty_lines_and_streams(engine: Engine) -> None:
+    _, log = await running(engine)
+    log.write_bytes(
+        b"".join(
+            [
+                k8s("stdout", "P", b"hello ", T0_NS),  # conmon's newline, not the output's
+                k8s("stdout", "P", b"wor", T0_NS + 1),
+                k8s("stdout", "F", b"ld", T0_NS + 2),
+                k8s("stdout", "F", b"", T0_NS + 3),  # an empty line
+                k8s("stderr", "F", b" oops  ", T0_NS + 4),  # spaces are content
+                k8s("stdout", "F", b"50%\r100% done", T0_NS + 5),  # \r is no line end
+                k8s("stderr", "P", b"no newline at exit", T0_NS + 6),
+            ]
+        )
+    )
+    got = await logs(engine)
+    assert got == [
+        ("stdout", b"hello "),
+        ("stdout", b"wor"),
+        ("stdout", b"ld\n"),
+        ("stdout", b"\n"),
+        ("stderr", b" oops  \n"),
+        ("stdout", b"50%\r100% done\n"),
+        ("stderr", b"no newline at exit"),
+    ]
+    # What the client prints: the parts joined into the line the container wrote.
+    assert b"".join(d for s, d in got if s == "stdout") == b"hello world\n\n50%\r100% done\n"
+    assert await logs(engine, stdout=False) == [
+        ("stderr", b" oops  \n"),
+        ("stderr", b"no newline at exit"),
+    ]
+    assert await logs(engine, stderr=False) == [item for item in got if item[0] == "stdout"]
+
+
+async def test_k8s_file_timestamps_are_utc_with_all_nine_digits(engine: Engine) -> None:
+    _, log = await running(engine)
+    entries = [
+        k8s("stdout", "F", b"utc", T0_NS + 123456789),
+        k8s("stdout", "F", b"west", T0_NS + NS + 987654321, "-05:30"),
+        # Local dates on either side of the UTC one: the date moves with the hour.
+        k8s("stderr", "F", b"east", T0_NS + 7200 * NS + 1, "+05:30"),
+        k8s("stdout", "P", b"west late", T0_NS + 7205 * NS + 10, "-05:30"),
+    ]
+    assert entries[1].startswith(b"2023-11-14T16:43:21.987654321-05:30 stdout F ")
+    assert entries[2].startswith(b"2023-11-15T05:43:20.000000001+05:30 stderr F ")
+    assert entries[3].startswith(b"2023-11-14T18:43:25.000000010-05:30 stdout P ")
+    # Fewer digits, or none (conmon writes nine; other writers might not), and "Z".
+    entries.append(b"2023-11-15T00:13:26.5Z stdout F short\n")
+    entries.append(b"2023-11-15T01:13:27+01:00 stdout F none\n")
+    log.write_bytes(b"".join(entries))
+    assert await logs(engine, timestamps=True) == [
+        ("stdout", b"2023-11-14T22:13:20.123456789Z utc\n"),
+        ("stdout", b"2023-11-14T22:13:21.987654321Z west\n"),
+        ("stderr", b"2023-11-15T00:13:20.000000001Z east\n"),
+        ("stdout", b"2023-11-15T00:13:25.000000010Z west late"),
+        ("stdout", b"2023-11-15T00:13:26.500000000Z short\n"),
+        ("stdout", b"2023-11-15T00:13:27.000000000Z none\n"),
+    ]
+
+
+async def test_k8s_file_since_and_until(engine: Engine) -> None:
+    _, log = await running(engine)
+    offsets = ["+00:00", "-05:30", "+09:00", "-00:00"]
+    log.write_bytes(
+        b"".join(
+            k8s("stdout", "F", f"{n}".encode(), T0_NS + n * NS + NS // 2, offsets[n % 4])
+            for n in range(9)
+        )
+    )
+    assert [d for _, d in await logs(engine, since=T0 + 3)] == [
+        f"{n}\n".encode() for n in range(3, 9)
+    ]
+    assert [d for _, d in await logs(engine, until=T0 + 5)] == [f"{n}\n".encode() for n in range(5)]
+    between = await logs(engine, since=T0 + 2, until=T0 + 7)
+    assert [d for _, d in between] == [b"2\n", b"3\n", b"4\n", b"5\n", b"6\n"]
+    assert [d for _, d in await logs(engine, since=T0 + 6, tail=5)] == [b"6\n", b"7\n", b"8\n"]
+
+
+async def test_k8s_file_tail_across_a_rotated_file(engine: Engine) -> None:
+    _, log = await running(engine, **{"max-size": "10m", "max-file": "3"})
+    entries = [
+        k8s("stderr" if n % 3 == 0 else "stdout", "F", f"k8s {n}".encode(), T0_NS + n * NS)
+        for n in range(10)
+    ]
+    Path(f"{log}.1").write_bytes(b"".join(entries[:6]))
+    log.write_bytes(b"".join(entries[6:]))
+    assert [d for _, d in await logs(engine)] == [f"k8s {n}\n".encode() for n in range(10)]
+    assert [d for _, d in await logs(engine, tail=6)] == [
+        f"k8s {n}\n".encode() for n in range(4, 10)
+    ]
+    assert [d for _, d in await logs(engine, tail=2)] == [b"k8s 8\n", b"k8s 9\n"]
+    # The last N lines, counted whatever their stream (as json-file's).
+    assert await logs(engine, tail=5, stdout=False) == [
+        ("stderr", b"k8s 6\n"),
+        ("stderr", b"k8s 9\n"),
+    ]
+
+
+async def test_a_large_k8s_file_log_tail_reads_its_end_and_a_full_read_gets_all(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, log = await running(engine)
+    # Many chunks' worth, the minute (and at times the date) changing, at an offset.
+    old = [
+        k8s("stdout", "F", f"old {n:06d} {'x' * 60}".encode(), T0_NS + n * NS, "-05:30")
+        for n in range(8 * MiB // 110)
+    ]
+    last = [k8s("stderr", "F", f"last {n}".encode(), T0_NS + (len(old) + n) * NS) for n in range(5)]
+    log.write_bytes(b"".join(old + last))
+    reads = Reads(monkeypatch)
+    assert await logs(engine, tail=3) == [("stderr", f"last {n}\n".encode()) for n in (2, 3, 4)]
+    assert reads.total <= 256 * 1024, reads.sizes
+    got = await logs(engine, timestamps=True)
+    assert len(got) == len(old) + len(last)
+    stamp = dt.datetime.fromtimestamp(T0 + 5000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert got[5000] == ("stdout", f"{stamp}.000000000Z old 005000 {'x' * 60}\n".encode())
+    assert got[-1][1].endswith(b"Z last 4\n")
+
+
+async def test_a_log_in_json_file_then_k8s_file_reads_both(engine: Engine) -> None:
+    """A container logged in json-file, then by conmon: each line says its format."""
+    _, log = await running(engine)
+    log.write_bytes(
+        line("stdout", "json 0\n", T0)
+        + line("stderr", "json 1\n", T0 + 1)
+        + k8s("stdout", "P", b"k8s ", T0_NS + 2 * NS, "-05:30")
+        + k8s("stdout", "F", b"2", T0_NS + 2 * NS + 1, "-05:30")
+        + k8s("stderr", "F", b"k8s 3", T0_NS + 3 * NS)
+    )
+    expected = [
+        ("stdout", b"json 0\n"),
+        ("stderr", b"json 1\n"),
+        ("stdout", b"k8s "),
+        ("stdout", b"2\n"),
+        ("stderr", b"k8s 3\n"),
+    ]
+    assert await logs(engine) == expected
+    # Lines as the client sees them: a partial entry and the one ending it are one line.
+    assert await logs(engine, tail=3) == expected[1:]  # from a json-file line
+    assert await logs(engine, tail=2) == expected[2:]  # k8s-file only, the split line whole
+    assert await logs(engine, tail=1) == expected[4:]
+    assert await logs(engine, since=T0 + 1, until=T0 + 2.5) == expected[1:4]
+    stamped = await logs(engine, timestamps=True, stdout=False)
+    assert stamped == [
+        ("stderr", b"2023-11-14T22:13:21.000000000Z json 1\n"),
+        ("stderr", b"2023-11-14T22:13:23.000000000Z k8s 3\n"),
+    ]
+
+
+async def test_k8s_file_then_json_file_lines_in_one_read(tmp_path: Path) -> None:
+    path = tmp_path / "c-json.log"
+    path.write_bytes(
+        k8s("stdout", "F", b"k8s 0", T0_NS)
+        + line("stderr", "json 1\n", T0 + 1)
+        + k8s("stdout", "F", b"k8s 2", T0_NS + 2 * NS)
+    )
+    got = [item async for item in read_log(path, LogQuery(), running=lambda: False)]
+    assert got == [("stdout", b"k8s 0\n"), ("stderr", b"json 1\n"), ("stdout", b"k8s 2\n")]
+
+
+async def test_details_give_k8s_file_entries_the_containers_attributes(engine: Engine) -> None:
+    config = {
+        "Image": "busybox",
+        "Cmd": ["sleep", "infinity"],
+        "Labels": {"team": "core"},
+        "Env": ["REGION=eu west"],
+    }
+    options = {"labels": "team", "env": "REGION", "tag": "{{.Name}}/{{.ID}}"}
+    host = {"LogConfig": {"Type": "json-file", "Config": options}}
+    cid = await engine.daemon.container_create("web", config, host)
+    await engine.daemon.container_start("web")
+    log = Path((await engine.daemon.container_inspect("web"))["LogPath"])
+    log.write_bytes(
+        line("stdout", "json\n", T0, tag="written then")  # its own attributes, kept
+        + k8s("stdout", "F", b"k8s", T0_NS + NS)
+        + k8s("stderr", "P", b"part", T0_NS + 2 * NS)
+    )
+    attrs = f"REGION=eu+west,tag=web%2F{cid[:12]},team=core ".encode()
+    assert await logs(engine, details=True) == [
+        ("stdout", b"tag=written+then json\n"),
+        ("stdout", attrs + b"k8s\n"),
+        ("stderr", attrs + b"part"),
+    ]
+    assert await logs(engine, details=True, timestamps=True, stdout=False) == [
+        ("stderr", b"2023-11-14T22:13:22.000000000Z " + attrs + b"part")
+    ]
+    assert await logs(engine) == [("stdout", b"json\n"), ("stdout", b"k8s\n"), ("stderr", b"part")]
+
+
+async def test_read_log_takes_the_attributes_of_entries_without_any(tmp_path: Path) -> None:
+    path = tmp_path / "c-json.log"
+    path.write_bytes(k8s("stdout", "F", b"x", T0_NS) + line("stdout", "y\n", T0 + 1))
+    query = LogQuery(details=True)
+    given = read_log(path, query, running=lambda: False, attrs={"a b": "c/d", "0": "z"})
+    assert [d async for _, d in given] == [b"0=z,a+b=c%2Fd x\n", b"0=z,a+b=c%2Fd y\n"]
+    assert [d async for _, d in read_log(path, query, running=lambda: False)] == [b" x\n", b" y\n"]
+
+
+BAD_K8S_LINES = [
+    b"2023-11-14T22:13:20.123456789+00:00 std",  # torn
+    b"2023-11-14T22:13:20.123456789+00:00 stdin F no such stream",
+    b"2023-11-14T22:13:20.123456789+00:00 stdout X no such tag",
+    b"2023-11-14T22:13:20.123456789+00:00 stdout Fno space",
+    b"2023-11-14T22:13:20.123456789+00:00 stdoutF no space",
+    b"2023-11-14 22:13:20.123456789+00:00 stdout F no T",
+    b"2023-11-14T22:13:20.123456789 stdout F no offset",
+    b"2023-11-14T22:13:61.123456789+00:00 stdout F no such second",
+    b"2023-11-14T22:13:20.123456789+0000 stdout F offset without a colon",
+    b"{not json either",
+    b"just text",
+]
+#: Well-formed, but no time: found only when the time is read (the chunk is matched at once).
+NO_TIME_K8S_LINES = [
+    b"2023-13-14T22:13:20.123456789+00:00 stdout F no such month",
+    b"2023-11-14T24:13:20.123456789Z stdout F no such hour",
+    b"2023-11-14T22:13:20.123456789+25:00 stdout F no such offset",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_K8S_LINES + NO_TIME_K8S_LINES)
+async def test_a_malformed_k8s_file_line_is_skipped_alone(engine: Engine, bad: bytes) -> None:
+    _, log = await running(engine)
+    # Good lines of the same minute before and after: each is read as if the bad one were not.
+    good = [k8s("stdout", "F", f"good {n}".encode(), T0_NS + n * NS) for n in range(4)]
+    log.write_bytes(b"".join(good[:2]) + bad + b"\n" + b"".join(good[2:]))
+    got = await logs(engine, timestamps=True)
+    assert got == [
+        ("stdout", f"2023-11-14T22:13:2{n}.000000000Z good {n}\n".encode()) for n in range(4)
+    ]
+
+
+async def test_k8s_file_content_is_raw_bytes_invalid_utf8_replaced(engine: Engine) -> None:
+    _, log = await running(engine)
+    contents = [
+        ("F", b"caf\xc3\xa9 \xff\xfe end"),
+        ("P", b"euro cut \xe2\x82"),  # a character split between two parts
+        ("F", b"\xac!"),
+        ("F", b"\x00\x1b[31mred\x1b[0m\t"),
+    ]
+    entries = b"".join(k8s("stdout", tag, c, T0_NS + n) for n, (tag, c) in enumerate(contents))
+    log.write_bytes(entries)
+    expected = [
+        ("stdout", b"caf\xc3\xa9 \xef\xbf\xbd\xef\xbf\xbd end\n"),
+        ("stdout", b"euro cut \xef\xbf\xbd"),
+        ("stdout", b"\xef\xbf\xbd!\n"),
+        ("stdout", b"\x00\x1b[31mred\x1b[0m\t\n"),
+    ]
+    assert expected == [("stdout", k8s_text(c, tag)) for tag, c in contents]
+    assert await logs(engine) == expected
+    # The same, read line by line (a bad line makes the chunk's lines decoded one at a time).
+    log.write_bytes(entries + b"junk\n")
+    assert await logs(engine) == expected
+
+
+_K8S_CONTENT = st.binary(max_size=40).map(lambda data: data.replace(b"\n", b"\r"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["stdout", "stderr"]),
+            st.sampled_from(["F", "P"]),
+            _K8S_CONTENT,
+            st.integers(T0_NS, T0_NS + 10**6 * NS),
+            st.sampled_from(["+00:00", "-05:30", "+13:45", "-00:00"]),
+        ),
+        max_size=20,
+    ),
+    st.booleans(),
+)
+def test_k8s_file_entries_read_as_written(
+    entries: list[tuple[str, str, bytes, int, str]], with_junk: bool
+) -> None:
+    """Any content and time: the text as conmon took it, the time in UTC to the nanosecond,
+    whether the chunk is matched at once or (a junk line in it) line by line."""
+    data = b"".join(k8s(*entry) for entry in entries)
+    if with_junk:
+        data += b"junk\n"
+    select = Selection({"stdout", "stderr"}, 0, 0, timestamps=True, details=False)
+    expected = []
+    for stream, tag, content, at_ns, _ in entries:
+        whole, nanos = divmod(at_ns, NS)
+        stamp = dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        expected.append((stream, f"{stamp}.{nanos:09d}Z ".encode() + k8s_text(content, tag)))
+    assert select(data) == expected
 
 
 # -- options ---------------------------------------------------------------------------------

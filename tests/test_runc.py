@@ -67,11 +67,30 @@ def _runc_list(roots: _Roots) -> list[dict[str, object]]:
     return entries
 
 
+def conmons_of(exec_root: Path) -> list[int]:
+    """The conmon processes monitoring a container of this exec root."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"conmon") and any(str(exec_root).encode() in a for a in argv):
+                found.append(int(entry.name))
+    return found
+
+
 def assert_nothing_left(roots: _Roots) -> None:
     assert _mounts_under(roots.data) == []
     assert _runc_list(roots) == []
-    bundles = [p.name for p in roots.exec.iterdir() if p.name not in ("runc", "netns")]
+    kept = ("runc", "netns", "conmon-exits", "conmon-attach")
+    bundles = [p.name for p in roots.exec.iterdir() if p.name not in kept]
     assert bundles == []
+    for monitor in ("conmon-exits", "conmon-attach"):
+        files = roots.exec / monitor
+        assert not files.exists() or list(files.iterdir()) == [], monitor
+    assert conmons_of(roots.exec) == []
     netns = roots.exec / "netns"
     assert not netns.exists() or list(netns.iterdir()) == []
     for kept in ("containers", "overlay"):
@@ -171,7 +190,7 @@ async def test_stdin_closed_before_start_reaches_cat(
     runc_daemon: asyncstart.Daemon, roots: _Roots
 ) -> None:
     cid = await runc_daemon.container_create(
-        config={"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True}
+        config={"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True, "StdinOnce": True}
     )
     await runc_daemon.container_close_stdin(cid)
     await runc_daemon.container_start(cid)
@@ -265,7 +284,7 @@ async def test_attached_cat_gets_input_sent_before_and_after_start(
     runc_daemon: asyncstart.Daemon, roots: _Roots, eof_before_start: bool
 ) -> None:
     cid = await runc_daemon.container_create(
-        config={"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True}
+        config={"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True, "StdinOnce": True}
     )
     output: list[bytes] = []
     with anyio.fail_after(30):  # never hangs, whatever the order of EOF and start
@@ -312,8 +331,13 @@ async def test_checkpoint_restore_fails_clearly_and_leaves_nothing(
     assert_nothing_left(roots)
 
 
-async def test_reopen_reconciles_with_reality(roots: _Roots, busybox_tar: Path) -> None:
-    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
+@pytest.mark.parametrize("monitor", ["conmon", "none"])
+async def test_reopen_reconciles_with_reality(
+    roots: _Roots, busybox_tar: Path, monitor: str
+) -> None:
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", monitor=monitor
+    )
     async with asyncstart.open_daemon(config) as daemon:
         await daemon.image_import(str(busybox_tar), repo="busybox")
         script = 'trap "echo signalled" USR1; echo before; while true; do sleep 0.1; done'
@@ -329,14 +353,17 @@ async def test_reopen_reconciles_with_reality(roots: _Roots, busybox_tar: Path) 
         state = (await daemon.container_inspect(keeps))["State"]
         assert state["Status"] == "running"
         state = (await daemon.container_inspect(dies))["State"]
-        assert (state["Status"], state["ExitCode"]) == ("exited", 255)
+        # conmon saw the SIGKILL; without a monitor, no one did: dockerd's 255.
+        assert (state["Status"], state["ExitCode"]) == (
+            "exited",
+            137 if monitor == "conmon" else 255,
+        )
         with pytest.raises(errors.NotFound):
             await daemon.container_inspect(orphan)
         assert [c["id"] for c in _runc_list(roots)] == [keeps]
         assert len(_mounts_under(roots.data)) == 1
         assert not (roots.exec / orphan).exists() and not (roots.exec / dies).exists()
-        # The adopted container is fully managed: signals, output, stop. (Its stdin saw EOF
-        # when the old daemon let go of it: there is no shim to hold it open.)
+        # The adopted container is fully managed: signals, output, stop.
         async with daemon.container_attach(keeps) as session:
             await daemon.container_kill(keeps, "USR1")
             with anyio.fail_after(20):
@@ -512,6 +539,7 @@ async def _userns_case(roots: _Roots, busybox_tar: Path) -> None:
             "-c",
             "id -u; touch /made && echo wrote; read line; exit 0",
             OpenStdin=True,
+            StdinOnce=True,
         )
         pid = (await daemon.container_inspect(cid))["State"]["Pid"]
         bundle = (roots.exec / cid).stat()
@@ -531,15 +559,17 @@ async def _userns_case(roots: _Roots, busybox_tar: Path) -> None:
 async def test_a_failed_start_at_each_real_phase_leaves_nothing(
     roots: _Roots, busybox_tar: Path, tmp_path: Path
 ) -> None:
-    # A runc that fails to run the container (after the bundle and stdio are made), saying
-    # why in its JSON log as runc does.
+    # A runc that fails to start the container (after the bundle and stdio are made; under
+    # conmon, after conmon has created it), saying why in its JSON log as runc does.
     wrapper = tmp_path / "runc-run-fails"
     wrapper.write_text(
         "#!/bin/sh\n"
         "log=; prev=; fail=\n"
-        'for a in "$@"; do [ "$prev" = --log ] && log=$a; prev=$a; [ "$a" = run ] && fail=1; done\n'
+        'for a in "$@"; do [ "$prev" = --log ] && log=$a; prev=$a\n'
+        '  case "$a" in run|start) fail=1;; esac; done\n'
         'if [ -n "$fail" ]; then\n'
-        """  echo '{"level":"error","msg":"start refused"}' >> "$log"; exit 1\n"""
+        """  [ -n "$log" ] && echo '{"level":"error","msg":"start refused"}' >> "$log"\n"""
+        "  echo start refused >&2; exit 1\n"
         "fi\n"
         'exec runc "$@"\n'
     )

@@ -1,5 +1,6 @@
 """Container logs: dockerd's json-file format, written (and rotated) by the runtime, read by
-``docker logs``; the driver's options, checked at create."""
+``docker logs`` (as is conmon's k8s-file, which containers monitored by conmon write); the
+driver's options, checked at create."""
 
 from .jsonfile import MAX_LINE, ContainerLogs, JsonFileWriter, LogQuery
 from .options import LogOptions, LogSource, check_log_options, log_options

@@ -1,19 +1,30 @@
-"""dockerd's json-file log format: one JSON object per line, ``{"log", "stream", "time"}``
-(and ``"attrs"`` when the container's log options ask for some): its writer, and how a reader
-chooses entries (:class:`Selection`).
+"""Container log formats: dockerd's json-file, which this engine writes and reads, and
+conmon's k8s-file, which it reads; how a reader chooses entries (:class:`Selection`).
 
-The writer is fed raw output chunks as the container produces them and rotates the file as
-dockerd's ``loggerutils.LogFile`` does; :mod:`.reader` serves ``docker logs`` from the files.
+json-file is one JSON object per line, ``{"log", "stream", "time"}`` (and ``"attrs"`` when the
+container's log options ask for some). Its writer is fed raw output chunks as the container
+produces them and rotates the file as dockerd's ``loggerutils.LogFile`` does; :mod:`.reader`
+serves ``docker logs`` from the files.
+
+k8s-file is what conmon (podman's container monitor) writes for the containers it monitors:
+one entry per line, ``<time> <stream> <tag> <content>``, the time local with nanoseconds and a
+numeric offset, the tag ``F`` (a full line: its newline is the line's end) or ``P`` (a part
+of a line that had not ended: conmon's newline is not the output's). Those containers' logs
+are read here as well, into the same entries: times in UTC with nine digits, no ``attrs`` of
+their own (the container's, given to :class:`Selection`, stand for them). Each line says
+which format it is in (json-file's begin with ``{``), so a file may hold both: a container
+logged in json-file, then by conmon.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Set
+from collections.abc import AsyncIterator, Iterable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -40,6 +51,23 @@ log = structlog.get_logger("asyncstart.logs")
 MAX_LINE = 16 * 1024
 #: An entry's ``time`` in UTC, to write it as ``--timestamps`` shows it.
 _FIXED_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?\d*Z")
+#: A k8s-file entry (conmon's), in its text (decoded at once, invalid UTF-8 replaced): the
+#: time's minute, its ``:SS.nnnnnnnnn`` and offset apart (an offset is whole minutes: only the
+#: minute changes in UTC), the stream and tag (``F``/``P``), the content (possibly none:
+#: conmon then ends the line after the tag's space). Lines end at ``\n`` only, as conmon's.
+_K8S_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d)(:[0-5]\d(?:\.\d+)?)(Z|[+-]\d\d:\d\d)"
+    r" (std(?:out|err) [FP])(?: (.*))?$",
+    re.MULTILINE | re.ASCII,
+)
+#: A k8s-file line's stream and tag: the stream, and what ends the entry's text (``F``: the
+#: newline conmon took as the line's end).
+_KINDS = {
+    "stdout F": ("stdout", "\n"),
+    "stdout P": ("stdout", ""),
+    "stderr F": ("stderr", "\n"),
+    "stderr P": ("stderr", ""),
+}
 
 
 def rotated_name(path: str, index: int) -> str:
@@ -150,7 +178,10 @@ class JsonFileWriter:
             self._fd = -1
 
 
-class _Entry(msgspec.Struct):
+class _Entry(msgspec.Struct, gc=False):
+    """An entry of either format. (Strings only, no cycle possible: the garbage collector need
+    not track the hundreds of thousands a large log makes.)"""
+
     log: str = ""
     stream: str = ""
     time: str = ""
@@ -160,15 +191,65 @@ class _Entry(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Entry)
 
 
+@functools.lru_cache(maxsize=1024)
+def _utc_minute(minute: str, offset: str) -> str:
+    """``YYYY-MM-DDTHH:MM`` at ``offset``, in UTC (``ValueError`` if it is no time)."""
+    at = _dt.datetime.fromisoformat(f"{minute}:00{offset}")
+    return at.astimezone(_dt.UTC).isoformat()[:16]
+
+
+def _k8s_entries(found: Iterable[tuple[str, ...]]) -> list[_Entry]:
+    """k8s-file lines (:data:`_K8S_LINE`'s groups) as json-file entries would hold them: the
+    time in UTC with nine digits (as text, never a float: no nanosecond is lost), ``F``'s
+    newline given back to the text. A line whose time is no time is skipped.
+
+    A log's lines come a minute at a time: the minute is checked and moved to UTC once per
+    minute (and offset) met, strings compared in between; seconds and fraction are kept."""
+    entries: list[_Entry] = []
+    append = entries.append
+    minute_seen = offset_seen = head = ""
+    for minute, second, offset, kind, content in found:
+        if minute != minute_seen or offset != offset_seen:
+            try:
+                head = _utc_minute(minute, offset)
+            except ValueError:
+                log.debug("logs.bad_entry", entry=minute + second + offset)
+                minute_seen = ""
+                continue
+            minute_seen, offset_seen = minute, offset
+        if len(second) != 13:  # not ":SS.nnnnnnnnn"
+            whole, _, fraction = second.partition(".")
+            second = f"{whole}.{fraction[:9]:0<9}"
+        stream, end = _KINDS[kind]
+        append(_Entry(content + end, stream, head + second + "Z"))
+    return entries
+
+
 def _decode(data: bytes) -> list[_Entry]:
-    try:
-        return _decoder.decode_lines(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        pass
+    """The entries of whole lines, json-file's or k8s-file's (each line says which); a line
+    that is neither (a torn write, a disk error) is skipped alone."""
+    if data[:1] == b"{":
+        try:
+            return _decoder.decode_lines(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+    elif b"\n{" not in data:
+        # k8s-file only: matched a chunk at a time, unless some line is not an entry. (Decoded
+        # whole: a replaced invalid sequence never takes a newline with it, so each line's
+        # text is what decoding it alone would give.)
+        text = data.decode(errors="replace")
+        found = _K8S_LINE.findall(text)
+        if len(found) == text.count("\n"):
+            return _k8s_entries(found)
     entries = []
-    for line in data.splitlines():  # one bad line (a torn write, a disk error): skip it alone
-        if not line.strip():
-            continue
+    for line in data.split(b"\n"):
+        if line[:1] != b"{":
+            k8s = _K8S_LINE.match(line.decode(errors="replace"))
+            if k8s is not None:
+                entries += _k8s_entries([k8s.groups("")])
+                continue
+            if not line.strip():
+                continue
         try:
             entries.append(_decoder.decode(line))
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -183,13 +264,15 @@ def _seconds(text: str) -> float:
 
 def _fixed(text: str) -> str:
     """dockerd's ``--timestamps`` form: nine digits of fraction, whatever the file holds."""
+    if len(text) == 30 and text[19] == "." and text[29] == "Z":
+        return text  # already so (all k8s-file times, most json-file ones): spare the regex
     found = _FIXED_TIME.fullmatch(text)
     if found is None:
         return text
     return f"{found.group(1)}.{(found.group(2) or '').ljust(9, '0')}Z"
 
 
-def _details(attrs: dict[str, str] | None) -> bytes:
+def _details(attrs: Mapping[str, str] | None) -> bytes:
     """dockerd's ``--details`` prefix: ``k=v,...`` (query-escaped, by key), then a space."""
     pairs = sorted((attrs or {}).items())
     text = ",".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in pairs)
@@ -200,16 +283,29 @@ class Selection:
     """The entries a ``docker logs`` call asks for, as dockerd chooses them: ``since`` (once
     an entry is at or after it, later ones are not checked: times need not be monotonic),
     ``until`` (the first entry after it ends the call), the streams; ``timestamps`` and
-    ``details`` prefixes. Called with chunks of whole lines, in order (in a worker thread)."""
+    ``details`` prefixes. Called with chunks of whole lines, in order (in a worker thread).
+
+    ``attrs``: the container's log attributes, for the entries that carry none (k8s-file's
+    never do: conmon writes none; they are fixed for a container's run).
+    """
 
     def __init__(
-        self, streams: Set[str], since: float, until: float, timestamps: bool, details: bool
+        self,
+        streams: Set[str],
+        since: float,
+        until: float,
+        timestamps: bool,
+        details: bool,
+        attrs: Mapping[str, str] | None = None,
     ) -> None:
         self.streams = frozenset(streams)
         self.since = since
         self.until = until
         self.timestamps = timestamps
         self.details = details
+        self.attrs = attrs
+        #: The ``--details`` prefix of an entry without attributes of its own.
+        self._default_details = _details(attrs)
         #: An entry after ``until`` was met: nothing more is sent (dockerd's forwarder).
         self.ended = False
 
@@ -232,7 +328,10 @@ class Selection:
                 continue
             line = entry.log.encode(errors="replace")
             if self.details:
-                line = _details(entry.attrs) + line
+                if entry.attrs is None:
+                    line = self._default_details + line
+                else:
+                    line = _details(entry.attrs) + line
             if self.timestamps:
                 line = _fixed(entry.time).encode() + b" " + line
             chosen.append((entry.stream, line))

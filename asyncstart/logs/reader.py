@@ -1,4 +1,9 @@
-"""``docker logs`` from a json-file log and its rotated files, off the event loop.
+"""``docker logs`` from a container's log and its rotated files, off the event loop.
+
+The log is read in dockerd's json-file format, which this engine's own writer produces, and
+in conmon's k8s-file format, which conmon (podman's monitor) writes for the containers it
+monitors; each line says which it is, so one file may hold both (see :mod:`.jsonfile`). Both
+have one entry per line, which is all the reading below relies on.
 
 Every read and every line parsed happens in a worker thread, a bounded chunk at a time, so a
 log of any size neither stalls the loop nor fills memory: the loop only hands each chunk's
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +60,49 @@ def _read_at(fd: int, size: int, offset: int) -> bytes:
     return os.pread(fd, size, offset)
 
 
+def _partial(entry: bytes) -> bool:
+    """Whether a log line is a k8s-file entry that does not end its line (conmon's ``P``: its
+    read of the output ended mid-line)."""
+    return not entry.startswith(b"{") and entry.split(b" ", 3)[2:3] == [b"P"]
+
+
 def _tail_start(fd: int, end: int, wanted: int) -> tuple[int, int]:
+    """Where the last ``wanted`` lines of ``fd[:end]`` begin, and how many there are (fewer
+    when the file's start is reached: then 0), lines as the client sees them: conmon's partial
+    entries and the entry that ends them are one line (a json-file entry is one, as dockerd
+    counts). Reads backwards by blocks, never more than those lines and a block (and the lines
+    again, to find partial entries)."""
+    entries = wanted
+    while True:
+        start, found = _entries_start(fd, end, entries)
+        shown = _shown_lines(fd, start, end)
+        if shown >= wanted or found < entries:
+            break
+        entries += wanted - shown
+    # A line begun before ``start`` is taken whole.
+    while start > 0:
+        before, _ = _entries_start(fd, start, 1)
+        if not _partial(_read_at(fd, start - before, before)):
+            break
+        start = before
+    return start, shown
+
+
+def _shown_lines(fd: int, start: int, end: int) -> int:
+    """How many lines the complete entries of ``fd[start:end]`` show; the last one counts even
+    if partial (its line is being written). Read a chunk at a time."""
+    shown, carry, last_partial, offset = 0, b"", False, start
+    while offset < end:
+        size = min(_CHUNK, end - offset)
+        *lines, carry = (carry + _read_at(fd, size, offset)).split(b"\n")
+        offset += size
+        for line in lines:
+            last_partial = _partial(line)
+            shown += not last_partial
+    return shown + last_partial
+
+
+def _entries_start(fd: int, end: int, wanted: int) -> tuple[int, int]:
     """Where the last ``wanted`` complete lines of ``fd[:end]`` begin, and how many there are
     (fewer when the file's start is reached: then 0). Reads backwards by blocks, never more
     than those lines and a block."""
@@ -332,18 +379,25 @@ def _wanted(tail: str | int) -> int:
 
 
 async def read_log_chunks(
-    path: Path, query: LogQuery, *, running: Callable[[], bool]
+    path: Path,
+    query: LogQuery,
+    *,
+    running: Callable[[], bool],
+    attrs: Mapping[str, str] | None = None,
 ) -> AsyncGenerator[list[tuple[str, bytes]]]:
-    """``docker logs`` from a json-file log: lists of ``(stream, bytes)``, one per chunk read
-    (never empty), in order. A consumer that writes each list at once (the API: one send per
-    chunk, not one per entry) keeps the loop's share of a large log small.
+    """``docker logs`` from a json-file or k8s-file log: lists of ``(stream, bytes)``, one
+    per chunk read (never empty), in order. A consumer that writes each list at once (the
+    API: one send per chunk, not one per entry) keeps the loop's share of a large log small.
 
     ``query`` says what is wanted (timestamps in RFC 3339 with nine digits). ``follow`` goes
     on reading what is appended, every 20 ms, until ``until`` has passed or ``running()`` says
     the container has stopped and everything it logged has been read. A missing file is an
-    empty log.
+    empty log. ``attrs``: the container's log attributes, which ``details`` shows for entries
+    that carry none of their own (k8s-file's).
     """
-    select = Selection(query.streams, query.since, query.until, query.timestamps, query.details)
+    select = Selection(
+        query.streams, query.since, query.until, query.timestamps, query.details, attrs
+    )
     cursor = _Cursor(path)
     try:
         chosen, done = await anyio.to_thread.run_sync(cursor.begin, _wanted(query.tail), select)
@@ -373,10 +427,14 @@ async def read_log_chunks(
 
 
 async def read_log(
-    path: Path, query: LogQuery, *, running: Callable[[], bool]
+    path: Path,
+    query: LogQuery,
+    *,
+    running: Callable[[], bool],
+    attrs: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[str, bytes]]:
     """:func:`read_log_chunks` an entry at a time."""
-    chunks = read_log_chunks(path, query, running=running)
+    chunks = read_log_chunks(path, query, running=running, attrs=attrs)
     try:
         async for chunk in chunks:
             for item in chunk:

@@ -51,6 +51,9 @@ class Stdio:
     """The process's standard streams as the engine wants them."""
 
     open_stdin: bool = False
+    #: The stdin closes when the engine closes it (``StdinOnce``); else it stays open until the
+    #: process ends, whoever comes and goes (a monitor keeps it open through engine restarts).
+    stdin_once: bool = False
     tty: bool = False
     #: Where the runtime writes stdout/stderr, in dockerd's json-file format (None: discard).
     log_path: str | None = None
@@ -115,13 +118,19 @@ class Runtime(Protocol):
 
     async def close_stdin(self, container_id: str) -> None: ...
 
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        """Give the container's terminal a new size (nothing without a terminal)."""
+        ...
+
     async def delete(self, container_id: str, *, force: bool = False) -> None:
         """Forget the container's runtime state; ``force`` kills a live process first."""
         ...
 
     async def restore(self, container_id: str, stdio: Stdio) -> StateInfo | None:
         """After a daemon restart: take a live process back under watch (its output to
-        ``stdio``) and return it, or None if it is gone (its leftovers are deleted)."""
+        ``stdio``) and return its ``start``; if it ended meanwhile, its ``exit`` when the
+        runtime knows the code and time (a monitor wrote them), else None. The leftovers of
+        an ended one are deleted."""
         ...
 
     async def cleanup(self, keep: set[str]) -> None:

@@ -55,6 +55,10 @@ class ProcessControl:
         with _worded(errors.Conflict, f"cannot write to the stdin of {container_id}"):
             await self.runtime.write_stdin(container_id, data)
 
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        with _worded(errors.SystemError, f"cannot resize container {container_id}"):
+            await self.runtime.resize(container_id, height, width)
+
     async def close_stdin(self, container_id: str) -> None:
         """Close the process's stdin. A process already gone has none to close: as dockerd,
         that is not an error for the client whose input ended."""

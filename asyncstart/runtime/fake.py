@@ -48,6 +48,8 @@ class FakeProcess:
     status: Literal["created", "running", "paused", "stopped"] = "created"
     exit_code: int | None = None
     stdin_closes: int = 0
+    #: The terminal's size (rows, columns) as last resized.
+    size: tuple[int, int] | None = None
     pending_signals: list[int] = field(default_factory=list)
     timer: anyio.CancelScope | None = None
     #: Its json-file log, opened at its first output and closed when it ends.
@@ -239,6 +241,12 @@ class FakeRuntime:
         program = process.args[0].rsplit("/", 1)[-1] if process.args else ""
         if program == "cat":
             self._output(process, "stdout", data)  # cat echoes its input
+
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        process = self._process(container_id)
+        if process.status not in ("running", "paused"):
+            raise RuntimeFailure("container not running")
+        process.size = (height, width)
 
     async def close_stdin(self, container_id: str) -> None:
         process = self._process(container_id)

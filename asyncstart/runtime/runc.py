@@ -234,6 +234,10 @@ class RuncRuntime:
         """Close the process's stdin (^D on a pty)."""
         self._box(container_id).stdio.close_stdin()
 
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        """The terminal's new size, on the pty master."""
+        self._box(container_id).stdio.resize(height, width)
+
     async def delete(self, container_id: str, *, force: bool = False) -> None:
         """``runc delete``, then reap the init and remove the bundle."""
         await self._cli.delete(container_id, runtime=self._runtime(container_id), force=force)

@@ -14,7 +14,9 @@ import fcntl
 import os
 import shutil
 import socket
+import struct
 import tempfile
+import termios
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,8 @@ class ContainerStdio:
     stdin: int = -1
     #: Our stdio is a pty master, not FIFOs.
     tty: bool = False
+    #: The pty master, kept for resizes; -1: none.
+    console: int = -1
     #: Whether the last input written ended a line (a terminal's ^D ends input only there).
     at_line_start: bool = True
     #: Output fds not yet handed to a pump, with their stream.
@@ -162,6 +166,7 @@ class ContainerStdio:
             return
         master = child.console.receive()
         self.tty = True
+        self.console = os.dup(master)
         self.readers.append(("stdout", master))  # a terminal has one output stream
         if self.wanted.open_stdin:
             self.stdin = os.dup(master)
@@ -239,6 +244,11 @@ class ContainerStdio:
             except BrokenPipeError:
                 raise RuntimeFailure("the container closed its stdin") from None
 
+    def resize(self, height: int, width: int) -> None:
+        """Give the terminal a new size (rows, columns); nothing without one."""
+        if self.console >= 0:
+            fcntl.ioctl(self.console, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
     def close_stdin(self) -> None:
         """End the process's input (EOF); nothing if it is closed already."""
         if self.stdin < 0:
@@ -253,5 +263,5 @@ class ContainerStdio:
 
     def close(self) -> None:
         """Let go of every fd not handed to a pump (the pumps close their own)."""
-        _close_all([fd for _, fd in self.readers] + [self.stdin])
-        self.readers, self.stdin = [], -1
+        _close_all([fd for _, fd in self.readers] + [self.stdin, self.console])
+        self.readers, self.stdin, self.console = [], -1, -1

@@ -1,0 +1,233 @@
+"""Containers outlive the engine: each runs under conmon, which keeps its output, stdin and exit
+code while no engine runs. The engine here is a real daemon process (``python -m asyncstart
+daemon``) that the tests kill (SIGKILL) or stop (SIGTERM) while containers print, read and
+exit; a second daemon on the same roots must show what really happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import asyncstart
+from asyncstart import Client
+
+from . import test_runc
+from .helpers import real_containers
+from .test_runc import _Roots, assert_nothing_left, conmons_of, open_clean
+
+pytestmark = real_containers(("needs conmon", shutil.which("conmon") is None))
+
+busybox_tar = test_runc.busybox_tar
+roots = test_runc.roots
+
+#: A numbered line every 10 ms, for ever.
+CHATTY = "i=0; while :; do echo $i; i=$((i+1)); usleep 10000; done"
+
+
+def _ender(code: int) -> str:
+    """Ends with ``code`` a little after the engine is gone, saying so just before."""
+    return f"sleep 2; echo bye; exit {code}"
+
+
+NO_NETWORK = {"NetworkMode": "none"}
+#: Exits 7 on SIGTERM.
+TRAPS_TERM = 'trap "exit 7" TERM; while :; do usleep 10000; done'
+
+
+@asynccontextmanager
+async def _engine(roots: _Roots, sock: Path) -> AsyncIterator[anyio.abc.Process]:
+    """``asyncstart daemon`` as a process of its own, serving on ``sock``."""
+    argv = [
+        sys.executable, "-m", "asyncstart", "daemon",
+        "--data-root", str(roots.data), "--exec-root", str(roots.exec),
+        "-H", f"unix://{sock}", "--monitor", "conmon",
+    ]  # fmt: skip
+    process = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        assert process.stderr is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"API listen on" not in seen:
+                chunk = await process.stderr.receive()
+                seen += chunk
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await process.wait()
+
+
+def _reap_orphaned_conmons() -> None:
+    """conmons whose engine was killed are re-parented to the nearest subreaper, this test
+    process: collect those that have ended (never anyone else's)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (entry / "comm").read_text().strip()
+            if fields[0] == "Z" and int(fields[1]) == os.getpid() and name == "conmon":
+                os.waitpid(int(entry.name), 0)
+
+
+def _time(text: str) -> float:
+    """An RFC 3339 time with up to nine digits of fraction, in seconds."""
+    head, _, rest = text.rstrip("Z").partition(".")
+    fraction = float("0." + rest) if rest else 0.0
+    return dt.datetime.fromisoformat(head).replace(tzinfo=dt.UTC).timestamp() + fraction
+
+
+async def _lines(client: Client, cid: str, **query: Any) -> list[bytes]:
+    return [data async for _, data in client.container_logs(cid, **query)]
+
+
+async def _create(client: Client, cmd: list[str], **extra: Any) -> str:
+    config: dict[str, Any] = {"Image": "busybox", "Cmd": cmd}
+    host_config: dict[str, Any] = dict(NO_NETWORK)
+    host_config.update(extra.pop("host_config", {}))
+    config.update(extra)
+    return str(await client.container_create(config=config, host_config=host_config))
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+async def test_containers_outlive_the_engine(
+    tmp_path: Path, busybox_tar: Path, how: signal.Signals
+) -> None:
+    roots, sock = _Roots(tmp_path), tmp_path / "s.sock"
+    async with _engine(roots, sock) as engine:
+        async with Client(f"unix://{sock}") as client:
+            await client.image_import(busybox_tar, repo="busybox", tag="latest")
+            chatty = [await _create(client, ["sh", "-c", CHATTY]) for _ in range(5)]
+            on_failure = {"RestartPolicy": {"Name": "on-failure"}}
+            enders = {
+                0: await _create(client, ["sh", "-c", _ender(0)], host_config=on_failure),
+                3: await _create(client, ["sh", "-c", _ender(3)]),
+                42: await _create(client, ["sh", "-c", _ender(42)]),
+            }
+            cat = await _create(client, ["cat"], OpenStdin=True)
+            trap = await _create(client, ["sh", "-c", TRAPS_TERM])
+            for cid in [*chatty, *enders.values(), cat, trap]:
+                await client.container_start(cid)
+            await anyio.sleep(0.5)
+        engine.send_signal(how)
+        with anyio.fail_after(30):
+            await engine.wait()
+    down_at = time.time()
+    await anyio.sleep(4)  # the enders end, the chatty ones print ~400 lines each meanwhile
+    _reap_orphaned_conmons()
+
+    async with _engine(roots, sock), Client(f"unix://{sock}") as client:
+        for cid in chatty:
+            state = (await client.container_inspect(cid))["State"]
+            assert state["Running"] is True, state
+            numbers = [int(line) for line in await _lines(client, cid)]
+            # Every line, the ones printed while no engine ran too: no gap.
+            assert numbers == list(range(len(numbers))), cid
+            assert len(numbers) > 300
+        for code, cid in enders.items():
+            found = await client.container_inspect(cid)
+            state = found["State"]
+            assert (state["Status"], state["ExitCode"]) == ("exited", code)
+            # on-failure does not restart a clean exit.
+            assert found["RestartCount"] == 0
+            # FinishedAt is the real exit: just after its last line, long after the engine went.
+            logged = await _lines(client, cid, timestamps=True)
+            bye_at = _time(logged[-1].split(b" ", 1)[0].decode())
+            assert logged[-1].endswith(b" bye\n")
+            assert abs(_time(state["FinishedAt"]) - bye_at) < 1.0
+            assert _time(state["FinishedAt"]) > down_at
+        # stdin of an adopted container works: cat echoes what an attached client sends.
+        async with client.container_attach(cat, stdin=True) as session:
+            await session.send(b"still here\n")
+            received = b""
+            with anyio.fail_after(10):
+                async for _, data in session:
+                    received += data
+                    if b"still here\n" in received:
+                        break
+        # Exits after the restart are true too: not 255.
+        await client.container_stop(trap, timeout=10)
+        assert (await client.container_inspect(trap))["State"]["ExitCode"] == 7
+        for cid in [*chatty, *enders.values(), cat, trap]:
+            await client.container_remove(cid, force=True)
+    _reap_orphaned_conmons()
+    assert_nothing_left(roots)
+
+
+async def test_start_stop_cycles_leave_nothing(roots: _Roots, busybox_tar: Path) -> None:
+    """100 start/stop cycles on the bridge: no conmon, mount, namespace, veth or runtime state
+    stays behind, and at most one conmon runs at any time."""
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", monitor="conmon"
+    )
+    async with open_clean(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        cid = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", 'trap "exit 0" TERM; sleep 100 & wait']}
+        )
+        for cycle in range(100):
+            await daemon.container_start(cid)
+            assert len(conmons_of(roots.exec)) == 1, cycle
+            await daemon.container_stop(cid, timeout=5)
+            assert (await daemon.container_inspect(cid))["State"]["ExitCode"] == 0
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_a_terminal_container_under_conmon_resizes(roots: _Roots, busybox_tar: Path) -> None:
+    """A TTY's output reaches the log through conmon's console, input reaches the process,
+    and a resize reaches the terminal (``stty size`` inside sees it)."""
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", network="loopback",
+        monitor="conmon",
+    )  # fmt: skip
+    async with open_clean(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        script = "read line; stty size; echo got $line"
+        cid = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", script], "Tty": True,
+                    "OpenStdin": True, "StdinOnce": True},
+        )  # fmt: skip
+        await daemon.container_start(cid)
+        await daemon.container_resize(cid, 33, 101)
+        await anyio.sleep(0.2)  # the resize goes through conmon's FIFO, apart from stdin
+        async with daemon.container_attach(cid, stdin=True) as session:
+            await session.send(b"hello\n")
+            with anyio.fail_after(10):
+                await daemon.container_wait(cid)
+        text = b"".join([data async for _, data in daemon.container_logs(cid)])
+        assert b"33 101" in text and b"got hello" in text, text
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_a_failed_create_under_conmon_leaves_nothing(
+    roots: _Roots, busybox_tar: Path
+) -> None:
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", network="loopback",
+        monitor="conmon",
+    )  # fmt: skip
+    async with open_clean(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["/nope"]})
+        with pytest.raises(asyncstart.errors.InvalidParameter, match="nope"):
+            await daemon.container_start(cid)
+        assert (await daemon.container_inspect(cid))["State"]["ExitCode"] == 127
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
