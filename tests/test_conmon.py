@@ -72,6 +72,19 @@ async def _engine(roots: _Roots, sock: Path) -> AsyncIterator[anyio.abc.Process]
             await process.wait()
 
 
+@asynccontextmanager
+async def _library(
+    roots: _Roots, busybox_tar: Path, **config: Any
+) -> AsyncIterator[asyncstart.Daemon]:
+    """The engine embedded in this process, containers under conmon, busybox imported."""
+    settings = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", monitor="conmon", **config
+    )
+    async with open_clean(settings) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        yield daemon
+
+
 def _reap_orphaned_conmons() -> None:
     """conmons whose engine was killed are re-parented to the nearest subreaper, this test
     process: collect those that have ended (never anyone else's)."""
@@ -172,11 +185,7 @@ async def test_containers_outlive_the_engine(
 async def test_start_stop_cycles_leave_nothing(roots: _Roots, busybox_tar: Path) -> None:
     """100 start/stop cycles on the bridge: no conmon, mount, namespace, veth or runtime state
     stays behind, and at most one conmon runs at any time."""
-    config = asyncstart.DaemonConfig(
-        data_root=roots.data, exec_root=roots.exec, runtime="runc", monitor="conmon"
-    )
-    async with open_clean(config) as daemon:
-        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+    async with _library(roots, busybox_tar) as daemon:
         cid = await daemon.container_create(
             config={"Image": "busybox", "Cmd": ["sh", "-c", 'trap "exit 0" TERM; sleep 100 & wait']}
         )
@@ -192,12 +201,7 @@ async def test_start_stop_cycles_leave_nothing(roots: _Roots, busybox_tar: Path)
 async def test_a_terminal_container_under_conmon_resizes(roots: _Roots, busybox_tar: Path) -> None:
     """A TTY's output reaches the log through conmon's console, input reaches the process,
     and a resize reaches the terminal (``stty size`` inside sees it)."""
-    config = asyncstart.DaemonConfig(
-        data_root=roots.data, exec_root=roots.exec, runtime="runc", network="loopback",
-        monitor="conmon",
-    )  # fmt: skip
-    async with open_clean(config) as daemon:
-        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+    async with _library(roots, busybox_tar, network="loopback") as daemon:
         script = "read line; stty size; echo got $line"
         cid = await daemon.container_create(
             config={"Image": "busybox", "Cmd": ["sh", "-c", script], "Tty": True,
@@ -219,12 +223,7 @@ async def test_a_terminal_container_under_conmon_resizes(roots: _Roots, busybox_
 async def test_a_failed_create_under_conmon_leaves_nothing(
     roots: _Roots, busybox_tar: Path
 ) -> None:
-    config = asyncstart.DaemonConfig(
-        data_root=roots.data, exec_root=roots.exec, runtime="runc", network="loopback",
-        monitor="conmon",
-    )  # fmt: skip
-    async with open_clean(config) as daemon:
-        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+    async with _library(roots, busybox_tar, network="loopback") as daemon:
         cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["/nope"]})
         with pytest.raises(asyncstart.errors.InvalidParameter, match="nope"):
             await daemon.container_start(cid)

@@ -47,8 +47,8 @@ import structlog
 from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess
-from .runc import RuncRuntime
-from .runc_cli import RuntimeChoice, launcher, runc_error
+from .runc import RuncRuntime, _Container
+from .runc_cli import RuntimeChoice, create_failure, launcher
 
 __all__ = ["ConmonRuntime", "conmon_binary", "monitorable"]
 
@@ -233,56 +233,49 @@ class ConmonRuntime(RuncRuntime):
 
     # -- create ----------------------------------------------------------------------------
 
-    async def create(
+    def _new_box(  # type: ignore[override]
+        self, directory: BundleDir, runtime: RuntimeChoice, stdio: Stdio, restoring: bool
+    ) -> _Monitored | _Container:
+        """A container under conmon, unless its log needs the engine (``monitorable``)."""
+        if not monitorable(stdio):
+            return super()._new_box(directory, runtime, stdio, restoring)
+        return _Monitored(directory, runtime, _AttachConnection(stdio), running=restoring)
+
+    async def _spawn(
         self,
         container_id: str,
         bundle: Bundle,
-        stdio: Stdio,
-        *,
-        checkpoint: str | None = None,
-        checkpoint_dir: str | None = None,
-        runtime_args: tuple[str, ...] = (),
-        binary: str | None = None,
-    ) -> int:
-        """conmon runs the runtime's ``create`` (or ``restore``) and reports the pid; the
-        engine connects to its attach socket before anything runs. A failed create leaves
-        nothing: conmon ends with it, the runtime's state and the bundle are deleted (a stale
-        container under this ID, a crashed engine's, is replaced: tried once more)."""
-        if not monitorable(stdio):
-            return await super().create(
-                container_id,
-                bundle,
-                stdio,
-                checkpoint=checkpoint,
-                checkpoint_dir=checkpoint_dir,
-                runtime_args=runtime_args,
-                binary=binary,
-            )
-        directory = BundleDir(bundle.path)
-        runtime = RuntimeChoice(binary, tuple(runtime_args))
-        for attempt in range(2):
-            directory.make()
-            box = _Monitored(directory, runtime, _AttachConnection(stdio))
-            box.running = bool(checkpoint)
-            try:
-                await self._launch(container_id, bundle, box, checkpoint, checkpoint_dir)
-                break
-            except BaseException as exc:
-                box.attach.close()
-                with anyio.CancelScope(shield=True):
-                    await self._delete_leftover(container_id, runtime)
-                    await box.conmon.reap()
-                box.close()
-                self._forget_files(container_id)
-                directory.remove()
-                stale = isinstance(exc, RuntimeFailure) and "exists" in exc.message
-                if attempt or not stale:
-                    raise
+        box: _Monitored | _Container,
+        checkpoint: str | None,
+        checkpoint_dir: str | None,
+    ) -> None:
+        if isinstance(box, _Container):
+            await super()._spawn(container_id, bundle, box, checkpoint, checkpoint_dir)
+        else:
+            await self._launch(container_id, bundle, box, checkpoint, checkpoint_dir)
+
+    async def _discard(self, container_id: str, box: _Monitored | _Container) -> None:
+        """A failed create under conmon: the runtime's container is deleted, conmon ends with
+        it and is reaped, its files go."""
+        if isinstance(box, _Container):
+            await super()._discard(container_id, box)
+            return
+        box.attach.close()
+        await self._delete_leftover(container_id, box.runtime)
+        await box.conmon.reap()
+        box.close()
+        self._forget_files(container_id)
+
+    def _watch(self, container_id: str, box: _Monitored | _Container) -> None:
+        """conmon's output pumped from now on; its exit watched from the start (a restore
+        runs at once)."""
+        if isinstance(box, _Container):
+            super()._watch(container_id, box)
+            return
         self._adopt(container_id, box)
         if box.running:
             assert self._tg is not None
             self._tg.start_soon(self._watch_conmon, container_id, box)
-        return box.pid
 
     async def _launch(
         self,
@@ -322,11 +315,9 @@ class ConmonRuntime(RuncRuntime):
         finally:
             os.close(sync_read)
         if pid <= 0:
-            binary = os.path.basename(box.runtime.binary or self.binary)
-            silent = f"{binary} {'restore' if checkpoint else 'create'} failed and gave no reason"
-            if checkpoint:
-                silent += " (restoring a checkpoint needs CRIU and a runtime built with it)"
-            raise RuntimeFailure(runc_error(box.bundle.runc_log, message or silent))
+            command = "restore" if checkpoint else "create"
+            binary = box.runtime.binary or self.binary
+            raise create_failure(box.bundle.runc_log, message, binary, command)
         if box.conmon.pidfd < 0:
             raise RuntimeFailure("conmon left no pid file")
         box.pid = pid

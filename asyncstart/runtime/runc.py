@@ -39,6 +39,10 @@ class _Container:
     #: Its process runs (``run --detach`` or a restore); else ``start`` runs the runtime's.
     running: bool = False
 
+    @property
+    def pid(self) -> int:
+        return self.init.pid
+
     def close(self) -> None:
         self.stdio.close()
         self.init.close()
@@ -144,8 +148,7 @@ class RuncRuntime:
         runtime = RuntimeChoice(binary, tuple(runtime_args))
         for attempt in range(2):
             directory.make()
-            box = _Container(directory, runtime, InitProcess(), ContainerStdio(stdio))
-            box.running = bool(checkpoint) or starts_in_one_call(binary or self.binary)
+            box = self._new_box(directory, runtime, stdio, bool(checkpoint))
             try:
                 await self._spawn(container_id, bundle, box, checkpoint, checkpoint_dir)
                 break
@@ -153,15 +156,27 @@ class RuncRuntime:
                 # A create that fails leaves nothing: fds, runc state, bundle. That also
                 # clears a stale runc container with this ID (a crashed daemon's), which is
                 # replaced: the create is tried once more. (No "runc state" on the happy path.)
-                box.close()
                 with anyio.CancelScope(shield=True):
-                    await self._delete_leftover(container_id, runtime)
+                    await self._discard(container_id, box)
                 directory.remove()
                 stale = isinstance(exc, RuntimeFailure) and "exists" in exc.message
                 if attempt or not stale:
                     raise
         self._watch(container_id, box)
-        return box.init.pid
+        return box.pid
+
+    def _new_box(
+        self, directory: BundleDir, runtime: RuntimeChoice, stdio: Stdio, restoring: bool
+    ) -> _Container:
+        """How a container about to be created is held (here: FIFOs, pidfd on its init)."""
+        box = _Container(directory, runtime, InitProcess(), ContainerStdio(stdio))
+        box.running = restoring or starts_in_one_call(runtime.binary or self.binary)
+        return box
+
+    async def _discard(self, container_id: str, box: _Container) -> None:
+        """Undo a create that failed: our ends, then whatever the runtime made."""
+        box.close()
+        await self._delete_leftover(container_id, box.runtime)
 
     async def _spawn(
         self,

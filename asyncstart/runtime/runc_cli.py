@@ -20,7 +20,14 @@ import anyio
 
 from .base import RuntimeFailure
 
-__all__ = ["RuncCli", "RuntimeChoice", "launcher", "runc_error", "starts_in_one_call"]
+__all__ = [
+    "RuncCli",
+    "RuntimeChoice",
+    "create_failure",
+    "launcher",
+    "runc_error",
+    "starts_in_one_call",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,15 @@ def runc_error(log_file: Path, fallback: str) -> str:
                 if entry.get("level") in ("error", "fatal"):
                     message = entry.get("msg", "")
     return message or fallback.strip() or "runc failed"
+
+
+def create_failure(log_file: Path, said: str, binary: str, command: str) -> RuntimeFailure:
+    """A failed ``create``/``run``/``restore``: the runtime's logged error, else what it
+    ``said``, else that it gave no reason (and, for a restore, what that usually means)."""
+    silent = f"{os.path.basename(binary)} {command} failed and gave no reason"
+    if command == "restore":
+        silent += " (restoring a checkpoint needs CRIU and a runtime built with it)"
+    return RuntimeFailure(runc_error(log_file, said or silent))
 
 
 class RuncCli:
@@ -177,12 +193,9 @@ class RuncCli:
         result = await self.run(*args, runtime=runtime, log_file=log_file, fds=fds)
         if result.returncode != 0:
             # (Its stderr is the container's: a runtime that logs nothing leaves only this.)
-            binary = os.path.basename((runtime.binary if runtime else None) or self.binary)
-            silent = f"{binary} {args[0]} failed and gave no reason"
-            if checkpoint:
-                silent += " (restoring a checkpoint needs CRIU and a runtime built with it)"
             stderr = (result.stderr or b"").decode(errors="replace")
-            raise RuntimeFailure(runc_error(log_file, stderr or silent))
+            binary = (runtime.binary if runtime else None) or self.binary
+            raise create_failure(log_file, stderr, binary, args[0])
 
     async def state(
         self, container_id: str, *, runtime: RuntimeChoice | None = None
