@@ -28,8 +28,12 @@ Output = tuple[str, bytes]
 
 
 class StdioHub:
-    def __init__(self, buffer: int = 1024) -> None:
+    """``watching`` is told when the first client comes and the last goes: output is only
+    fetched from a container while someone attached wants it."""
+
+    def __init__(self, buffer: int = 1024, watching: Callable[[bool], None] | None = None) -> None:
         self._buffer = buffer
+        self._watching = watching
         self._clients: dict[MemoryObjectSendStream[Output], frozenset[str]] = {}
         self._pending: list[bytes] = []
         #: True while a process exists and its stdin takes writes directly.
@@ -40,10 +44,22 @@ class StdioHub:
     def subscribe(self, streams: frozenset[str]) -> MemoryObjectReceiveStream[Output]:
         send, receive = anyio.create_memory_object_stream[Output](self._buffer)
         self._clients[send] = streams
+        if len(self._clients) == 1:
+            self._watch(True)
         return receive
 
     def unsubscribe(self, receive: MemoryObjectReceiveStream[Output]) -> None:
         receive.close()
+        # Its sending end is dropped now (not at the next output), so the count is right.
+        for client in [c for c in self._clients if c.statistics().open_receive_streams == 0]:
+            client.close()
+            del self._clients[client]
+        if not self._clients:
+            self._watch(False)
+
+    def _watch(self, wanted: bool) -> None:
+        if self._watching is not None:
+            self._watching(wanted)
 
     def publish(self, stream: str, data: bytes) -> None:
         """Called by the runtime for each chunk of output; never blocks it."""
@@ -56,6 +72,8 @@ class StdioHub:
                 pass  # a client that does not read loses output rather than stall the container
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 del self._clients[client]
+                if not self._clients:
+                    self._watch(False)
 
     def run_ended(self) -> None:
         """The process ended: every attached client's stream ends."""
@@ -63,7 +81,9 @@ class StdioHub:
         self._pending.clear()
         for client in self._clients:
             client.close()
-        self._clients.clear()
+        if self._clients:
+            self._clients.clear()
+            self._watch(False)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -88,6 +108,8 @@ class StdinSink(Protocol):
 
     async def close_stdin(self, container_id: str) -> None: ...
 
+    def watch_output(self, container_id: str, wanted: bool) -> None: ...
+
 
 class ContainerIO:
     """A container's standard streams across its runs: the :class:`StdioHub`, and the one-shot
@@ -99,7 +121,7 @@ class ContainerIO:
         self._container_id = container_id
         self._sink = sink
         self._open_stdin = open_stdin
-        self.hub = StdioHub()
+        self.hub = StdioHub(watching=lambda wanted: sink.watch_output(container_id, wanted))
         self._closer = StdinCloser()
 
     def adopted(self) -> None:

@@ -85,3 +85,26 @@ async def test_a_failed_start_ends_the_attached_stream(engine: Engine) -> None:
             await daemon.container_start(cid)
         with anyio.fail_after(5):
             assert [item async for item in session] == []
+
+
+async def test_the_hub_says_when_output_is_wanted() -> None:
+    """The first client to come and the last to go are told to the runtime (which fetches
+    output only while someone wants it); a run's end lets every client go."""
+    from asyncstart.attach import StdioHub
+
+    told: list[bool] = []
+    hub = StdioHub(watching=told.append)
+    first = hub.subscribe(frozenset({"stdout"}))
+    second = hub.subscribe(frozenset({"stderr"}))
+    assert told == [True]
+    hub.unsubscribe(first)
+    assert told == [True]
+    hub.publish("stderr", b"x")
+    assert second.receive_nowait() == ("stderr", b"x")
+    hub.unsubscribe(second)
+    assert told == [True, False]
+    third = hub.subscribe(frozenset({"stdout"}))
+    hub.run_ended()
+    assert told == [True, False, True, False]
+    with pytest.raises(anyio.EndOfStream):
+        third.receive_nowait()

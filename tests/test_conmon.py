@@ -230,3 +230,43 @@ async def test_a_failed_create_under_conmon_leaves_nothing(
         assert (await daemon.container_inspect(cid))["State"]["ExitCode"] == 127
         await daemon.container_remove(cid)
     assert_nothing_left(roots)
+
+
+async def test_a_busy_engine_does_not_stall_containers(roots: _Roots, busybox_tar: Path) -> None:
+    """Output nobody is attached to is not fetched by the engine, so an engine whose event loop
+    is busy (here: blocked for 2 s) never holds a container up; conmon logs it all."""
+    async with _library(roots, busybox_tar, network="loopback") as daemon:
+        script = "head -c 3960000 /dev/zero | tr '\\0' y | fold -w 99; echo; echo done"
+        cid = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", script]}
+        )
+        await daemon.container_start(cid)
+        time.sleep(2)  # noqa: ASYNC251 (the engine's loop blocked: nothing runs meanwhile)
+        with anyio.fail_after(30):
+            await daemon.container_wait(cid)
+        state = (await daemon.container_inspect(cid))["State"]
+        assert _time(state["FinishedAt"]) - _time(state["StartedAt"]) < 1.5
+        lines = [data async for _, data in daemon.container_logs(cid, tail=1)]
+        assert lines == [b"done\n"]
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_attaching_to_a_running_container_connects_then_lets_go(
+    roots: _Roots, busybox_tar: Path
+) -> None:
+    """A client attached to a running container (no stdin) gets its output; after it leaves,
+    another gets it again."""
+    async with _library(roots, busybox_tar, network="loopback") as daemon:
+        cid = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", CHATTY]}
+        )
+        await daemon.container_start(cid)
+        for _ in range(2):
+            async with daemon.container_attach(cid) as session:
+                with anyio.fail_after(10):
+                    async for stream, data in session:
+                        assert stream == "stdout" and data.strip().isdigit()
+                        break
+        await daemon.container_remove(cid, force=True)
+    assert_nothing_left(roots)

@@ -59,7 +59,8 @@ class Stdio:
     log_path: str | None = None
     #: How that log is rotated and what its entries carry (``HostConfig.LogConfig``).
     log_options: LogOptions = field(default_factory=LogOptions)
-    #: Called with ``(stream, chunk)`` for every chunk of output (attached clients); must not block.
+    #: Called with ``(stream, chunk)`` for chunks of output (attached clients; a runtime may
+    #: call it only while :meth:`Runtime.watch_output` says they are wanted); must not block.
     on_output: Callable[[str, bytes], None] | None = None
 
 
@@ -117,6 +118,11 @@ class Runtime(Protocol):
         ...
 
     async def close_stdin(self, container_id: str) -> None: ...
+
+    def watch_output(self, container_id: str, wanted: bool) -> None:
+        """Attached clients want the container's output (``Stdio.on_output``) from now on, or
+        no longer; it may be called before the container exists. Must not block."""
+        ...
 
     async def resize(self, container_id: str, height: int, width: int) -> None:
         """Give the container's terminal a new size (nothing without a terminal)."""

@@ -7,12 +7,14 @@ holds the container's standard streams:
 
 - it writes stdout and stderr to the container's log in the ``k8s-file`` format (read by
   :mod:`asyncstart.logs.reader`), so output written while no engine runs is kept;
-- it serves the **attach socket** (``<bundle>/attach``, ``SOCK_SEQPACKET``): the engine keeps
-  one connection per container, reads the output from it for attached clients (each message
-  is a stream byte, 2 stdout or 3 stderr, then the data) and writes input to it. A container
-  whose stdin is not ``StdinOnce`` is run with ``--leave-stdin-open``, so a connection that
-  ends — an engine that dies — does not close it; a ``StdinOnce`` one has its stdin closed
-  when the engine shuts its half of the connection, as dockerd closes it;
+- it serves the **attach socket** (``<bundle>/attach``, ``SOCK_SEQPACKET``): each message it
+  sends is a stream byte (2 stdout, 3 stderr) and the data; what a client sends goes to the
+  stdin. conmon writes to its clients with blocking writes, so a connection the engine reads
+  late would hold the container up: the engine connects only while clients are attached
+  (``watch_output``), or for the container's life if it has a stdin. A container whose stdin
+  is not ``StdinOnce`` is run with ``--leave-stdin-open``, so a connection that ends — an
+  engine that dies — does not close it; a ``StdinOnce`` one has its stdin closed when the
+  engine shuts its half of the connection (or dies), as dockerd closes it;
 - it waits for the init (it is its subreaper), then writes the exit code to
   ``<exit dir>/<id>`` (and ``<bundle>/oom`` if the memory cgroup killed a process: dockerd's
   ``OOMKilled``) and exits. The engine watches conmon by pidfd: when conmon ends, the
@@ -34,6 +36,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -76,53 +79,73 @@ def conmon_binary() -> str | None:
 
 class _AttachConnection:
     """The engine's connection to one container's conmon attach socket: output for attached
-    clients, input for the process."""
+    clients, input for the process.
 
-    def __init__(self, wanted: Stdio) -> None:
+    conmon writes output to its attach clients with blocking writes: a connection whose reader
+    lags stalls conmon, and then the container. So a container without stdin is connected only
+    while clients are attached (``watch_output``); one with stdin stays connected (the
+    connection is its stdin: for a ``StdinOnce`` one, its end closes the stdin)."""
+
+    def __init__(self, wanted: Stdio, bundle: BundleDir) -> None:
         self.wanted = wanted
+        self._bundle = bundle
         self._socket: socket.socket | None = None
+        #: Set when the current connection's pump has ended.
+        self._pumped: anyio.Event | None = None
         self._input_open = wanted.open_stdin
         #: Whether the last input written ended a line (a terminal's ^D ends input only there).
         self._at_line_start = True
-        #: Set when conmon has closed the connection (the container is gone).
-        self.drained = anyio.Event()
 
-    def connect(self, bundle: BundleDir) -> None:
-        """Connect to the socket in the bundle, whatever the bundle's path length (through
-        ``/proc/self/fd``: a socket path is limited to 107 bytes)."""
-        directory = os.open(bundle.path, os.O_PATH | os.O_CLOEXEC)
+    @property
+    def needed(self) -> bool:
+        """Whether the connection must stay: it carries the process's stdin."""
+        return self.wanted.open_stdin
+
+    def open(self, tg: anyio.abc.TaskGroup) -> None:
+        """Connect (through ``/proc/self/fd``, whatever the bundle path's length: a socket path
+        is limited to 107 bytes) and pump the output in a task, if not connected already."""
+        if self._socket is not None:
+            return
+        directory = os.open(self._bundle.path, os.O_PATH | os.O_CLOEXEC)
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
+            connection.settimeout(1)  # conmon accepts at once; a full backlog is not waited on
             connection.connect(f"/proc/self/fd/{directory}/attach")
         except OSError as exc:
             connection.close()
-            raise RuntimeFailure(f"cannot reach the container's monitor: {exc.strerror}") from exc
+            raise RuntimeFailure(f"cannot reach the container's monitor: {exc}") from exc
         finally:
             os.close(directory)
         connection.setblocking(False)
-        self._socket = connection
+        self._socket, self._pumped = connection, anyio.Event()
+        tg.start_soon(self._pump, connection, self._pumped)
 
-    async def pump(self) -> None:
-        """Hand every chunk of output to the attached clients until conmon closes."""
-        connection = self._socket
+    async def _pump(self, connection: socket.socket, pumped: anyio.Event) -> None:
+        """Hand every chunk of output to the attached clients until the connection ends."""
         try:
-            while connection is not None:
+            while True:
                 await anyio.wait_readable(connection)
                 try:
                     message = connection.recv(_MESSAGE + 1)
                 except BlockingIOError:
                     continue
-                except OSError:
-                    break
                 if not message:
                     break
                 stream = _STREAMS.get(message[0])
-                if stream is None:
-                    continue
-                if self.wanted.on_output is not None:
+                if stream is not None and self.wanted.on_output is not None:
                     self.wanted.on_output(stream, message[1:])
+        except (OSError, anyio.ClosedResourceError):
+            pass  # closed here, or conmon is gone
         finally:
-            self.drained.set()
+            if self._socket is connection:
+                self._socket = None
+            connection.close()
+            pumped.set()
+
+    async def drained(self) -> None:
+        """Wait until conmon has closed the connection (the output has all come)."""
+        if self._pumped is not None:
+            await self._pumped.wait()
 
     async def write(self, data: bytes) -> None:
         """Send ``data`` to the process's stdin, in messages conmon reads whole."""
@@ -141,26 +164,28 @@ class _AttachConnection:
             self._at_line_start = bytes(view[sent - 1 : sent]) == b"\n" if sent else True
             view = view[sent:]
 
-    def close_input(self) -> None:
+    async def close_input(self) -> None:
         """End the process's input: ^D on a terminal (twice after a partial line), else the
-        engine's half of the connection is shut, on which conmon closes the stdin (not for a
-        stdin it was told to leave open: dockerd keeps a non-``StdinOnce`` stdin open too)."""
+        engine's half of the connection is shut, on which conmon closes the stdin. A stdin
+        that is not ``StdinOnce`` stays open, as dockerd keeps it (conmon was told to)."""
         connection = self._socket
         if connection is None or not self._input_open:
             return
-        if self.wanted.open_stdin and not self.wanted.stdin_once and not self.wanted.tty:
+        if not self.wanted.stdin_once and not self.wanted.tty:
             raise RuntimeFailure("stdin stays open: the container is not StdinOnce")
-        self._input_open = False
-        with contextlib.suppress(OSError):
-            if self.wanted.tty:
-                connection.send(b"\x04" if self._at_line_start else b"\x04\x04")
-            else:
+        if self.wanted.tty:
+            await self.write(b"\x04" if self._at_line_start else b"\x04\x04")
+        else:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_WR)
+        self._input_open = False
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        """Let go of the connection (its pump ends)."""
+        connection, self._socket = self._socket, None
+        if connection is not None:
+            anyio.notify_closing(connection)
+            connection.close()
 
 
 def _tell(control: Path, kind: int, height: int, width: int) -> None:
@@ -188,6 +213,10 @@ class _Monitored:
     pid: int = 0
     #: Its process runs (a restore, or ``start`` has run).
     running: bool = False
+    #: A task waits for conmon's end (only that task waits on its pidfd, and reaps it).
+    watched: bool = False
+    #: Deleted: its end is reported to no one.
+    deleted: bool = False
 
     def close(self) -> None:
         self.attach.close()
@@ -202,15 +231,15 @@ class ConmonRuntime(RuncRuntime):
     """Runs containers with runc or crun under conmon; see the module docstring.
 
     As :class:`RuncRuntime` (``state_root`` is the runtime's ``--root``); ``conmon`` is
-    conmon's binary. Exit files go to ``<state_root>/../conmon-exits``, conmon's socket
-    links to ``<state_root>/../conmon-attach``.
+    conmon's binary. Exit files go to ``<state_root>/../conmon-exits``.
     """
 
     def __init__(self, state_root: Path, *, conmon: str = "conmon", **kwargs: object) -> None:
         super().__init__(state_root, **kwargs)  # type: ignore[arg-type]
         self.conmon = conmon
         self.exit_dir = state_root.parent / "conmon-exits"
-        self.socket_dir = state_root.parent / "conmon-attach"
+        #: Containers whose output attached clients want (``watch_output``).
+        self._watched: set[str] = set()
 
     async def run(
         self,
@@ -218,8 +247,7 @@ class ConmonRuntime(RuncRuntime):
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        for directory in (self.exit_dir, self.socket_dir):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.exit_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await super().run(backend, task_status=task_status)
 
     def _monitored(self, container_id: str) -> _Monitored | None:
@@ -227,9 +255,32 @@ class ConmonRuntime(RuncRuntime):
         return box if isinstance(box, _Monitored) else None
 
     def _adopt(self, container_id: str, box: _Monitored) -> None:
-        assert self._tg is not None, "ConmonRuntime.run() is not running"
+        """Connected (if its stdin or attached clients need it), then known as running."""
+        self._connect(container_id, box)
         self._containers[container_id] = box  # type: ignore[assignment]
-        self._tg.start_soon(box.attach.pump)
+
+    def _connect(self, container_id: str, box: _Monitored) -> None:
+        assert self._tg is not None, "ConmonRuntime.run() is not running"
+        if box.attach.needed or container_id in self._watched:
+            box.attach.open(self._tg)
+
+    def watch_output(self, container_id: str, wanted: bool) -> None:
+        """Connect to the container's conmon while clients are attached (a container with
+        stdin stays connected)."""
+        if wanted:
+            self._watched.add(container_id)
+        else:
+            self._watched.discard(container_id)
+        box = self._monitored(container_id)
+        if box is None or box.attach.needed:
+            return
+        if not wanted:
+            box.attach.close()
+            return
+        try:
+            self._connect(container_id, box)
+        except RuntimeFailure as exc:  # conmon is ending: so is the attached clients' stream
+            log.debug("conmon.attach_failed", container_id=container_id, error=exc.message)
 
     # -- create ----------------------------------------------------------------------------
 
@@ -239,7 +290,8 @@ class ConmonRuntime(RuncRuntime):
         """A container under conmon, unless its log needs the engine (``monitorable``)."""
         if not monitorable(stdio):
             return super()._new_box(directory, runtime, stdio, restoring)
-        return _Monitored(directory, runtime, _AttachConnection(stdio), running=restoring)
+        attach = _AttachConnection(stdio, directory)
+        return _Monitored(directory, runtime, attach, running=restoring)
 
     async def _spawn(
         self,
@@ -261,9 +313,18 @@ class ConmonRuntime(RuncRuntime):
             await super()._discard(container_id, box)
             return
         box.attach.close()
-        await self._delete_leftover(container_id, box.runtime)
-        await box.conmon.reap()
+        if box.conmon.pidfd < 0:  # cancelled before the pid was read
+            with contextlib.suppress(OSError, ValueError):
+                box.conmon.open(int(box.conmon_pid_file.read_text()))
+        if box.conmon.pidfd >= 0:
+            # Killed, with the runtime it may still be running (its parent-death signal):
+            # nothing goes on creating after this.
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(box.conmon.pidfd, signal.SIGKILL)
+            with anyio.move_on_after(5):
+                await box.conmon.wait()
         box.close()
+        await self._delete_leftover(container_id, box.runtime)
         self._forget_files(container_id)
 
     def _watch(self, container_id: str, box: _Monitored | _Container) -> None:
@@ -288,6 +349,13 @@ class ConmonRuntime(RuncRuntime):
         box.bundle.write(bundle.spec, owner=bundle.owner, runtime=box.runtime)
         with contextlib.suppress(FileNotFoundError):
             (self.exit_dir / container_id).unlink()
+        options, log_path = box.attach.wanted.log_options, box.attach.wanted.log_path
+        if log_path and options.max_size > 0:
+            # conmon counts from 0 whatever the file holds: a log already full starts over
+            # now, as dockerd's would at its next entry.
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(log_path).st_size >= options.max_size:
+                    os.truncate(log_path, 0)
         argv = self._argv(container_id, box, checkpoint, checkpoint_dir)
         sync_read, sync_write = os.pipe2(os.O_CLOEXEC)
         try:
@@ -321,7 +389,7 @@ class ConmonRuntime(RuncRuntime):
         if box.conmon.pidfd < 0:
             raise RuntimeFailure("conmon left no pid file")
         box.pid = pid
-        box.attach.connect(box.bundle)
+        self._connect(container_id, box)  # before it runs: no output is missed
 
     def _argv(
         self,
@@ -350,7 +418,7 @@ class ConmonRuntime(RuncRuntime):
             "-r", executable, "-b", str(box.bundle.path),
             "-p", str(box.bundle.pid_file), "-P", str(box.conmon_pid_file),
             "-0", str(box.bundle.path),
-            "--exit-dir", str(self.exit_dir), "--socket-dir-path", str(self.socket_dir),
+            "--exit-dir", str(self.exit_dir), "--full-attach",
             "-l", f"k8s-file:{wanted.log_path}" if wanted.log_path else "none",
             "--log-level", "error",
         ]  # fmt: skip
@@ -389,18 +457,24 @@ class ConmonRuntime(RuncRuntime):
 
     async def _watch_conmon(self, container_id: str, box: _Monitored) -> None:
         """conmon ends once the container has ended and its output is logged: the exit is
-        reported with the code conmon wrote and the time it wrote it."""
-        with box.conmon.watch:
+        reported with the code conmon wrote and the time it wrote it (not if the container
+        was deleted meanwhile). This task alone waits on conmon's pidfd, and reaps it."""
+        box.watched = True
+        try:
             await box.conmon.wait()
-            with anyio.move_on_after(2):
-                await box.attach.drained.wait()
-            code, at = self._exit_file(container_id)
-            assert self._backend is not None
-            oom = (box.bundle.path / "oom").exists()
-            if oom:  # as dockerd: the oom event, then the exit that says so
-                self._backend.state_changed(container_id, StateInfo("oom", pid=box.pid, at=at))
-            info = StateInfo("exit", pid=box.pid, exit_code=code, at=at, oom_killed=oom)
-            self._backend.state_changed(container_id, info)
+        finally:
+            box.conmon.close()
+        if box.deleted:
+            return
+        with anyio.move_on_after(2):
+            await box.attach.drained()
+        code, at = self._exit_file(container_id)
+        assert self._backend is not None
+        oom = (box.bundle.path / "oom").exists()
+        if oom:  # as dockerd: the oom event, then the exit that says so
+            self._backend.state_changed(container_id, StateInfo("oom", pid=box.pid, at=at))
+        info = StateInfo("exit", pid=box.pid, exit_code=code, at=at, oom_killed=oom)
+        self._backend.state_changed(container_id, info)
 
     def _exit_file(self, container_id: str) -> tuple[int, float]:
         """The exit code conmon wrote, and when; 255 and now if it wrote none (it was
@@ -423,7 +497,7 @@ class ConmonRuntime(RuncRuntime):
         if box is None:
             await super().close_stdin(container_id)
             return
-        box.attach.close_input()
+        await box.attach.close_input()
 
     async def resize(self, container_id: str, height: int, width: int) -> None:
         """A terminal's new size, through conmon's control FIFO."""
@@ -444,17 +518,19 @@ class ConmonRuntime(RuncRuntime):
             return
         await self._cli.delete(container_id, runtime=box.runtime, force=force)
         del self._containers[container_id]
-        box.conmon.watch.cancel()
-        await box.conmon.reap()
-        box.close()
+        box.deleted = True
+        box.attach.close()
+        if not box.watched and box.conmon.pidfd >= 0:
+            # Never started: conmon ends now that its container is gone; reaped when it does.
+            assert self._tg is not None
+            self._tg.start_soon(_reap, box.conmon)
         self._forget_files(container_id)
         box.bundle.remove()
 
     def _forget_files(self, container_id: str) -> None:
-        """Remove the exit file and conmon's socket link of a container."""
-        for path in (self.exit_dir / container_id, self.socket_dir / container_id):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        """Remove the exit file of a container."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.exit_dir / container_id).unlink()
 
     # -- after a daemon restart ------------------------------------------------------------
 
@@ -462,7 +538,7 @@ class ConmonRuntime(RuncRuntime):
         """Take a container back from its conmon: connected and watched again if it runs,
         else reported ended with its true exit code and time (its leftovers deleted)."""
         bundle = BundleDir(self.state_root.parent / container_id)
-        box = _Monitored(bundle, bundle.runtime(), _AttachConnection(stdio))
+        box = _Monitored(bundle, bundle.runtime(), _AttachConnection(stdio, bundle))
         try:
             conmon_pid = int(box.conmon_pid_file.read_text())
         except (OSError, ValueError):
@@ -470,18 +546,19 @@ class ConmonRuntime(RuncRuntime):
             return await super().restore(container_id, stdio)
         with contextlib.suppress(OSError, ValueError):
             box.pid = bundle.read_pid()
-        if _is_conmon_of(conmon_pid, container_id):
-            with contextlib.suppress(ProcessLookupError):
-                box.conmon.open(conmon_pid)
+        with contextlib.suppress(OSError):
+            box.conmon.open(conmon_pid)
+        if box.conmon.pidfd >= 0 and not _is_conmon_of(conmon_pid, container_id, self.conmon):
+            box.conmon.close()  # its pid is another process's now
         if box.conmon.pidfd >= 0 and box.pid > 0:
             try:
-                box.attach.connect(bundle)
+                self._adopt(container_id, box)
             except RuntimeFailure:
-                box.close()  # conmon is ending: its exit file follows
-                await _wait_gone(conmon_pid)
+                box.attach.close()  # conmon is ending: its exit file follows
+                with anyio.move_on_after(2):
+                    await anyio.wait_readable(box.conmon.pidfd)
             else:
                 box.running = True
-                self._adopt(container_id, box)
                 assert self._tg is not None
                 self._tg.start_soon(self._watch_conmon, container_id, box)
                 return StateInfo("start", pid=box.pid)
@@ -497,12 +574,11 @@ class ConmonRuntime(RuncRuntime):
         """As :meth:`RuncRuntime.cleanup` (each stray's conmon ends with it), and the exit
         files and socket links of containers not kept."""
         await super().cleanup(keep)
-        for directory in (self.exit_dir, self.socket_dir):
-            with contextlib.suppress(FileNotFoundError):
-                for entry in os.listdir(directory):
-                    if entry not in keep:
-                        with contextlib.suppress(OSError):
-                            os.unlink(directory / entry)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir(self.exit_dir):
+                if entry not in keep:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.exit_dir / entry)
 
 
 async def _read_sync(fd: int) -> tuple[int, str]:
@@ -529,21 +605,19 @@ async def _read_sync(fd: int) -> tuple[int, str]:
         return 0, line.decode(errors="replace")
 
 
-def _is_conmon_of(pid: int, container_id: str) -> bool:
+def _is_conmon_of(pid: int, container_id: str, binary: str) -> bool:
     """Whether ``pid`` is conmon for this container (a pid may have been reused)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return bool(argv) and os.path.basename(argv[0]) == b"conmon" and container_id.encode() in argv
+    program = os.path.basename(binary).encode()
+    return os.path.basename(argv[0]) == program and container_id.encode() in argv
 
 
-async def _wait_gone(pid: int) -> None:
-    """Wait (up to 2 s) for a process that is not this engine's child to end."""
-    with contextlib.suppress(OSError):
-        fd = os.pidfd_open(pid)
-        try:
-            with anyio.move_on_after(2):
-                await anyio.wait_readable(fd)
-        finally:
-            os.close(fd)
+async def _reap(conmon: InitProcess) -> None:
+    """Wait for a conmon of this engine to end, however long, and reap it."""
+    try:
+        await conmon.wait()
+    finally:
+        conmon.close()

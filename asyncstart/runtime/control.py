@@ -59,6 +59,11 @@ class ProcessControl:
         with _worded(errors.SystemError, f"cannot resize container {container_id}"):
             await self.runtime.resize(container_id, height, width)
 
+    def watch_output(self, container_id: str, wanted: bool) -> None:
+        """Whether attached clients want the process's output now (a runtime whose output
+        costs nothing to watch, or that always watches it, ignores this)."""
+        self.runtime.watch_output(container_id, wanted)
+
     async def close_stdin(self, container_id: str) -> None:
         """Close the process's stdin. A process already gone has none to close: as dockerd,
         that is not an error for the client whose input ended."""

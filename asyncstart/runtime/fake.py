@@ -242,6 +242,9 @@ class FakeRuntime:
         if program == "cat":
             self._output(process, "stdout", data)  # cat echoes its input
 
+    def watch_output(self, container_id: str, wanted: bool) -> None:
+        """Output is pumped in any case (it is logged from the same reads)."""
+
     async def resize(self, container_id: str, height: int, width: int) -> None:
         process = self._process(container_id)
         if process.status not in ("running", "paused"):

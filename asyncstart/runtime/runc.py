@@ -249,6 +249,9 @@ class RuncRuntime:
         """Close the process's stdin (^D on a pty)."""
         self._box(container_id).stdio.close_stdin()
 
+    def watch_output(self, container_id: str, wanted: bool) -> None:
+        """Output is pumped in any case (it is logged from the same reads)."""
+
     async def resize(self, container_id: str, height: int, width: int) -> None:
         """The terminal's new size, on the pty master."""
         self._box(container_id).stdio.resize(height, width)
