@@ -24,6 +24,7 @@ import pytest
 
 import asyncstart
 from asyncstart import Client
+from asyncstart.network.bridge import DEFAULT_BRIDGE
 
 from . import test_runc
 from .helpers import real_containers
@@ -195,6 +196,11 @@ async def test_start_stop_cycles_leave_nothing(roots: _Roots, busybox_tar: Path)
             await daemon.container_stop(cid, timeout=5)
             assert (await daemon.container_inspect(cid))["State"]["ExitCode"] == 0
         await daemon.container_remove(cid)
+        ports = subprocess.run(
+            ["ip", "-o", "link", "show", "master", DEFAULT_BRIDGE],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        assert ports == "", f"veths left on {DEFAULT_BRIDGE}: {ports}"
     assert_nothing_left(roots)
 
 
