@@ -29,7 +29,7 @@ from .api.server import Host, claim_socket
 from .client import Client
 from .images.busybox import build_busybox_tar, missing_for_real_containers
 from .logconfig import configure_logging
-from .network.bridge import DEFAULT_SUBNET
+from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET
 
 PHASES = ("mounting", "networking", "spec-ready", "running")
 DEFAULT_HOST = "unix:///run/asyncstart/asyncstart.sock"
@@ -99,7 +99,9 @@ async def _serve(args: argparse.Namespace, hosts: list[Host]) -> int:
         default_runtime="" if args.default_runtime == "fake" else args.default_runtime,
         runtimes=dict(args.add_runtime or ()),
         monitor=args.monitor,
+        bridge=args.bridge,
         bridge_subnet=args.bridge_subnet,
+        bridge_ip=args.bip,
         experimental=args.experimental,
     )
     async with open_daemon(config) as daemon:
@@ -284,6 +286,20 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help="what watches each container while no engine runs: conmon (its output, stdin and "
         "exit code survive the engine), or none; default: conmon where installed",
+    )
+    daemon.add_argument(
+        "-b",
+        "--bridge",
+        default=DEFAULT_BRIDGE,
+        help="the bridge containers attach to (created if missing; an existing one must be a "
+        "bridge with the network's gateway address)",
+    )
+    daemon.add_argument(
+        "--bip",
+        default="",
+        metavar="CIDR",
+        help="the bridge's address and prefix, as dockerd's (its network is the containers' "
+        "subnet); default: the first address of --bridge-subnet",
     )
     daemon.add_argument("--bridge-subnet", default=DEFAULT_SUBNET)
     daemon.add_argument("--experimental", action="store_true")

@@ -79,6 +79,9 @@ class DaemonConfig:
     network: str = "bridge"
     bridge: str = DEFAULT_BRIDGE
     bridge_subnet: str = DEFAULT_SUBNET
+    #: dockerd's ``--bip``: the bridge's own address and prefix (``10.213.7.1/24``); its
+    #: network is then the subnet. Empty: ``bridge_subnet``, gateway its first address.
+    bridge_ip: str = ""
     #: What one ``docker import`` or ``docker load`` may unpack (bytes, archive members).
     import_limits: ImportLimits = field(default_factory=ImportLimits)
 
@@ -169,7 +172,8 @@ def build_drivers(
             state=data_root / "network" / "ipam.json",
             netns_dir=exec_root / "netns",
             bridge=config.bridge,
-            subnet=config.bridge_subnet,
+            subnet=config.bridge_ip or config.bridge_subnet,
+            gateway=config.bridge_ip.partition("/")[0],
         )
     if runtime is None:
         runtimes = list(config.runtime_table().values())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -304,3 +304,85 @@ async def test_published_ports_answer_again_after_a_reopen(tmp_path: Path, busyb
         assert_nothing_left(roots)
     finally:
         subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def _link(name: str, kind: str, address: str | None) -> Iterator[None]:
+    """A link of this test's own (removed after it), with an address if given."""
+    subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+    _ip(
+        "link", "add", name, "type", kind, *(["peer", "name", name + "p"] if kind == "veth" else [])
+    )
+    try:
+        if address:
+            _ip("addr", "add", address, "dev", name)
+        _ip("link", "set", name, "up")
+        yield
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+
+
+async def _first_start(
+    tmp_path: Path, busybox: Path, refused: str = "", **network: str
+) -> dict[str, object]:
+    """A container's start on a daemon with these bridge settings: its network settings, or
+    (``refused``) the start's error, which must match, leaving nothing behind."""
+    roots = _Roots(tmp_path)
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, network="bridge", **network
+    )
+    settings: dict[str, object] = {}
+    async with open_clean(config) as daemon:
+        await daemon.image_import(str(busybox), repo="busybox")
+        cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        if refused:
+            with pytest.raises(errors.SystemError, match=refused):
+                await daemon.container_start(cid)
+        else:
+            await daemon.container_start(cid)
+            settings = (await daemon.container_inspect(cid))["NetworkSettings"]
+            await daemon.container_wait(cid)
+        await daemon.container_remove(cid, force=True)
+    assert_nothing_left(roots)
+    return settings
+
+
+async def test_a_bridge_with_other_addresses_is_refused_until_bip_names_them(
+    tmp_path: Path, busybox: Path
+) -> None:
+    """A second daemon, or one restarted with another subnet, must never put containers on a
+    bridge the host does not route their subnet to."""
+    with _link("astestbip0", "bridge", "10.213.92.1/24"):
+        await _first_start(
+            tmp_path / "a",
+            busybox,
+            refused=r"has IPv4 address 10\.213\.92\.1/24, not the configured 10\.213\.91\.1/24",
+            bridge="astestbip0",
+            bridge_subnet="10.213.91.0/24",
+        )
+        # dockerd's --bip: the bridge's address, whose network is the containers' subnet.
+        settings = await _first_start(
+            tmp_path / "b", busybox, bridge="astestbip0", bridge_ip="10.213.92.1/24"
+        )
+        assert str(settings["IPAddress"]).startswith("10.213.92.")
+        assert settings["Gateway"] == "10.213.92.1"
+
+
+async def test_a_link_that_is_not_a_bridge_or_a_routed_subnet_is_refused(
+    tmp_path: Path, busybox: Path
+) -> None:
+    with _link("astestbip1", "veth", None):
+        await _first_start(
+            tmp_path / "a", busybox, refused="astestbip1 exists and is not a bridge",
+            bridge="astestbip1",
+        )  # fmt: skip
+    with _link("astestbip2", "veth", "10.213.93.1/24"):
+        await _first_start(
+            tmp_path / "b", busybox, refused=r"overlaps 10\.213\.93\.0/24",
+            bridge="astestbip3", bridge_subnet="10.213.93.0/24",
+        )  # fmt: skip
+    assert not os.path.exists("/sys/class/net/astestbip3"), "no bridge made for a refused subnet"

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,16 @@ DEFAULT_SUBNET = "10.213.0.0/24"
 class Ipam:
     """Addresses of one subnet, handed out per container and kept in a file across restarts."""
 
-    def __init__(self, path: Path, subnet: str) -> None:
+    def __init__(self, path: Path, subnet: str, gateway: str = "") -> None:
         self.path = path
-        self.subnet = ipaddress.IPv4Network(subnet)
-        self.gateway = str(next(self.subnet.hosts()))
+        try:
+            self.subnet = ipaddress.IPv4Network(subnet, strict=False)
+            self.gateway = gateway or str(next(self.subnet.hosts()))
+            inside = ipaddress.IPv4Address(self.gateway) in self.subnet
+        except (ValueError, StopIteration) as exc:
+            raise errors.InvalidParameter(f"invalid bridge network {subnet!r}: {exc}") from None
+        if not inside:
+            raise errors.InvalidParameter(f"gateway {self.gateway} is not in {self.subnet}")
         try:
             self._leases: dict[str, str] = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
@@ -100,9 +107,10 @@ class BridgeNetwork:
         netns_dir: Path,
         bridge: str = DEFAULT_BRIDGE,
         subnet: str = DEFAULT_SUBNET,
+        gateway: str = "",
     ) -> None:
         self.bridge = bridge
-        self.ipam = Ipam(state, subnet)
+        self.ipam = Ipam(state, subnet, gateway)
         self.netns_dir = netns_dir
         self._bridge_index: int | None = None
         self._bridge_lock = anyio.Lock()
@@ -116,10 +124,13 @@ class BridgeNetwork:
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
-            return int((await ipr.link("get", ifname=self.bridge))[0]["index"])
+            found = (await ipr.link("get", ifname=self.bridge))[0]
         except NetlinkError as exc:
             if exc.code != 19:  # ENODEV: not there yet
                 raise
+        else:
+            return await self._check_bridge(ipr, found)
+        await self._check_routes(ipr, None)
         gateway = ipaddress.IPv4Address(self.ipam.gateway)
         try:
             await ipr.link("add", ifname=self.bridge, kind="bridge", address=_mac(str(gateway)))
@@ -134,6 +145,52 @@ class BridgeNetwork:
         await ipr.link("set", index=index, state="up")
         log.info("network.bridge_created", bridge=self.bridge, subnet=str(self.ipam.subnet))
         return index
+
+    async def _check_bridge(self, ipr: Any, link: Any) -> int:
+        """A bridge that is there already is used only if it is a bridge with this network's
+        gateway address (it is given it if it has none), and no other link routes the subnet:
+        otherwise the host would not reach the containers, and their traffic would follow the
+        host's default route out of the machine."""
+        index = int(link["index"])
+        kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+        if kind != "bridge":
+            raise errors.SystemError(
+                f"{self.bridge} exists and is not a bridge ({kind or 'no kind'}): refusing to "
+                f"use it; name another with --bridge"
+            )
+        wanted = f"{self.ipam.gateway}/{self.ipam.subnet.prefixlen}"
+        addresses = [
+            f"{entry.get('address')}/{entry['prefixlen']}"
+            async for entry in await ipr.addr("dump", index=index, family=socket.AF_INET)
+            if entry["index"] == index
+        ]
+        if addresses and wanted not in addresses:
+            raise errors.SystemError(
+                f"bridge {self.bridge} has IPv4 address {', '.join(addresses)}, not the "
+                f"configured {wanted}: refusing to use it (the host would not route its "
+                f"containers' subnet to it); remove the bridge, or start with "
+                f"--bip {addresses[0]}"
+            )
+        await self._check_routes(ipr, index)
+        if not addresses:
+            await ipr.addr(
+                "add", index=index, address=self.ipam.gateway, prefixlen=self.ipam.subnet.prefixlen
+            )
+        await ipr.link("set", index=index, state="up")
+        return index
+
+    async def _check_routes(self, ipr: Any, bridge: int | None) -> None:
+        """Refuse a subnet the host already routes through another link."""
+        async for route in await ipr.route("dump", table=254, family=socket.AF_INET):
+            dst, length, oif = route.get("dst"), route["dst_len"], route.get("oif")
+            if dst is None or length == 0 or oif == bridge:
+                continue
+            routed = ipaddress.IPv4Network(f"{dst}/{length}", strict=False)
+            if routed.overlaps(self.ipam.subnet):
+                raise errors.SystemError(
+                    f"subnet {self.ipam.subnet} of bridge {self.bridge} overlaps {routed}, "
+                    f"which the host routes elsewhere: choose another with --bip"
+                )
 
     async def _configure(
         self, fd: int, path: Path, address: str | None, host_if: str, handed: list[bool]
