@@ -189,7 +189,8 @@ class NetworkStep:
 
 
 class PortsStep:
-    """Published ports (HostConfig.PortBindings): listeners proxying to the container."""
+    """Published ports (``HostConfig.PortBindings``, and with ``PublishAllPorts`` every
+    exposed port on an ephemeral host port): listeners proxying to the container."""
 
     name = "ports"
 
@@ -198,17 +199,31 @@ class PortsStep:
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
-        bindings = record.host_config.port_bindings
         network = ctx.network or {}
         address = network.get("IPAddress")
-        if not bindings or not address:
+        if not address:
             return  # host and none modes publish nothing (as dockerd)
-        plain = {k: [msgspec.to_builtins(b) for b in v or ()] for k, v in bindings.items()}
-        ports = await self.proxy.publish(record.id, record.name, address, plain)
+        bindings: dict[str, list[dict[str, Any]]] = {
+            _port_key(k): [msgspec.to_builtins(b) for b in v or ()]
+            for k, v in (record.host_config.port_bindings or {}).items()
+        }
+        exposed = [_port_key(k) for k in record.config.exposed_ports or {}]
+        if record.host_config.publish_all_ports:
+            for spec in exposed:
+                bindings.setdefault(spec, [{}])  # -P: an ephemeral port, as dockerd
+        if not bindings and not exposed:
+            return
+        ports: dict[str, Any] = {spec: None for spec in exposed}  # exposed, not published
+        ports |= await self.proxy.publish(record.id, record.name, address, bindings)
         ctx.network = {**network, "Ports": ports}
 
     async def undo(self, ctx: StartContext) -> None:
         await self.proxy.unpublish(ctx.record.id)
+
+
+def _port_key(spec: str) -> str:
+    """``80`` is ``80/tcp``, as dockerd's ``nat.Port``."""
+    return spec if "/" in spec else f"{spec}/tcp"
 
 
 def _mount_targets(rootfs: str) -> None:

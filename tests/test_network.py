@@ -386,3 +386,36 @@ async def test_a_link_that_is_not_a_bridge_or_a_routed_subnet_is_refused(
             bridge="astestbip3", bridge_subnet="10.213.93.0/24",
         )  # fmt: skip
     assert not os.path.exists("/sys/class/net/astestbip3"), "no bridge made for a refused subnet"
+
+
+async def test_publish_all_ports_takes_ephemeral_ports(net: asyncstart.Daemon) -> None:
+    """``docker run -P``: every exposed port on a host port of the kernel's ephemeral range;
+    without it, exposed ports are listed unpublished (``null``), as dockerd's inspect."""
+    exposed = {"80/tcp": {}, "8080": {}}
+    script = "while true; do echo hello | nc -l -p 80; done"
+    server = await net.container_create(
+        config={"Image": "busybox", "Cmd": ["sh", "-c", script], "ExposedPorts": exposed},
+        host_config={"PublishAllPorts": True},
+    )
+    await net.container_start(server)
+    ports = (await net.container_inspect(server))["NetworkSettings"]["Ports"]
+    assert set(ports) == {"80/tcp", "8080/tcp"}
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+    low, high = map(int, ephemeral.split())
+    [binding] = ports["80/tcp"]
+    assert binding["HostIp"] == "0.0.0.0" and low <= int(binding["HostPort"]) <= high
+    with anyio.fail_after(20):
+        while True:  # until nc inside listens
+            async with await anyio.connect_tcp("127.0.0.1", int(binding["HostPort"])) as stream:
+                data = b"".join([chunk async for chunk in stream])
+            if data:
+                break
+    assert data == b"hello\n"
+    quiet = await net.container_create(
+        config={"Image": "busybox", "Cmd": ["sleep", "100"], "ExposedPorts": exposed}
+    )
+    await net.container_start(quiet)
+    ports = (await net.container_inspect(quiet))["NetworkSettings"]["Ports"]
+    assert ports == {"80/tcp": None, "8080/tcp": None}
+    for cid in (server, quiet):
+        await net.container_remove(cid, force=True)

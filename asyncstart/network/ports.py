@@ -1,7 +1,12 @@
-"""Published ports: a userland TCP proxy on anyio from a host address to the container's.
+"""Published ports: a userland TCP and UDP proxy on anyio from a host address to the
+container's.
 
-dockerd's ``docker-proxy``, in-process: one listener per binding, started with the container
-and closed with it. A port already in use fails the start with dockerd's error.
+dockerd's ``docker-proxy``, in-process: one listener (TCP) or socket (UDP) per binding,
+started with the container and closed with it. A port already in use fails the start with
+dockerd's error; port 0 (``-P``, or a binding without a host port) takes one from the kernel's
+ephemeral range (``net.ipv4.ip_local_port_range``, dockerd's too). UDP: each client address
+gets a socket of its own towards the container, dropped after 90 s without traffic (as
+docker-proxy's UDP timeout).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from .. import errors
 __all__ = ["PortProxy"]
 
 log = structlog.get_logger("asyncstart.network.ports")
+
+#: Seconds a UDP client may be silent before its way to the container is dropped.
+_UDP_IDLE = 90.0
 
 
 @dataclass(slots=True)
@@ -48,24 +56,30 @@ class PortProxy:
         """Listen for each binding; return dockerd's ``NetworkSettings.Ports``."""
         ports: dict[str, list[dict[str, str]]] = {}
         for spec in bindings:
-            if spec.partition("/")[2] not in ("", "tcp"):
+            if spec.partition("/")[2] not in ("", "tcp", "udp"):
                 raise errors.InvalidParameter(f"unsupported protocol for port {spec}")
         published = self._published.setdefault(container_id, [])
         try:
             for spec, hosts in sorted(bindings.items()):
-                port_text = spec.partition("/")[0]
+                port_text, _, proto = spec.partition("/")
+                proto = proto or "tcp"
                 for host in hosts or [{}]:
                     host_ip = host.get("HostIp") or "0.0.0.0"
                     host_port = int(host.get("HostPort") or 0)
                     try:
-                        listener = await anyio.create_tcp_listener(
-                            local_host=host_ip, local_port=host_port, reuse_port=False
-                        )
+                        if proto == "tcp":
+                            listener: Any = await anyio.create_tcp_listener(
+                                local_host=host_ip, local_port=host_port, reuse_port=False
+                            )
+                        else:
+                            listener = await anyio.create_udp_socket(
+                                local_host=host_ip, local_port=host_port
+                            )
                     except OSError as exc:
                         detail = (
                             f"Bind for {host_ip}:{host_port} failed: port is already allocated"
                             if exc.errno == errno.EADDRINUSE
-                            else f"Error starting userland proxy: listen tcp4 "
+                            else f"Error starting userland proxy: listen {proto}4 "
                             f"{host_ip}:{host_port}: bind: {exc.strerror}"
                         )
                         raise errors.SystemError(
@@ -75,8 +89,9 @@ class PortProxy:
                     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
                     entry = _Published()
                     published.append(entry)
-                    self._tg.start_soon(self._serve, listener, address, int(port_text), entry)
-                    ports.setdefault(f"{port_text}/tcp", []).append(
+                    serve = self._serve if proto == "tcp" else self._serve_udp
+                    self._tg.start_soon(serve, listener, address, int(port_text), entry)
+                    ports.setdefault(f"{port_text}/{proto}", []).append(
                         {"HostIp": host_ip, "HostPort": str(bound)}
                     )
         except BaseException:
@@ -102,6 +117,43 @@ class PortProxy:
             with entry.scope:
                 async with listener:
                     await listener.serve(forward)
+        finally:
+            entry.closed.set()
+
+    async def _serve_udp(
+        self, socket: anyio.abc.UDPSocket, address: str, port: int, entry: _Published
+    ) -> None:
+        """Datagrams from each client go out on its own socket to the container; the
+        container's answers come back to that client."""
+        peers: dict[tuple[str, int], anyio.abc.ConnectedUDPSocket] = {}
+
+        async def answer(client: tuple[str, int], upstream: anyio.abc.ConnectedUDPSocket) -> None:
+            try:
+                while True:
+                    with anyio.move_on_after(_UDP_IDLE) as idle:
+                        data = await upstream.receive()
+                    if idle.cancelled_caught:
+                        return
+                    await socket.sendto(data, *client)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            finally:
+                peers.pop(client, None)
+                await upstream.aclose()
+
+        try:
+            with entry.scope:
+                async with socket, anyio.create_task_group() as tg:
+                    async for data, client in socket:
+                        upstream = peers.get(client)
+                        if upstream is None:
+                            upstream = await anyio.create_connected_udp_socket(address, port)
+                            peers[client] = upstream
+                            tg.start_soon(answer, client, upstream)
+                        with contextlib.suppress(
+                            OSError, anyio.BrokenResourceError, anyio.ClosedResourceError
+                        ):
+                            await upstream.send(data)
         finally:
             entry.closed.set()
 
