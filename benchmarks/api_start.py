@@ -674,6 +674,8 @@ def main() -> None:
     finally:
         if bridge is not None and Path("/sys/class/net", bridge[0]).exists():
             subprocess.run(["ip", "link", "del", bridge[0]], check=False)
+            subprocess.run(["nft", "delete", "table", "ip", f"asyncstart-{bridge[0]}"],
+                           check=False, capture_output=True)  # fmt: skip
     header = f"api_start backend={args.backend} runtime={runtime} "
     if runtime == "runc":
         header += f"network={args.network} " + (f"({bridge[0]} {bridge[1]}) " if bridge else "")

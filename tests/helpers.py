@@ -72,3 +72,14 @@ async def open_clean(
                 for row in await daemon.containers_list(all=True):
                     with contextlib.suppress(errors.DockerError):
                         await daemon.container_remove(row["Id"], force=True)
+
+
+def remove_bridge(name: str) -> None:
+    """Remove a test's own bridge and its network's firewall table (both stay with a network
+    otherwise, as docker0 and its rules do)."""
+    import subprocess
+
+    subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+    subprocess.run(
+        ["nft", "delete", "table", "ip", f"asyncstart-{name}"], check=False, capture_output=True
+    )

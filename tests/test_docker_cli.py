@@ -23,7 +23,7 @@ import pytest
 import asyncstart
 
 from . import test_runc
-from .helpers import real_containers
+from .helpers import real_containers, remove_bridge
 from .test_runc import _Roots, assert_nothing_left, open_clean
 
 pytestmark = real_containers(("needs the docker CLI", shutil.which("docker") is None))
@@ -42,7 +42,7 @@ busybox_tar = test_runc.busybox_tar
 @pytest.fixture(scope="module", autouse=True)
 def _own_bridge() -> Iterator[None]:
     yield
-    subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+    remove_bridge(BRIDGE)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import asyncstart
 from asyncstart import errors
 from asyncstart.images.busybox import build_busybox_tar, find_static_busybox
 
-from .helpers import real_containers
+from .helpers import real_containers, remove_bridge
 from .test_runc import _Roots, assert_nothing_left, open_clean
 
 pytestmark = real_containers()
@@ -56,7 +56,7 @@ async def net(tmp_path: Path, busybox: Path) -> AsyncIterator[asyncstart.Daemon]
         assert_nothing_left(roots)
     finally:
         with contextlib.suppress(Exception):
-            subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+            remove_bridge(BRIDGE)
 
 
 async def _run(daemon: asyncstart.Daemon, *cmd: str, **host: object) -> str:
@@ -221,7 +221,7 @@ async def test_a_reopened_daemon_frees_what_dead_containers_held(
             assert set(json_leases(roots)) == {keeps, again}
         assert_nothing_left(roots)
     finally:
-        subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+        remove_bridge(BRIDGE)
 
 
 def json_leases(roots: _Roots) -> dict[str, str]:
@@ -303,7 +303,7 @@ async def test_published_ports_answer_again_after_a_reopen(tmp_path: Path, busyb
             await daemon.container_remove(server, force=True)
         assert_nothing_left(roots)
     finally:
-        subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
+        remove_bridge(BRIDGE)
 
 
 def _ip(*args: str) -> None:
@@ -313,7 +313,7 @@ def _ip(*args: str) -> None:
 @contextlib.contextmanager
 def _link(name: str, kind: str, address: str | None) -> Iterator[None]:
     """A link of this test's own (removed after it), with an address if given."""
-    subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+    remove_bridge(name)
     _ip(
         "link", "add", name, "type", kind, *(["peer", "name", name + "p"] if kind == "veth" else [])
     )
@@ -323,7 +323,7 @@ def _link(name: str, kind: str, address: str | None) -> Iterator[None]:
         _ip("link", "set", name, "up")
         yield
     finally:
-        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+        remove_bridge(name)
 
 
 async def _first_start(

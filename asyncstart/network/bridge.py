@@ -23,6 +23,7 @@ import anyio
 import structlog
 
 from .. import errors
+from .firewall import Firewall, nft_installed
 from .netlink import create_netns, delete_netns, netlink
 
 __all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "BridgeNetwork", "Ipam"]
@@ -111,6 +112,7 @@ class BridgeNetwork:
     ) -> None:
         self.bridge = bridge
         self.ipam = Ipam(state, subnet, gateway)
+        self.firewall = Firewall(bridge, str(self.ipam.subnet))
         self.netns_dir = netns_dir
         self._bridge_index: int | None = None
         self._bridge_lock = anyio.Lock()
@@ -252,7 +254,9 @@ class BridgeNetwork:
         if network_mode != "none" and self._bridge_index is None:
             async with self._bridge_lock:  # the first starts must not race to create it
                 if self._bridge_index is None:
-                    self._bridge_index = await netlink(self._bridge_once)
+                    index = await netlink(self._bridge_once)
+                    await self._program_firewall()
+                    self._bridge_index = index
         path = self.sandbox(container_id)
         fd = await create_netns(path)
         handed = [False]  # whether pyroute2 took the socket (it then closes it)
@@ -285,6 +289,17 @@ class BridgeNetwork:
             "MacAddress": _mac(address),
         }
         return {"SandboxKey": str(path), **endpoint, "Networks": {"bridge": endpoint}}
+
+    async def _program_firewall(self) -> None:
+        """The network's rules, once per daemon (found again and made anew after a restart)."""
+        if not nft_installed():
+            log.warning(
+                "network.no_firewall",
+                bridge=self.bridge,
+                reason="nft not installed: containers reach the bridge only (no NAT)",
+            )
+            return
+        await self.firewall.ensure()
 
     async def teardown(self, container_id: str) -> None:
         await delete_netns(self.sandbox(container_id))

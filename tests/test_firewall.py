@@ -1,0 +1,156 @@
+"""A network's firewall, for real, in network namespaces these tests make: one plays the host
+(its forward hook drops by default, as on a host that runs Docker, with Docker's
+``DOCKER-USER`` chain), another plays the world outside it. The daemon is a process of its own
+in the "host" namespace (``nsenter --net``: the mounts stay the machine's).
+
+The outside namespace has no route back to the containers' subnet: a reply reaches a container
+only through the masquerade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from asyncstart import Client
+
+from . import test_runc
+from .helpers import real_containers
+from .test_runc import _Roots, assert_nothing_left
+
+pytestmark = real_containers(
+    ("needs nft", shutil.which("nft") is None), ("needs nsenter", shutil.which("nsenter") is None)
+)
+
+busybox_tar = test_runc.busybox_tar
+
+HOST, OUTSIDE = "astest-fwhost", "astest-fwout"
+SUBNET = "10.213.210.0/24"
+UPLINK, WORLD = "10.213.211.1", "10.213.211.2"  # the "host" and the "outside", a /30
+#: Docker's layout: FORWARD drops by default and first jumps to DOCKER-USER, which returns.
+DOCKER_LIKE = """
+add table ip filter
+add chain ip filter DOCKER-USER
+add rule ip filter DOCKER-USER return
+add chain ip filter FORWARD { type filter hook forward priority filter; policy drop; }
+add rule ip filter FORWARD jump DOCKER-USER
+"""
+
+
+def _run(*argv: str, input: str | None = None) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, input=input).stdout
+
+
+def _in(namespace: str, *argv: str, input: str | None = None) -> str:
+    return _run("ip", "netns", "exec", namespace, *argv, input=input)
+
+
+@contextlib.contextmanager
+def _world() -> Iterator[None]:
+    """The "host" (forward drops) and the "outside" namespaces, linked by a veth /30."""
+    for name in (HOST, OUTSIDE):
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    try:
+        for name in (HOST, OUTSIDE):
+            _run("ip", "netns", "add", name)
+            _in(name, "ip", "link", "set", "lo", "up")
+        _run("ip", "-n", HOST, "link", "add", "uplink", "type", "veth", "peer", "eth0",
+             "netns", OUTSIDE)  # fmt: skip
+        _in(HOST, "ip", "addr", "add", f"{UPLINK}/30", "dev", "uplink")
+        _in(HOST, "ip", "link", "set", "uplink", "up")
+        _in(OUTSIDE, "ip", "addr", "add", f"{WORLD}/30", "dev", "eth0")
+        _in(OUTSIDE, "ip", "link", "set", "eth0", "up")
+        _in(HOST, "nft", "-f", "-", input=DOCKER_LIKE)
+        # (A new namespace may take the machine's setting.)
+        _in(HOST, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
+        yield
+    finally:
+        for name in (HOST, OUTSIDE):
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@asynccontextmanager
+async def _engine(roots: _Roots, sock: Path) -> AsyncIterator[Client]:
+    """``asyncstart daemon`` in the "host" namespace, and a client of it."""
+    argv = [
+        "nsenter", f"--net=/run/netns/{HOST}", "--",
+        sys.executable, "-m", "asyncstart", "daemon",
+        "--data-root", str(roots.data), "--exec-root", str(roots.exec),
+        "-H", f"unix://{sock}", "--bridge-subnet", SUBNET,
+    ]  # fmt: skip
+    process = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        assert process.stderr is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"API listen on" not in seen:
+                seen += await process.stderr.receive()
+        async with Client(f"unix://{sock}") as client:
+            yield client
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await process.wait()
+
+
+async def _exit_code(client: Client, *cmd: str) -> tuple[int, str]:
+    cid = await client.container_create(config={"Image": "busybox", "Cmd": list(cmd)})
+    await client.container_start(cid)
+    code = (await client.container_wait(cid))["StatusCode"]
+    text = b"".join([d async for _, d in client.container_logs(cid)]).decode()
+    await client.container_remove(cid)
+    return int(code), text
+
+
+def _ours_in_docker_user() -> list[dict[str, Any]]:
+    listed = json.loads(_in(HOST, "nft", "-j", "list", "chain", "ip", "filter", "DOCKER-USER"))
+    return [
+        item["rule"]
+        for item in listed["nftables"]
+        if "rule" in item and str(item["rule"].get("comment", "")).startswith("asyncstart:")
+    ]
+
+
+async def test_containers_reach_each_other_and_the_outside_through_a_dropping_host(
+    tmp_path: Path, busybox_tar: Path
+) -> None:
+    roots, sock = _Roots(tmp_path), tmp_path / "s.sock"
+    with _world():
+        # Without the daemon's rules, the host forwards nothing.
+        assert _in(HOST, "cat", "/proc/sys/net/ipv4/ip_forward").strip() == "0"
+        async with _engine(roots, sock) as client:
+            await client.image_import(busybox_tar, repo="busybox", tag="latest")
+            peer = await client.container_create(
+                config={"Image": "busybox", "Cmd": ["sleep", "1000"]}
+            )
+            await client.container_start(peer)
+            address = (await client.container_inspect(peer))["NetworkSettings"]["IPAddress"]
+            # Container to container, across the bridge (br_netfilter puts it through FORWARD).
+            code, text = await _exit_code(client, "ping", "-c", "1", "-W", "5", address)
+            assert code == 0, text
+            # Container to the outside, which knows no route back: only NAT brings the reply.
+            code, text = await _exit_code(client, "ping", "-c", "1", "-W", "5", WORLD)
+            assert code == 0, text
+            assert len(_ours_in_docker_user()) == 2
+            await client.container_remove(peer, force=True)
+        # A restarted daemon finds its rules again and makes them anew: not twice.
+        async with _engine(roots, sock) as client:
+            code, text = await _exit_code(client, "ping", "-c", "1", "-W", "5", WORLD)
+            assert code == 0, text
+            assert len(_ours_in_docker_user()) == 2
+            tables = _in(HOST, "nft", "list", "tables")
+            assert tables.count("table ip asyncstart-asyncstart0") == 1
+    assert_nothing_left(roots)
+    assert not os.path.exists(f"/run/netns/{HOST}")
