@@ -117,11 +117,17 @@ class Daemon:
         actor.state_changed(info)
 
     def _network_peer(self, reference: str) -> tuple[str, int, dict[str, Any]]:
-        """For ``container:<ref>``: the container's ID, its pid (0 unless running) and its
-        network settings with its hostname."""
+        """For ``container:<ref>`` and links: the container's ID, its pid (0 unless running)
+        and its network settings with its hostname, name, environment and exposed ports."""
         snapshot = self._snapshot(reference)
         record = snapshot.record
-        settings = {**record.network_settings, "Hostname": record.config.hostname}
+        settings = {
+            **record.network_settings,
+            "Hostname": record.config.hostname,
+            "Name": record.name,
+            "Env": list(record.config.env or ()),
+            "ExposedPorts": list(record.config.exposed_ports or {}),
+        }
         return record.id, record.pid if snapshot.process_exists else 0, settings
 
     def _forget(self, record: ContainerRecord) -> None:

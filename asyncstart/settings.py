@@ -72,7 +72,6 @@ _NOT_APPLIED: dict[str, tuple[Any, ...]] = {
     "BlkioDeviceReadIOps": (None, []),
     "BlkioDeviceWriteIOps": (None, []),
     "Init": (None, False),
-    "Links": (None, []),
     "VolumesFrom": (None, []),
     "VolumeDriver": ("",),
     "Cgroup": ("",),
@@ -269,6 +268,20 @@ def _decode_checks(config: Config, host: HostConfig) -> None:
         raise errors.InvalidParameter(
             f"invalid isolation ({host.isolation}): linux only supports 'default'"
         )
+    if host.links:
+        mode = host.network_mode
+        if mode == "host":
+            raise errors.InvalidParameter(
+                "conflicting options: host type networking can't be used with links. "
+                "This would result in undefined behavior"
+            )
+        if mode.startswith("container:"):
+            raise errors.InvalidParameter(
+                "conflicting options: container type network can't be used with links. "
+                "This would result in undefined behavior"
+            )
+        for link in host.links:
+            parse_link(link)
     if host.io_maximum_bandwidth:
         raise errors.InvalidParameter(
             "invalid option: QoS maximum bandwidth configuration is not supported on linux"
@@ -277,6 +290,16 @@ def _decode_checks(config: Config, host: HostConfig) -> None:
         raise errors.InvalidParameter(
             "invalid option: QoS maximum IOPs configuration is not supported on linux"
         )
+
+
+def parse_link(link: str) -> tuple[str, str]:
+    """A legacy link, ``name[:alias]`` (or dockerd's stored ``/name:/parent/alias``): the
+    linked container's name and the alias it goes by (its name if none)."""
+    name, _, alias = link.partition(":")
+    name, alias = name.strip("/"), alias.rsplit("/", 1)[-1]
+    if not name or ":" in alias:
+        raise errors.InvalidParameter(f"invalid link format: {link!r}")
+    return name, alias or name
 
 
 def refuse_health_check(config: Config) -> None:

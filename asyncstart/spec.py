@@ -170,12 +170,16 @@ def build_spec(
     kernel: tuple[int, int] | None = None,
     apparmor: bool = False,
     absent_arches: Iterable[str] = (),
+    extra_env: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The ``config.json`` for one start. ``netns`` None shares the host's network namespace;
     ``userns`` (uid, gid, size) runs it in a user namespace whose root is that uid/gid.
     ``arch`` (Go's GOARCH), ``kernel`` (version, major) and ``apparmor`` (the host has it) are
-    the machine's facts the seccomp filter and ``SecurityOpt`` depend on."""
-    env = list(config.env or ())
+    the machine's facts the seccomp filter and ``SecurityOpt`` depend on. ``extra_env`` (what
+    legacy links give) comes before the container's own ``Env``, which overrides it."""
+    own = list(config.env or ())
+    named = {item.partition("=")[0] for item in own}
+    env = [item for item in extra_env if item.partition("=")[0] not in named] + own
     if not any(item.startswith("PATH=") for item in env):
         env.insert(0, DEFAULT_PATH)
     if config.tty and not any(item.startswith("TERM=") for item in env):

@@ -26,12 +26,13 @@ from .hostinfo import absent_seccomp_arches, apparmor_enabled, go_arch
 from .images import MountDriver
 from .logs import LogSource, log_options
 from .network import NetworkDriver
-from .network.files import hostname_file, hosts_file, resolv_conf
+from .network.files import Link, hostname_file, hosts_file, link_env, resolv_conf
 from .network.ports import PortProxy
 from .record import ContainerRecord
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
 from .seccomp import parse_kernel_release
+from .settings import parse_link
 from .spec import build_spec
 
 __all__ = ["MountStep", "NetworkStep", "RuntimeStep", "SpecStep", "StartContext", "Step"]
@@ -51,6 +52,8 @@ class StartContext:
     pid: int = 0
     #: Set by a step that knows better than dockerd's default 128 (e.g. 127: not found).
     exit_code: int = 0
+    #: The environment its legacy links give the process (``<ALIAS>_PORT``...).
+    link_env: list[str] = field(default_factory=list)
     #: Seconds spent in each phase of this start, for logs, the demo and benchmarks.
     durations: dict[str, float] = field(default_factory=dict)
 
@@ -106,11 +109,13 @@ class NetworkStep:
         if mode.startswith("container:"):
             ctx.network = self._join(record.id, mode.partition(":")[2])
             return
+        links = self._links(record)
+        ctx.link_env = [item for link in links for item in link_env(record.name, link)]
         ctx.network = await self.network.setup(record.id, mode)
         if self.files_root is not None:
             try:
                 ctx.network |= await anyio.to_thread.run_sync(
-                    self._prepare_files, record, ctx.network, ctx.rootfs
+                    self._prepare_files, record, ctx.network, ctx.rootfs, links
                 )
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
@@ -132,16 +137,47 @@ class NetworkStep:
         shared = {k: v for k, v in settings.items() if k.endswith("Path") or k == "Hostname"}
         return {"SandboxKey": f"/proc/{pid}/ns/net", "Networks": {}, **shared}
 
+    def _links(self, record: ContainerRecord) -> list[Link]:
+        """The containers its legacy links name, each running (dockerd's errors otherwise)."""
+        links = []
+        for text in record.host_config.links or ():
+            name, alias = parse_link(text)
+            if self.peers is None:
+                raise errors.InvalidParameter("links are not available")
+            target_id, pid, settings = self.peers(name)
+            parent = record.name.strip("/")
+            if not pid:
+                raise errors.Conflict(
+                    f"Cannot link to a non running container: /{name} AS /{parent}/{alias}"
+                )
+            links.append(
+                Link(
+                    alias=alias,
+                    container_id=target_id,
+                    name=str(settings.get("Name", name)).strip("/"),
+                    address=str(settings.get("IPAddress") or ""),
+                    exposed=list(settings.get("ExposedPorts") or ()),
+                    env=list(settings.get("Env") or ()),
+                )
+            )
+        return [link for link in links if link.address]
+
     def _prepare_files(
-        self, record: ContainerRecord, network: dict[str, Any], rootfs: str | None
+        self,
+        record: ContainerRecord,
+        network: dict[str, Any],
+        rootfs: str | None,
+        links: list[Link],
     ) -> dict[str, Any]:
         """In one trip to a worker thread: the files written, their mount targets made."""
-        paths = self._write_files(record, network)
+        paths = self._write_files(record, network, links)
         if rootfs:
             _mount_targets(rootfs)
         return paths
 
-    def _write_files(self, record: ContainerRecord, network: dict[str, Any]) -> dict[str, Any]:
+    def _write_files(
+        self, record: ContainerRecord, network: dict[str, Any], links: list[Link]
+    ) -> dict[str, Any]:
         assert self.files_root is not None
         directory = self.files_root / record.id
         config, host_config = record.config, record.host_config
@@ -160,6 +196,7 @@ class NetworkStep:
                 config.domainname,
                 network.get("IPAddress") or None,
                 host_config.extra_hosts or (),
+                links,
             )
         files = {
             "hostname": hostname_file(config.hostname),
@@ -327,6 +364,7 @@ class SpecStep:
                 if network.get(key)
             },
             hostname=network.get("Hostname"),
+            extra_env=ctx.link_env,
             userns=self.userns,
             arch=self.arch,
             kernel=self.kernel,

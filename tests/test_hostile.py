@@ -423,7 +423,7 @@ async def test_an_import_beyond_the_limits_is_a_400_and_leaves_nothing(
         ({}, {"DeviceCgroupRules": ["c 1:3 mr"]}, "HostConfig.DeviceCgroupRules"),
         ({}, {"DeviceRequests": [{"Count": -1}]}, "HostConfig.DeviceRequests"),
         ({}, {"Init": True}, "HostConfig.Init"),
-        ({}, {"Links": ["db:db"]}, "HostConfig.Links"),
+        ({}, {"Links": ["db:db"], "NetworkMode": "host"}, "host type networking can't be used"),
         ({}, {"VolumesFrom": ["other"]}, "HostConfig.VolumesFrom"),
         ({}, {"VolumeDriver": "local"}, "HostConfig.VolumeDriver"),
         ({}, {"Cgroup": "container:web2"}, "HostConfig.Cgroup"),

@@ -419,3 +419,36 @@ async def test_publish_all_ports_takes_ephemeral_ports(net: asyncstart.Daemon) -
     assert ports == {"80/tcp": None, "8080/tcp": None}
     for cid in (server, quiet):
         await net.container_remove(cid, force=True)
+
+
+async def test_legacy_links_name_and_describe_the_linked_container(net: asyncstart.Daemon) -> None:
+    """``--link db:store`` on the default bridge: ``store`` resolves to db (``/etc/hosts``)
+    and dockerd's ``STORE_*`` variables describe it; a stopped one cannot be linked (409),
+    and host networking refuses links at create (400)."""
+    db = await net.container_create(
+        name="db",
+        config={"Image": "busybox", "Cmd": ["sleep", "1000"], "Env": ["SECRET=s3"],
+                "ExposedPorts": {"6379/tcp": {}}},
+    )  # fmt: skip
+    await net.container_start(db)
+    address = (await net.container_inspect(db))["NetworkSettings"]["IPAddress"]
+    web = await net.container_create(
+        name="web",
+        config={"Image": "busybox", "Cmd": ["sh", "-c", "ping -c 1 -W 5 store && env"]},
+        host_config={"Links": ["db:store"]},
+    )
+    await net.container_start(web)
+    out = await _output(net, web)
+    assert f"PING store ({address})" in out
+    for line in (f"STORE_PORT=tcp://{address}:6379", "STORE_NAME=/web/store",
+                 "STORE_ENV_SECRET=s3", f"STORE_PORT_6379_TCP_ADDR={address}"):  # fmt: skip
+        assert line in out.splitlines(), line
+    await net.container_stop(db, timeout=0)
+    with pytest.raises(errors.Conflict, match="Cannot link to a non running container: /db AS"):
+        await net.container_start(web)
+    with pytest.raises(errors.InvalidParameter, match="host type networking can't be used"):
+        await net.container_create(
+            config={"Image": "busybox"}, host_config={"Links": ["db"], "NetworkMode": "host"}
+        )
+    for cid in (web, db):
+        await net.container_remove(cid, force=True)

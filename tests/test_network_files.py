@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from asyncstart.network.files import hostname_file, hosts_file, resolv_conf
 
 HOST = """# generated
@@ -48,3 +50,55 @@ def test_ipam_hands_out_addresses_in_rotation_and_persists(tmp_path) -> None:  #
         ipam.allocate("g")
     ipam.keep_only({"c"})
     assert list(ipam.leases()) == ["c"]
+
+
+def test_a_link_gives_dockerds_environment_and_hosts_line() -> None:
+    from asyncstart.network.files import Link, hosts_file, link_env
+
+    link = Link(
+        alias="my-db",
+        container_id="0123456789abcdef" * 4,
+        name="db",
+        address="10.213.0.5",
+        exposed=["6379/tcp", "53/udp", "80"],
+        env=["PATH=/bin", "HOME=/root", "PASSWORD=x=y", "BARE"],
+    )
+    assert link_env("/web", link) == [
+        "MY_DB_NAME=/web/my-db",
+        "MY_DB_PORT=udp://10.213.0.5:53",
+        "MY_DB_PORT_53_UDP=udp://10.213.0.5:53",
+        "MY_DB_PORT_53_UDP_ADDR=10.213.0.5",
+        "MY_DB_PORT_53_UDP_PORT=53",
+        "MY_DB_PORT_53_UDP_PROTO=udp",
+        "MY_DB_PORT_80_TCP=tcp://10.213.0.5:80",
+        "MY_DB_PORT_80_TCP_ADDR=10.213.0.5",
+        "MY_DB_PORT_80_TCP_PORT=80",
+        "MY_DB_PORT_80_TCP_PROTO=tcp",
+        "MY_DB_PORT_6379_TCP=tcp://10.213.0.5:6379",
+        "MY_DB_PORT_6379_TCP_ADDR=10.213.0.5",
+        "MY_DB_PORT_6379_TCP_PORT=6379",
+        "MY_DB_PORT_6379_TCP_PROTO=tcp",
+        "MY_DB_ENV_PASSWORD=x=y",
+    ]
+    hosts = hosts_file("web", "", "10.213.0.6", links=[link])
+    assert "10.213.0.5\tmy-db 0123456789ab db\n" in hosts
+    assert hosts.index("my-db") < hosts.index("10.213.0.6\tweb")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("db", ("db", "db")), ("db:store", ("db", "store")), ("/db:/web/store", ("db", "store"))],
+)
+def test_link_forms(text: str, expected: tuple[str, str]) -> None:
+    from asyncstart.settings import parse_link
+
+    assert parse_link(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":alias", "/:x"])
+def test_a_bad_link_is_refused(text: str) -> None:
+    from asyncstart import errors
+    from asyncstart.settings import parse_link
+
+    with pytest.raises(errors.InvalidParameter, match="invalid link format"):
+        parse_link(text)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-__all__ = ["hostname_file", "hosts_file", "resolv_conf"]
+__all__ = ["Link", "hostname_file", "hosts_file", "link_env", "resolv_conf"]
 
 _HOSTS_HEADER = (
     "127.0.0.1\tlocalhost\n"
@@ -20,18 +21,64 @@ _HOSTS_HEADER = (
 DEFAULT_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A legacy link (``--link name:alias``) as the linking container sees it."""
+
+    alias: str
+    #: The linked container: its ID, name (no slash), address, exposed ports, environment.
+    container_id: str
+    name: str
+    address: str
+    exposed: Sequence[str] = ()
+    env: Sequence[str] = ()
+
+
+def link_env(parent: str, link: Link) -> list[str]:
+    """dockerd's environment for a link: ``<ALIAS>_NAME``, ``<ALIAS>_PORT`` (the lowest exposed
+    port) and ``<ALIAS>_PORT_<port>_<PROTO>[_ADDR|_PORT|_PROTO]`` per port, and the linked
+    container's environment as ``<ALIAS>_ENV_<name>`` (not HOME or PATH)."""
+    prefix = link.alias.upper().replace("-", "_")
+    env = [f"{prefix}_NAME=/{parent.strip('/')}/{link.alias}"]
+    ports = sorted(
+        (int(number), proto or "tcp")
+        for number, _, proto in (spec.partition("/") for spec in link.exposed)
+        if number.isdigit()
+    )
+    for index, (number, proto) in enumerate(ports):
+        url = f"{proto}://{link.address}:{number}"
+        if index == 0:
+            env.append(f"{prefix}_PORT={url}")
+        key = f"{prefix}_PORT_{number}_{proto.upper()}"
+        env += [f"{key}={url}", f"{key}_ADDR={link.address}", f"{key}_PORT={number}",
+                f"{key}_PROTO={proto}"]  # fmt: skip
+    for item in link.env:
+        name, sep, value = item.partition("=")
+        if sep and name not in ("HOME", "PATH"):
+            env.append(f"{prefix}_ENV_{name}={value}")
+    return env
+
+
 def hostname_file(hostname: str) -> str:
     return hostname + "\n"
 
 
 def hosts_file(
-    hostname: str, domainname: str, address: str | None, extra_hosts: Sequence[str] = ()
+    hostname: str,
+    domainname: str,
+    address: str | None,
+    extra_hosts: Sequence[str] = (),
+    links: Sequence[Link] = (),
 ) -> str:
-    """dockerd's /etc/hosts: localhost lines, ExtraHosts (``name:ip``), the container itself."""
+    """dockerd's /etc/hosts: localhost lines, ExtraHosts (``name:ip``), linked containers (by
+    alias, ID and name), the container itself."""
     lines = [_HOSTS_HEADER]
     for entry in extra_hosts:
         name, _, ip = entry.partition(":")
         lines.append(f"{ip}\t{name}\n")
+    for link in links:
+        aliases = dict.fromkeys([link.alias, link.container_id[:12], link.name])
+        lines.append(f"{link.address}\t{' '.join(aliases)}\n")
     if address:
         names = f"{hostname}.{domainname} {hostname}" if domainname else hostname
         lines.append(f"{address}\t{names}\n")

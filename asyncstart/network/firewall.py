@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -108,7 +109,7 @@ class Firewall:
             if "rule" in item and item["rule"].get("comment") == self._mark
         ]
 
-    async def _json(self, *args: str) -> list[dict[str, object]]:
+    async def _json(self, *args: str) -> list[dict[str, Any]]:
         result = await self._run("-j", *args)
         if result.returncode != 0:
             return []
