@@ -247,10 +247,12 @@ class PortsStep:
         exposed = [_port_key(k) for k in record.config.exposed_ports or {}]
         if record.host_config.publish_all_ports:
             for spec in exposed:
-                bindings.setdefault(spec, [{}])  # -P: an ephemeral port, as dockerd
+                if not bindings.get(spec):
+                    bindings[spec] = [{}]  # -P: an ephemeral port, as dockerd
         if not bindings and not exposed:
             return
-        ports: dict[str, Any] = {spec: None for spec in exposed}  # exposed, not published
+        # Exposed or bound to nothing: not published (null), as dockerd.
+        ports: dict[str, Any] = dict.fromkeys([*exposed, *bindings])
         ports |= await self.proxy.publish(record.id, record.name, address, bindings)
         ctx.network = {**network, "Ports": ports}
 

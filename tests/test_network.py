@@ -412,11 +412,12 @@ async def test_publish_all_ports_takes_ephemeral_ports(net: asyncstart.Daemon) -
                 break
     assert data == b"hello\n"
     quiet = await net.container_create(
-        config={"Image": "busybox", "Cmd": ["sleep", "100"], "ExposedPorts": exposed}
+        config={"Image": "busybox", "Cmd": ["sleep", "100"], "ExposedPorts": exposed},
+        host_config={"PortBindings": {"9000/tcp": []}},  # bound to nothing: not published
     )
     await net.container_start(quiet)
     ports = (await net.container_inspect(quiet))["NetworkSettings"]["Ports"]
-    assert ports == {"80/tcp": None, "8080/tcp": None}
+    assert ports == {"80/tcp": None, "8080/tcp": None, "9000/tcp": None}
     for cid in (server, quiet):
         await net.container_remove(cid, force=True)
 

@@ -26,8 +26,12 @@ __all__ = ["PortProxy"]
 
 log = structlog.get_logger("asyncstart.network.ports")
 
-#: Seconds a UDP client may be silent before its way to the container is dropped.
+#: Seconds a UDP client's way to the container lasts without traffic either way.
 _UDP_IDLE = 90.0
+#: UDP clients served at once per published port.
+_UDP_PEERS = 1024
+#: Seconds before a failed accept (no fds left) is tried again.
+_RETRY = 0.1
 
 
 @dataclass(slots=True)
@@ -63,7 +67,7 @@ class PortProxy:
             for spec, hosts in sorted(bindings.items()):
                 port_text, _, proto = spec.partition("/")
                 proto = proto or "tcp"
-                for host in hosts or [{}]:
+                for host in hosts:
                     host_ip = host.get("HostIp") or "0.0.0.0"
                     host_port = int(host.get("HostPort") or 0)
                     try:
@@ -103,6 +107,9 @@ class PortProxy:
     async def _serve(
         self, listener: anyio.abc.Listener[Any], address: str, port: int, entry: _Published
     ) -> None:
+        """Accept and forward until the container's ports close. A failed accept (no fds
+        left) or connect costs that client only: never the daemon."""
+
         async def forward(client: anyio.abc.ByteStream) -> None:
             async with client:
                 try:
@@ -113,32 +120,49 @@ class PortProxy:
                     tg.start_soon(_pipe, client, upstream)
                     tg.start_soon(_pipe, upstream, client)
 
+        async def accept(one: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
+            while True:
+                try:
+                    client = await one.accept()
+                except OSError as exc:
+                    log.warning("ports.accept_failed", port=port, error=str(exc))
+                    await anyio.sleep(_RETRY)
+                    continue
+                tg.start_soon(forward, client)
+
         try:
             with entry.scope:
-                async with listener:
-                    await listener.serve(forward)
+                async with listener, anyio.create_task_group() as tg:
+                    for one in getattr(listener, "listeners", [listener]):
+                        tg.start_soon(accept, one, tg)
         finally:
             entry.closed.set()
 
     async def _serve_udp(
         self, socket: anyio.abc.UDPSocket, address: str, port: int, entry: _Published
     ) -> None:
-        """Datagrams from each client go out on its own socket to the container; the
-        container's answers come back to that client."""
+        """Datagrams from each client go out on a socket of its own to the container; the
+        container's answers come back to that client. A client's way is dropped after
+        ``_UDP_IDLE`` seconds without traffic either way; at most ``_UDP_PEERS`` clients at
+        once (a datagram from one more is dropped, as one that finds no free fd)."""
         peers: dict[tuple[str, int], anyio.abc.ConnectedUDPSocket] = {}
+        last: dict[tuple[str, int], float] = {}
 
         async def answer(client: tuple[str, int], upstream: anyio.abc.ConnectedUDPSocket) -> None:
             try:
                 while True:
-                    with anyio.move_on_after(_UDP_IDLE) as idle:
+                    with anyio.move_on_after(_UDP_IDLE):
                         data = await upstream.receive()
-                    if idle.cancelled_caught:
+                        last[client] = anyio.current_time()
+                        await socket.sendto(data, *client)
+                        continue
+                    if anyio.current_time() - last.get(client, 0.0) >= _UDP_IDLE:
                         return
-                    await socket.sendto(data, *client)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
             finally:
                 peers.pop(client, None)
+                last.pop(client, None)
                 await upstream.aclose()
 
         try:
@@ -147,9 +171,16 @@ class PortProxy:
                     async for data, client in socket:
                         upstream = peers.get(client)
                         if upstream is None:
-                            upstream = await anyio.create_connected_udp_socket(address, port)
+                            if len(peers) >= _UDP_PEERS:
+                                continue
+                            try:
+                                upstream = await anyio.create_connected_udp_socket(address, port)
+                            except OSError as exc:
+                                log.warning("ports.udp_peer_failed", port=port, error=str(exc))
+                                continue
                             peers[client] = upstream
                             tg.start_soon(answer, client, upstream)
+                        last[client] = anyio.current_time()
                         with contextlib.suppress(
                             OSError, anyio.BrokenResourceError, anyio.ClosedResourceError
                         ):
