@@ -75,11 +75,24 @@ async def open_clean(
 
 
 def remove_bridge(name: str) -> None:
-    """Remove a test's own bridge and its network's firewall table (both stay with a network
-    otherwise, as docker0 and its rules do)."""
+    """Remove a test's own bridge and its network's rules in asyncstart's firewall table (both
+    stay with a network otherwise, as docker0 and its rules do)."""
+    import json
     import subprocess
 
     subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
-    subprocess.run(
-        ["nft", "delete", "table", "ip", f"asyncstart-{name}"], check=False, capture_output=True
-    )
+    for chain in ("forward", "postrouting"):
+        listed = subprocess.run(
+            ["nft", "-j", "-a", "list", "chain", "ip", "asyncstart", chain],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if listed.returncode != 0:
+            continue
+        for item in json.loads(listed.stdout)["nftables"]:
+            rule = item.get("rule", {})
+            if rule.get("comment") == f"asyncstart:{name}":
+                subprocess.run(
+                    ["nft", "delete", "rule", "ip", "asyncstart", chain, "handle",
+                     str(rule["handle"])],
+                    check=False, capture_output=True,
+                )  # fmt: skip

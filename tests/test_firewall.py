@@ -19,7 +19,6 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -30,7 +29,9 @@ from .helpers import real_containers
 from .test_runc import _Roots, assert_nothing_left
 
 pytestmark = real_containers(
-    ("needs nft", shutil.which("nft") is None), ("needs nsenter", shutil.which("nsenter") is None)
+    ("needs nft", shutil.which("nft") is None),
+    ("needs iptables", shutil.which("iptables") is None),
+    ("needs nsenter", shutil.which("nsenter") is None),
 )
 
 busybox_tar = test_runc.busybox_tar
@@ -38,14 +39,14 @@ busybox_tar = test_runc.busybox_tar
 HOST, OUTSIDE = "astest-fwhost", "astest-fwout"
 SUBNET = "10.213.210.0/24"
 UPLINK, WORLD = "10.213.211.1", "10.213.211.2"  # the "host" and the "outside", a /30
-#: Docker's layout: FORWARD drops by default and first jumps to DOCKER-USER, which returns.
-DOCKER_LIKE = """
-add table ip filter
-add chain ip filter DOCKER-USER
-add rule ip filter DOCKER-USER return
-add chain ip filter FORWARD { type filter hook forward priority filter; policy drop; }
-add rule ip filter FORWARD jump DOCKER-USER
-"""
+#: Docker's layout, made as dockerd makes it (iptables): FORWARD drops by default and first
+#: jumps to DOCKER-USER, which returns.
+DOCKER_LIKE = [
+    ["iptables", "-N", "DOCKER-USER"],
+    ["iptables", "-A", "DOCKER-USER", "-j", "RETURN"],
+    ["iptables", "-P", "FORWARD", "DROP"],
+    ["iptables", "-I", "FORWARD", "-j", "DOCKER-USER"],
+]
 
 
 def _run(*argv: str, input: str | None = None) -> str:
@@ -71,7 +72,8 @@ def _world() -> Iterator[None]:
         _in(HOST, "ip", "link", "set", "uplink", "up")
         _in(OUTSIDE, "ip", "addr", "add", f"{WORLD}/30", "dev", "eth0")
         _in(OUTSIDE, "ip", "link", "set", "eth0", "up")
-        _in(HOST, "nft", "-f", "-", input=DOCKER_LIKE)
+        for argv in DOCKER_LIKE:
+            _in(HOST, *argv)
         # (A new namespace may take the machine's setting.)
         _in(HOST, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")
         yield
@@ -114,13 +116,16 @@ async def _exit_code(client: Client, *cmd: str) -> tuple[int, str]:
     return int(code), text
 
 
-def _ours_in_docker_user() -> list[dict[str, Any]]:
-    listed = json.loads(_in(HOST, "nft", "-j", "list", "chain", "ip", "filter", "DOCKER-USER"))
-    return [
-        item["rule"]
-        for item in listed["nftables"]
-        if "rule" in item and str(item["rule"].get("comment", "")).startswith("asyncstart:")
-    ]
+def _ours_in_docker_user() -> list[str]:
+    """Our rules in DOCKER-USER, as iptables (dockerd's own tool) reads them back."""
+    listed = _in(HOST, "iptables", "-S", "DOCKER-USER").splitlines()
+    return [line for line in listed if "asyncstart:asyncstart0" in line]
+
+
+def _forward_policy() -> str:
+    listed = json.loads(_in(HOST, "nft", "-j", "list", "chain", "ip", "asyncstart", "forward"))
+    [chain] = [item["chain"] for item in listed["nftables"] if "chain" in item]
+    return str(chain["policy"])
 
 
 async def test_containers_reach_each_other_and_the_outside_through_a_dropping_host(
@@ -143,14 +148,27 @@ async def test_containers_reach_each_other_and_the_outside_through_a_dropping_ho
             # Container to the outside, which knows no route back: only NAT brings the reply.
             code, text = await _exit_code(client, "ping", "-c", "1", "-W", "5", WORLD)
             assert code == 0, text
-            assert len(_ours_in_docker_user()) == 2
+            # In DOCKER-USER, readable by iptables: returns towards dockerd's bridges, accepts.
+            ours = _ours_in_docker_user()
+            assert [line.split()[-1] for line in ours] == ["RETURN", "RETURN", "ACCEPT", "ACCEPT"]
+            # Forwarding was off: turned on, with nothing forwarded but the containers' own.
+            assert _in(HOST, "cat", "/proc/sys/net/ipv4/ip_forward").strip() == "1"
+            assert _forward_policy() == "drop"
+            # The outside, even told the way, cannot open a connection to a container.
+            _in(OUTSIDE, "ip", "route", "add", SUBNET, "via", UPLINK)
+            refused = subprocess.run(
+                ["ip", "netns", "exec", OUTSIDE, "ping", "-c", "1", "-W", "2", address],
+                capture_output=True, check=False,
+            )  # fmt: skip
+            assert refused.returncode != 0
             await client.container_remove(peer, force=True)
         # A restarted daemon finds its rules again and makes them anew: not twice.
         async with _engine(roots, sock) as client:
             code, text = await _exit_code(client, "ping", "-c", "1", "-W", "5", WORLD)
             assert code == 0, text
-            assert len(_ours_in_docker_user()) == 2
-            tables = _in(HOST, "nft", "list", "tables")
-            assert tables.count("table ip asyncstart-asyncstart0") == 1
+            assert len(_ours_in_docker_user()) == 4
+            assert _forward_policy() == "drop"
+            rules = _in(HOST, "nft", "list", "table", "ip", "asyncstart")
+            assert rules.count("masquerade") == 1
     assert_nothing_left(roots)
     assert not os.path.exists(f"/run/netns/{HOST}")

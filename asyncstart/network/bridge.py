@@ -33,6 +33,8 @@ log = structlog.get_logger("asyncstart.network")
 #: Chosen not to collide with docker0/podman0 or the usual private ranges of a host.
 DEFAULT_BRIDGE = "asyncstart0"
 DEFAULT_SUBNET = "10.213.0.0/24"
+#: The kernel's table of local and broadcast addresses (not routes elsewhere).
+_LOCAL_TABLE = 255
 
 
 class Ipam:
@@ -182,10 +184,13 @@ class BridgeNetwork:
         return index
 
     async def _check_routes(self, ipr: Any, bridge: int | None) -> None:
-        """Refuse a subnet the host already routes through another link."""
-        async for route in await ipr.route("dump", table=254, family=socket.AF_INET):
+        """Refuse a subnet the host already routes otherwise: through another link, a
+        blackhole, several paths — in any routing table (a VPN's own, too)."""
+        async for route in await ipr.route("dump", family=socket.AF_INET):
             dst, length, oif = route.get("dst"), route["dst_len"], route.get("oif")
-            if dst is None or length == 0 or oif == bridge:
+            if route.get("table") == _LOCAL_TABLE or dst is None or length == 0:
+                continue
+            if bridge is not None and oif == bridge:
                 continue
             routed = ipaddress.IPv4Network(f"{dst}/{length}", strict=False)
             if routed.overlaps(self.ipam.subnet):

@@ -1,28 +1,39 @@
-"""The firewall of a bridge network: what lets its containers reach past the bridge.
+"""The firewall of bridge networks: what lets their containers reach past the bridge, and no
+more.
 
 Per network, made when the network is first used and found again by a restarted daemon (made
-again the same way: idempotent), never on the per-start path:
+anew the same way: idempotent), never on the per-start path; every rule is marked with a
+comment ``asyncstart:<bridge>`` so that it is found again:
 
-- IPv4 forwarding on (``net.ipv4.ip_forward``, as dockerd sets it);
-- a table of the network's own, ``ip asyncstart-<bridge>``: masquerade for traffic from its
-  subnet leaving by another link (so a reply finds its way back without the outside knowing
-  the subnet), and forwarding accepted to and from the bridge;
-- on a host whose forward hook drops by default (Docker's ``ip filter FORWARD`` policy DROP,
-  set by dockerd, with ``br_netfilter`` on), an accept in another table does not stop that
-  drop: the same accepts go into dockerd's ``DOCKER-USER`` chain (dockerd's documented place
-  for other rules), or into ``FORWARD`` itself where there is no ``DOCKER-USER``, each rule
-  marked with a comment naming the bridge so that it is found and removed again.
+- IPv4 forwarding on (``net.ipv4.ip_forward``, as dockerd sets it). If it was off, the host
+  was routing nothing: as dockerd then sets the FORWARD policy to DROP, the forward chain of
+  asyncstart's table drops by default, so that turning forwarding on does not make the host a
+  router for anything but its containers;
+- one table, ``ip asyncstart``, with per network: forwarding accepted from the bridge, and to
+  it for replies (``ct state established,related``); anything else to the bridge dropped (no
+  one outside reaches a container's ports unless they are published); masquerade for traffic
+  from its subnet that leaves by another link (so replies find their way back without the
+  outside knowing the subnet);
+- where another program's ``ip filter`` table drops in the forward hook (dockerd's FORWARD
+  policy DROP; with ``br_netfilter`` even traffic between two containers of one bridge goes
+  through it), an accept in asyncstart's table does not stop that drop: the same accepts go
+  into dockerd's ``DOCKER-USER`` chain (its documented place for other rules; else into
+  ``FORWARD``) — with the ``iptables`` command where it is installed, since that table belongs
+  to iptables-nft and its own tools must be able to read every rule in it — after a return for
+  traffic towards dockerd's bridges (``docker0``, ``br-*``), whose isolation stays dockerd's.
 
-Driven through the ``nft`` command (nftables' own tool; its library has no Python binding on
-PyPI, and pyroute2's nftables support cannot add rules to another program's chains), one
-atomic transaction per change. A host on iptables-legacy is not seen by nft: its own rules
-apply as they are.
+Driven through the ``nft`` command (nftables' own tool; its library's Python binding is a
+distribution package, not on PyPI, and pyroute2's nftables support does not cover rules with
+comments in other programs' chains), one atomic transaction per change. A host on
+iptables-legacy is not seen by nft: its own rules apply as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,112 +44,18 @@ import structlog
 
 from .. import errors
 
-__all__ = ["Firewall", "nft_installed"]
+__all__ = ["Firewall", "nft_installed", "valid_bridge_name"]
 
 log = structlog.get_logger("asyncstart.network.firewall")
 
 _FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
-#: Chains of other programs' ``ip filter`` table that accepts must go into, in this order of
+TABLE = "asyncstart"
+#: Chains of another program's ``ip filter`` table that accepts must go into, in this order of
 #: preference (dockerd's place for users' rules, then the chain it jumps from).
 _OTHER_CHAINS = ("DOCKER-USER", "FORWARD")
-
-
-class Firewall:
-    """The nftables rules of one bridge network (see the module docstring)."""
-
-    def __init__(self, bridge: str, subnet: str, nft: str | None = None) -> None:
-        self.bridge = bridge
-        self.subnet = subnet
-        self.nft = nft or shutil.which("nft") or "nft"
-        self.table = f"asyncstart-{bridge}"
-        self._mark = f"asyncstart:{bridge}"
-
-    async def ensure(self) -> None:
-        """Make (or make again) the network's rules, and turn forwarding on."""
-        script = [
-            f"add table ip {self.table}",
-            f"delete table ip {self.table}",
-            f"add table ip {self.table}",
-            f"add chain ip {self.table} forward "
-            "{ type filter hook forward priority filter - 1; policy accept; }",
-            *(f"add rule ip {self.table} forward {rule}" for rule in self._accepts()),
-            f"add chain ip {self.table} postrouting "
-            "{ type nat hook postrouting priority srcnat; policy accept; }",
-            f"add rule ip {self.table} postrouting "
-            f'ip saddr {self.subnet} oifname != "{self.bridge}" masquerade',
-        ]
-        chain = await self._other_chain()
-        if chain is not None:
-            script += await self._forget_in(chain)
-            script += [
-                f'insert rule ip filter {chain} {rule} comment "{self._mark}"'
-                for rule in reversed(self._accepts())
-            ]
-        await self._apply(script)
-        await anyio.to_thread.run_sync(_forwarding_on)
-        log.info("network.firewall", bridge=self.bridge, subnet=self.subnet, chain=chain)
-
-    async def remove(self) -> None:
-        """Remove the network's table and its rules in other programs' chains."""
-        script = [f"add table ip {self.table}", f"delete table ip {self.table}"]
-        chain = await self._other_chain()
-        if chain is not None:
-            script += await self._forget_in(chain)
-        await self._apply(script)
-
-    def _accepts(self) -> list[str]:
-        return [
-            f'iifname "{self.bridge}" accept',
-            f'oifname "{self.bridge}" ct state related,established accept',
-        ]
-
-    async def _other_chain(self) -> str | None:
-        """The chain of another program's ``ip filter`` table to put accepts in, if any."""
-        ruleset = await self._json("list", "table", "ip", "filter")
-        names = {
-            item["chain"]["name"] for item in ruleset if "chain" in item
-        }  # (no table: nothing)
-        return next((name for name in _OTHER_CHAINS if name in names), None)
-
-    async def _forget_in(self, chain: str) -> list[str]:
-        """Deletions of this network's rules in ``chain`` (a restarted daemon's included)."""
-        listed = await self._json("-a", "list", "chain", "ip", "filter", chain)
-        return [
-            f"delete rule ip filter {chain} handle {item['rule']['handle']}"
-            for item in listed
-            if "rule" in item and item["rule"].get("comment") == self._mark
-        ]
-
-    async def _json(self, *args: str) -> list[dict[str, Any]]:
-        result = await self._run("-j", *args)
-        if result.returncode != 0:
-            return []
-        with contextlib.suppress(ValueError):
-            return [
-                item
-                for item in json.loads(result.stdout).get("nftables", [])
-                if isinstance(item, dict)
-            ]
-        return []
-
-    async def _apply(self, script: list[str]) -> None:
-        result = await self._run("-f", "-", input="\n".join(script).encode() + b"\n")
-        if result.returncode != 0:
-            message = result.stderr.decode(errors="replace").strip()
-            raise errors.SystemError(
-                f"failed to program the firewall of bridge {self.bridge}: {message}"
-            )
-
-    async def _run(
-        self, *args: str, input: bytes | None = None
-    ) -> subprocess.CompletedProcess[bytes]:
-        try:
-            return await anyio.run_process([self.nft, *args], input=input, check=False)
-        except OSError as exc:
-            raise errors.SystemError(
-                f"failed to program the firewall of bridge {self.bridge}: {self.nft}: "
-                f"{exc.strerror} (nftables is needed for containers to reach past the bridge)"
-            ) from exc
+#: dockerd's bridges, whose isolation rules stay in force (iptables' interface wildcards).
+_DOCKER_BRIDGES = ("docker0", "br-+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 def nft_installed() -> bool:
@@ -146,6 +63,176 @@ def nft_installed() -> bool:
     return shutil.which("nft") is not None
 
 
+def valid_bridge_name(name: str) -> bool:
+    """A name a bridge may have here: a Linux interface name that needs no quoting."""
+    return _NAME.fullmatch(name) is not None
+
+
+class Firewall:
+    """The rules of one bridge network (see the module docstring)."""
+
+    def __init__(self, bridge: str, subnet: str) -> None:
+        if not valid_bridge_name(bridge):
+            raise errors.InvalidParameter(
+                f"invalid bridge name {bridge!r}: 1 to 15 of A-Z a-z 0-9 _ . -"
+            )
+        self.bridge = bridge
+        self.subnet = subnet
+        self._mark = f"asyncstart:{bridge}"
+
+    async def ensure(self) -> None:
+        """Make (or make anew) the network's rules, and turn forwarding on."""
+        forwarding = await anyio.to_thread.run_sync(_forwarding)
+        policy = "accept" if forwarding else "drop"
+        mark = f'comment "{self._mark}"'
+        bridge = f'"{self.bridge}"'
+        exists = await self._run(["nft", "list", "chain", "ip", TABLE, "forward"])
+        script = [
+            f"add table ip {TABLE}",
+            # An existing chain keeps its policy: the drop set by the daemon that turned
+            # forwarding on stays (given again, a policy would replace it).
+            f"add chain ip {TABLE} forward"
+            + (
+                ""
+                if exists.returncode == 0
+                else f" {{ type filter hook forward priority filter - 1; policy {policy}; }}"
+            ),
+            f"add chain ip {TABLE} postrouting "
+            "{ type nat hook postrouting priority srcnat; policy accept; }",
+            *await self._forget_ours(),
+            f"add rule ip {TABLE} forward iifname {bridge} accept {mark}",
+            f"add rule ip {TABLE} forward oifname {bridge} ct state established,related "
+            f"accept {mark}",
+            f"add rule ip {TABLE} forward oifname {bridge} drop {mark}",
+            f"add rule ip {TABLE} postrouting ip saddr {self.subnet} oifname != {bridge} "
+            f"masquerade {mark}",
+        ]
+        await self._nft_script(script)
+        chain = await self._other_chain()
+        if chain is not None:
+            await self._forget_in(chain)
+            await self._accept_in(chain)
+        if not forwarding:
+            await anyio.to_thread.run_sync(_forwarding_on)
+        log.info("network.firewall", bridge=self.bridge, subnet=self.subnet, chain=chain)
+
+    async def remove(self) -> None:
+        """Remove the network's rules (asyncstart's table stays for the other networks)."""
+        await self._nft_script(await self._forget_ours())
+        chain = await self._other_chain()
+        if chain is not None:
+            await self._forget_in(chain)
+
+    # -- asyncstart's table ---------------------------------------------------------------
+
+    async def _forget_ours(self) -> list[str]:
+        """Deletions of this network's rules in asyncstart's table (none if it is not there)."""
+        deletions = []
+        for chain in ("forward", "postrouting"):
+            for rule in await self._rules("ip", TABLE, chain):
+                if rule.get("comment") == self._mark:
+                    deletions.append(f"delete rule ip {TABLE} {chain} handle {rule['handle']}")
+        return deletions
+
+    async def _rules(self, family: str, table: str, chain: str) -> list[dict[str, Any]]:
+        result = await self._run(["nft", "-j", "-a", "list", "chain", family, table, chain])
+        if result.returncode != 0:
+            return []  # no such table or chain
+        with contextlib.suppress(ValueError, AttributeError):
+            items = json.loads(result.stdout).get("nftables", [])
+            return [item["rule"] for item in items if isinstance(item, dict) and "rule" in item]
+        return []
+
+    # -- another program's chain ----------------------------------------------------------
+
+    async def _other_chain(self) -> str | None:
+        """The chain of another program's ``ip filter`` table to put accepts in, if any."""
+        result = await self._run(["nft", "-j", "list", "table", "ip", "filter"])
+        if result.returncode != 0:
+            return None
+        names: set[str] = set()
+        with contextlib.suppress(ValueError, AttributeError):
+            for item in json.loads(result.stdout).get("nftables", []):
+                if isinstance(item, dict) and "chain" in item:
+                    names.add(item["chain"]["name"])
+        return next((name for name in _OTHER_CHAINS if name in names), None)
+
+    def _accepts(self) -> list[list[str]]:
+        """The rules for another program's chain, in order, as iptables arguments."""
+        mark = ["-m", "comment", "--comment", self._mark]
+        returns = [
+            ["-i", self.bridge, "-o", name, *mark, "-j", "RETURN"] for name in _DOCKER_BRIDGES
+        ]
+        return [
+            *returns,
+            ["-i", self.bridge, *mark, "-j", "ACCEPT"],
+            ["-o", self.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *mark,
+             "-j", "ACCEPT"],
+        ]  # fmt: skip
+
+    async def _accept_in(self, chain: str) -> None:
+        if shutil.which("iptables"):
+            # Inserted at the top, last first: they end up in order.
+            for rule in reversed(self._accepts()):
+                await self._checked(["iptables", "-w", "-I", chain, *rule])
+            return
+        # No iptables: the table is nft's own (no iptables tool will read it).
+        mark = f'comment "{self._mark}"'
+        bridge = f'"{self.bridge}"'
+        rules = [
+            *(f'oifname "{name.replace("+", "*")}" iifname {bridge} return {mark}'
+              for name in _DOCKER_BRIDGES),
+            f"iifname {bridge} accept {mark}",
+            f"oifname {bridge} ct state established,related accept {mark}",
+        ]  # fmt: skip
+        await self._nft_script(
+            [f"insert rule ip filter {chain} {rule}" for rule in reversed(rules)]
+        )
+
+    async def _forget_in(self, chain: str) -> None:
+        """Remove this network's rules from ``chain`` (a restarted daemon's included)."""
+        if shutil.which("iptables"):
+            listed = await self._run(["iptables", "-w", "-S", chain])
+            for line in listed.stdout.decode(errors="replace").splitlines():
+                words = shlex.split(line)  # (iptables quotes the comment)
+                if words[:2] == ["-A", chain] and self._mark in words:
+                    await self._run(["iptables", "-w", "-D", chain, *words[2:]])
+            return
+        deletions = [
+            f"delete rule ip filter {chain} handle {rule['handle']}"
+            for rule in await self._rules("ip", "filter", chain)
+            if rule.get("comment") == self._mark
+        ]
+        await self._nft_script(deletions)
+
+    # -- running the tools -----------------------------------------------------------------
+
+    async def _nft_script(self, script: list[str]) -> None:
+        if script:
+            await self._checked(["nft", "-f", "-"], input="\n".join(script).encode() + b"\n")
+
+    async def _checked(self, argv: list[str], input: bytes | None = None) -> None:
+        result = await self._run(argv, input=input)
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip()
+            raise errors.SystemError(
+                f"failed to program the firewall of bridge {self.bridge}: {message}"
+            )
+
+    async def _run(
+        self, argv: list[str], input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return await anyio.run_process(argv, input=input, check=False)
+        except OSError as exc:
+            raise errors.SystemError(
+                f"failed to program the firewall of bridge {self.bridge}: {argv[0]}: {exc.strerror}"
+            ) from exc
+
+
+def _forwarding() -> bool:
+    return _FORWARDING.read_text().strip() == "1"
+
+
 def _forwarding_on() -> None:
-    if _FORWARDING.read_text().strip() != "1":
-        _FORWARDING.write_text("1\n")
+    _FORWARDING.write_text("1\n")
