@@ -402,15 +402,21 @@ async def test_publish_all_ports_takes_ephemeral_ports(net: asyncstart.Daemon) -
     assert set(ports) == {"80/tcp", "8080/tcp"}
     ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
     low, high = map(int, ephemeral.split())
-    [binding] = ports["80/tcp"]
-    assert binding["HostIp"] == "0.0.0.0" and low <= int(binding["HostPort"]) <= high
-    with anyio.fail_after(20):
-        while True:  # until nc inside listens
-            async with await anyio.connect_tcp("127.0.0.1", int(binding["HostPort"])) as stream:
-                data = b"".join([chunk async for chunk in stream])
-            if data:
-                break
-    assert data == b"hello\n"
+    # As dockerd: every IPv4 address, and every IPv6 one on the same port.
+    host_port = ports["80/tcp"][0]["HostPort"]
+    assert ports["80/tcp"] == [
+        {"HostIp": "0.0.0.0", "HostPort": host_port},
+        {"HostIp": "::", "HostPort": host_port},
+    ]
+    assert low <= int(host_port) <= high
+    for loopback in ("127.0.0.1", "::1"):
+        with anyio.fail_after(20):
+            while True:  # until nc inside listens
+                async with await anyio.connect_tcp(loopback, int(host_port)) as stream:
+                    data = b"".join([chunk async for chunk in stream])
+                if data:
+                    break
+        assert data == b"hello\n"
     quiet = await net.container_create(
         config={"Image": "busybox", "Cmd": ["sleep", "100"], "ExposedPorts": exposed},
         host_config={"PortBindings": {"9000/tcp": []}},  # bound to nothing: not published

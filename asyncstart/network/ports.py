@@ -68,41 +68,68 @@ class PortProxy:
                 port_text, _, proto = spec.partition("/")
                 proto = proto or "tcp"
                 for host in hosts:
-                    host_ip = host.get("HostIp") or "0.0.0.0"
+                    host_ip = host.get("HostIp") or ""
                     host_port = int(host.get("HostPort") or 0)
-                    try:
-                        if proto == "tcp":
-                            listener: Any = await anyio.create_tcp_listener(
-                                local_host=host_ip, local_port=host_port, reuse_port=False
-                            )
-                        else:
-                            listener = await anyio.create_udp_socket(
-                                local_host=host_ip, local_port=host_port
-                            )
-                    except OSError as exc:
-                        detail = (
-                            f"Bind for {host_ip}:{host_port} failed: port is already allocated"
-                            if exc.errno == errno.EADDRINUSE
-                            else f"Error starting userland proxy: listen {proto}4 "
-                            f"{host_ip}:{host_port}: bind: {exc.strerror}"
+                    # No address: every IPv4 one, and (TCP) every IPv6 one on the same port,
+                    # as dockerd's two bindings (``localhost`` may well be ::1).
+                    for listen_ip in [host_ip] if host_ip else ["0.0.0.0", "::"]:
+                        if listen_ip == "::" and proto != "tcp":
+                            continue
+                        # (The IPv6 one is best effort: no IPv6, or its twin of an ephemeral
+                        # port taken there.)
+                        listener = await self._listen(
+                            proto, listen_ip, host_port, f"{name.lstrip('/')} ({container_id})",
+                            optional=listen_ip == "::", ephemeral=not host.get("HostPort"),
+                        )  # fmt: skip
+                        if listener is None:
+                            continue
+                        bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+                        host_port = host_port or bound  # the IPv6 one takes the same port
+                        entry = _Published()
+                        published.append(entry)
+                        serve = self._serve if proto == "tcp" else self._serve_udp
+                        self._tg.start_soon(serve, listener, address, int(port_text), entry)
+                        ports.setdefault(f"{port_text}/{proto}", []).append(
+                            {"HostIp": listen_ip, "HostPort": str(bound)}
                         )
-                        raise errors.SystemError(
-                            f"driver failed programming external connectivity on endpoint "
-                            f"{name.lstrip('/')} ({container_id}): {detail}"
-                        ) from None
-                    bound = listener.extra(anyio.abc.SocketAttribute.local_port)
-                    entry = _Published()
-                    published.append(entry)
-                    serve = self._serve if proto == "tcp" else self._serve_udp
-                    self._tg.start_soon(serve, listener, address, int(port_text), entry)
-                    ports.setdefault(f"{port_text}/{proto}", []).append(
-                        {"HostIp": host_ip, "HostPort": str(bound)}
-                    )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.unpublish(container_id)
             raise
         return ports
+
+    @staticmethod
+    async def _listen(
+        proto: str,
+        host_ip: str,
+        host_port: int,
+        endpoint: str,
+        *,
+        optional: bool = False,
+        ephemeral: bool = False,
+    ) -> Any:
+        """A TCP listener or UDP socket on the host's side; dockerd's error if the port is
+        taken. ``optional``: None where the host cannot listen there (no IPv6)."""
+        try:
+            if proto == "tcp":
+                return await anyio.create_tcp_listener(
+                    local_host=host_ip, local_port=host_port, reuse_port=False
+                )
+            return await anyio.create_udp_socket(local_host=host_ip, local_port=host_port)
+        except OSError as exc:
+            unavailable = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+            if optional and (exc.errno in unavailable or ephemeral):
+                return None
+            family = "6" if ":" in host_ip else "4"
+            detail = (
+                f"Bind for {host_ip}:{host_port} failed: port is already allocated"
+                if exc.errno == errno.EADDRINUSE
+                else f"Error starting userland proxy: listen {proto}{family} "
+                f"{host_ip}:{host_port}: bind: {exc.strerror}"
+            )
+            raise errors.SystemError(
+                f"driver failed programming external connectivity on endpoint {endpoint}: {detail}"
+            ) from None
 
     async def _serve(
         self, listener: anyio.abc.Listener[Any], address: str, port: int, entry: _Published
