@@ -210,18 +210,24 @@ def ps_rows(
     return rows
 
 
-def _port_rows(ports: dict[str, list[dict[str, str]]]) -> list[dict[str, Any]]:
-    """``NetworkSettings.Ports`` as ``docker ps`` lists them."""
-    return [
-        {
-            "IP": binding["HostIp"],
-            "PrivatePort": int(spec.split("/")[0]),
-            "PublicPort": int(binding["HostPort"]),
-            "Type": spec.split("/")[1],
-        }
-        for spec, bindings in ports.items()
-        for binding in bindings
-    ]
+def _port_rows(ports: dict[str, list[dict[str, str]] | None]) -> list[dict[str, Any]]:
+    """``NetworkSettings.Ports`` as ``docker ps`` lists them (an exposed port that is not
+    published: its number and protocol only, as dockerd)."""
+    rows: list[dict[str, Any]] = []
+    for spec, bindings in ports.items():
+        number, _, proto = spec.partition("/")
+        if not bindings:
+            rows.append({"PrivatePort": int(number), "Type": proto or "tcp"})
+        for binding in bindings or ():
+            rows.append(
+                {
+                    "IP": binding["HostIp"],
+                    "PrivatePort": int(number),
+                    "PublicPort": int(binding["HostPort"]),
+                    "Type": proto or "tcp",
+                }
+            )
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

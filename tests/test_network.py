@@ -290,8 +290,16 @@ async def test_published_ports_answer_again_after_a_reopen(tmp_path: Path, busyb
     try:
         async with asyncstart.open_daemon(config) as daemon:
             await daemon.image_import(str(busybox), repo="busybox")
-            server = await _run(daemon, "sh", "-c", "while true; do echo hi | nc -l -p 80; done",
-                                PortBindings=bindings)  # fmt: skip
+            script = "while true; do echo hi | nc -l -p 80; done"
+            # Bound, exposed and not published, and published by -P (IPv4 and IPv6).
+            server = await daemon.container_create(
+                config={"Image": "busybox", "Cmd": ["sh", "-c", script],
+                        "ExposedPorts": {"81/tcp": {}, "82/tcp": {}}},
+                host_config={"PortBindings": bindings | {"82/tcp": [{}]}},
+            )  # fmt: skip
+            await daemon.container_start(server)
+            before = (await daemon.container_inspect(server))["NetworkSettings"]["Ports"]
+            assert before["81/tcp"] is None and len(before["82/tcp"]) == 2
         async with open_clean(config) as daemon:
             with anyio.fail_after(20):
                 while True:
@@ -300,6 +308,10 @@ async def test_published_ports_answer_again_after_a_reopen(tmp_path: Path, busyb
                     if data:
                         break
             assert data == b"hi\n"
+            assert (await daemon.container_inspect(server))["NetworkSettings"]["Ports"] == before
+            for ip in ("127.0.0.1", "::1"):  # the -P port listens again, on both families
+                async with await anyio.connect_tcp(ip, int(before["82/tcp"][0]["HostPort"])):
+                    pass
             await daemon.container_remove(server, force=True)
         assert_nothing_left(roots)
     finally:
@@ -424,6 +436,13 @@ async def test_publish_all_ports_takes_ephemeral_ports(net: asyncstart.Daemon) -
     await net.container_start(quiet)
     ports = (await net.container_inspect(quiet))["NetworkSettings"]["Ports"]
     assert ports == {"80/tcp": None, "8080/tcp": None, "9000/tcp": None}
+    # ``docker ps`` lists them by number and protocol only.
+    row = (await net.containers_list(filters={"id": [quiet]}))[0]
+    assert {"PrivatePort": 8080, "Type": "tcp"} in row["Ports"] and len(row["Ports"]) == 3
+    row = (await net.containers_list(filters={"id": [server]}))[0]
+    assert {"IP": "::", "PrivatePort": 80, "PublicPort": int(host_port), "Type": "tcp"} in row[
+        "Ports"
+    ]
     for cid in (server, quiet):
         await net.container_remove(cid, force=True)
 

@@ -57,7 +57,9 @@ class PortProxy:
     async def publish(
         self, container_id: str, name: str, address: str, bindings: dict[str, Any]
     ) -> dict[str, list[dict[str, str]]]:
-        """Listen for each binding; return dockerd's ``NetworkSettings.Ports``."""
+        """Listen for each binding; return dockerd's ``NetworkSettings.Ports`` of those that
+        are. ``bindings`` may be such ``Ports`` themselves (a reopened daemon listens again on
+        the same addresses and ports; an entry of None publishes nothing)."""
         ports: dict[str, list[dict[str, str]]] = {}
         for spec in bindings:
             if spec.partition("/")[2] not in ("", "tcp", "udp"):
@@ -67,7 +69,7 @@ class PortProxy:
             for spec, hosts in sorted(bindings.items()):
                 port_text, _, proto = spec.partition("/")
                 proto = proto or "tcp"
-                for host in hosts:
+                for host in hosts or ():  # (None: exposed, not published)
                     host_ip = host.get("HostIp") or ""
                     host_port = int(host.get("HostPort") or 0)
                     # No address: every IPv4 one, and (TCP) every IPv6 one on the same port,
