@@ -96,3 +96,33 @@ def remove_bridge(name: str) -> None:
                      str(rule["handle"])],
                     check=False, capture_output=True,
                 )  # fmt: skip
+
+
+@asynccontextmanager
+async def daemon_process(
+    data_root: Any, exec_root: Any, sock: Any, *flags: str, prefix: tuple[str, ...] = ()
+) -> AsyncIterator[anyio.abc.Process]:
+    """``asyncstart daemon`` as a process of its own (run through ``prefix``, e.g. nsenter),
+    serving on ``sock`` once it says so; stopped with SIGTERM when the block ends."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = [
+        *prefix, sys.executable, "-m", "asyncstart", "daemon",
+        "--data-root", str(data_root), "--exec-root", str(exec_root), "-H", f"unix://{sock}",
+        *flags,
+    ]  # fmt: skip
+    process = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        assert process.stderr is not None
+        seen = b""
+        with anyio.fail_after(30):
+            while b"API listen on" not in seen:
+                seen += await process.stderr.receive()
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await process.wait()

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from asyncstart import Client
 from asyncstart.network.bridge import DEFAULT_BRIDGE
 
 from . import test_runc
-from .helpers import real_containers
+from .helpers import daemon_process, real_containers
 from .test_runc import _Roots, assert_nothing_left, conmons_of, open_clean
 
 pytestmark = real_containers(("needs conmon", shutil.which("conmon") is None))
@@ -52,25 +51,8 @@ TRAPS_TERM = 'trap "exit 7" TERM; while :; do usleep 10000; done'
 @asynccontextmanager
 async def _engine(roots: _Roots, sock: Path) -> AsyncIterator[anyio.abc.Process]:
     """``asyncstart daemon`` as a process of its own, serving on ``sock``."""
-    argv = [
-        sys.executable, "-m", "asyncstart", "daemon",
-        "--data-root", str(roots.data), "--exec-root", str(roots.exec),
-        "-H", f"unix://{sock}", "--monitor", "conmon",
-    ]  # fmt: skip
-    process = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    try:
-        assert process.stderr is not None
-        seen = b""
-        with anyio.fail_after(30):
-            while b"API listen on" not in seen:
-                chunk = await process.stderr.receive()
-                seen += chunk
+    async with daemon_process(roots.data, roots.exec, sock, "--monitor", "conmon") as process:
         yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            await process.wait()
 
 
 @asynccontextmanager

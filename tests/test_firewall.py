@@ -13,19 +13,15 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
-
 from asyncstart import Client
 
 from . import test_runc
-from .helpers import real_containers
+from .helpers import daemon_process, real_containers
 from .test_runc import _Roots, assert_nothing_left
 
 pytestmark = real_containers(
@@ -85,26 +81,12 @@ def _world() -> Iterator[None]:
 @asynccontextmanager
 async def _engine(roots: _Roots, sock: Path) -> AsyncIterator[Client]:
     """``asyncstart daemon`` in the "host" namespace, and a client of it."""
-    argv = [
-        "nsenter", f"--net=/run/netns/{HOST}", "--",
-        sys.executable, "-m", "asyncstart", "daemon",
-        "--data-root", str(roots.data), "--exec-root", str(roots.exec),
-        "-H", f"unix://{sock}", "--bridge-subnet", SUBNET,
-    ]  # fmt: skip
-    process = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    try:
-        assert process.stderr is not None
-        seen = b""
-        with anyio.fail_after(30):
-            while b"API listen on" not in seen:
-                seen += await process.stderr.receive()
-        async with Client(f"unix://{sock}") as client:
-            yield client
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            await process.wait()
+    into_host = ("nsenter", f"--net=/run/netns/{HOST}", "--")
+    async with (
+        daemon_process(roots.data, roots.exec, sock, "--bridge-subnet", SUBNET, prefix=into_host),
+        Client(f"unix://{sock}") as client,
+    ):
+        yield client
 
 
 async def _exit_code(client: Client, *cmd: str) -> tuple[int, str]:
