@@ -699,3 +699,19 @@ async def test_a_second_daemon_on_a_live_socket_is_refused(api: Api) -> None:
     assert not first.exists()  # the listener made before the failure is gone, file and all
     assert await api.client.ping() == "OK"
     assert oct(api.sock.stat().st_mode & 0o777) == "0o660"
+
+
+async def test_resize_reaches_the_terminal_and_wants_both_sizes(api: Api) -> None:
+    await sleeper(api, Tty=True)
+    stopped = await raw(api.sock, http("POST", "/containers/web/resize?h=40&w=120"))
+    assert stopped.status == 409  # not running
+    await api.client.container_start("web")
+    resized = await raw(api.sock, http("POST", "/containers/web/resize?h=40&w=120"))
+    assert resized.status == 200
+    process = api.engine.runtime.processes[(await api.client.container_inspect("web"))["Id"]]
+    assert process.size == (40, 120)
+    halfway = await raw(api.sock, http("POST", "/containers/web/resize?h=40"))
+    assert (halfway.status, halfway.json()["message"]) == (
+        400,
+        'strconv.Atoi: parsing "": invalid syntax',
+    )

@@ -280,7 +280,10 @@ class EngineAPI:
         return Response(204)
 
     async def container_resize(self, request: Request, name: str) -> Reply:
-        height, width = (arg_int(request, dimension) or 0 for dimension in ("h", "w"))
+        # As dockerd: both are required (strconv.Atoi of an empty one fails).
+        height, width = (arg_int(request, dimension) for dimension in ("h", "w"))
+        if height is None or width is None:
+            raise errors.InvalidParameter('strconv.Atoi: parsing "": invalid syntax')
         await self.daemon.container_resize(name, height, width)
         return Response(200, b"", [("Content-Type", "text/plain; charset=utf-8")])
 
