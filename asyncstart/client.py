@@ -35,6 +35,7 @@ _ERRORS: dict[int, type[errors.DockerError]] = {
     404: errors.NotFound,
     409: errors.Conflict,
     500: errors.SystemError,
+    501: errors.NotImplementedYet,
 }
 _STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
 _HEADER = struct.Struct(">BxxxL")
@@ -337,6 +338,18 @@ class Client:
             for line in response.text.splitlines()
             if line.strip()
         ]
+
+    async def networks_list(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        params = {"filters": json.dumps(filters)} if filters else {}
+        result: list[dict[str, Any]] = await self._json("GET", "/networks", params=params)
+        return result
+
+    async def network_inspect(self, reference: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/networks/{reference}")
+        return result
+
+    async def network_remove(self, reference: str) -> None:
+        await self._request("DELETE", f"/networks/{reference}")
 
     async def images_list(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._json("GET", "/images/json")

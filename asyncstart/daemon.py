@@ -9,6 +9,7 @@ container is done by that container's actor, and what it reads of one is a snaps
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -36,6 +37,14 @@ from .logs import ContainerLogs, LogQuery
 from .network import NetworkDriver
 from .network.netlink import asyncio_loop
 from .network.ports import PortProxy
+from .networks import (
+    NetworkSpec,
+    find_network,
+    network_filters,
+    network_matches,
+    network_view,
+    predefined_networks,
+)
 from .reconcile import reconcile
 from .record import ContainerRecord
 from .runtime import Runtime, StateInfo
@@ -307,6 +316,39 @@ class Daemon:
     def container_start_phases(self, reference: str) -> dict[str, float]:
         """Seconds spent in each phase of the container's latest start."""
         return self._actor(reference).last_start
+
+    # -- networks ---------------------------------------------------------------------------
+
+    def _networks(self) -> list[NetworkSpec]:
+        config = self.config
+        network = ipaddress.IPv4Network(config.bridge_ip or config.bridge_subnet, strict=False)
+        gateway = config.bridge_ip.partition("/")[0] or str(next(network.hosts()))
+        try:
+            created = (self.data_root / "engine-id").stat().st_mtime
+        except OSError:
+            created = 0.0
+        return predefined_networks(
+            self.engine_id, created, bridge=config.bridge, subnet=str(network), gateway=gateway
+        )
+
+    async def networks_list(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``docker network ls``: the predefined networks (``bridge``, ``host``, ``none``)
+        that pass ``filters`` (dockerd's keys: driver, id, label, name, scope, type,
+        dangling)."""
+        wanted = network_filters(filters)
+        return [network_view(spec) for spec in self._networks() if network_matches(spec, wanted)]
+
+    async def network_inspect(self, reference: str) -> dict[str, Any]:
+        """``docker network inspect``: by name, ID or unique ID prefix; with the containers
+        whose process is on it. 404 ``network X not found`` otherwise."""
+        spec = find_network(self._networks(), reference)
+        return network_view(spec, self._snapshots())
+
+    async def network_remove(self, reference: str) -> None:
+        """``docker network rm``: the predefined networks cannot be removed (dockerd's 403),
+        and there are no others yet; 404 for an unknown one."""
+        spec = find_network(self._networks(), reference)
+        raise errors.Forbidden(f"{spec.name} is a pre-defined network and cannot be removed")
 
     # -- logs -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ __all__ = [
     "Forbidden",
     "InvalidParameter",
     "NotFound",
+    "NotImplementedYet",
     "NotModified",
     "SystemError",
 ]
@@ -65,6 +66,12 @@ class NotModified(DockerError):
     """304: nothing to do (already running, already stopped)."""
 
     status = 304
+
+
+class NotImplementedYet(DockerError):
+    """What the engine does not do (yet), said plainly (501)."""
+
+    status = 501
 
 
 class SystemError(DockerError):

@@ -7,6 +7,7 @@ docker-py are in ``test_docker_cli.py``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import struct
@@ -715,3 +716,43 @@ async def test_resize_reaches_the_terminal_and_wants_both_sizes(api: Api) -> Non
         400,
         'strconv.Atoi: parsing "": invalid syntax',
     )
+
+
+# -- networks ------------------------------------------------------------------------------
+
+
+async def test_the_predefined_networks_are_listed_and_inspected(api: Api) -> None:
+    client = api.client
+    listed = await client.networks_list()
+    assert [(n["Name"], n["Driver"], n["Scope"]) for n in listed] == [
+        ("bridge", "bridge", "local"),
+        ("host", "host", "local"),
+        ("none", "null", "local"),
+    ]
+    bridge = listed[0]
+    assert len(bridge["Id"]) == 64 and bridge["Containers"] == {}
+    assert bridge["IPAM"]["Config"][0]["Subnet"].endswith("/24")
+    assert [n["Name"] for n in await client.networks_list({"name": ["bri"]})] == ["bridge"]
+    assert [n["Name"] for n in await client.networks_list({"driver": ["null"]})] == ["none"]
+    assert await client.networks_list({"type": ["custom"]}) == []
+    with pytest.raises(errors.InvalidParameter, match="invalid filter 'color'"):
+        await client.networks_list({"color": ["red"]})
+    # Inspect: by name or ID prefix, with the containers whose process is on it.
+    cid = await sleeper(api)
+    await client.container_start("web")
+    inspected = await client.network_inspect(bridge["Id"][:10])
+    assert inspected["Id"] == bridge["Id"]
+    entry = inspected["Containers"][cid]
+    settings = (await client.container_inspect("web"))["NetworkSettings"]
+    address = f"{settings['IPAddress']}/{settings['IPPrefixLen']}"
+    assert entry["Name"] == "web" and entry["IPv4Address"] == address
+    # Stable across restarts: derived from the data root's engine ID.
+    engine_id = api.engine.daemon.engine_id
+    assert bridge["Id"] == hashlib.sha256(f"{engine_id}:network:bridge".encode()).hexdigest()
+    with pytest.raises(errors.NotFound, match="^network nope not found$"):
+        await client.network_inspect("nope")
+    with pytest.raises(errors.Forbidden, match="^bridge is a pre-defined network"):
+        await client.network_remove("bridge")
+    created = await raw(api.sock, http("POST", "/networks/create", b'{"Name": "mine"}'))
+    assert created.status == 501
+    assert "user-defined networks are not supported" in created.json()["message"]

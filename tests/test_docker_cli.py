@@ -8,6 +8,7 @@ that nothing is left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -454,3 +455,22 @@ async def test_an_attached_run_has_an_attach_event(tmp_path: Path, busybox_tar: 
             "events", *window, "--filter", "container=attached", "--format", "{{.Action}}"
         )
     assert actions.split() == ["create", "attach", "start", "die", "destroy"]
+
+
+async def test_cli_networks(tmp_path: Path, busybox_tar: Path) -> None:
+    async with served(tmp_path, busybox_tar) as cli:
+        listed = await cli.out("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
+        assert listed.splitlines() == ["bridge bridge local", "host host local", "none null local"]
+        await cli.out("run", "-d", "--name", "web", "busybox", "sleep", "1000")
+        inspected = json.loads(await cli.out("network", "inspect", "bridge"))[0]
+        assert inspected["IPAM"]["Config"] == [{"Subnet": SUBNET, "Gateway": "10.213.88.1"}]
+        web = (await cli.out("inspect", "--format", "{{.Id}}", "web")).strip()
+        entry = inspected["Containers"][web]
+        assert entry["Name"] == "web" and entry["IPv4Address"].startswith("10.213.88.")
+        assert "is a pre-defined network and cannot be removed" in await cli.fails(
+            "network", "rm", "bridge"
+        )
+        assert "user-defined networks are not supported" in await cli.fails(
+            "network", "create", "mine"
+        )
+        await cli.out("rm", "-f", "web")

@@ -93,6 +93,14 @@ class EngineAPI:
             ("GET", f"/images/{name}/json", self.image_inspect),
             ("POST", f"/images/{name}/tag", self.image_tag),
             ("DELETE", f"/images/{name}", self.image_remove),
+            ("GET", "/networks", self.networks_list),
+            ("GET", f"/networks/{name}", self.network_inspect),
+            # Not built yet: said plainly rather than "page not found".
+            ("POST", "/networks/create", self.network_unsupported),
+            ("POST", "/networks/prune", self.network_unsupported),
+            ("POST", f"/networks/{name}/connect", self.network_unsupported),
+            ("POST", f"/networks/{name}/disconnect", self.network_unsupported),
+            ("DELETE", f"/networks/{name}", self.network_remove),
         ]
         self._routes: dict[str, list[_Route]] = {}
         for method, pattern, handler in table:
@@ -232,6 +240,22 @@ class EngineAPI:
             filters=arg_filters(request),
         )
         return json_reply(rows)
+
+    async def networks_list(self, request: Request) -> Reply:
+        return json_reply(await self.daemon.networks_list(filters=arg_filters(request)))
+
+    async def network_inspect(self, request: Request, name: str) -> Reply:
+        return json_reply(await self.daemon.network_inspect(name))
+
+    async def network_remove(self, request: Request, name: str) -> Reply:
+        await self.daemon.network_remove(name)
+        return Response(204)
+
+    async def network_unsupported(self, request: Request, name: str = "") -> Reply:
+        raise errors.NotImplementedYet(
+            "user-defined networks are not supported by asyncstart yet: containers use the "
+            "predefined bridge, host and none networks"
+        )
 
     async def container_inspect(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_inspect(name))
