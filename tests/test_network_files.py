@@ -102,3 +102,28 @@ def test_a_bad_link_is_refused(text: str) -> None:
 
     with pytest.raises(errors.InvalidParameter, match="invalid link format"):
         parse_link(text)
+
+
+def test_other_firewalls_that_drop_forwarding_are_named() -> None:
+    """firewalld's inet table (or any other) dropping in the forward hook is worth a warning:
+    only dockerd's ``ip filter`` gets our accepts."""
+    import json
+
+    from asyncstart.network.firewall import other_dropping_tables
+
+    def chain(family: str, table: str, hook: str, policy: str) -> dict[str, object]:
+        return {"chain": {"family": family, "table": table, "name": "x", "hook": hook,
+                          "policy": policy}}  # fmt: skip
+
+    listing = json.dumps({"nftables": [
+        {"metainfo": {}},
+        chain("ip", "asyncstart", "forward", "drop"),
+        chain("ip", "filter", "forward", "drop"),
+        chain("inet", "firewalld", "forward", "drop"),
+        chain("inet", "firewalld", "forward", "drop"),
+        chain("ip6", "filter", "forward", "drop"),
+        chain("inet", "mine", "forward", "accept"),
+        chain("inet", "mine", "input", "drop"),
+    ]}).encode()  # fmt: skip
+    assert other_dropping_tables(listing) == ["inet firewalld", "ip6 filter"]
+    assert other_dropping_tables(b"") == [] and other_dropping_tables(b"not json") == []

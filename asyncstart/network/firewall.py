@@ -44,7 +44,7 @@ import structlog
 
 from .. import errors
 
-__all__ = ["Firewall", "nft_installed", "valid_bridge_name"]
+__all__ = ["Firewall", "nft_installed", "other_dropping_tables", "valid_bridge_name"]
 
 log = structlog.get_logger("asyncstart.network.firewall")
 
@@ -115,6 +115,15 @@ class Firewall:
         if not forwarding:
             await anyio.to_thread.run_sync(_forwarding_on)
         log.info("network.firewall", bridge=self.bridge, subnet=self.subnet, chain=chain)
+        listed = await self._run(["nft", "-j", "list", "chains"])
+        for table in other_dropping_tables(listed.stdout):
+            log.warning(
+                "network.firewall_drops",
+                bridge=self.bridge,
+                table=table,
+                reason="another firewall drops forwarded traffic there (firewalld, an inet "
+                "table...): containers may not reach past the bridge until it allows them",
+            )
 
     async def remove(self) -> None:
         """Remove the network's rules (asyncstart's table stays for the other networks)."""
@@ -228,6 +237,22 @@ class Firewall:
             raise errors.SystemError(
                 f"failed to program the firewall of bridge {self.bridge}: {argv[0]}: {exc.strerror}"
             ) from exc
+
+
+def other_dropping_tables(listing: bytes) -> list[str]:
+    """Tables (``family name``) of ``nft -j list chains`` output with a forward-hook chain
+    that drops by default, besides asyncstart's and the ``ip filter`` table whose chains
+    get our accepts."""
+    found: list[str] = []
+    with contextlib.suppress(ValueError, AttributeError):
+        for item in json.loads(listing or b"{}").get("nftables", []):
+            chain = item.get("chain") if isinstance(item, dict) else None
+            if not chain or chain.get("hook") != "forward" or chain.get("policy") != "drop":
+                continue
+            table = f"{chain.get('family')} {chain.get('table')}"
+            if table not in (f"ip {TABLE}", "ip filter") and table not in found:
+                found.append(table)
+    return found
 
 
 def _forwarding() -> bool:
