@@ -115,9 +115,11 @@ async def test_containers_outlive_the_engine(
                 3: await _create(client, ["sh", "-c", _ender(3)]),
                 42: await _create(client, ["sh", "-c", _ender(42)]),
             }
+            always = {"RestartPolicy": {"Name": "always"}}
+            restarted = await _create(client, ["sh", "-c", _ender(5)], host_config=always)
             cat = await _create(client, ["cat"], OpenStdin=True)
             trap = await _create(client, ["sh", "-c", TRAPS_TERM])
-            for cid in [*chatty, *enders.values(), cat, trap]:
+            for cid in [*chatty, *enders.values(), restarted, cat, trap]:
                 await client.container_start(cid)
             await anyio.sleep(0.5)
         engine.send_signal(how)
@@ -147,6 +149,10 @@ async def test_containers_outlive_the_engine(
             assert logged[-1].endswith(b" bye\n")
             assert abs(_time(state["FinishedAt"]) - bye_at) < 1.0
             assert _time(state["FinishedAt"]) > down_at
+        # One that ended while no engine ran and is to restart "always" is started again.
+        with anyio.fail_after(10):
+            while (await client.container_inspect(restarted))["RestartCount"] < 1:
+                await anyio.sleep(0.1)
         # stdin of an adopted container works: cat echoes what an attached client sends.
         async with client.container_attach(cat, stdin=True) as session:
             await session.send(b"still here\n")
@@ -159,7 +165,7 @@ async def test_containers_outlive_the_engine(
         # Exits after the restart are true too: not 255.
         await client.container_stop(trap, timeout=10)
         assert (await client.container_inspect(trap))["State"]["ExitCode"] == 7
-        for cid in [*chatty, *enders.values(), cat, trap]:
+        for cid in [*chatty, *enders.values(), restarted, cat, trap]:
             await client.container_remove(cid, force=True)
     _reap_orphaned_conmons()
     assert_nothing_left(roots)
