@@ -35,7 +35,7 @@ from .record import ContainerRecord, wait_result
 from .restart import RestartManager
 from .runtime import StateInfo
 from .signals import parse_signal
-from .steps import StartContext, container_stdio
+from .steps import StartContext, container_log_options, container_stdio
 from .views import ContainerSnapshot
 
 __all__ = ["ActorServices", "ContainerActor", "ContainerSnapshot", "Pending"]
@@ -160,8 +160,7 @@ class ContainerActor(ContainerState):
             # k8s-file entries carry no attributes: the container's, as its start computes them
             # (options refused since create: the entries' own only, the logs still readable).
             with contextlib.suppress(errors.InvalidParameter):
-                stdio = container_stdio(self._record, None, self._io.hub.publish)
-                attrs = stdio.log_options.attrs
+                attrs = container_log_options(self._record).attrs
         chunks = read_log_chunks(
             self.services.records.log_path(self.id),
             query,

@@ -177,9 +177,10 @@ def build_spec(
     ``arch`` (Go's GOARCH), ``kernel`` (version, major) and ``apparmor`` (the host has it) are
     the machine's facts the seccomp filter and ``SecurityOpt`` depend on. ``extra_env`` (what
     legacy links give) comes before the container's own ``Env``, which overrides it."""
-    own = list(config.env or ())
-    named = {item.partition("=")[0] for item in own}
-    env = [item for item in extra_env if item.partition("=")[0] not in named] + own
+    env = list(config.env or ())
+    if extra_env:
+        named = {item.partition("=")[0] for item in env}
+        env = [item for item in extra_env if item.partition("=")[0] not in named] + env
     if not any(item.startswith("PATH=") for item in env):
         env.insert(0, DEFAULT_PATH)
     if config.tty and not any(item.startswith("TERM=") for item in env):

@@ -24,7 +24,7 @@ from . import errors
 from .attach import StdioHub
 from .hostinfo import absent_seccomp_arches, apparmor_enabled, go_arch
 from .images import MountDriver
-from .logs import LogSource, log_options
+from .logs import LogOptions, LogSource, log_options
 from .network import NetworkDriver
 from .network.files import Link, hostname_file, hosts_file, link_env, resolv_conf
 from .network.ports import PortProxy
@@ -387,6 +387,20 @@ def container_stdio(
     Its log options are read now, as dockerd's logger starts with the container: a ``tag``
     shows the name the container has at this start."""
     config = record.config
+    return Stdio(
+        open_stdin=config.open_stdin,
+        stdin_once=config.stdin_once,
+        tty=config.tty,
+        log_path=str(logs(record.id)) if logs else None,
+        log_options=container_log_options(record),
+        on_output=on_output,
+    )
+
+
+def container_log_options(record: ContainerRecord) -> LogOptions:
+    """The container's log options now: rotation, and the attributes its entries carry (a
+    ``tag`` shows the name it has now)."""
+    config = record.config
     source = LogSource(
         id=record.id,
         name=record.name,
@@ -396,14 +410,7 @@ def container_stdio(
         labels=config.labels,
         env=config.env or (),
     )
-    return Stdio(
-        open_stdin=config.open_stdin,
-        stdin_once=config.stdin_once,
-        tty=config.tty,
-        log_path=str(logs(record.id)) if logs else None,
-        log_options=log_options(record.host_config.log_config.config, source),
-        on_output=on_output,
-    )
+    return log_options(record.host_config.log_config.config, source)
 
 
 class RuntimeStep:

@@ -303,7 +303,6 @@ class Selection:
         self.until = until
         self.timestamps = timestamps
         self.details = details
-        self.attrs = attrs
         #: The ``--details`` prefix of an entry without attributes of its own.
         self._default_details = _details(attrs)
         #: An entry after ``until`` was met: nothing more is sent (dockerd's forwarder).

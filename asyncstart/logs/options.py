@@ -11,6 +11,7 @@ Pure: no I/O but the host's name, read when a container's ``tag`` asks for it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -166,9 +167,15 @@ def check_log_options(config: Mapping[str, str]) -> LogOptions:
     ``compress``, ``tag``); the rotation it asks for otherwise (no attributes yet: they come from
     the container at its start, :func:`log_options`)."""
     try:
-        return _check(config)
+        return _checked(tuple(sorted(config.items())))
     except ValueError as exc:
         raise errors.InvalidParameter(str(exc)) from None
+
+
+@functools.cache
+def _checked(items: tuple[tuple[str, str], ...]) -> LogOptions:
+    """Checked once per distinct configuration (at create, then at every start)."""
+    return _check(dict(items))
 
 
 def _check(config: Mapping[str, str]) -> LogOptions:

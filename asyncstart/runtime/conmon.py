@@ -33,6 +33,7 @@ back by :class:`~asyncstart.runtime.runc.RuncRuntime`'s own means (FIFOs, pidfd 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -70,6 +71,12 @@ def monitorable(stdio: Stdio) -> bool:
     starting it over (``--log-size-max``: dockerd's ``max-file`` 1); a log that keeps older
     files (``max-file`` > 1) is written by the engine, from FIFOs, as without a monitor."""
     return stdio.log_options.max_size <= 0 or stdio.log_options.max_file <= 1
+
+
+@functools.cache
+def _executable(name: str) -> str:
+    """The path conmon is to run ``name`` by (conmon does not search PATH): looked up once."""
+    return shutil.which(name) or name
 
 
 def conmon_binary() -> str | None:
@@ -335,8 +342,13 @@ class ConmonRuntime(RuncRuntime):
             return
         self._adopt(container_id, box)
         if box.running:
-            assert self._tg is not None
-            self._tg.start_soon(self._watch_conmon, container_id, box)
+            self._watch_exit(container_id, box)
+
+    def _watch_exit(self, container_id: str, box: _Monitored) -> None:
+        """Its process runs: from now on a task waits for conmon's end."""
+        assert self._tg is not None, "ConmonRuntime.run() is not running"
+        box.running = True
+        self._tg.start_soon(self._watch_conmon, container_id, box)
 
     async def _launch(
         self,
@@ -384,7 +396,7 @@ class ConmonRuntime(RuncRuntime):
             os.close(sync_read)
         if pid <= 0:
             command = "restore" if checkpoint else "create"
-            binary = box.runtime.binary or self.binary
+            binary = self._cli.binary_of(box.runtime)
             raise create_failure(box.bundle.runc_log, message, binary, command)
         if box.conmon.pidfd < 0:
             raise RuntimeFailure("conmon left no pid file")
@@ -400,7 +412,7 @@ class ConmonRuntime(RuncRuntime):
     ) -> list[str]:
         """conmon's command line: the runtime (through its launcher, as runtime arguments),
         the bundle, where the pids, exit code, log and sockets go, and the stdio asked for."""
-        binary = box.runtime.binary or self.binary
+        binary = self._cli.binary_of(box.runtime)
         prefix = launcher(binary)
         runtime_args = [
             *prefix[1:],
@@ -409,7 +421,7 @@ class ConmonRuntime(RuncRuntime):
             "--log", str(box.bundle.runc_log), "--log-format", "json",
             *self.runtime_args, *box.runtime.flags,
         ]  # fmt: skip
-        executable = shutil.which(prefix[0] if prefix else binary) or binary
+        executable = _executable(prefix[0] if prefix else binary)
         wanted = box.attach.wanted
         options = wanted.log_options
         argv = [
@@ -449,9 +461,7 @@ class ConmonRuntime(RuncRuntime):
             return
         if not box.running:
             await self._cli.checked("start", container_id, runtime=box.runtime)
-            box.running = True
-            assert self._tg is not None
-            self._tg.start_soon(self._watch_conmon, container_id, box)
+            self._watch_exit(container_id, box)
         assert self._backend is not None
         self._backend.state_changed(container_id, StateInfo("start", pid=box.pid, at=time.time()))
 
@@ -468,22 +478,24 @@ class ConmonRuntime(RuncRuntime):
             return
         with anyio.move_on_after(2):
             await box.attach.drained()
-        code, at = self._exit_file(container_id)
+        ended = self._ended(container_id, box)
         assert self._backend is not None
-        oom = (box.bundle.path / "oom").exists()
-        if oom:  # as dockerd: the oom event, then the exit that says so
-            self._backend.state_changed(container_id, StateInfo("oom", pid=box.pid, at=at))
-        info = StateInfo("exit", pid=box.pid, exit_code=code, at=at, oom_killed=oom)
-        self._backend.state_changed(container_id, info)
+        if ended.oom_killed:  # as dockerd: the oom event, then the exit that says so
+            oom = StateInfo("oom", pid=box.pid, at=ended.at)
+            self._backend.state_changed(container_id, oom)
+        self._backend.state_changed(container_id, ended)
 
-    def _exit_file(self, container_id: str) -> tuple[int, float]:
-        """The exit code conmon wrote, and when; 255 and now if it wrote none (it was
-        killed)."""
+    def _ended(self, container_id: str, box: _Monitored) -> StateInfo:
+        """The exit as conmon recorded it: the code it wrote and when, and whether the
+        memory cgroup killed a process (its ``oom`` file); 255 and now if it wrote no code
+        (it was killed)."""
         path = self.exit_dir / container_id
         try:
-            return int(path.read_text().strip()), path.stat().st_mtime
+            code, at = int(path.read_text().strip()), path.stat().st_mtime
         except (OSError, ValueError):
-            return 255, time.time()
+            code, at = 255, time.time()
+        oom = (box.bundle.path / "oom").exists()
+        return StateInfo("exit", pid=box.pid, exit_code=code, at=at, oom_killed=oom)
 
     async def write_stdin(self, container_id: str, data: bytes) -> None:
         box = self._monitored(container_id)
@@ -558,21 +570,18 @@ class ConmonRuntime(RuncRuntime):
                 with anyio.move_on_after(2):
                     await anyio.wait_readable(box.conmon.pidfd)
             else:
-                box.running = True
-                assert self._tg is not None
-                self._tg.start_soon(self._watch_conmon, container_id, box)
+                self._watch_exit(container_id, box)
                 return StateInfo("start", pid=box.pid)
         box.close()
-        code, at = self._exit_file(container_id)
-        oom = (bundle.path / "oom").exists()
+        ended = self._ended(container_id, box)
         await self._cli.quietly("delete", "--force", container_id, runtime=box.runtime)
         self._forget_files(container_id)
         bundle.remove()
-        return StateInfo("exit", pid=box.pid, exit_code=code, at=at, oom_killed=oom)
+        return ended
 
     async def cleanup(self, keep: set[str]) -> None:
         """As :meth:`RuncRuntime.cleanup` (each stray's conmon ends with it), and the exit
-        files and socket links of containers not kept."""
+        files of containers not kept."""
         await super().cleanup(keep)
         with contextlib.suppress(FileNotFoundError):
             for entry in os.listdir(self.exit_dir):

@@ -170,7 +170,7 @@ class RuncRuntime:
     ) -> _Container:
         """How a container about to be created is held (here: FIFOs, pidfd on its init)."""
         box = _Container(directory, runtime, InitProcess(), ContainerStdio(stdio))
-        box.running = restoring or starts_in_one_call(runtime.binary or self.binary)
+        box.running = restoring or starts_in_one_call(self._cli.binary_of(runtime))
         return box
 
     async def _discard(self, container_id: str, box: _Container) -> None:
@@ -207,7 +207,12 @@ class RuncRuntime:
     async def _delete_leftover(self, container_id: str, runtime: RuntimeChoice) -> None:
         """Delete whatever any runtime has under this ID (and reap its init if it is ours):
         a crashed daemon's container may be another runtime's than this one's."""
+        asked = set()
         for choice in [runtime, *self._choices()]:
+            binary = self._cli.binary_of(choice)
+            if binary in asked:  # (the same binary lists the same containers)
+                continue
+            asked.add(binary)
             state = await self._cli.state(container_id, runtime=choice)
             if state is not None:
                 await self._cli.quietly("delete", "--force", container_id, runtime=choice)
@@ -285,7 +290,7 @@ class RuncRuntime:
             await reap(pid)
             return None
         bundle = BundleDir(Path(state["bundle"]))
-        box = _Container(bundle, bundle.runtime(), InitProcess(), ContainerStdio(stdio), True)
+        box = _Container(bundle, runtime, InitProcess(), ContainerStdio(stdio), True)
         try:
             box.init.open(int(state["pid"]))
         except ProcessLookupError:

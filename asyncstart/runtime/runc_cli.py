@@ -114,11 +114,15 @@ class RuncCli:
         self.binary = binary
         self.global_args = global_args
 
+    def binary_of(self, runtime: RuntimeChoice | None) -> str:
+        """The binary a container's runtime choice runs: its own, else the daemon's."""
+        return (runtime.binary if runtime else None) or self.binary
+
     def argv(
         self, *args: str, runtime: RuntimeChoice | None = None, log_file: Path | None = None
     ) -> list[str]:
         """The command line for ``runc [global flags] args``."""
-        binary = (runtime.binary if runtime else None) or self.binary
+        binary = self.binary_of(runtime)
         # Only what makes cgroups needs the launcher: start, kill, pause, delete and the rest
         # work where they are (three processes fewer each).
         prefix = launcher(binary) if args and args[0] in _MAKES_CGROUPS else ()
@@ -194,7 +198,7 @@ class RuncCli:
         if result.returncode != 0:
             # (Its stderr is the container's: a runtime that logs nothing leaves only this.)
             stderr = (result.stderr or b"").decode(errors="replace")
-            binary = (runtime.binary if runtime else None) or self.binary
+            binary = self.binary_of(runtime)
             raise create_failure(log_file, stderr, binary, args[0])
 
     async def state(
