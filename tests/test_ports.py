@@ -71,3 +71,21 @@ async def test_tcp_and_udp_on_one_port_and_a_taken_port() -> None:
             await proxy.publish("c3", "/x", LOOPBACK, {"80/sctp": [{}]})
         await proxy.unpublish("c1")
         tg.cancel_scope.cancel()
+
+
+async def test_a_host_port_range_takes_its_first_free_port() -> None:
+    async with anyio.create_task_group() as tg:
+        proxy = PortProxy(tg)
+        first = await proxy.publish("c1", "/a", LOOPBACK, {"80/tcp": [{"HostIp": LOOPBACK}]})
+        taken = int(first["80/tcp"][0]["HostPort"])
+        span = f"{taken}-{taken + 1}"
+        ports = await proxy.publish(
+            "c2", "/b", LOOPBACK, {"80/tcp": [{"HostIp": LOOPBACK, "HostPort": span}]}
+        )
+        assert ports["80/tcp"] == [{"HostIp": LOOPBACK, "HostPort": str(taken + 1)}]
+        for bad in ("8001-8000", "x", "0", "70000"):
+            with pytest.raises(errors.InvalidParameter, match=f"^invalid hostPort: {bad}$"):
+                await proxy.publish("c3", "/c", LOOPBACK, {"80/tcp": [{"HostPort": bad}]})
+        for container in ("c1", "c2"):
+            await proxy.unpublish(container)
+        tg.cancel_scope.cancel()

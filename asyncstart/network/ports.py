@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,21 @@ async def _pipe(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> Non
         await sink.send_eof()
 
 
+def _host_ports(text: str) -> list[int]:
+    """A binding's ``HostPort``: none (0: the kernel picks), a port, or dockerd's range
+    ``low-high`` (the first free one is taken); dockerd's 400 for anything else."""
+    if not text:
+        return [0]
+    low, _, high = text.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        first, last = -1, -1
+    if not 0 < first <= last <= 65535:
+        raise errors.InvalidParameter(f"invalid hostPort: {text}")
+    return list(range(first, last + 1))
+
+
 class PortProxy:
     """Listeners of every running container's published ports, in the daemon's task group."""
 
@@ -71,7 +87,7 @@ class PortProxy:
                 proto = proto or "tcp"
                 for host in hosts or ():  # (None: exposed, not published)
                     host_ip = host.get("HostIp") or ""
-                    host_port = int(host.get("HostPort") or 0)
+                    candidates = _host_ports(str(host.get("HostPort") or ""))
                     # No address: every IPv4 one, and (TCP) every IPv6 one on the same port,
                     # as dockerd's two bindings (``localhost`` may well be ::1).
                     for listen_ip in [host_ip] if host_ip else ["0.0.0.0", "::"]:
@@ -80,13 +96,13 @@ class PortProxy:
                         # (The IPv6 one is best effort: no IPv6, or its twin of an ephemeral
                         # port taken there.)
                         listener = await self._listen(
-                            proto, listen_ip, host_port, f"{name.lstrip('/')} ({container_id})",
+                            proto, listen_ip, candidates, f"{name.lstrip('/')} ({container_id})",
                             optional=listen_ip == "::", ephemeral=not host.get("HostPort"),
                         )  # fmt: skip
                         if listener is None:
                             continue
                         bound = listener.extra(anyio.abc.SocketAttribute.local_port)
-                        host_port = host_port or bound  # the IPv6 one takes the same port
+                        candidates = [bound]  # the IPv6 one takes the same port
                         entry = _Published()
                         published.append(entry)
                         serve = self._serve if proto == "tcp" else self._serve_udp
@@ -104,34 +120,41 @@ class PortProxy:
     async def _listen(
         proto: str,
         host_ip: str,
-        host_port: int,
+        host_ports: Sequence[int],
         endpoint: str,
         *,
         optional: bool = False,
         ephemeral: bool = False,
     ) -> Any:
-        """A TCP listener or UDP socket on the host's side; dockerd's error if the port is
-        taken. ``optional``: None where the host cannot listen there (no IPv6)."""
-        try:
-            if proto == "tcp":
-                return await anyio.create_tcp_listener(
-                    local_host=host_ip, local_port=host_port, reuse_port=False
-                )
-            return await anyio.create_udp_socket(local_host=host_ip, local_port=host_port)
-        except OSError as exc:
-            unavailable = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
-            if optional and (exc.errno in unavailable or ephemeral):
-                return None
-            family = "6" if ":" in host_ip else "4"
-            detail = (
-                f"Bind for {host_ip}:{host_port} failed: port is already allocated"
-                if exc.errno == errno.EADDRINUSE
-                else f"Error starting userland proxy: listen {proto}{family} "
-                f"{host_ip}:{host_port}: bind: {exc.strerror}"
-            )
-            raise errors.SystemError(
-                f"driver failed programming external connectivity on endpoint {endpoint}: {detail}"
-            ) from None
+        """A TCP listener or UDP socket on the host's side, on the first of ``host_ports``
+        that is free; dockerd's error if none is. ``optional``: None where the host cannot
+        listen there (no IPv6)."""
+        failure: OSError | None = None
+        for host_port in host_ports:
+            try:
+                if proto == "tcp":
+                    return await anyio.create_tcp_listener(
+                        local_host=host_ip, local_port=host_port, reuse_port=False
+                    )
+                return await anyio.create_udp_socket(local_host=host_ip, local_port=host_port)
+            except OSError as exc:
+                failure = exc
+                if exc.errno != errno.EADDRINUSE:
+                    break  # (taken: the next one of a range)
+        assert failure is not None
+        unavailable = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+        if optional and (failure.errno in unavailable or ephemeral):
+            return None
+        family = "6" if ":" in host_ip else "4"
+        detail = (
+            f"Bind for {host_ip}:{host_port} failed: port is already allocated"
+            if failure.errno == errno.EADDRINUSE
+            else f"Error starting userland proxy: listen {proto}{family} "
+            f"{host_ip}:{host_port}: bind: {failure.strerror}"
+        )
+        raise errors.SystemError(
+            f"driver failed programming external connectivity on endpoint {endpoint}: {detail}"
+        )
 
     async def _serve(
         self, listener: anyio.abc.Listener[Any], address: str, port: int, entry: _Published
