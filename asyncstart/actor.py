@@ -28,15 +28,17 @@ import structlog
 from . import errors
 from .attach import AttachSession, ContainerIO
 from .container import ActorServices, ContainerState
+from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
 from .logs import ContainerLogs, LogQuery, read_log_chunks
 from .mailbox import Call, Handler, Pending, Reply, RuntimeReport
+from .networks import NetworkSpec, attachment_of, dns_names
 from .record import ContainerRecord, wait_result
 from .restart import RestartManager
 from .runtime import StateInfo
 from .signals import parse_signal
 from .steps import StartContext, container_log_options, container_stdio
-from .views import ContainerSnapshot
+from .views import ContainerSnapshot, endpoint_view, joined_networks
 
 __all__ = ["ActorServices", "ContainerActor", "ContainerSnapshot", "Pending"]
 
@@ -64,6 +66,8 @@ class ContainerActor(ContainerState):
             Request.REMOVE: self._h_remove,
             Request.WAIT: self._h_wait,
             Request.ADOPT: self._h_adopt,
+            Request.CONNECT: self._h_connect,
+            Request.DISCONNECT: self._h_disconnect,
         }
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -294,6 +298,86 @@ class ContainerActor(ContainerState):
         else:
             reply.set(wait_result(self._record))
 
+    async def _h_connect(self, reply: Reply, spec: NetworkSpec, config: dict[str, Any]) -> None:
+        self.check(Request.CONNECT)
+        record = self._record
+        _refuse_shared_namespace(record.host_config.network_mode)
+        joined = self._endpoints()
+        if self._lifecycle.state in PROCESS_STATES and record.network_settings.get("SandboxKey"):
+            if spec.name in record.network_settings.get("Networks", {}):
+                raise errors.Forbidden(
+                    f"endpoint with name {record.name.lstrip('/')} already exists in network "
+                    f"{spec.name}"
+                )
+            await self._join(spec, config)
+        elif spec.name in joined:
+            reply.set()  # (dockerd: a stopped container's second connect is no change)
+            return
+        record.endpoints = {**joined, spec.name: config}
+        await self._save()
+        reply.set()
+
+    async def _join(self, spec: NetworkSpec, config: dict[str, Any]) -> None:
+        """A running container's new network: its interface, its names, its event."""
+        record, network, resolver = self._record, self.services.network, self.services.resolver
+        assert network is not None
+        ipv4 = (config.get("IPAMConfig") or {}).get("IPv4Address", "")
+        attachment = attachment_of(spec, ipv4)
+        sandbox = record.network_settings["SandboxKey"]
+        live = await network.connect(self.id, sandbox, attachment)
+        names = dns_names(spec, record, config)
+        endpoint = endpoint_view(config, live, names)
+        networks = {**record.network_settings.get("Networks", {}), spec.name: endpoint}
+        record.network_settings = {**record.network_settings, "Networks": networks}
+        if resolver is not None and names:
+            try:
+                dns = record.host_config.dns or ()
+                await resolver.attach(
+                    self.id, {**record.network_settings, "Networks": {spec.name: endpoint}}, dns
+                )
+            except errors.DockerError as exc:  # connected all the same, as the names go
+                log.warning("dns.not_served", container_id=self.id, error=exc.message)
+        network_event(self.services.bus, spec.id, spec.name, self.id, "connect")
+
+    async def _h_disconnect(self, reply: Reply, spec: NetworkSpec, force: bool) -> None:
+        self.check(Request.DISCONNECT)
+        record = self._record
+        if spec.driver == "host" and record.host_config.network_mode == "host":
+            raise errors.InvalidParameter(
+                "cannot disconnect container from host network - container was created in "
+                "host network mode"
+            )
+        running = self._lifecycle.state in PROCESS_STATES
+        live = record.network_settings.get("Networks", {}).get(spec.name) if running else None
+        joined = self._endpoints()
+        if live is None and spec.name not in joined:
+            where = "network" if running else "the network"
+            raise errors.SystemError(f"container {self.id} is not connected to {where} {spec.name}")
+        if live is not None:
+            await self._leave(spec, live)
+        record.endpoints = {name: c for name, c in joined.items() if name != spec.name}
+        await self._save()
+        reply.set()
+
+    async def _leave(self, spec: NetworkSpec, live: dict[str, Any]) -> None:
+        """A running container leaves a network: its interface, its names, its event."""
+        record, network = self._record, self.services.network
+        if network is not None and spec.bridge:
+            sandbox = record.network_settings.get("SandboxKey", "")
+            await network.disconnect(
+                self.id, sandbox, attachment_of(spec), live.get("IPAddress", "")
+            )
+        if self.services.resolver is not None:
+            self.services.resolver.unregister(self.id, spec.id)
+        networks = dict(record.network_settings.get("Networks", {}))
+        networks.pop(spec.name, None)
+        record.network_settings = {**record.network_settings, "Networks": networks}
+        network_event(self.services.bus, spec.id, spec.name, self.id, "disconnect")
+
+    def _endpoints(self) -> dict[str, dict[str, Any]]:
+        record = self._record
+        return joined_networks(record.endpoints, record.host_config.network_mode)
+
     async def _h_remove(self, reply: Reply, force: bool, reference: str) -> None:
         state = self._lifecycle.state
         self.check(Request.FORCE_REMOVE if force else Request.REMOVE, reference)
@@ -310,3 +394,17 @@ class ContainerActor(ContainerState):
             return
         self._waiters.park("removal", reply)
         await self._remove_now()
+
+
+def _refuse_shared_namespace(mode: str) -> None:
+    """dockerd's 400 for connecting a container that has no network of its own."""
+    if mode == "host" or mode.startswith("container:"):
+        raise errors.InvalidParameter(
+            "container sharing network namespace with another container or host cannot be "
+            "connected to any other network"
+        )
+    if mode == "none":
+        raise errors.InvalidParameter(
+            "container cannot be connected to multiple networks with one of the networks in "
+            "private (none) mode"
+        )

@@ -177,10 +177,13 @@ class Client:
         name: str | None = None,
         config: Mapping[str, Any] | None = None,
         host_config: Mapping[str, Any] | None = None,
+        networking_config: Mapping[str, Any] | None = None,
     ) -> str:
         body = dict(config or {})
         if host_config is not None:
             body["HostConfig"] = dict(host_config)
+        if networking_config is not None:
+            body["NetworkingConfig"] = dict(networking_config)
         result = await self._json(
             "POST", "/containers/create", params=_params(name=name), json=body
         )
@@ -350,6 +353,27 @@ class Client:
 
     async def network_remove(self, reference: str) -> None:
         await self._request("DELETE", f"/networks/{reference}")
+
+    async def network_create(self, body: Mapping[str, Any]) -> str:
+        result = await self._json("POST", "/networks/create", json=dict(body))
+        return str(result["Id"])
+
+    async def networks_prune(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        params = {"filters": json.dumps(filters)} if filters else {}
+        result = await self._json("POST", "/networks/prune", params=params)
+        return list(result.get("NetworksDeleted") or [])
+
+    async def network_connect(
+        self, reference: str, container: str, endpoint: Mapping[str, Any] | None = None
+    ) -> None:
+        body: dict[str, Any] = {"Container": container}
+        if endpoint is not None:
+            body["EndpointConfig"] = dict(endpoint)
+        await self._request("POST", f"/networks/{reference}/connect", json=body)
+
+    async def network_disconnect(self, reference: str, container: str, force: bool = False) -> None:
+        body = {"Container": container, "Force": force}
+        await self._request("POST", f"/networks/{reference}/disconnect", json=body)
 
     async def images_list(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._json("GET", "/images/json")

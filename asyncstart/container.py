@@ -30,6 +30,8 @@ from .events import EventBus, container_event, network_events
 from .images import MountDriver
 from .lifecycle import PROCESS_STATES, Lifecycle, LifecycleEvent, Request, State, refusal
 from .mailbox import Mailbox, Timers, Waiters
+from .network import NetworkDriver
+from .network.resolver import Resolver
 from .record import (
     ContainerRecord,
     exited,
@@ -67,6 +69,9 @@ class ActorServices:
     #: Called once the container is removed, so the daemon drops it from its index.
     forget: Callable[[ContainerRecord], None]
     stop_timeout: float = 10.0
+    #: For ``docker network connect``/``disconnect`` of a running container.
+    network: NetworkDriver | None = None
+    resolver: Resolver | None = None
 
 
 class ContainerState:

@@ -28,21 +28,29 @@ from .clock import Clock, SystemClock
 from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
 from .events import EventBus
-from .filters import container_filters, event_filters, event_matches
+from .filters import container_filters, event_filters, event_matches, normalise, timestamp
 from .hostinfo import host_facts
 from .images import MountDriver
 from .images.store import ImageSource
 from .lifecycle import Request
 from .logs import ContainerLogs, LogQuery
 from .network import NetworkDriver
+from .network.base import Attachment
 from .network.netlink import asyncio_loop
 from .network.ports import PortProxy
+from .network.resolver import Resolver
 from .networks import (
+    NetworkRegistry,
     NetworkSpec,
+    attachment_of,
+    bridge_of,
+    dns_names,
+    endpoint_config,
     find_network,
     network_filters,
     network_matches,
     network_view,
+    new_network,
     predefined_networks,
 )
 from .reconcile import reconcile
@@ -50,7 +58,7 @@ from .record import ContainerRecord
 from .runtime import Runtime, StateInfo
 from .signals import parse_signal
 from .store import ContainerIndex, RecordStore
-from .views import ContainerSnapshot, DaemonStatistics, ps_rows
+from .views import ContainerSnapshot, DaemonStatistics, joined_networks, network_key, ps_rows
 from .wiring import (
     DaemonConfig,
     Drivers,
@@ -95,6 +103,10 @@ class Daemon:
         self._index = ContainerIndex()
         self._actors: dict[str, ContainerActor] = {}
         self._ports = PortProxy(task_group)
+        self._resolver = Resolver(task_group)
+        #: The user-defined networks; their changes one at a time.
+        self._registry = NetworkRegistry(self.data_root / "network" / "networks.json")
+        self._network_lock = anyio.Lock()
         self._task_group = task_group
         self._services = ActorServices(
             runtime=drivers.runtime,
@@ -106,6 +118,8 @@ class Daemon:
                 records=self._records,
                 ports=self._ports,
                 peers=self._network_peer,
+                plan=self._attachments,
+                resolver=self._resolver,
             ),
             records=self._records,
             bus=self._events,
@@ -113,6 +127,8 @@ class Daemon:
             task_group=task_group,
             forget=self._forget,
             stop_timeout=config.stop_timeout,
+            network=drivers.network,
+            resolver=self._resolver,
         )
 
     # -- wiring -----------------------------------------------------------------------------
@@ -152,7 +168,20 @@ class Daemon:
         return actor
 
     async def _reopen(self) -> None:
-        await reconcile(self._records, self._adopt, self._drivers, self._ports, self.exec_root)
+        for spec in self._registry:
+            # The bridges and rules of the user-defined networks, found again (or made anew).
+            try:
+                await self._drivers.network.create_network(bridge_of(spec))
+            except errors.DockerError as exc:
+                log.error("network.restore_failed", name=spec.name, error=exc.message)
+        await reconcile(
+            self._records,
+            self._adopt,
+            self._drivers,
+            self._ports,
+            self.exec_root,
+            self._resolver,
+        )
 
     def _actor(self, reference: str) -> ContainerActor:
         container_id = self._index.resolve(reference)
@@ -174,8 +203,14 @@ class Daemon:
         name: str | None = None,
         config: Config | Mapping[str, Any] | None = None,
         host_config: HostConfig | Mapping[str, Any] | None = None,
+        networking_config: Mapping[str, Any] | None = None,
     ) -> str:
-        """Create a container (``docker create``); return its 64-hex ID."""
+        """Create a container (``docker create``); return its 64-hex ID.
+
+        ``networking_config``: dockerd's ``NetworkingConfig`` — ``EndpointsConfig``, the
+        networks to join besides ``HostConfig.NetworkMode``'s, each with its aliases and
+        address (``IPAMConfig.IPv4Address``).
+        """
         record = new_record(
             name,
             config,
@@ -186,6 +221,7 @@ class Daemon:
             name_taken=self._index.has_name,
             facts=self._host,
         )
+        record.endpoints = self._endpoints_at_create(record, networking_config)
         container_id, canonical = record.id, record.name
         self._index.reserve_name(canonical, container_id)
         mounter = self._drivers.mounter
@@ -327,28 +363,194 @@ class Daemon:
             created = (self.data_root / "engine-id").stat().st_mtime
         except OSError:
             created = 0.0
-        return predefined_networks(
+        predefined = predefined_networks(
             self.engine_id, created, bridge=config.bridge, subnet=str(network), gateway=gateway
         )
+        return [*predefined, *self._registry]
+
+    def _network(self, reference: str) -> NetworkSpec:
+        return find_network(self._networks(), reference)
+
+    def _in_use(self) -> dict[str, list[ContainerSnapshot]]:
+        """Network ID -> the containers whose running process is on it."""
+        users: dict[str, list[ContainerSnapshot]] = {}
+        for snapshot in self._snapshots():
+            if snapshot.process_exists:
+                for endpoint in snapshot.record.network_settings.get("Networks", {}).values():
+                    if endpoint.get("NetworkID"):
+                        users.setdefault(endpoint["NetworkID"], []).append(snapshot)
+        return users
+
+    def _attachments(self, record: ContainerRecord) -> list[tuple[Attachment, list[str]]]:
+        """The networks a container joins at start, with its names on each: ``NetworkMode``'s
+        first (``eth0``), then the others it was connected to, by name. A network removed
+        since (or never made) is dockerd's 404."""
+        primary = network_key(record.host_config.network_mode)
+        joined = joined_networks(record.endpoints, record.host_config.network_mode)
+        networks = self._networks()
+        planned = []
+        for name in sorted(joined, key=lambda name: (name != primary, name)):
+            config = joined[name]
+            try:
+                spec = find_network(networks, config.get("NetworkID") or name)
+            except errors.NotFound:
+                try:
+                    spec = find_network(networks, name)
+                except errors.NotFound as exc:
+                    raise errors.NotFound(
+                        f"failed to set up container networking: {exc.message}"
+                    ) from None
+            if spec.bridge:
+                ipv4 = (config.get("IPAMConfig") or {}).get("IPv4Address", "")
+                planned.append((attachment_of(spec, ipv4), dns_names(spec, record, config)))
+        return planned
+
+    def _endpoints_at_create(
+        self, record: ContainerRecord, networking: Mapping[str, Any] | None
+    ) -> dict[str, dict[str, Any]]:
+        """``EndpointsConfig`` checked (a network that does not exist is let by, as dockerd:
+        the start fails), and ``NetworkMode``'s network added."""
+        if networking is not None and not isinstance(networking, Mapping):
+            raise errors.InvalidParameter("invalid NetworkingConfig: expected an object")
+        wanted = (networking or {}).get("EndpointsConfig") or {}
+        if not isinstance(wanted, Mapping):
+            raise errors.InvalidParameter("invalid EndpointsConfig: expected an object")
+        mode = record.host_config.network_mode
+        if mode.startswith("container:"):
+            if wanted:
+                raise errors.InvalidParameter(
+                    "conflicting options: container type network can't be used with EndpointsConfig"
+                )
+            return {}
+        networks = self._networks()
+        endpoints: dict[str, dict[str, Any]] = {}
+        for key in [*wanted, network_key(mode)]:
+            try:
+                spec: NetworkSpec | None = find_network(networks, key)
+            except errors.NotFound:
+                spec = None
+            name = spec.name if spec is not None else key
+            if name in endpoints:
+                continue
+            try:
+                endpoints[name] = endpoint_config(spec, wanted.get(key), key=key)
+            except errors.InvalidParameter as exc:
+                raise errors.InvalidParameter(
+                    f"invalid config for network {key}: {exc.message}"
+                ) from None
+        kinds = {find_network(networks, n).driver for n in endpoints if n in ("host", "none")}
+        if len(endpoints) > 1 and kinds:
+            raise errors.InvalidParameter(
+                "container cannot be connected to multiple networks with one of the networks "
+                f"in {'private (none)' if 'null' in kinds else 'host'} mode"
+            )
+        return endpoints
 
     async def networks_list(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """``docker network ls``: the predefined networks (``bridge``, ``host``, ``none``)
-        that pass ``filters`` (dockerd's keys: driver, id, label, name, scope, type,
-        dangling)."""
+        """``docker network ls``: the predefined networks (``bridge``, ``host``, ``none``) and
+        the user-defined ones that pass ``filters`` (dockerd's keys: driver, id, label, name,
+        scope, type, dangling)."""
         wanted = network_filters(filters)
-        return [network_view(spec) for spec in self._networks() if network_matches(spec, wanted)]
+        users = self._in_use()
+        return [
+            network_view(spec)
+            for spec in self._networks()
+            if network_matches(spec, wanted, in_use=spec.id in users)
+        ]
 
     async def network_inspect(self, reference: str) -> dict[str, Any]:
         """``docker network inspect``: by name, ID or unique ID prefix; with the containers
         whose process is on it. 404 ``network X not found`` otherwise."""
-        spec = find_network(self._networks(), reference)
-        return network_view(spec, self._snapshots())
+        return network_view(self._network(reference), self._snapshots())
+
+    async def network_create(self, body: Mapping[str, Any]) -> str:
+        """``docker network create``: a bridge network with its own bridge, subnet (the
+        request's, or a free one from the pool) and firewall rules; returns its ID."""
+        async with self._network_lock:
+            routed = await self._drivers.network.routed_subnets()
+            spec = new_network(body, self._networks(), routed, now=time.time())
+            await self._drivers.network.create_network(bridge_of(spec))
+            await anyio.to_thread.run_sync(self._registry.add, spec)
+        self._network_event(spec, "create")
+        log.info("network.created", name=spec.name, id=spec.id, subnet=spec.subnet)
+        return spec.id
 
     async def network_remove(self, reference: str) -> None:
-        """``docker network rm``: the predefined networks cannot be removed (dockerd's 403),
-        and there are no others yet; 404 for an unknown one."""
-        spec = find_network(self._networks(), reference)
-        raise errors.Forbidden(f"{spec.name} is a pre-defined network and cannot be removed")
+        """``docker network rm``: 403 for a predefined network or one a running container is
+        on, 404 for an unknown one."""
+        async with self._network_lock:
+            spec = self._network(reference)
+            await self._remove_network(spec)
+
+    async def _remove_network(self, spec: NetworkSpec) -> None:
+        if spec.builtin:
+            raise errors.Forbidden(f"{spec.name} is a pre-defined network and cannot be removed")
+        users = self._in_use().get(spec.id)
+        if users:
+            endpoints = ", ".join(
+                f'name:"{u.record.name.lstrip("/")}" '
+                f'id:"{u.record.network_settings["Networks"][spec.name]["EndpointID"][:12]}"'
+                for u in users
+            )
+            raise errors.Forbidden(
+                f"error while removing network: network {spec.name} has active endpoints "
+                f"({endpoints})"
+            )
+        await self._drivers.network.remove_network(bridge_of(spec))
+        await anyio.to_thread.run_sync(self._registry.remove, spec.id)
+        self._network_event(spec, "destroy")
+        log.info("network.removed", name=spec.name, id=spec.id)
+
+    async def networks_prune(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        """``docker network prune``: every user-defined network no running container is on
+        (``until`` and ``label`` filters as dockerd); the names of those removed."""
+        wanted = normalise(filters, ("until", "label", "label!"))
+        until = min((timestamp(v, time.time()) for v in wanted.pop("until", ())), default=0.0)
+        unlabelled = wanted.pop("label!", set())
+        removed = []
+        async with self._network_lock:
+            users = self._in_use()
+            for spec in self._networks():
+                if spec.builtin or spec.id in users or (until and spec.created >= until):
+                    continue
+                if not network_matches(spec, wanted):
+                    continue
+                if unlabelled and any(network_matches(spec, {"label": {v}}) for v in unlabelled):
+                    continue
+                await self._remove_network(spec)
+                removed.append(spec.name)
+        self._events.publish("network", "prune", "", {"reclaimed": "0"})
+        return removed
+
+    async def network_connect(
+        self, reference: str, container: str, endpoint: Mapping[str, Any] | None = None
+    ) -> None:
+        """``docker network connect``: a running container joins now (an interface more, its
+        names served), a stopped one at its next start."""
+        spec = self._network(reference)
+        actor = self._actor(container)
+        if spec.driver == "host":
+            raise errors.InvalidParameter(
+                "cannot connect container to host network - container must be created in "
+                "host network mode"
+            )
+        if spec.driver == "null":
+            raise errors.InvalidParameter(
+                "container cannot be connected to multiple networks with one of the networks "
+                "in private (none) mode"
+            )
+        config = endpoint_config(spec, endpoint)
+        await actor.request(Request.CONNECT, spec, config)
+
+    async def network_disconnect(self, reference: str, container: str, force: bool = False) -> None:
+        """``docker network disconnect``: the container leaves the network (now, if it
+        runs)."""
+        spec = self._network(reference)
+        await self._actor(container).request(Request.DISCONNECT, spec, force)
+
+    def _network_event(self, spec: NetworkSpec, action: str, **extra: str) -> None:
+        attributes = {"name": spec.name, "type": spec.driver, **extra}
+        self._events.publish("network", action, spec.id, attributes)
 
     # -- logs -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 if TYPE_CHECKING:
     from .record import ContainerRecord
 
-__all__ = ["EventBus", "container_event", "network_events"]
+__all__ = ["EventBus", "container_event", "network_event", "network_events"]
 
 Message = dict[str, Any]
 
@@ -124,7 +124,15 @@ def container_event(bus: EventBus, record: ContainerRecord, action: str, **extra
 def network_events(bus: EventBus, record: ContainerRecord, action: str) -> None:
     """dockerd's network events for each network the container is on: ``connect`` at start,
     ``disconnect`` when it is released."""
-    for name in record.network_settings.get("Networks", {}):
-        network_id = hashlib.sha256(name.encode()).hexdigest()
-        attributes = {"container": record.id, "name": name, "type": name}
-        bus.publish("network", action, network_id, attributes)
+    for name, endpoint in record.network_settings.get("Networks", {}).items():
+        network_id = endpoint.get("NetworkID") or hashlib.sha256(name.encode()).hexdigest()
+        network_event(bus, network_id, name, record.id, action)
+
+
+def network_event(
+    bus: EventBus, network_id: str, name: str, container_id: str, action: str
+) -> None:
+    """One network event about a container (its ``type`` the network's driver)."""
+    driver = {"host": "host", "none": "null"}.get(name, "bridge")
+    attributes = {"container": container_id, "name": name, "type": driver}
+    bus.publish("network", action, network_id, attributes)

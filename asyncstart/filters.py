@@ -6,6 +6,7 @@ Clients send ``{"key": ["value", ...]}`` or the older ``{"key": {"value": true}}
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "event_filters",
     "event_matches",
     "normalise",
+    "timestamp",
 ]
 
 #: Normalised filters: key -> the values any of which may match.
@@ -113,3 +115,28 @@ def event_matches(message: Mapping[str, Any], wanted: Filters) -> bool:
         any(EVENT_FILTERS[key](message, value) for value in values)
         for key, values in wanted.items()
     )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def timestamp(value: str, now: float) -> float:
+    """dockerd's ``GetTimestamp``: seconds since the epoch, RFC 3339, or a duration ago."""
+    from .views import parse_time  # (views filters containers: imported once both exist)
+
+    if not value:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    if _DURATION.sub("", value) == "":
+        seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION.findall(value))
+        return now - seconds
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise errors.InvalidParameter(
+            f'failed to parse value as time or duration: "{value}"'
+        ) from None

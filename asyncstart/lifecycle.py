@@ -253,6 +253,9 @@ class Request(enum.Enum):
     WAIT = "wait"
     #: Reopened on a container recorded as running: take its process back under watch.
     ADOPT = "adopt"
+    #: ``docker network connect`` / ``disconnect``.
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,10 @@ class Refusal:
 _ALREADY_RUNNING = Refusal(errors.NotModified, "container is already running")
 _MARKED_FOR_REMOVAL = Refusal(
     errors.Conflict, "container is marked for removal and cannot be started"
+)
+_NETWORK_REMOVAL = Refusal(
+    errors.SystemError,
+    "Container {id} is marked for removal and cannot be connected or disconnected to the network",
 )
 _ALREADY_STOPPED = Refusal(errors.NotModified, "container is already stopped")
 _KILL_NOT_RUNNING = Refusal(
@@ -339,6 +346,8 @@ REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
         state: Refusal(errors.Conflict, "Container {id} is not running")
         for state in (*_STOPPED, *STARTING_STATES)
     },
+    Request.CONNECT: dict.fromkeys((State.REMOVING, State.DEAD), _NETWORK_REMOVAL),
+    Request.DISCONNECT: dict.fromkeys((State.REMOVING, State.DEAD), _NETWORK_REMOVAL),
 }
 #: Requests the daemon checks against what ``inspect`` shows rather than the actor's exact state:
 #: there, a start saga run by the restart policy is ``restarting``.

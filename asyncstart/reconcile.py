@@ -1,9 +1,9 @@
 """Reopening on the same roots: the daemon's records reconciled with what still runs.
 
 Every record gets its actor. A container recorded as running whose process the runtime still
-has is taken back (its output and published ports again); one whose process is gone becomes an
-exit (code 255), so the same undo as at any exit gives back its mount and network. What no
-record claims — runtime state, mounts, bundles, namespaces — is deleted.
+has is taken back (its output, published ports and names again); one whose process is gone
+becomes an exit (code 255), so the same undo as at any exit gives back its mount and network.
+What no record claims — runtime state, mounts, bundles, namespaces — is deleted.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from . import errors
 from .actor import ContainerActor
 from .lifecycle import Request
 from .network.ports import PortProxy
+from .network.resolver import Resolver
 from .record import ContainerRecord
 from .store import RecordStore
 from .wiring import Drivers
@@ -34,6 +35,7 @@ async def reconcile(
     drivers: Drivers,
     ports: PortProxy,
     exec_root: Path,
+    resolver: Resolver,
 ) -> None:
     """Give every record its actor (``adopt``), take live processes back, clean up the rest."""
     await anyio.to_thread.run_sync(drivers.images.sweep)
@@ -44,6 +46,7 @@ async def reconcile(
         if await actor.request(Request.ADOPT):
             live.add(record.id)
             await _republish(ports, record)
+            await _serve_names(resolver, record)
     # A container whose record could not be read keeps what it holds, for a person to decide.
     spared = live | records.quarantined
     await drivers.runtime.cleanup(spared)
@@ -52,6 +55,14 @@ async def reconcile(
     for bundle in await anyio.to_thread.run_sync(lambda: list(exec_root.iterdir())):
         if bundle.is_dir() and bundle.name not in spared and len(bundle.name) == 64:
             await anyio.to_thread.run_sync(shutil.rmtree, bundle, True)
+
+
+async def _serve_names(resolver: Resolver, record: ContainerRecord) -> None:
+    """A live container's names and DNS server (they lived in the old daemon)."""
+    try:
+        await resolver.attach(record.id, record.network_settings, record.host_config.dns or ())
+    except errors.DockerError as exc:
+        log.error("network.dns_failed", container_id=record.id, error=exc.message)
 
 
 async def _republish(ports: PortProxy, record: ContainerRecord) -> None:

@@ -54,6 +54,10 @@ class ContainerRecord(msgspec.Struct, kw_only=True):
     has_been_manually_stopped: bool = False
     restart_count: int = 0
     network_settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: The networks it is to join at start, by name: what the client asked of each endpoint
+    #: (``EndpointsConfig``: aliases, address) and the network's ID. None: a record of an
+    #: older daemon (its ``NetworkMode``'s network).
+    endpoints: dict[str, dict[str, Any]] | None = None
 
 
 def new_id() -> str:

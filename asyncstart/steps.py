@@ -26,16 +26,27 @@ from .hostinfo import absent_seccomp_arches, apparmor_enabled, go_arch
 from .images import MountDriver
 from .logs import LogOptions, LogSource, log_options
 from .network import NetworkDriver
-from .network.files import Link, hostname_file, hosts_file, link_env, resolv_conf
+from .network.base import Attachment
+from .network.files import Link, host_resolv_conf, hostname_file, hosts_file, link_env, resolv_conf
 from .network.ports import PortProxy
+from .network.resolver import Resolver
 from .record import ContainerRecord
 from .runtime import Bundle, Runtime, Stdio, translate_start_error
 from .runtime.base import RuntimeFailure
 from .seccomp import parse_kernel_release
 from .settings import parse_link
 from .spec import build_spec
+from .views import endpoint_view, joined_networks
 
-__all__ = ["MountStep", "NetworkStep", "RuntimeStep", "SpecStep", "StartContext", "Step"]
+__all__ = [
+    "MountStep",
+    "NamesStep",
+    "NetworkStep",
+    "RuntimeStep",
+    "SpecStep",
+    "StartContext",
+    "Step",
+]
 
 
 @dataclass(slots=True)
@@ -52,6 +63,8 @@ class StartContext:
     pid: int = 0
     #: Set by a step that knows better than dockerd's default 128 (e.g. 127: not found).
     exit_code: int = 0
+    #: The networks it joined, in order (``eth0`` first).
+    attachments: list[Attachment] = field(default_factory=list)
     #: The environment its legacy links give the process (``<ALIAS>_PORT``...).
     link_env: list[str] = field(default_factory=list)
     #: Seconds spent in each phase of this start, for logs, the demo and benchmarks.
@@ -84,6 +97,9 @@ class MountStep:
 #: What NetworkStep needs of a container whose network another one joins (container:<id>):
 #: its ID, pid (0 if not running) and network settings.
 PeerLookup = Callable[[str], tuple[str, int, dict[str, Any]]]
+#: The networks a container joins at start, in order, with the names it has on each
+#: (dockerd's 404 for one that is gone).
+AttachmentPlan = Callable[[ContainerRecord], list[tuple[Attachment, list[str]]]]
 
 
 class NetworkStep:
@@ -97,11 +113,13 @@ class NetworkStep:
         network: NetworkDriver,
         files_root: Path | None = None,
         peers: PeerLookup | None = None,
+        plan: AttachmentPlan | None = None,
     ) -> None:
         self.network = network
         #: ``files_root/<id>/`` receives the files (None: no files, as for the fake driver).
         self.files_root = files_root
         self.peers = peers
+        self.plan = plan
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
@@ -111,7 +129,21 @@ class NetworkStep:
             return
         links = self._links(record)
         ctx.link_env = [item for link in links for item in link_env(record.name, link)]
-        ctx.network = await self.network.setup(record.id, mode)
+        planned = (
+            self.plan(record) if self.plan is not None and mode not in ("host", "none") else []
+        )
+        ctx.attachments = [attachment for attachment, _ in planned]
+        kind = "host" if mode == "host" else "bridge" if planned else "none"
+        settings = await self.network.setup(record.id, kind, ctx.attachments)
+        # Each endpoint as dockerd shows it: what was asked of it, and what it got.
+        joined = joined_networks(record.endpoints, mode)
+        for name, live in settings["Networks"].items():
+            names = next((n for a, n in planned if a.network == name), [])
+            config = joined.get(name) or {
+                "NetworkID": next((a.network_id for a, _ in planned if a.network == name), "")
+            }
+            settings["Networks"][name] = endpoint_view(config, live, names)
+        ctx.network = settings
         if self.files_root is not None:
             try:
                 ctx.network |= await anyio.to_thread.run_sync(
@@ -182,11 +214,7 @@ class NetworkStep:
         directory = self.files_root / record.id
         config, host_config = record.config, record.host_config
         host_mode = host_config.network_mode == "host"
-        try:
-            with open("/etc/resolv.conf") as file:
-                host_resolv = file.read()
-        except OSError:
-            host_resolv = ""
+        host_resolv = host_resolv_conf()
         if host_mode:
             with open("/etc/hosts") as file:
                 hosts = file.read()
@@ -194,10 +222,13 @@ class NetworkStep:
             hosts = hosts_file(
                 config.hostname,
                 config.domainname,
-                network.get("IPAddress") or None,
+                primary_address(network) or None,
                 host_config.extra_hosts or (),
                 links,
             )
+        embedded = any(
+            endpoint.get("DNSNames") for endpoint in network.get("Networks", {}).values()
+        )
         files = {
             "hostname": hostname_file(config.hostname),
             "hosts": hosts,
@@ -207,6 +238,7 @@ class NetworkStep:
                 search=host_config.dns_search or (),
                 options=host_config.dns_options or (),
                 keep_loopback=host_mode,
+                embedded=embedded,
             ),
         }
         for name, text in files.items():
@@ -225,6 +257,26 @@ class NetworkStep:
         ctx.network = None
 
 
+class NamesStep:
+    """On user-defined networks: the container's names in the daemon's table, and the
+    embedded DNS server in its namespace (``resolver`` None: names are not served, as on the
+    in-memory drivers)."""
+
+    name = "names"
+
+    def __init__(self, resolver: Resolver | None) -> None:
+        self.resolver = resolver
+
+    async def do(self, ctx: StartContext) -> None:
+        if self.resolver is not None and ctx.network:
+            dns = ctx.record.host_config.dns or ()
+            await self.resolver.attach(ctx.record.id, ctx.network, dns)
+
+    async def undo(self, ctx: StartContext) -> None:
+        if self.resolver is not None:
+            self.resolver.stop(ctx.record.id)
+
+
 class PortsStep:
     """Published ports (``HostConfig.PortBindings``, and with ``PublishAllPorts`` every
     exposed port on an ephemeral host port): listeners proxying to the container."""
@@ -237,7 +289,7 @@ class PortsStep:
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
         network = ctx.network or {}
-        address = network.get("IPAddress")
+        address = primary_address(network)
         if not address:
             return  # host and none modes publish nothing (as dockerd)
         bindings: dict[str, list[dict[str, Any]]] = {
@@ -258,6 +310,14 @@ class PortsStep:
 
     async def undo(self, ctx: StartContext) -> None:
         await self.proxy.unpublish(ctx.record.id)
+
+
+def primary_address(settings: Mapping[str, Any]) -> str:
+    """The address of the container's first network (``eth0``), "" if it has none."""
+    return next(
+        (str(e["IPAddress"]) for e in settings.get("Networks", {}).values() if e.get("IPAddress")),
+        "",
+    )
 
 
 def _port_key(spec: str) -> str:

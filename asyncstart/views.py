@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +134,7 @@ def inspect_view(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any
             "IPAddress": network.get("IPAddress", ""),
             "IPPrefixLen": network.get("IPPrefixLen", 0),
             "MacAddress": network.get("MacAddress", ""),
-            "Networks": network.get("Networks", {}),
+            "Networks": network.get("Networks") or _configured_networks(record),
         },
     }
 
@@ -178,7 +178,7 @@ def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict
         "State": lifecycle.status,
         "Status": _status_text(record, lifecycle, now),
         "HostConfig": {"NetworkMode": record.host_config.network_mode},
-        "NetworkSettings": {"Networks": network.get("Networks", {})},
+        "NetworkSettings": {"Networks": network.get("Networks") or _configured_networks(record)},
         "Mounts": [],
     }
 
@@ -274,3 +274,51 @@ class DaemonStatistics:
             stopped=len(snapshots) - running,
             events_dropped=events_dropped,
         )
+
+
+# -- networks -------------------------------------------------------------------------------
+
+
+def endpoint_view(
+    config: Mapping[str, Any], live: Mapping[str, Any] | None, dns_names: Sequence[str] = ()
+) -> dict[str, Any]:
+    """dockerd's ``EndpointSettings``: what the client asked (``config``), and what the
+    running container has (``live``: its address..., None when it does not run)."""
+    live = live or {}
+    return {
+        "IPAMConfig": config.get("IPAMConfig"),
+        "Links": config.get("Links"),
+        "Aliases": config.get("Aliases"),
+        "MacAddress": live.get("MacAddress", ""),
+        "DriverOpts": None,
+        "GwPriority": 0,
+        "NetworkID": config.get("NetworkID", ""),
+        "EndpointID": live.get("EndpointID", ""),
+        "Gateway": live.get("Gateway", ""),
+        "IPAddress": live.get("IPAddress", ""),
+        "IPPrefixLen": live.get("IPPrefixLen", 0),
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": list(dns_names) or None,
+    }
+
+
+def _configured_networks(record: ContainerRecord) -> dict[str, Any]:
+    """The networks of a container that does not run: what it asked of each."""
+    joined = joined_networks(record.endpoints, record.host_config.network_mode)
+    return {name: endpoint_view(config, None) for name, config in joined.items()}
+
+
+def joined_networks(endpoints: Mapping[str, Any] | None, mode: str) -> dict[str, Any]:
+    """The networks a container is to join, by name: its ``endpoints`` (a record from before
+    these were kept has none: its ``NetworkMode``'s network)."""
+    if endpoints is not None:
+        return dict(endpoints)
+    key = network_key(mode)
+    return {} if key.startswith("container:") else {key: {}}
+
+
+def network_key(mode: str) -> str:
+    """The network ``HostConfig.NetworkMode`` names (``default`` is the bridge)."""
+    return "bridge" if mode in ("", "default") else mode

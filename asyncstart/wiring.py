@@ -26,11 +26,22 @@ from .network import FakeNetwork, NetworkDriver
 from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
 from .network.loopback import LoopbackNetwork
 from .network.ports import PortProxy
+from .network.resolver import Resolver
 from .runtime import FakeRuntime, Runtime
 from .runtime.conmon import ConmonRuntime, conmon_binary
 from .runtime.runc import RuncRuntime
 from .saga import Saga
-from .steps import MountStep, NetworkStep, PeerLookup, PortsStep, RuntimeStep, SpecStep, Step
+from .steps import (
+    AttachmentPlan,
+    MountStep,
+    NamesStep,
+    NetworkStep,
+    PeerLookup,
+    PortsStep,
+    RuntimeStep,
+    SpecStep,
+    Step,
+)
 from .store import RecordStore
 
 __all__ = [
@@ -200,6 +211,8 @@ def build_saga(
     records: RecordStore,
     ports: PortProxy,
     peers: PeerLookup,
+    plan: AttachmentPlan,
+    resolver: Resolver | None,
 ) -> Saga:
     """The start saga: each step with the lifecycle state it runs in."""
     userns = config.userns()
@@ -211,8 +224,10 @@ def build_saga(
                 drivers.network,
                 files_root=records.root if drivers.network_files else None,
                 peers=peers,
+                plan=plan,
             ),
         ),
+        (State.NETWORKING, NamesStep(resolver if drivers.network_files else None)),
         (State.NETWORKING, PortsStep(ports)),
         (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent, userns=userns)),
         (

@@ -753,6 +753,3 @@ async def test_the_predefined_networks_are_listed_and_inspected(api: Api) -> Non
         await client.network_inspect("nope")
     with pytest.raises(errors.Forbidden, match="^bridge is a pre-defined network"):
         await client.network_remove("bridge")
-    created = await raw(api.sock, http("POST", "/networks/create", b'{"Name": "mine"}'))
-    assert created.status == 501
-    assert "user-defined networks are not supported" in created.json()["message"]

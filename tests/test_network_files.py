@@ -32,24 +32,44 @@ def test_resolv_conf_drops_loopback_and_takes_overrides() -> None:
     )
 
 
-def test_ipam_hands_out_addresses_in_rotation_and_persists(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from asyncstart.network.bridge import Ipam
-
-    ipam = Ipam(tmp_path / "ipam.json", "10.213.99.0/29")  # hosts .1-.6, .1 the gateway
-    first = ipam.allocate("a")
-    ipam.release("a")
-    assert ipam.allocate("b") != first, "a just released address is not reused at once"
-    assert Ipam(tmp_path / "ipam.json", "10.213.99.0/29").leases() == {"b": "10.213.99.3"}
-    for name in "cdef":
-        ipam.allocate(name)
+def test_leases_hand_out_addresses_in_rotation_per_bridge_and_persist(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import pytest
 
     from asyncstart import errors
+    from asyncstart.network.base import Bridge
+    from asyncstart.network.bridge import Leases
 
+    small = Bridge("astest9", "10.213.99.0/29", "10.213.99.1")  # hosts .1-.6, .1 the gateway
+    other = Bridge("astest8", "10.213.98.0/29", "10.213.98.1")
+    leases = Leases(tmp_path / "ipam.json")
+    first = leases.allocate(small, "a")
+    leases.release("a")
+    assert leases.allocate(small, "b") != first, "a just released address is not reused at once"
+    assert leases.allocate(other, "b") == "10.213.98.2"  # one address per network
+    assert Leases(tmp_path / "ipam.json").leases("astest9") == {"b": "10.213.99.3"}
+    for name in "cdef":
+        leases.allocate(small, name)
     with pytest.raises(errors.SystemError, match="no available IPv4 addresses"):
-        ipam.allocate("g")
-    ipam.keep_only({"c"})
-    assert list(ipam.leases()) == ["c"]
+        leases.allocate(small, "g")
+    # A wanted address: given if free, refused if another container has it.
+    assert leases.allocate(other, "g", "10.213.98.5") == "10.213.98.5"
+    with pytest.raises(errors.Forbidden, match=r"^Address already in use: 10\.213\.98\.5$"):
+        leases.allocate(other, "h", "10.213.98.5")
+    leases.release("b", "astest8")
+    assert leases.leases("astest9")["b"] and "b" not in leases.leases("astest8")
+    leases.keep_only({"c"})
+    assert list(leases.leases("astest9")) == ["c"] and leases.leases("astest8") == {}
+    leases.forget("astest9")
+    assert Leases(tmp_path / "ipam.json").leases("astest9") == {}
+
+
+def test_leases_of_an_older_daemon_are_the_default_bridges(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from asyncstart.network.bridge import Leases
+
+    (tmp_path / "ipam.json").write_text('{"abc": "10.213.0.7"}')
+    assert Leases(tmp_path / "ipam.json", legacy_bridge="asyncstart0").leases("asyncstart0") == {
+        "abc": "10.213.0.7"
+    }
 
 
 def test_a_link_gives_dockerds_environment_and_hosts_line() -> None:

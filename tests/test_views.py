@@ -171,7 +171,10 @@ def test_inspect_without_a_network() -> None:
     view = inspect_view(make_record(), at(State.CREATED, ran_before=False))
     settings = view["NetworkSettings"]
     assert settings["IPAddress"] == "" and settings["IPPrefixLen"] == 0
-    assert settings["Ports"] == {} and settings["Networks"] == {}
+    assert settings["Ports"] == {}
+    # As dockerd: the network it will join, without an address until it runs.
+    assert list(settings["Networks"]) == ["bridge"]
+    assert settings["Networks"]["bridge"]["IPAddress"] == ""
     assert view["ResolvConfPath"] == view["HostnamePath"] == view["HostsPath"] == ""
 
 
@@ -204,7 +207,7 @@ def test_ps_row() -> None:
     assert row["Labels"] == {"tier": "web"}
     assert row["State"] == "running"
     assert row["HostConfig"] == {"NetworkMode": "bridge"}
-    assert row["NetworkSettings"] == {"Networks": {}}
+    assert list(row["NetworkSettings"]["Networks"]) == ["bridge"]
     assert row["Ports"] == []
 
 

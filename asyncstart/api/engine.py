@@ -35,7 +35,7 @@ from .wire import (
     created_seconds,
     error_response,
     frame,
-    json_body,
+    json_object,
     json_reply,
     primed,
     stdio_type,
@@ -96,10 +96,10 @@ class EngineAPI:
             ("GET", "/networks", self.networks_list),
             ("GET", f"/networks/{name}", self.network_inspect),
             # Not built yet: said plainly rather than "page not found".
-            ("POST", "/networks/create", self.network_unsupported),
-            ("POST", "/networks/prune", self.network_unsupported),
-            ("POST", f"/networks/{name}/connect", self.network_unsupported),
-            ("POST", f"/networks/{name}/disconnect", self.network_unsupported),
+            ("POST", "/networks/create", self.network_create),
+            ("POST", "/networks/prune", self.networks_prune),
+            ("POST", f"/networks/{name}/connect", self.network_connect),
+            ("POST", f"/networks/{name}/disconnect", self.network_disconnect),
             ("DELETE", f"/networks/{name}", self.network_remove),
         ]
         self._routes: dict[str, list[_Route]] = {}
@@ -220,15 +220,14 @@ class EngineAPI:
     # -- containers -------------------------------------------------------------------------
 
     async def container_create(self, request: Request) -> Reply:
-        body = await json_body(request)
-        if body is None:
-            raise errors.InvalidParameter("invalid JSON: EOF")
-        if not isinstance(body, dict):
-            raise errors.InvalidParameter("invalid JSON: expected an object")
+        body = await json_object(request)
         host_config = body.pop("HostConfig", None)
-        body.pop("NetworkingConfig", None)
+        networking = body.pop("NetworkingConfig", None)
         container_id = await self.daemon.container_create(
-            name=request.arg("name") or None, config=body, host_config=host_config
+            name=request.arg("name") or None,
+            config=body,
+            host_config=host_config,
+            networking_config=networking,
         )
         return json_reply({"Id": container_id, "Warnings": []}, 201)
 
@@ -251,11 +250,28 @@ class EngineAPI:
         await self.daemon.network_remove(name)
         return Response(204)
 
-    async def network_unsupported(self, request: Request, name: str = "") -> Reply:
-        raise errors.NotImplementedYet(
-            "user-defined networks are not supported by asyncstart yet: containers use the "
-            "predefined bridge, host and none networks"
-        )
+    async def network_create(self, request: Request) -> Reply:
+        body = await json_object(request)
+        network_id = await self.daemon.network_create(body)
+        return json_reply({"Id": network_id, "Warning": ""}, 201)
+
+    async def networks_prune(self, request: Request) -> Reply:
+        removed = await self.daemon.networks_prune(filters=arg_filters(request))
+        return json_reply({"NetworksDeleted": removed or None})
+
+    async def network_connect(self, request: Request, name: str) -> Reply:
+        body = await json_object(request)
+        endpoint = body.get("EndpointConfig")
+        if endpoint is not None and not isinstance(endpoint, dict):
+            raise errors.InvalidParameter("invalid EndpointConfig: expected an object")
+        await self.daemon.network_connect(name, str(body.get("Container") or ""), endpoint)
+        return Response(200)
+
+    async def network_disconnect(self, request: Request, name: str) -> Reply:
+        body = await json_object(request)
+        force = bool(body.get("Force"))
+        await self.daemon.network_disconnect(name, str(body.get("Container") or ""), force)
+        return Response(200)
 
     async def container_inspect(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_inspect(name))

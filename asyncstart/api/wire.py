@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from .. import errors
+from ..filters import timestamp
 from ..views import parse_time
 from .http import Request, Response
 
@@ -27,6 +28,7 @@ __all__ = [
     "error_response",
     "frame",
     "json_body",
+    "json_object",
     "json_reply",
     "primed",
     "stdio_type",
@@ -40,8 +42,6 @@ MAX_JSON_BODY = 4 * 1024 * 1024
 VERSIONED = re.compile(r"/v(\d+(?:\.\d+)?)(/.*)")
 _STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
 _FALSE = ("", "0", "no", "false", "none")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 JSON = [("Content-Type", "application/json")]
 
@@ -83,25 +83,6 @@ def arg_int(request: Request, name: str) -> int | None:
         raise errors.InvalidParameter(f'strconv.Atoi: parsing "{value}": invalid syntax') from None
 
 
-def timestamp(value: str, now: float) -> float:
-    """dockerd's ``GetTimestamp``: seconds since the epoch, RFC 3339, or a duration ago."""
-    if not value:
-        return 0.0
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    if _DURATION.sub("", value) == "":
-        seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION.findall(value))
-        return now - seconds
-    try:
-        return parse_time(value)
-    except ValueError:
-        raise errors.InvalidParameter(
-            f'failed to parse value as time or duration: "{value}"'
-        ) from None
-
-
 def arg_filters(request: Request) -> dict[str, Any]:
     """The ``filters`` argument as JSON (the daemon normalises and checks it)."""
     text = request.arg("filters")
@@ -132,6 +113,16 @@ async def json_body(request: Request) -> Any:
     except RecursionError:
         # (What Go's decoder says past its nesting limit.)
         raise errors.InvalidParameter("invalid JSON: exceeded max depth") from None
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """A body that must be a JSON object (dockerd's 400 for none or another value)."""
+    body = await json_body(request)
+    if body is None:
+        raise errors.InvalidParameter("invalid JSON: EOF")
+    if not isinstance(body, dict):
+        raise errors.InvalidParameter("invalid JSON: expected an object")
+    return body
 
 
 async def primed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

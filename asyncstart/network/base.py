@@ -1,24 +1,86 @@
-"""The network driver interface (dockerd's ``initializeNetworking`` / ``releaseNetwork``)."""
+"""The network driver interface (dockerd's ``initializeNetworking`` / ``releaseNetwork``, and
+libnetwork's network create/delete and endpoint join/leave)."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["NetworkDriver"]
+__all__ = ["Attachment", "Bridge", "NetworkDriver"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """A bridge network as the driver makes it: its Linux bridge, subnet and gateway."""
+
+    name: str
+    subnet: str
+    gateway: str
+    #: ``docker network create --internal``: nothing is forwarded past the bridge.
+    internal: bool = False
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.IPv4Network(self.subnet).prefixlen
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One network a container joins (an endpoint): the network and what the client asked of
+    the endpoint (``EndpointsConfig``)."""
+
+    #: The network's name (the key of ``NetworkSettings.Networks``) and ID.
+    network: str
+    network_id: str
+    bridge: Bridge
+    #: ``IPAMConfig.IPv4Address``: the address wanted ("" for the next free one).
+    ipv4: str = ""
 
 
 class NetworkDriver(Protocol):
-    async def setup(self, container_id: str, network_mode: str) -> dict[str, Any]:
-        """Give the container its network; return dockerd's ``NetworkSettings`` for inspect.
+    async def setup(
+        self, container_id: str, network_mode: str, attachments: Sequence[Attachment]
+    ) -> dict[str, Any]:
+        """Give the container its network: a namespace (none for ``host``) with one interface
+        per attachment (``eth0`` the first, whose gateway is the default route). Return
+        dockerd's ``NetworkSettings`` with an endpoint per attachment in ``Networks``.
 
         ``NetworkSettings["SandboxKey"]`` is the namespace path the OCI spec joins ("" for host).
         """
         ...
 
+    async def connect(
+        self, container_id: str, sandbox: str, attachment: Attachment
+    ) -> dict[str, Any]:
+        """Join a running container's namespace to one more network; return the endpoint."""
+        ...
+
+    async def disconnect(
+        self, container_id: str, sandbox: str, attachment: Attachment, address: str
+    ) -> None:
+        """Take the container's address on one network back, and its interface there if it
+        runs (``sandbox`` and ``address``: its namespace and the endpoint's address)."""
+        ...
+
     async def teardown(self, container_id: str) -> None:
-        """Release everything :meth:`setup` took (namespace, links, address)."""
+        """Release everything :meth:`setup` and :meth:`connect` took (namespace, links,
+        addresses)."""
         ...
 
     async def cleanup(self, keep: set[str]) -> None:
         """After a daemon restart: release what belongs to containers not in ``keep``."""
+        ...
+
+    async def create_network(self, bridge: Bridge) -> None:
+        """Make a network's bridge and firewall rules (or check and take those there)."""
+        ...
+
+    async def remove_network(self, bridge: Bridge) -> None:
+        """Remove a network's bridge, rules and leases."""
+        ...
+
+    async def routed_subnets(self) -> list[ipaddress.IPv4Network]:
+        """The subnets the host routes (a new network's subnet must overlap none)."""
         ...

@@ -1,9 +1,13 @@
-"""Bridge networking with pyroute2: a bridge of asyncstart's own, a namespace per container
-with a veth whose container end is born inside it, and addresses from a persisted IPAM.
+"""Bridge networking with pyroute2: a bridge per network (the default one, ``asyncstart0``,
+and one per user-defined network), a namespace per container with a veth per network it is on,
+whose container end (``eth0``, ``eth1``...) is born inside it, and addresses from persisted
+leases.
 
-Modes: ``bridge`` (the default), ``none`` (a namespace with loopback only) and ``host`` (no
-namespace). Teardown only deletes the namespace: the kernel drops the veth with it (deleting
-veths one by one holds the kernel's netlink lock ~30 ms each).
+Modes: a list of bridge networks (the first one's gateway is the default route), ``none`` (a
+namespace with loopback only) and ``host`` (no namespace). Teardown only deletes the namespace:
+the kernel drops the veths with it (deleting veths one by one holds the kernel's netlink lock
+~30 ms each). Connecting a running container adds a veth to its namespace; disconnecting
+deletes it (and its peer).
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ import os
 import secrets
 import socket
 import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import structlog
 
 from .. import errors
+from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
-from .netlink import create_netns, delete_netns, netlink
+from .netlink import create_netns, delete_netns, netlink, netns_socket
 
-__all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "BridgeNetwork", "Ipam"]
+__all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "BridgeNetwork", "Leases"]
+
+T = TypeVar("T")
 
 log = structlog.get_logger("asyncstart.network")
 
@@ -37,24 +46,23 @@ DEFAULT_SUBNET = "10.213.0.0/24"
 _LOCAL_TABLE = 255
 
 
-class Ipam:
-    """Addresses of one subnet, handed out per container and kept in a file across restarts."""
+class Leases:
+    """The addresses handed out on every bridge network, kept in one file across restarts
+    (``{bridge: {container ID: address}}``)."""
 
-    def __init__(self, path: Path, subnet: str, gateway: str = "") -> None:
+    def __init__(self, path: Path, *, legacy_bridge: str = DEFAULT_BRIDGE) -> None:
         self.path = path
         try:
-            self.subnet = ipaddress.IPv4Network(subnet, strict=False)
-            self.gateway = gateway or str(next(self.subnet.hosts()))
-            inside = ipaddress.IPv4Address(self.gateway) in self.subnet
-        except (ValueError, StopIteration) as exc:
-            raise errors.InvalidParameter(f"invalid bridge network {subnet!r}: {exc}") from None
-        if not inside:
-            raise errors.InvalidParameter(f"gateway {self.gateway} is not in {self.subnet}")
-        try:
-            self._leases: dict[str, str] = json.loads(path.read_text())
+            stored = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
-            self._leases = {}
-        self._last = ""
+            stored = {}
+        if stored and all(isinstance(value, str) for value in stored.values()):
+            stored = {legacy_bridge: stored}  # one bridge's, as an older daemon kept them
+        self._leases: dict[str, dict[str, str]] = {
+            name: dict(leases) for name, leases in stored.items() if isinstance(leases, dict)
+        }
+        #: Per bridge, the last address handed out (addresses go round).
+        self._last: dict[str, str] = {}
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,35 +71,58 @@ class Ipam:
             json.dump(self._leases, file)
         os.replace(tmp, self.path)
 
-    def allocate(self, container_id: str) -> str:
-        """The next free address after the last one handed out (in rotation, as dockerd: an
-        address just released may still have its old veth and MAC on the bridge)."""
-        if container_id in self._leases:
-            return self._leases[container_id]
-        taken = {self.gateway, *self._leases.values()}
-        hosts = [str(h) for h in self.subnet.hosts()]
-        start = hosts.index(self._last) + 1 if self._last in hosts else 0
+    def allocate(self, bridge: Bridge, container_id: str, wanted: str = "") -> str:
+        """``wanted`` if free, else the next free address after the last one handed out (in
+        rotation, as dockerd: an address just released may still have its old veth and MAC on
+        the bridge)."""
+        leases = self._leases.setdefault(bridge.name, {})
+        if container_id in leases and (not wanted or leases[container_id] == wanted):
+            return leases[container_id]
+        subnet = ipaddress.IPv4Network(bridge.subnet)
+        taken = {bridge.gateway, *(a for c, a in leases.items() if c != container_id)}
+        if wanted:
+            if wanted in taken:
+                raise errors.Forbidden(f"Address already in use: {wanted}")
+            return self._lease(bridge.name, container_id, wanted)
+        hosts = [str(h) for h in subnet.hosts()]
+        last = self._last.get(bridge.name, "")
+        start = hosts.index(last) + 1 if last in hosts else 0
         for address in hosts[start:] + hosts[:start]:
             if address not in taken:
-                self._leases[container_id] = address
-                self._last = address
-                self._save()
-                return address
-        raise errors.SystemError(f"no available IPv4 addresses on network {self.subnet}")
+                return self._lease(bridge.name, container_id, address)
+        raise errors.SystemError(f"no available IPv4 addresses on network {subnet}")
 
-    def release(self, container_id: str) -> None:
-        if self._leases.pop(container_id, None) is not None:
+    def _lease(self, bridge: str, container_id: str, address: str) -> str:
+        self._leases[bridge][container_id] = address
+        self._last[bridge] = address
+        self._save()
+        return address
+
+    def release(self, container_id: str, bridge: str | None = None) -> None:
+        """Give back the container's address on ``bridge``, or on every bridge."""
+        changed = False
+        for name, leases in self._leases.items():
+            if bridge in (None, name) and leases.pop(container_id, None) is not None:
+                changed = True
+        if changed:
             self._save()
 
-    def leases(self) -> dict[str, str]:
-        return dict(self._leases)
+    def leases(self, bridge: str) -> dict[str, str]:
+        return dict(self._leases.get(bridge, {}))
+
+    def forget(self, bridge: str) -> None:
+        """A removed network's leases go with it."""
+        if self._leases.pop(bridge, None) is not None:
+            self._save()
 
     def keep_only(self, container_ids: set[str]) -> None:
         """After a daemon restart: free what belongs to containers no longer running."""
-        stale = set(self._leases) - container_ids
-        for container_id in stale:
-            del self._leases[container_id]
-        if stale:
+        changed = False
+        for leases in self._leases.values():
+            for container_id in set(leases) - container_ids:
+                del leases[container_id]
+                changed = True
+        if changed:
             self._save()
 
 
@@ -112,11 +143,20 @@ class BridgeNetwork:
         subnet: str = DEFAULT_SUBNET,
         gateway: str = "",
     ) -> None:
-        self.bridge = bridge
-        self.ipam = Ipam(state, subnet, gateway)
-        self.firewall = Firewall(bridge, str(self.ipam.subnet))
+        try:
+            network = ipaddress.IPv4Network(subnet, strict=False)
+            gateway = gateway or str(next(network.hosts()))
+            inside = ipaddress.IPv4Address(gateway) in network
+        except (ValueError, StopIteration) as exc:
+            raise errors.InvalidParameter(f"invalid bridge network {subnet!r}: {exc}") from None
+        if not inside:
+            raise errors.InvalidParameter(f"gateway {gateway} is not in {network}")
+        #: The default bridge network's (dockerd's ``bridge``).
+        self.default = Bridge(bridge, str(network), gateway)
+        self.leases = Leases(state, legacy_bridge=bridge)
         self.netns_dir = netns_dir
-        self._bridge_index: int | None = None
+        #: Bridges made or checked by this daemon: name -> interface index.
+        self._indexes: dict[str, int] = {}
         self._bridge_lock = anyio.Lock()
 
     def sandbox(self, container_id: str) -> Path:
@@ -124,33 +164,31 @@ class BridgeNetwork:
 
     # -- asyncio side (run through netlink()) -----------------------------------------------
 
-    async def _ensure_bridge(self, ipr: Any) -> int:
+    async def _ensure_bridge(self, ipr: Any, bridge: Bridge) -> int:
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
-            found = (await ipr.link("get", ifname=self.bridge))[0]
+            found = (await ipr.link("get", ifname=bridge.name))[0]
         except NetlinkError as exc:
             if exc.code != 19:  # ENODEV: not there yet
                 raise
         else:
-            return await self._check_bridge(ipr, found)
-        await self._check_routes(ipr, None)
-        gateway = ipaddress.IPv4Address(self.ipam.gateway)
+            return await self._check_bridge(ipr, found, bridge)
+        await self._check_routes(ipr, None, bridge)
+        gateway = ipaddress.IPv4Address(bridge.gateway)
         try:
-            await ipr.link("add", ifname=self.bridge, kind="bridge", address=_mac(str(gateway)))
+            await ipr.link("add", ifname=bridge.name, kind="bridge", address=_mac(str(gateway)))
         except NetlinkError as exc:
             if exc.code != 17:  # EEXIST: made meanwhile by someone else
                 raise
-        index = int((await ipr.link("get", ifname=self.bridge))[0]["index"])
+        index = int((await ipr.link("get", ifname=bridge.name))[0]["index"])
         with contextlib.suppress(NetlinkError):  # EEXIST: already has it
-            await ipr.addr(
-                "add", index=index, address=str(gateway), prefixlen=self.ipam.subnet.prefixlen
-            )
+            await ipr.addr("add", index=index, address=str(gateway), prefixlen=bridge.prefixlen)
         await ipr.link("set", index=index, state="up")
-        log.info("network.bridge_created", bridge=self.bridge, subnet=str(self.ipam.subnet))
+        log.info("network.bridge_created", bridge=bridge.name, subnet=bridge.subnet)
         return index
 
-    async def _check_bridge(self, ipr: Any, link: Any) -> int:
+    async def _check_bridge(self, ipr: Any, link: Any, bridge: Bridge) -> int:
         """A bridge that is there already is used only if it is a bridge with this network's
         gateway address (it is given it if it has none), and no other link routes the subnet:
         otherwise the host would not reach the containers, and their traffic would follow the
@@ -159,10 +197,10 @@ class BridgeNetwork:
         kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
         if kind != "bridge":
             raise errors.SystemError(
-                f"{self.bridge} exists and is not a bridge ({kind or 'no kind'}): refusing to "
+                f"{bridge.name} exists and is not a bridge ({kind or 'no kind'}): refusing to "
                 f"use it; name another with --bridge"
             )
-        wanted = f"{self.ipam.gateway}/{self.ipam.subnet.prefixlen}"
+        wanted = f"{bridge.gateway}/{bridge.prefixlen}"
         addresses = [
             f"{entry.get('address')}/{entry['prefixlen']}"
             async for entry in await ipr.addr("dump", index=index, family=socket.AF_INET)
@@ -170,61 +208,51 @@ class BridgeNetwork:
         ]
         if addresses and wanted not in addresses:
             raise errors.SystemError(
-                f"bridge {self.bridge} has IPv4 address {', '.join(addresses)}, not the "
+                f"bridge {bridge.name} has IPv4 address {', '.join(addresses)}, not the "
                 f"configured {wanted}: refusing to use it (the host would not route its "
                 f"containers' subnet to it); remove the bridge, or start with "
                 f"--bip {addresses[0]}"
             )
-        await self._check_routes(ipr, index)
+        await self._check_routes(ipr, index, bridge)
         if not addresses:
-            await ipr.addr(
-                "add", index=index, address=self.ipam.gateway, prefixlen=self.ipam.subnet.prefixlen
-            )
+            await ipr.addr("add", index=index, address=bridge.gateway, prefixlen=bridge.prefixlen)
         await ipr.link("set", index=index, state="up")
         return index
 
-    async def _check_routes(self, ipr: Any, bridge: int | None) -> None:
+    async def _check_routes(self, ipr: Any, index: int | None, bridge: Bridge) -> None:
         """Refuse a subnet the host already routes otherwise: through another link, a
         blackhole, several paths — in any routing table (a VPN's own, too)."""
-        async for route in await ipr.route("dump", family=socket.AF_INET):
-            dst, length, oif = route.get("dst"), route["dst_len"], route.get("oif")
-            if route.get("table") == _LOCAL_TABLE or dst is None or length == 0:
+        subnet = ipaddress.IPv4Network(bridge.subnet)
+        for routed, oif in await _routes(ipr):
+            if index is not None and oif == index:
                 continue
-            if bridge is not None and oif == bridge:
-                continue
-            routed = ipaddress.IPv4Network(f"{dst}/{length}", strict=False)
-            if routed.overlaps(self.ipam.subnet):
+            if routed.overlaps(subnet):
                 raise errors.SystemError(
-                    f"subnet {self.ipam.subnet} of bridge {self.bridge} overlaps {routed}, "
-                    f"which the host routes elsewhere: choose another with --bip"
+                    f"subnet {subnet} of bridge {bridge.name} overlaps {routed}, which the "
+                    f"host routes elsewhere: choose another with --bip"
                 )
 
     async def _configure(
-        self, fd: int, path: Path, address: str | None, host_if: str, handed: list[bool]
+        self, fd: int, path: Path, plan: list[_Veth], gateway: str | None, handed: list[bool]
     ) -> None:
+        """In the new namespace: lo up, a veth per network (made from the host's side, its
+        inner end born inside), addresses, and the default route."""
         from pyroute2 import AsyncIPRoute
 
         inside = AsyncIPRoute(fileno=fd, groups=0)
         handed[0] = True
         try:
             lo_up = inside.link("set", index=1, state="up")  # lo is ifindex 1 in a new netns
-            if address is None:
+            if not plan:
                 await lo_up
                 return
             host = AsyncIPRoute(groups=0)
             try:
-                # Two sockets, two namespaces: lo comes up while the veth pair is made (both
+                # Two sockets, two namespaces: lo comes up while the veth pairs are made (all
                 # finish before anything is closed; the first failure is raised).
                 results = await asyncio.gather(
                     lo_up,
-                    host.link(
-                        "add",
-                        ifname=host_if,
-                        kind="veth",
-                        master=self._bridge_index,
-                        state="up",
-                        peer={"ifname": "eth0", "net_ns_fd": str(path), "address": _mac(address)},
-                    ),
+                    *(self._veth(host, path, veth) for veth in plan),
                     return_exceptions=True,
                 )
             finally:
@@ -232,88 +260,274 @@ class BridgeNetwork:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-            eth0 = int((await inside.link("get", ifname="eth0"))[0]["index"])
-            prefix = self.ipam.subnet.prefixlen
-            await inside.addr("add", index=eth0, address=address, prefixlen=prefix)
-            await inside.link("set", index=eth0, state="up")
-            await inside.route("add", dst="0.0.0.0/0", gateway=self.ipam.gateway)
+            for veth in plan:
+                await self._address(inside, veth)
+            if gateway is not None:
+                await inside.route("add", dst="0.0.0.0/0", gateway=gateway)
         finally:
             inside.close()
 
-    async def _bridge_once(self) -> int:
+    async def _veth(self, host: Any, path: Path, veth: _Veth) -> None:
+        await host.link(
+            "add",
+            ifname=veth.host_if,
+            kind="veth",
+            master=self._indexes[veth.bridge.name],
+            state="up",
+            peer={"ifname": veth.ifname, "net_ns_fd": str(path), "address": _mac(veth.address)},
+        )
+
+    @staticmethod
+    async def _address(inside: Any, veth: _Veth) -> None:
+        index = int((await inside.link("get", ifname=veth.ifname))[0]["index"])
+        await inside.addr("add", index=index, address=veth.address, prefixlen=veth.bridge.prefixlen)
+        await inside.link("set", index=index, state="up")
+
+    async def _bridge_once(self, bridge: Bridge) -> int:
         from pyroute2 import AsyncIPRoute
 
         ipr = AsyncIPRoute(groups=0)
         try:
-            return await self._ensure_bridge(ipr)
+            return await self._ensure_bridge(ipr, bridge)
         finally:
             ipr.close()
 
     # -- the driver interface -------------------------------------------------------------
 
-    async def setup(self, container_id: str, network_mode: str) -> dict[str, Any]:
+    async def _ensure(self, bridge: Bridge) -> None:
+        """The bridge and its firewall, once per daemon (found again, and their rules made
+        anew, after a restart)."""
+        if bridge.name in self._indexes:
+            return
+        async with self._bridge_lock:  # the first starts must not race to create it
+            if bridge.name in self._indexes:
+                return
+            index = await netlink(lambda: self._bridge_once(bridge))
+            await self._program_firewall(bridge)
+            self._indexes[bridge.name] = index
+
+    async def setup(
+        self, container_id: str, network_mode: str, attachments: Sequence[Attachment]
+    ) -> dict[str, Any]:
         if network_mode == "host":
             return {"SandboxKey": "", "Networks": {"host": {}}}
-        if network_mode not in ("default", "bridge", "none", ""):
-            raise errors.InvalidParameter(f"network {network_mode} not found")
-        if network_mode != "none" and self._bridge_index is None:
-            async with self._bridge_lock:  # the first starts must not race to create it
-                if self._bridge_index is None:
-                    index = await netlink(self._bridge_once)
-                    await self._program_firewall()
-                    self._bridge_index = index
+        if network_mode == "none":
+            attachments = ()
         path = self.sandbox(container_id)
-        fd = await create_netns(path)
+        plan: list[_Veth] = []
+        fd: int | None = None
         handed = [False]  # whether pyroute2 took the socket (it then closes it)
-        address = None
         try:
-            if network_mode != "none":
-                address = self.ipam.allocate(container_id)
-            # A fresh host-side name each start: the last run's veth may still be on its way
-            # out (the kernel drops it with the namespace, a little later).
-            host_if = "veth" + secrets.token_hex(4)[:7]
-            await netlink(lambda: self._configure(fd, path, address, host_if, handed))
+            for attachment in attachments:
+                await self._ensure(attachment.bridge)
+            fd = await create_netns(path)
+            for number, attachment in enumerate(attachments):
+                address = self.leases.allocate(attachment.bridge, container_id, attachment.ipv4)
+                plan.append(_Veth(attachment.bridge, address, f"eth{number}", _host_if()))
+            gateway = next((v.bridge.gateway for v in plan if not v.bridge.internal), None)
+            await netlink(lambda: self._configure(fd, path, plan, gateway, handed))
         except BaseException as exc:
             # Nothing stays: the socket (it would keep the namespace alive), the namespace
-            # (and the veth in it), the address.
+            # (and the veths in it), the addresses.
             with anyio.CancelScope(shield=True):
-                if not handed[0]:
+                if fd is not None and not handed[0]:
                     os.close(fd)
-                await delete_netns(path)
-                self.ipam.release(container_id)
-            self._bridge_index = None  # re-read: the bridge may have been removed under us
-            if isinstance(exc, errors.DockerError) or not isinstance(exc, Exception):
-                raise
-            raise errors.SystemError(f"failed to set up container networking: {exc}") from exc
-        if address is None:
-            return {"SandboxKey": str(path), "Networks": {"none": {}}}
-        endpoint = {
-            "IPAddress": address,
-            "IPPrefixLen": self.ipam.subnet.prefixlen,
-            "Gateway": self.ipam.gateway,
-            "MacAddress": _mac(address),
-        }
-        return {"SandboxKey": str(path), **endpoint, "Networks": {"bridge": endpoint}}
+                if fd is not None:
+                    await delete_netns(path)
+                self.leases.release(container_id)
+            self._indexes.clear()  # re-read: a bridge may have been removed under us
+            _raise(exc, "failed to set up container networking")
+        settings: dict[str, Any] = {"SandboxKey": str(path), "Networks": {}}
+        if not attachments:
+            settings["Networks"]["none"] = {}
+        for attachment, veth in zip(attachments, plan, strict=True):
+            endpoint = _endpoint(veth)
+            settings["Networks"][attachment.network] = endpoint
+            if attachment.network == "bridge":  # dockerd's top-level fields: that one's
+                settings |= {k: endpoint[k] for k in _TOP_LEVEL}
+        return settings
 
-    async def _program_firewall(self) -> None:
-        """The network's rules, once per daemon (found again and made anew after a restart)."""
+    async def connect(
+        self, container_id: str, sandbox: str, attachment: Attachment
+    ) -> dict[str, Any]:
+        try:
+            await self._ensure(attachment.bridge)
+            address = self.leases.allocate(attachment.bridge, container_id, attachment.ipv4)
+        except BaseException as exc:
+            _raise(exc, "failed to connect the container to the network")
+        try:
+            return await self._inside(
+                sandbox, lambda ipr: self._plug(ipr, sandbox, attachment, address)
+            )
+        except BaseException as exc:
+            self.leases.release(container_id, attachment.bridge.name)
+            _raise(exc, "failed to connect the container to the network")
+
+    async def _plug(
+        self, inner: Any, sandbox: str, attachment: Attachment, address: str
+    ) -> dict[str, Any]:
+        from pyroute2 import AsyncIPRoute
+
+        names = {str(link.get("ifname")) async for link in await inner.link("dump")}
+        number = next(n for n in range(len(names) + 1) if f"eth{n}" not in names)
+        veth = _Veth(attachment.bridge, address, f"eth{number}", _host_if())
+        host = AsyncIPRoute(groups=0)
+        try:
+            await self._veth(host, Path(sandbox), veth)
+        finally:
+            host.close()
+        await self._address(inner, veth)
+        return _endpoint(veth)
+
+    async def disconnect(
+        self, container_id: str, sandbox: str, attachment: Attachment, address: str
+    ) -> None:
+        async def unplug(inner: Any) -> None:
+            async for entry in await inner.addr("dump", family=socket.AF_INET):
+                if entry.get("address") == address:
+                    await inner.link("del", index=entry["index"])  # (and its peer)
+                    return
+
+        try:
+            if sandbox and address:
+                await self._inside(sandbox, unplug)
+        except BaseException as exc:
+            _raise(exc, "failed to disconnect the container from the network")
+        finally:
+            self.leases.release(container_id, attachment.bridge.name)
+
+    @staticmethod
+    async def _inside(sandbox: str, call: Callable[[Any], Awaitable[T]]) -> T:
+        """``call`` with a pyroute2 socket inside the namespace file ``sandbox``."""
+        from pyroute2 import AsyncIPRoute
+
+        fd = await netns_socket(Path(sandbox))
+        handed = False
+
+        async def run() -> T:
+            nonlocal handed
+            inner = AsyncIPRoute(fileno=fd, groups=0)
+            handed = True
+            try:
+                return await call(inner)
+            finally:
+                inner.close()
+
+        try:
+            return await netlink(run)
+        finally:
+            if not handed:
+                os.close(fd)
+
+    async def _program_firewall(self, bridge: Bridge) -> None:
         if not nft_installed():
             log.warning(
                 "network.no_firewall",
-                bridge=self.bridge,
+                bridge=bridge.name,
                 reason="nft not installed: containers reach the bridge only (no NAT)",
             )
             return
-        await self.firewall.ensure()
+        await Firewall(bridge.name, bridge.subnet, internal=bridge.internal).ensure()
+
+    async def create_network(self, bridge: Bridge) -> None:
+        try:
+            await self._ensure(bridge)
+        except BaseException as exc:
+            _raise(exc, f"failed to create network bridge {bridge.name}")
+
+    async def remove_network(self, bridge: Bridge) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        async def delete() -> None:
+            from pyroute2 import AsyncIPRoute
+
+            ipr = AsyncIPRoute(groups=0)
+            try:
+                with contextlib.suppress(NetlinkError):  # ENODEV: gone already
+                    await ipr.link("del", ifname=bridge.name)
+            finally:
+                ipr.close()
+
+        self._indexes.pop(bridge.name, None)
+        try:
+            await netlink(delete)
+            if nft_installed():
+                await Firewall(bridge.name, bridge.subnet, internal=bridge.internal).remove()
+        except Exception as exc:
+            _raise(exc, f"failed to remove network bridge {bridge.name}")
+        self.leases.forget(bridge.name)
+
+    async def routed_subnets(self) -> list[ipaddress.IPv4Network]:
+        async def dump() -> list[ipaddress.IPv4Network]:
+            from pyroute2 import AsyncIPRoute
+
+            ipr = AsyncIPRoute(groups=0)
+            try:
+                return [routed for routed, _ in await _routes(ipr)]
+            finally:
+                ipr.close()
+
+        return await netlink(dump)
 
     async def teardown(self, container_id: str) -> None:
         await delete_netns(self.sandbox(container_id))
-        self.ipam.release(container_id)
+        self.leases.release(container_id)
 
     async def cleanup(self, keep: set[str]) -> None:
         """After a crash: namespaces and addresses of containers that no longer run go."""
-        self.ipam.keep_only(keep)
+        self.leases.keep_only(keep)
         if self.netns_dir.is_dir():
             for path in list(self.netns_dir.iterdir()):
                 if path.name not in keep:
                     await delete_netns(path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Veth:
+    """One interface to make: on ``bridge``, with ``address``, named ``ifname`` inside and
+    ``host_if`` on the host."""
+
+    bridge: Bridge
+    address: str
+    ifname: str
+    host_if: str
+
+
+#: The endpoint fields dockerd also shows at the top of ``NetworkSettings`` (the default
+#: bridge's).
+_TOP_LEVEL = ("IPAddress", "IPPrefixLen", "Gateway", "MacAddress", "EndpointID")
+
+
+def _endpoint(veth: _Veth) -> dict[str, Any]:
+    return {
+        "EndpointID": secrets.token_hex(32),
+        "Gateway": veth.bridge.gateway,
+        "IPAddress": veth.address,
+        "IPPrefixLen": veth.bridge.prefixlen,
+        "MacAddress": _mac(veth.address),
+    }
+
+
+def _host_if() -> str:
+    """A fresh host-side name each time: a last run's veth may still be on its way out (the
+    kernel drops it with the namespace, a little later)."""
+    return "veth" + secrets.token_hex(4)[:7]
+
+
+async def _routes(ipr: Any) -> list[tuple[ipaddress.IPv4Network, int | None]]:
+    """Every IPv4 route of every table but the kernel's local one, and its link."""
+    found = []
+    async for route in await ipr.route("dump", family=socket.AF_INET):
+        dst, length = route.get("dst"), route["dst_len"]
+        if route.get("table") == _LOCAL_TABLE or dst is None or length == 0:
+            continue
+        found.append((ipaddress.IPv4Network(f"{dst}/{length}", strict=False), route.get("oif")))
+    return found
+
+
+def _raise(exc: BaseException, what: str) -> NoReturn:
+    """Raise a driver failure as the engine's error (dockerd's own, and cancellation, as
+    they are)."""
+    if isinstance(exc, errors.DockerError) or not isinstance(exc, Exception):
+        raise exc
+    raise errors.SystemError(f"{what}: {exc}") from exc

@@ -3,65 +3,121 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from .. import errors
 from ..faults import FaultPlan
+from .base import Attachment, Bridge
 
 __all__ = ["FakeNetwork"]
 
 
 class FakeNetwork:
-    """Hands out namespaces and addresses from a subnet; ``setup``/``teardown`` take faults."""
+    """Hands out namespaces and addresses per network; ``setup``/``teardown`` take faults.
 
-    def __init__(self, subnet: str = "10.213.0.0/16") -> None:
-        self.subnet = ipaddress.IPv4Network(subnet)
-        self.gateway = next(self.subnet.hosts())
+    Every bridge network is taken as it is given (no pool of its own): addresses come from the
+    attachment's subnet, the next free one, as the real driver's leases.
+    """
+
+    def __init__(self) -> None:
         self.faults = FaultPlan()
-        #: container ID -> (namespace path, address)
-        self.sandboxes: dict[str, tuple[str, str]] = {}
-        hosts = self.subnet.hosts()
-        next(hosts)  # the gateway's
-        self._free = (str(h) for h in hosts)
-        self._released: list[str] = []
+        #: container ID -> namespace path ("" in host mode)
+        self.sandboxes: dict[str, str] = {}
+        #: bridge name -> {container ID: address}
+        self.leases: dict[str, dict[str, str]] = {}
+        #: The bridges made (``create_network``) and not removed.
+        self.bridges: set[str] = set()
+        #: What ``routed_subnets`` answers (a test may claim a host route).
+        self.routed: list[ipaddress.IPv4Network] = []
 
-    def _allocate(self) -> str:
-        if self._released:
-            return self._released.pop()
-        try:
-            return next(self._free)
-        except StopIteration:
-            raise errors.SystemError(
-                f"no available IPv4 addresses on network {self.subnet}"
-            ) from None
+    def _allocate(self, bridge: Bridge, container_id: str, wanted: str) -> str:
+        leases = self.leases.setdefault(bridge.name, {})
+        taken = {bridge.gateway, *leases.values()}
+        if wanted:
+            if wanted in taken:
+                raise errors.Forbidden(f"Address already in use: {wanted}")
+            leases[container_id] = wanted
+            return wanted
+        for host in ipaddress.IPv4Network(bridge.subnet).hosts():
+            if str(host) not in taken:
+                leases[container_id] = str(host)
+                return str(host)
+        raise errors.SystemError(f"no available IPv4 addresses on network {bridge.subnet}")
 
-    async def setup(self, container_id: str, network_mode: str) -> dict[str, Any]:
+    def _endpoint(self, attachment: Attachment, address: str) -> dict[str, Any]:
+        return {
+            "EndpointID": secrets.token_hex(32),
+            "Gateway": attachment.bridge.gateway,
+            "IPAddress": address,
+            "IPPrefixLen": attachment.bridge.prefixlen,
+            "MacAddress": "",
+        }
+
+    async def setup(
+        self, container_id: str, network_mode: str, attachments: Sequence[Attachment]
+    ) -> dict[str, Any]:
         self.faults.check("setup", container_id)
         if container_id in self.sandboxes:
             raise errors.SystemError(f"sandbox for container {container_id} already exists")
-        if network_mode in ("none", "host"):
-            sandbox = "" if network_mode == "host" else f"/fake/netns/{container_id[:12]}"
-            self.sandboxes[container_id] = (sandbox, "")
-            return {"SandboxKey": sandbox, "IPAddress": "", "Networks": {network_mode: {}}}
-        address = self._allocate()
+        if network_mode == "host":
+            self.sandboxes[container_id] = ""
+            return {"SandboxKey": "", "Networks": {"host": {}}}
         sandbox = f"/fake/netns/{container_id[:12]}"
-        self.sandboxes[container_id] = (sandbox, address)
-        endpoint = {
-            "IPAddress": address,
-            "IPPrefixLen": self.subnet.prefixlen,
-            "Gateway": str(self.gateway),
-        }
-        return {"SandboxKey": sandbox, **endpoint, "Networks": {"bridge": endpoint}}
+        settings: dict[str, Any] = {"SandboxKey": sandbox, "Networks": {}}
+        if network_mode == "none" or not attachments:
+            settings["Networks"]["none"] = {}
+            self.sandboxes[container_id] = sandbox
+            return settings
+        try:
+            for attachment in attachments:
+                address = self._allocate(attachment.bridge, container_id, attachment.ipv4)
+                endpoint = self._endpoint(attachment, address)
+                settings["Networks"][attachment.network] = endpoint
+                if attachment.network == "bridge":
+                    settings |= {k: endpoint[k] for k in ("IPAddress", "IPPrefixLen", "Gateway")}
+        except BaseException:
+            self._release(container_id)
+            raise
+        self.sandboxes[container_id] = sandbox
+        return settings
+
+    async def connect(
+        self, container_id: str, sandbox: str, attachment: Attachment
+    ) -> dict[str, Any]:
+        self.faults.check("connect", container_id)
+        address = self._allocate(attachment.bridge, container_id, attachment.ipv4)
+        return self._endpoint(attachment, address)
+
+    async def disconnect(
+        self, container_id: str, sandbox: str, attachment: Attachment, address: str
+    ) -> None:
+        self.leases.get(attachment.bridge.name, {}).pop(container_id, None)
+
+    def _release(self, container_id: str) -> None:
+        for leases in self.leases.values():
+            leases.pop(container_id, None)
 
     async def teardown(self, container_id: str) -> None:
         self.faults.check("teardown", container_id)
-        sandbox = self.sandboxes.pop(container_id, None)
-        if sandbox is not None and sandbox[1]:
-            self._released.append(sandbox[1])
+        self.sandboxes.pop(container_id, None)
+        self._release(container_id)
 
     async def cleanup(self, keep: set[str]) -> None:
         for container_id in set(self.sandboxes) - keep:
             await self.teardown(container_id)
 
+    async def create_network(self, bridge: Bridge) -> None:
+        self.faults.check("create_network", bridge.name)
+        self.bridges.add(bridge.name)
+
+    async def remove_network(self, bridge: Bridge) -> None:
+        self.bridges.discard(bridge.name)
+        self.leases.pop(bridge.name, None)
+
+    async def routed_subnets(self) -> list[ipaddress.IPv4Network]:
+        return list(self.routed)
+
     def addresses(self) -> set[str]:
-        return {address for _, address in self.sandboxes.values() if address}
+        return {address for leases in self.leases.values() for address in leases.values()}

@@ -7,7 +7,16 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Link", "hostname_file", "hosts_file", "link_env", "resolv_conf"]
+__all__ = [
+    "EMBEDDED_DNS",
+    "Link",
+    "host_resolv_conf",
+    "hostname_file",
+    "hosts_file",
+    "link_env",
+    "resolv_conf",
+    "upstreams",
+]
 
 _HOSTS_HEADER = (
     "127.0.0.1\tlocalhost\n"
@@ -19,6 +28,8 @@ _HOSTS_HEADER = (
 )
 #: What dockerd falls back to when the host only has loopback resolvers.
 DEFAULT_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
+#: Where a container on a user-defined network finds the engine's DNS server.
+EMBEDDED_DNS = "127.0.0.11"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +110,15 @@ def resolv_conf(
     search: Sequence[str] = (),
     options: Sequence[str] = (),
     keep_loopback: bool = False,
+    embedded: bool = False,
 ) -> str:
     """The host's resolv.conf as a container sees it: loopback nameservers dropped (they would
     point at the container itself) unless it shares the host's network, and HostConfig's Dns,
-    DnsSearch and DnsOptions in place of the host's."""
+    DnsSearch and DnsOptions in place of the host's.
+
+    ``embedded``: the container is on a user-defined network, whose names the embedded DNS
+    server at 127.0.0.11 answers (it forwards the rest to :func:`upstreams`), as dockerd's
+    (``options ndots:0`` unless the container sets ndots)."""
     nameservers: list[str] = []
     kept: list[str] = []
     host_search: list[str] = []
@@ -124,12 +140,39 @@ def resolv_conf(
         nameservers = list(dns)
     elif not nameservers:
         nameservers = list(DEFAULT_NAMESERVERS)
+    if embedded:
+        nameservers = [EMBEDDED_DNS]
     out = [f"nameserver {server}\n" for server in nameservers]
     chosen_search = list(search) or host_search
     if chosen_search:
         out.append("search " + " ".join(chosen_search) + "\n")
     chosen_options = list(options) or host_options
+    if embedded and not any(option.startswith("ndots:") for option in chosen_options):
+        chosen_options = ["ndots:0", *chosen_options]
     if chosen_options:
         out.append("options " + " ".join(chosen_options) + "\n")
     out.extend(line + "\n" for line in kept)
+    if embedded:
+        out.append(f"\n# ExtServers: [{' '.join(upstreams(host, dns))}]\n")
     return "".join(out)
+
+
+def host_resolv_conf() -> str:
+    """The host's ``/etc/resolv.conf`` ("" if it has none)."""
+    try:
+        with open("/etc/resolv.conf") as file:
+            return file.read()
+    except OSError:
+        return ""
+
+
+def upstreams(host: str, dns: Sequence[str] = ()) -> list[str]:
+    """Where the embedded DNS server forwards names it does not know: HostConfig's Dns, else
+    the host's nameservers — loopback ones too, as it asks from the host's namespace."""
+    if dns:
+        return list(dns)
+    return [
+        words[1]
+        for words in (line.split() for line in host.splitlines())
+        if len(words) > 1 and words[0] == "nameserver"
+    ]

@@ -10,10 +10,13 @@ comment ``asyncstart:<bridge>`` so that it is found again:
   asyncstart's table drops by default, so that turning forwarding on does not make the host a
   router for anything but its containers;
 - one table, ``ip asyncstart``, with per network: forwarding accepted from the bridge, and to
-  it for replies (``ct state established,related``); anything else to the bridge dropped (no
-  one outside reaches a container's ports unless they are published); masquerade for traffic
-  from its subnet that leaves by another link (so replies find their way back without the
-  outside knowing the subnet);
+  it for replies (``ct state established,related``); anything else to the bridge from another
+  link dropped (no one outside reaches a container's ports unless they are published, and no
+  container of another network reaches it: dockerd's isolation — these drops are inserted at
+  the top of the chain, the accepts added at its end); masquerade for traffic from its subnet
+  that leaves by another link (so replies find their way back without the outside knowing
+  the subnet). An ``--internal`` network forwards nothing past its bridge, and masquerades
+  nothing;
 - where another program's ``ip filter`` table drops in the forward hook (dockerd's FORWARD
   policy DROP; with ``br_netfilter`` even traffic between two containers of one bridge goes
   through it), an accept in asyncstart's table does not stop that drop: the same accepts go
@@ -71,13 +74,14 @@ def valid_bridge_name(name: str) -> bool:
 class Firewall:
     """The rules of one bridge network (see the module docstring)."""
 
-    def __init__(self, bridge: str, subnet: str) -> None:
+    def __init__(self, bridge: str, subnet: str, *, internal: bool = False) -> None:
         if not valid_bridge_name(bridge):
             raise errors.InvalidParameter(
                 f"invalid bridge name {bridge!r}: 1 to 15 of A-Z a-z 0-9 _ . -"
             )
         self.bridge = bridge
         self.subnet = subnet
+        self.internal = internal
         self._mark = f"asyncstart:{bridge}"
 
     async def ensure(self) -> None:
@@ -100,18 +104,30 @@ class Firewall:
             f"add chain ip {TABLE} postrouting "
             "{ type nat hook postrouting priority srcnat; policy accept; }",
             *await self._forget_ours(),
-            f"add rule ip {TABLE} forward iifname {bridge} accept {mark}",
-            f"add rule ip {TABLE} forward oifname {bridge} ct state established,related "
+            # At the top (inserted: the last one first), whatever rules other networks have:
+            # replies reach the bridge, nothing else from another link does — not from
+            # another network either (dockerd's isolation).
+            f"insert rule ip {TABLE} forward oifname {bridge} iifname != {bridge} drop {mark}",
+            f"insert rule ip {TABLE} forward oifname {bridge} ct state established,related "
             f"accept {mark}",
-            f"add rule ip {TABLE} forward oifname {bridge} drop {mark}",
-            f"add rule ip {TABLE} postrouting ip saddr {self.subnet} oifname != {bridge} "
-            f"masquerade {mark}",
         ]
+        if self.internal:  # nothing leaves either; within the bridge, all goes
+            script += [
+                f"insert rule ip {TABLE} forward iifname {bridge} oifname != {bridge} drop {mark}",
+                f"add rule ip {TABLE} forward iifname {bridge} accept {mark}",
+            ]
+        else:
+            script += [
+                f"add rule ip {TABLE} forward iifname {bridge} accept {mark}",
+                f"add rule ip {TABLE} postrouting ip saddr {self.subnet} oifname != {bridge} "
+                f"masquerade {mark}",
+            ]
         await self._nft_script(script)
         chain = await self._other_chain()
         if chain is not None:
             await self._forget_in(chain)
-            await self._accept_in(chain)
+            if not self.internal:
+                await self._accept_in(chain)
         if not forwarding:
             await anyio.to_thread.run_sync(_forwarding_on)
         log.info("network.firewall", bridge=self.bridge, subnet=self.subnet, chain=chain)

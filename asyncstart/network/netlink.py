@@ -26,7 +26,14 @@ import sniffio
 
 from .. import errors
 
-__all__ = ["asyncio_loop", "create_netns", "delete_netns", "netlink"]
+__all__ = [
+    "asyncio_loop",
+    "create_netns",
+    "delete_netns",
+    "netlink",
+    "netns_socket",
+    "socket_in",
+]
 
 T = TypeVar("T")
 
@@ -90,6 +97,23 @@ def _create(path: Path) -> int:
         os.close(original)
 
 
+def _entered(path: Path, make: Callable[[], socket.socket]) -> socket.socket:
+    """``make()`` run with this thread in the namespace file ``path``, then back."""
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc.setns(target, _CLONE_NEWNET), f"setns {path}")
+        finally:
+            os.close(target)
+        try:
+            return make()
+        finally:
+            _check(_libc.setns(original, _CLONE_NEWNET), "setns back")
+    finally:
+        os.close(original)
+
+
 def _delete(path: Path) -> None:
     # The kernel frees the namespace, and the veth in it, once nothing holds it.
     _libc.umount2(str(path).encode(), _MNT_DETACH)
@@ -103,6 +127,27 @@ async def create_netns(path: Path) -> int:
         return await anyio.to_thread.run_sync(_create, path)
     except OSError as exc:
         raise errors.SystemError(f"failed to create network namespace {path}: {exc}") from exc
+
+
+async def netns_socket(path: Path) -> int:
+    """A netlink socket inside the existing namespace file ``path`` (for pyroute2)."""
+
+    def make() -> socket.socket:
+        return socket.socket(
+            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
+        )
+
+    try:
+        sock = await anyio.to_thread.run_sync(_entered, path, make)
+    except OSError as exc:
+        raise errors.SystemError(f"failed to enter network namespace {path}: {exc}") from exc
+    return sock.detach()
+
+
+async def socket_in(path: Path, make: Callable[[], socket.socket]) -> socket.socket:
+    """A socket ``make()`` creates (and binds) inside the namespace file ``path``: it stays
+    in that namespace, served from the daemon's."""
+    return await anyio.to_thread.run_sync(_entered, path, make)
 
 
 async def delete_netns(path: Path) -> None:
