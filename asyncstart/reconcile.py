@@ -18,9 +18,11 @@ import structlog
 from . import errors
 from .actor import ContainerActor
 from .lifecycle import Request
+from .network.firewall import forwards
 from .network.ports import PortProxy
 from .network.resolver import Resolver
 from .record import ContainerRecord
+from .steps import primary_address
 from .store import RecordStore
 from .wiring import Drivers
 
@@ -47,6 +49,10 @@ async def reconcile(
             live.add(record.id)
             await _republish(ports, record)
             await _serve_names(resolver, record)
+        elif drivers.nat is not None and record.network_settings.get("Ports"):
+            # Its DNATs outlived it: gone, before its address goes to another container.
+            settings = record.network_settings
+            await drivers.nat.unpublish(forwards(primary_address(settings), settings["Ports"]))
     # A container whose record could not be read keeps what it holds, for a person to decide.
     spared = live | records.quarantined
     await drivers.runtime.cleanup(spared)
@@ -68,9 +74,10 @@ async def _serve_names(resolver: Resolver, record: ContainerRecord) -> None:
 async def _republish(ports: PortProxy, record: ContainerRecord) -> None:
     """A live container's published ports: listen again (the proxy lived in the old daemon)."""
     settings = record.network_settings
-    if not settings.get("Ports") or not settings.get("IPAddress"):
+    address = primary_address(settings)
+    if not settings.get("Ports") or not address:
         return
     try:
-        await ports.publish(record.id, record.name, settings["IPAddress"], settings["Ports"])
+        await ports.publish(record.id, record.name, address, settings["Ports"])
     except errors.DockerError as exc:
         log.error("network.republish_failed", container_id=record.id, error=exc.message)

@@ -28,6 +28,7 @@ from .logs import LogOptions, LogSource, log_options
 from .network import NetworkDriver
 from .network.base import Attachment
 from .network.files import Link, host_resolv_conf, hostname_file, hosts_file, link_env, resolv_conf
+from .network.firewall import PortNat, forwards
 from .network.ports import PortProxy
 from .network.resolver import Resolver
 from .record import ContainerRecord
@@ -279,12 +280,15 @@ class NamesStep:
 
 class PortsStep:
     """Published ports (``HostConfig.PortBindings``, and with ``PublishAllPorts`` every
-    exposed port on an ephemeral host port): listeners proxying to the container."""
+    exposed port on an ephemeral host port): listeners proxying to the container (what the
+    host itself connects to, on loopback too), and the DNAT for other hosts' traffic."""
 
     name = "ports"
 
-    def __init__(self, proxy: PortProxy) -> None:
+    def __init__(self, proxy: PortProxy, nat: PortNat | None = None) -> None:
         self.proxy = proxy
+        #: The DNATs that bring other hosts' traffic straight to the container.
+        self.nat = nat
 
     async def do(self, ctx: StartContext) -> None:
         record = ctx.record
@@ -307,9 +311,19 @@ class PortsStep:
         ports: dict[str, Any] = dict.fromkeys([*exposed, *bindings])
         ports |= await self.proxy.publish(record.id, record.name, address, bindings)
         ctx.network = {**network, "Ports": ports}
+        if self.nat is not None:
+            try:
+                await self.nat.publish(forwards(address, ports))
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.proxy.unpublish(record.id)
+                raise
 
     async def undo(self, ctx: StartContext) -> None:
         await self.proxy.unpublish(ctx.record.id)
+        network = ctx.network or {}
+        if self.nat is not None and network.get("Ports"):
+            await self.nat.unpublish(forwards(primary_address(network), network["Ports"]))
 
 
 def primary_address(settings: Mapping[str, Any]) -> str:

@@ -24,6 +24,7 @@ from .images.store import ImageStore
 from .lifecycle import State
 from .network import FakeNetwork, NetworkDriver
 from .network.bridge import DEFAULT_BRIDGE, DEFAULT_SUBNET, BridgeNetwork
+from .network.firewall import PortNat, nft_installed
 from .network.loopback import LoopbackNetwork
 from .network.ports import PortProxy
 from .network.resolver import Resolver
@@ -152,6 +153,8 @@ class Drivers:
     storage_driver: str
     #: Whether containers get hostname/hosts/resolv.conf files (not on the in-memory drivers).
     network_files: bool
+    #: Published ports' DNAT, for other hosts (bridge networking with nftables).
+    nat: PortNat | None = None
 
 
 def build_drivers(
@@ -200,6 +203,7 @@ def build_drivers(
         images=images,
         storage_driver="overlay",
         network_files=True,
+        nat=PortNat() if isinstance(network, BridgeNetwork) and nft_installed() else None,
     )
 
 
@@ -228,7 +232,7 @@ def build_saga(
             ),
         ),
         (State.NETWORKING, NamesStep(resolver if drivers.network_files else None)),
-        (State.NETWORKING, PortsStep(ports)),
+        (State.NETWORKING, PortsStep(ports, drivers.nat)),
         (State.SPEC_READY, SpecStep(cgroup_parent=config.cgroup_parent, userns=userns)),
         (
             State.SPEC_READY,

@@ -14,9 +14,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import anyio
 
 from asyncstart import Client
 
@@ -132,7 +135,7 @@ async def test_containers_reach_each_other_and_the_outside_through_a_dropping_ho
             assert code == 0, text
             # In DOCKER-USER, readable by iptables: returns towards dockerd's bridges, accepts.
             ours = _ours_in_docker_user()
-            assert [line.split()[-1] for line in ours] == ["RETURN", "RETURN", "ACCEPT", "ACCEPT"]
+            assert [line.split()[-1] for line in ours] == ["RETURN", "RETURN"] + ["ACCEPT"] * 3
             # Forwarding was off: turned on, with nothing forwarded but the containers' own.
             assert _in(HOST, "cat", "/proc/sys/net/ipv4/ip_forward").strip() == "1"
             assert _forward_policy() == "drop"
@@ -148,9 +151,67 @@ async def test_containers_reach_each_other_and_the_outside_through_a_dropping_ho
         async with _engine(roots, sock) as client:
             code, text = await _exit_code(client, "ping", "-c", "1", "-W", "5", WORLD)
             assert code == 0, text
-            assert len(_ours_in_docker_user()) == 4
+            assert len(_ours_in_docker_user()) == 5
             assert _forward_policy() == "drop"
             rules = _in(HOST, "nft", "list", "table", "ip", "asyncstart")
             assert rules.count("masquerade") == 1
     assert_nothing_left(roots)
     assert not os.path.exists(f"/run/netns/{HOST}")
+
+
+def _fetch(namespace: str, url: str) -> subprocess.CompletedProcess[str]:
+    """An HTTP GET from ``namespace`` (Python's client: a static busybox of the host's may
+    not run outside a container)."""
+    code = (
+        "import urllib.request; "
+        f"print(urllib.request.urlopen({url!r}, timeout=2).read().decode(), end='')"
+    )
+    return subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", code],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+#: A web server whose CGI script answers who the container saw connect.
+_WHO = (
+    "mkdir -p /w/cgi-bin && echo '#!/bin/sh' > /w/cgi-bin/who && "
+    "echo 'echo Content-Type: text/plain; echo; echo -n $REMOTE_ADDR' >> /w/cgi-bin/who && "
+    "chmod +x /w/cgi-bin/who && exec httpd -f -p 80 -h /w"
+)
+
+
+async def test_a_published_port_is_reached_from_outside_through_the_dnat(
+    tmp_path: Path, busybox_tar: Path
+) -> None:
+    """Another host reaches a published port straight (DNAT: the container sees the client's
+    own address, not the proxy's); the host itself, on loopback, through the proxy; the
+    mapping goes with the container."""
+    roots, sock = _Roots(tmp_path), tmp_path / "s.sock"
+    with _world():
+        async with _engine(roots, sock) as client:
+            await client.image_import(busybox_tar, repo="busybox", tag="latest")
+            web = await client.container_create(
+                config={"Image": "busybox", "Cmd": ["sh", "-c", _WHO],
+                        "ExposedPorts": {"80/tcp": {}}},
+                host_config={"PortBindings": {"80/tcp": [{"HostPort": "18080"}]}},
+            )  # fmt: skip
+            await client.container_start(web)
+            url = f"http://{UPLINK}:18080/cgi-bin/who"
+            seen = ""
+            for _ in range(50):  # httpd may not listen yet
+                got = _fetch(OUTSIDE, url)
+                if got.returncode == 0:
+                    seen = got.stdout
+                    break
+                await anyio.sleep(0.1)
+            # (httpd shows an IPv4 client as [::ffff:a.b.c.d].)
+            assert seen == f"[::ffff:{WORLD}]", "the container sees the outside client itself"
+            assert "tcp_any" in _in(HOST, "nft", "list", "map", "ip", "asyncstart", "tcp_any")
+            assert ": 10.213.210." in _in(HOST, "nft", "list", "map", "ip", "asyncstart", "tcp_any")
+            # The host itself, on loopback: the proxy (the container sees its gateway).
+            local = _fetch(HOST, "http://127.0.0.1:18080/cgi-bin/who")
+            assert (local.returncode, local.stdout) == (0, "[::ffff:10.213.210.1]"), local.stderr
+            await client.container_remove(web, force=True)
+            listed = _in(HOST, "nft", "list", "map", "ip", "asyncstart", "tcp_any")
+            assert "18080" not in listed, "the mapping went with the container"
+    assert_nothing_left(roots)

@@ -34,11 +34,14 @@ iptables-legacy is not seen by nft: its own rules apply as they are.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,15 @@ import structlog
 
 from .. import errors
 
-__all__ = ["Firewall", "nft_installed", "other_dropping_tables", "valid_bridge_name"]
+__all__ = [
+    "Firewall",
+    "Forward",
+    "PortNat",
+    "forwards",
+    "nft_installed",
+    "other_dropping_tables",
+    "valid_bridge_name",
+]
 
 log = structlog.get_logger("asyncstart.network.firewall")
 
@@ -103,6 +114,8 @@ class Firewall:
             ),
             f"add chain ip {TABLE} postrouting "
             "{ type nat hook postrouting priority srcnat; policy accept; }",
+            *_PORTS_SKELETON,
+            f"add element ip {TABLE} bridges {{ {bridge} }}",
             *await self._forget_ours(),
             # At the top (inserted: the last one first), whatever rules other networks have:
             # replies reach the bridge, nothing else from another link does — not from
@@ -110,6 +123,8 @@ class Firewall:
             f"insert rule ip {TABLE} forward oifname {bridge} iifname != {bridge} drop {mark}",
             f"insert rule ip {TABLE} forward oifname {bridge} ct state established,related "
             f"accept {mark}",
+            # Published ports: what the DNAT sent to a container.
+            f"insert rule ip {TABLE} forward oifname {bridge} ct status dnat accept {mark}",
         ]
         if self.internal:  # nothing leaves either; within the bridge, all goes
             script += [
@@ -143,7 +158,11 @@ class Firewall:
 
     async def remove(self) -> None:
         """Remove the network's rules (asyncstart's table stays for the other networks)."""
-        await self._nft_script(await self._forget_ours())
+        script = await self._forget_ours()
+        listed = await self._run(["nft", "list", "set", "ip", TABLE, "bridges"])
+        if f'"{self.bridge}"' in listed.stdout.decode(errors="replace"):
+            script.append(f'delete element ip {TABLE} bridges {{ "{self.bridge}" }}')
+        await self._nft_script(script)
         chain = await self._other_chain()
         if chain is not None:
             await self._forget_in(chain)
@@ -193,6 +212,7 @@ class Firewall:
             ["-i", self.bridge, *mark, "-j", "ACCEPT"],
             ["-o", self.bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *mark,
              "-j", "ACCEPT"],
+            ["-o", self.bridge, "-m", "conntrack", "--ctstate", "DNAT", *mark, "-j", "ACCEPT"],
         ]  # fmt: skip
 
     async def _accept_in(self, chain: str) -> None:
@@ -209,6 +229,7 @@ class Firewall:
               for name in _DOCKER_BRIDGES),
             f"iifname {bridge} accept {mark}",
             f"oifname {bridge} ct state established,related accept {mark}",
+            f"oifname {bridge} ct status dnat accept {mark}",
         ]  # fmt: skip
         await self._nft_script(
             [f"insert rule ip filter {chain} {rule}" for rule in reversed(rules)]
@@ -253,6 +274,130 @@ class Firewall:
             raise errors.SystemError(
                 f"failed to program the firewall of bridge {self.bridge}: {argv[0]}: {exc.strerror}"
             ) from exc
+
+
+#: Published ports, for every network at once (made, never emptied, by each ``ensure``): maps
+#: from a host port (any local address; or one address and port) to a container's address and
+#: port, looked up from prerouting (other hosts) and output (the host's own non-loopback
+#: addresses) for traffic not coming from a container's bridge (a container reaching a
+#: published port goes through the proxy, as with dockerd's userland proxy). Loopback stays
+#: the proxy's.
+_PORTS_SKELETON = (
+    f"add set ip {TABLE} bridges {{ type ifname; }}",
+    *(
+        f"add map ip {TABLE} {proto}_any {{ type inet_service : ipv4_addr . inet_service; }}"
+        for proto in ("tcp", "udp")
+    ),
+    *(
+        f"add map ip {TABLE} {proto}_addr "
+        f"{{ type ipv4_addr . inet_service : ipv4_addr . inet_service; }}"
+        for proto in ("tcp", "udp")
+    ),
+    f"add chain ip {TABLE} ports",
+    f"flush chain ip {TABLE} ports",
+    *(
+        rule
+        for proto in ("tcp", "udp")
+        for rule in (
+            f"add rule ip {TABLE} ports meta l4proto {proto} dnat ip to ip daddr . {proto} dport "
+            f"map @{proto}_addr",
+            f"add rule ip {TABLE} ports meta l4proto {proto} dnat ip to {proto} dport "
+            f"map @{proto}_any",
+        )
+    ),
+    f"add chain ip {TABLE} prerouting {{ type nat hook prerouting priority dstnat; "
+    "policy accept; }",
+    f"flush chain ip {TABLE} prerouting",
+    f"add rule ip {TABLE} prerouting iifname != @bridges fib daddr type local jump ports",
+    f"add chain ip {TABLE} output {{ type nat hook output priority -100; policy accept; }}",
+    f"flush chain ip {TABLE} output",
+    f"add rule ip {TABLE} output ip daddr != 127.0.0.0/8 fib daddr type local jump ports",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One published port's DNAT: ``proto`` traffic to ``host_ip`` (any local address if
+    empty) port ``host_port`` goes to ``address`` port ``port``."""
+
+    proto: str
+    host_ip: str
+    host_port: int
+    address: str
+    port: int
+
+    def key(self) -> str:
+        """The map and key: ``tcp_any { 8080 }``."""
+        if self.host_ip:
+            return f"{self.proto}_addr {{ {self.host_ip} . {self.host_port} }}"
+        return f"{self.proto}_any {{ {self.host_port} }}"
+
+    def element(self) -> str:
+        """The map, key and value: ``tcp_any { 8080 : 10.213.0.2 . 80 }``."""
+        return self.key().replace(" }", f" : {self.address} . {self.port} }}")
+
+
+def forwards(address: str, ports: Mapping[str, Any]) -> list[Forward]:
+    """The DNATs of a container's ``NetworkSettings.Ports``: those on IPv4 addresses that are
+    not loopback (the proxy serves loopback, and IPv6)."""
+    found = []
+    for spec, hosts in ports.items():
+        port, _, proto = spec.partition("/")
+        for host in hosts or ():
+            host_ip = str(host.get("HostIp") or "")
+            try:
+                ip = ipaddress.ip_address(host_ip or "0.0.0.0")
+            except ValueError:
+                continue
+            if ip.version != 4 or ip.is_loopback:
+                continue
+            found.append(
+                Forward(
+                    proto or "tcp",
+                    "" if ip.is_unspecified else host_ip,
+                    int(host["HostPort"]),
+                    address,
+                    int(port),
+                )
+            )
+    return found
+
+
+class PortNat:
+    """Published ports' DNATs (see :data:`_PORTS_SKELETON`): an element each, added at start
+    and deleted when the container stops; run only for a container that publishes ports."""
+
+    async def publish(self, forwards: Sequence[Forward]) -> None:
+        if not forwards:
+            return
+        adds = [f"add element ip {TABLE} {f.element()}" for f in forwards]
+        first = await _nft(adds)
+        if first.returncode == 0:
+            return
+        # A key an earlier run left (a daemon that died): replaced.
+        await _nft([f"delete element ip {TABLE} {f.key()}" for f in forwards], each=True)
+        again = await _nft(adds)
+        if again.returncode != 0:
+            message = again.stderr.decode(errors="replace").strip()
+            raise errors.SystemError(f"failed to program the published ports: {message}")
+
+    async def unpublish(self, forwards: Sequence[Forward]) -> None:
+        if forwards:
+            await _nft([f"delete element ip {TABLE} {f.key()}" for f in forwards], each=True)
+
+
+async def _nft(script: list[str], *, each: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """``nft -f -`` of ``script`` (one transaction; ``each``: line by line, whatever fails)."""
+    batches = [[line] for line in script] if each else [script]
+    result = subprocess.CompletedProcess[bytes]([], 0, b"", b"")
+    for batch in batches:
+        try:
+            result = await anyio.run_process(
+                ["nft", "-f", "-"], input="\n".join(batch).encode() + b"\n", check=False
+            )
+        except OSError as exc:
+            return subprocess.CompletedProcess([], 1, b"", str(exc).encode())
+    return result
 
 
 def other_dropping_tables(listing: bytes) -> list[str]:
