@@ -424,9 +424,9 @@ class Daemon:
             return {}
         networks = self._networks()
         endpoints: dict[str, dict[str, Any]] = {}
-        for key in [*wanted, network_key(mode)]:
+        for key in [*wanted, mode]:
             try:
-                spec: NetworkSpec | None = find_network(networks, key)
+                spec: NetworkSpec | None = find_network(networks, network_key(key))
             except errors.NotFound:
                 spec = None
             name = spec.name if spec is not None else key

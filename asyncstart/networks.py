@@ -132,6 +132,10 @@ def new_network(
     driver = body.get("Driver") or "bridge"
     if driver != "bridge":
         raise errors.NotFound(f'plugin "{driver}" not found')
+    if body.get("EnableIPv4") is False:
+        raise errors.InvalidParameter(
+            "IPv4-less networks are not supported by asyncstart: IPv4 must be enabled"
+        )
     if body.get("EnableIPv6"):
         raise errors.InvalidParameter(
             "IPv6 networks are not supported by asyncstart: create the network without --ipv6"

@@ -139,10 +139,10 @@ class NetworkStep:
         # Each endpoint as dockerd shows it: what was asked of it, and what it got.
         joined = joined_networks(record.endpoints, mode)
         for name, live in settings["Networks"].items():
-            names = next((n for a, n in planned if a.network == name), [])
-            config = joined.get(name) or {
-                "NetworkID": next((a.network_id for a, _ in planned if a.network == name), "")
-            }
+            attachment, names = next(((a, n) for a, n in planned if a.network == name), (None, []))
+            config = joined.get(name, {})
+            if attachment is not None:  # (the network found now: its ID, if it was made anew)
+                config = {**config, "NetworkID": attachment.network_id}
             settings["Networks"][name] = endpoint_view(config, live, names)
         ctx.network = settings
         if self.files_root is not None:

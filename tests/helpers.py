@@ -96,6 +96,17 @@ def remove_bridge(name: str) -> None:
                      str(rule["handle"])],
                     check=False, capture_output=True,
                 )  # fmt: skip
+    subprocess.run(
+        ["nft", "delete", "element", "ip", "asyncstart", "bridges", f'{{ "{name}" }}'],
+        check=False, capture_output=True,
+    )  # fmt: skip
+
+
+def user_bridges() -> set[str]:
+    """The bridges of user-defined networks on the host (``as-<id>``)."""
+    import os
+
+    return {name for name in os.listdir("/sys/class/net") if name.startswith("as-")}
 
 
 @asynccontextmanager

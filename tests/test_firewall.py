@@ -89,7 +89,13 @@ async def _engine(roots: _Roots, sock: Path) -> AsyncIterator[Client]:
         daemon_process(roots.data, roots.exec, sock, "--bridge-subnet", SUBNET, prefix=into_host),
         Client(f"unix://{sock}") as client,
     ):
-        yield client
+        try:
+            yield client
+        finally:
+            # A test that failed half-way leaves no container (they outlive the daemon).
+            with anyio.CancelScope(shield=True):
+                for row in await client.containers_list(all=True):
+                    await client.container_remove(row["Id"], force=True)
 
 
 async def _exit_code(client: Client, *cmd: str) -> tuple[int, str]:

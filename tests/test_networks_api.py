@@ -10,6 +10,7 @@ import json
 import re
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncstart import FakeNetwork
+from asyncstart import FakeMounter, FakeNetwork, FakeRuntime
 
 from .conftest import OpenEngine
 from .test_api import Api, Raw, http, open_api, raw, sleeper
@@ -50,6 +51,10 @@ async def create_net(api: Api, name: str, **body: Any) -> str:
     reply = await post(api, "/networks/create", {"Name": name, **body})
     assert reply.status == 201, reply.body
     return str(reply.json()["Id"])
+
+
+def prune_path(filters: dict[str, list[str]]) -> str:
+    return "/networks/prune?filters=" + urllib.parse.quote(json.dumps(filters))
 
 
 def refused(reply: Raw, status: int, message: str) -> None:
@@ -244,7 +249,7 @@ CREATE_ERRORS: list[tuple[str, dict[str, Any] | bytes, int, str | None]] = [
         {"Name": "x", "Options": {"com.docker.network.bridge.enable_icc": "false"}},
         400,
         None,
-    ),  # fmt: skip
+    ),
     ("mtu option", {"Name": "x", "Options": {"com.docker.network.driver.mtu": "1400"}}, 400, None),
     (
         "ip range",
@@ -254,7 +259,7 @@ CREATE_ERRORS: list[tuple[str, dict[str, Any] | bytes, int, str | None]] = [
         },
         400,
         None,
-    ),  # fmt: skip
+    ),
     ("malformed json", b'{"Name": "x"', 400, None),
     ("not an object", b'["x"]', 400, None),
 ]
@@ -262,21 +267,7 @@ CREATE_ERRORS: list[tuple[str, dict[str, Any] | bytes, int, str | None]] = [
 
 @pytest.mark.parametrize(
     ("body", "status", "message"),
-    [
-        pytest.param(
-            *case[1:],
-            marks=[
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="EnableIPv4=false is ignored, not refused (networks.py new_network)",
-                )
-            ]
-            if case[0] == "ipv4 off"
-            else [],
-            id=case[0],
-        )
-        for case in CREATE_ERRORS
-    ],
+    [pytest.param(*case[1:], id=case[0]) for case in CREATE_ERRORS],
 )
 async def test_create_errors_are_dockerds(
     api: Api, body: dict[str, Any] | bytes, status: int, message: str | None
@@ -356,17 +347,25 @@ async def test_a_stopped_container_does_not_block_removal_and_then_fails_to_star
     state = (await api.client.container_inspect("web"))["State"]
     assert state["Running"] is False
     assert api.engine.network.sandboxes == {}
-    # A network of that name made again: the container finds it by name.
+
+
+async def test_a_network_made_again_under_its_name_is_the_containers_network(api: Api) -> None:
+    await create_net(api, "n1")
+    cid = await on_network(api, "web", "n1")
+    await api.client.network_remove("n1")
+    # A network of that name made again: the container finds it by name (asyncstart's
+    # fallback when the ID it was created with is gone).
     network_id = await create_net(api, "n1")
     await api.client.container_start("web")
-    inspected = await api.client.network_inspect("n1")
-    assert [c["Name"] for c in inspected["Containers"].values()] == ["web"]
-    endpoint = (await api.client.container_inspect("web"))["NetworkSettings"]["Networks"]["n1"]
-    assert endpoint["IPAddress"].startswith("10.213.1.")
-    assert endpoint["NetworkID"] == network_id
-    # ... and it is that network's user now: removing it is refused.
+    assert list((await api.client.network_inspect("n1"))["Containers"]) == [cid]
+    assert cid in api.engine.network.leases[bridge_name(network_id)]
+    # It is that network's user now: removing or pruning it is refused.
     reply = await raw(api.sock, http("DELETE", "/networks/n1"))
     assert reply.status == 403, reply.body
+    assert await api.client.networks_prune() == []
+    assert "n1" in await names(api)
+    endpoint = (await api.client.container_inspect("web"))["NetworkSettings"]["Networks"]["n1"]
+    assert endpoint["NetworkID"] == network_id
 
 
 # -- prune and events -----------------------------------------------------------------------
@@ -383,19 +382,19 @@ async def test_prune_removes_unused_user_networks(api: Api) -> None:
     await on_network(api, "idle", "configured")  # created, never started
 
     # Created after "10m ago": none is old enough.
-    reply = await post(api, "/networks/prune?filters=" + json.dumps({"until": ["10m"]}))
+    reply = await post(api, prune_path({"until": ["10m"]}))
     assert (reply.status, reply.json()) == (200, {"NetworksDeleted": None})
-    reply = await post(api, "/networks/prune?filters=" + json.dumps({"label": ["keep=yes"]}))
+    reply = await post(api, prune_path({"label": ["keep=yes"]}))
     assert (reply.status, reply.json()) == (200, {"NetworksDeleted": ["keep"]})
-    reply = await post(api, "/networks/prune?filters=" + json.dumps({"label": ["nosuch"]}))
+    reply = await post(api, prune_path({"label": ["nosuch"]}))
     assert reply.json() == {"NetworksDeleted": None}
     refused(
-        await post(api, "/networks/prune?filters=" + json.dumps({"colour": ["red"]})),
+        await post(api, prune_path({"colour": ["red"]})),
         400,
         "invalid filter 'colour'",
     )
-    until = json.dumps({"until": [str(time.time() + 60)]})
-    reply = await post(api, "/networks/prune?filters=" + until)
+    until = {"until": [str(time.time() + 60)]}
+    reply = await post(api, prune_path(until))
     assert reply.json() == {"NetworksDeleted": ["old", "configured"]}
     assert await names(api) == ["bridge", "host", "none", "used"]
     assert bridge_name(used) in api.engine.network.bridges
@@ -404,7 +403,7 @@ async def test_prune_removes_unused_user_networks(api: Api) -> None:
 
     events = await network_events(api, began)
     prunes = [e for e in events if e["Action"] == "prune"]
-    assert len(prunes) == 6
+    assert len(prunes) == 5  # (the refused one made none)
     assert all(
         e["Actor"] == {"ID": "", "Attributes": {"reclaimed": "0"}} and e["Type"] == "network"
         for e in prunes
@@ -442,6 +441,7 @@ async def test_a_container_created_on_a_user_network(api: Api) -> None:
     assert (configured["IPAddress"], configured["EndpointID"]) == ("", "")
     assert (await api.client.network_inspect("n1"))["Containers"] == {}
 
+    began = time.time()
     await api.client.container_start("web")
     settings = (await api.client.container_inspect("web"))["NetworkSettings"]
     assert list(settings["Networks"]) == ["n1"]
@@ -474,6 +474,12 @@ async def test_a_container_created_on_a_user_network(api: Api) -> None:
     assert api.engine.network.leases[bridge_name(network_id)] == {}
     stopped = (await api.client.container_inspect("web"))["NetworkSettings"]["Networks"]["n1"]
     assert stopped["Aliases"] == ["db", "cache"] and stopped["NetworkID"] == network_id
+    # The start's connect and the stop's disconnect, as events of the network.
+    events = await network_events(api, began)
+    assert [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"]) for e in events] == [
+        (action, network_id, {"container": cid, "name": "n1", "type": "bridge"})
+        for action in ("connect", "disconnect")
+    ]
 
 
 async def test_a_pool_network_gives_the_next_free_address(api: Api) -> None:
@@ -736,7 +742,19 @@ async def test_connect_errors(api: Api) -> None:
         400,
         "cannot connect container to host network - container must be created in host network mode",
     )
+    refused(
+        await post(api, "/networks/none/connect", {"Container": "web"}),
+        400,
+        "container cannot be connected to multiple networks with one of the networks in "
+        "private (none) mode",
+    )
     await sleeper(api, "hosted", HostConfig={"NetworkMode": "host"})
+    refused(
+        await post(api, "/networks/host/disconnect", {"Container": "hosted"}),
+        400,
+        "cannot disconnect container from host network - container was created in host "
+        "network mode",
+    )
     refused(
         await post(api, "/networks/n1/connect", {"Container": "hosted"}),
         400,
@@ -785,7 +803,8 @@ async def test_disconnect_the_primary_network_while_stopped(api: Api) -> None:
 
 
 async def test_networks_survive_a_reopen(open_engine: OpenEngine, sock: Path) -> None:
-    async with open_api(open_engine, sock) as api:
+    runtime, mounter = FakeRuntime(), FakeMounter()
+    async with open_api(open_engine, sock, runtime=runtime, mounter=mounter) as api:
         kept = await create_net(
             api, "kept", Labels={"a": "b"}, IPAM={"Config": [{"Subnet": "10.32.0.0/24"}]}
         )
@@ -795,7 +814,9 @@ async def test_networks_survive_a_reopen(open_engine: OpenEngine, sock: Path) ->
         await on_network(api, "web", "kept", IPAMConfig={"IPv4Address": "10.32.0.20"})
         before = {n["Name"]: n for n in await api.client.networks_list()}
     network = FakeNetwork()
-    async with open_api(open_engine, sock, network=network) as api:
+    async with open_api(
+        open_engine, sock, runtime=runtime, mounter=mounter, network=network
+    ) as api:
         after = {n["Name"]: n for n in await api.client.networks_list()}
         assert list(after) == ["bridge", "host", "none", "kept", "pooled"]
         assert after == before
