@@ -51,7 +51,14 @@ def bare_runc(root: Path, spec: dict[str, Any], runs: int, *, two_step: bool) ->
 
 
 async def engine(
-    root: Path, tar: Path, runs: int, concurrent: int, network: str, oci: str, monitor: str
+    root: Path,
+    tar: Path,
+    runs: int,
+    concurrent: int,
+    network: str,
+    oci: str,
+    monitor: str,
+    user_network: bool,
 ) -> tuple[list[float], float, dict[str, Any], list[float]]:
     config = asyncstart.DaemonConfig(
         data_root=root / "d",
@@ -63,12 +70,16 @@ async def engine(
     )
     async with asyncstart.open_daemon(config) as daemon:
         await daemon.image_import(str(tar), repo="busybox")
+        host: dict[str, Any] = {}
+        if user_network:  # (its bridge and rules made here, not in the first start)
+            network_id = await daemon.network_create({"Name": f"bench-{os.getpid()}"})
+            host = {"NetworkMode": network_id}
         samples = []
         networking: list[float] = []
         spec: dict[str, Any] = {}
         for _ in range(runs):
             cid = await daemon.container_create(
-                config={"Image": "busybox", "Cmd": ["sleep", "1000"]}
+                config={"Image": "busybox", "Cmd": ["sleep", "1000"]}, host_config=host
             )
             began = time.perf_counter()
             await daemon.container_start(cid)
@@ -78,7 +89,9 @@ async def engine(
                 spec = json.loads((root / "x" / cid / "config.json").read_text())
             await daemon.container_remove(cid, force=True)
         ids = [
-            await daemon.container_create(config={"Image": "busybox", "Cmd": ["sleep", "1000"]})
+            await daemon.container_create(
+                config={"Image": "busybox", "Cmd": ["sleep", "1000"]}, host_config=host
+            )
             for _ in range(concurrent)
         ]
         began = time.perf_counter()
@@ -88,6 +101,8 @@ async def engine(
         elapsed = time.perf_counter() - began
         for cid in ids:
             await daemon.container_remove(cid, force=True)
+        if user_network:
+            await daemon.network_remove(host["NetworkMode"])
     return samples, elapsed, spec, networking
 
 
@@ -101,6 +116,9 @@ def main() -> None:
                         help="the OCI runtime asyncstart starts with")  # fmt: skip
     parser.add_argument("--monitor", choices=["", "conmon", "none"], default="",
                         help="each container's monitor (default: conmon if installed)")  # fmt: skip
+    parser.add_argument("--user-network", action="store_true",
+                        help="start on a user-defined network (embedded DNS), not the default "
+                        "bridge")  # fmt: skip
     args = parser.parse_args()
     configure_logging("warning")
     with tempfile.TemporaryDirectory(prefix="asyncstart-runc-bench-") as tmp:
@@ -115,6 +133,7 @@ def main() -> None:
             args.network,
             args.oci,
             args.monitor,
+            args.user_network,
             backend=args.backend,
         )
         rootfs = root / "rootfs"
@@ -129,6 +148,7 @@ def main() -> None:
     print(
         f"runc_start backend={args.backend} network={args.network} oci={args.oci} "
         f"monitor={args.monitor or 'default'} "
+        f"on={'user-network' if args.user_network else 'default-bridge'} "
         f"asyncstart sequential: {summary_ms(samples)}"
     )
     print(f"runc_start network phase:                {summary_ms(networking)}")
