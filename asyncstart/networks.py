@@ -75,6 +75,8 @@ class NetworkSpec:
     #: its gateway too (inspect shows the config as it was asked).
     user_subnet: bool = False
     user_gateway: bool = False
+    #: ``IPAM.Options`` was sent (empty: the only ones applied), shown as ``{}``, not null.
+    ipam_options: bool = False
     builtin: bool = False
 
     @property
@@ -174,6 +176,7 @@ def new_network(
         attachable=bool(body.get("Attachable")),
         user_subnet=bool(configs),
         user_gateway=bool(configs and configs[0].get("Gateway")),
+        ipam_options=(body.get("IPAM") or {}).get("Options") is not None,
     )
 
 
@@ -382,7 +385,11 @@ def network_view(
         "Driver": spec.driver,
         "EnableIPv4": True,
         "EnableIPv6": False,
-        "IPAM": {"Driver": "default", "Options": None, "Config": config},
+        "IPAM": {
+            "Driver": "default",
+            "Options": {} if spec.ipam_options else None,
+            "Config": config,
+        },
         "Internal": spec.internal,
         "Attachable": spec.attachable,
         "Ingress": False,

@@ -142,6 +142,10 @@ async def test_containers_find_each_other_by_name_on_their_networks_only(
         front_bridge = await _network(cli, "astest-front")
         back_bridge = await _network(cli, "astest-back", "--subnet", STATIC_SUBNET)
         assert _link_exists(front_bridge) and _link_exists(back_bridge)
+        [back] = json.loads(await cli.out("network", "inspect", "astest-back"))
+        # What the CLI sent, as dockerd echoes it (no gateway asked: none shown).
+        assert back["IPAM"] == {"Driver": "default", "Options": {},
+                                "Config": [{"Subnet": STATIC_SUBNET}]}  # fmt: skip
         web = (
             await cli.out("run", "-d", "--name", "web", "--network", "astest-front",
                           "--network-alias", "www", dns_flag, "busybox", *WEB)
