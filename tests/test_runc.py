@@ -201,7 +201,9 @@ async def test_stdin_closed_before_start_reaches_cat(
 
 
 class _BrokenNetwork(LoopbackNetwork):
-    async def setup(self, container_id: str, network_mode: str) -> dict[str, object]:
+    async def setup(
+        self, container_id: str, network_mode: str, attachments: object
+    ) -> dict[str, object]:
         raise errors.SystemError("netlink: operation not permitted")
 
 
