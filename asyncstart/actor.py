@@ -32,7 +32,8 @@ from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
 from .logs import ContainerLogs, LogQuery, read_log_chunks
 from .mailbox import Call, Handler, Pending, Reply, RuntimeReport
-from .networks import NetworkSpec, attachment_of, dns_names
+from .network.files import embed_resolver
+from .networks import NetworkSpec, attachment_of, dns_names, refuse_shared_namespace
 from .record import ContainerRecord, wait_result
 from .restart import RestartManager
 from .runtime import StateInfo
@@ -301,7 +302,7 @@ class ContainerActor(ContainerState):
     async def _h_connect(self, reply: Reply, spec: NetworkSpec, config: dict[str, Any]) -> None:
         self.check(Request.CONNECT)
         record = self._record
-        _refuse_shared_namespace(record.host_config.network_mode)
+        refuse_shared_namespace(record.host_config.network_mode)
         joined = self._endpoints()
         if self._lifecycle.state in PROCESS_STATES and record.network_settings.get("SandboxKey"):
             if spec.name in record.network_settings.get("Networks", {}):
@@ -330,13 +331,19 @@ class ContainerActor(ContainerState):
         networks = {**record.network_settings.get("Networks", {}), spec.name: endpoint}
         record.network_settings = {**record.network_settings, "Networks": networks}
         if resolver is not None and names:
+            joined = {**record.network_settings, "Networks": {spec.name: endpoint}}
+            host = record.host_config
             try:
-                dns = record.host_config.dns or ()
-                await resolver.attach(
-                    self.id, {**record.network_settings, "Networks": {spec.name: endpoint}}, dns
-                )
+                dns = host.dns or ()
+                await resolver.attach(self.id, joined, dns, forward=not spec.internal)
+                if path := record.network_settings.get("ResolvConfPath"):
+                    # (started on the default bridge: the embedded server named from now on)
+                    search, options = host.dns_search or (), host.dns_options or ()
+                    await anyio.to_thread.run_sync(embed_resolver, path, dns, search, options)
             except errors.DockerError as exc:  # connected all the same, as the names go
                 log.warning("dns.not_served", container_id=self.id, error=exc.message)
+            except OSError as exc:
+                log.warning("dns.resolv_conf_not_updated", container_id=self.id, error=str(exc))
         network_event(self.services.bus, spec.id, spec.name, self.id, "connect")
 
     async def _h_disconnect(self, reply: Reply, spec: NetworkSpec, force: bool) -> None:
@@ -394,17 +401,3 @@ class ContainerActor(ContainerState):
             return
         self._waiters.park("removal", reply)
         await self._remove_now()
-
-
-def _refuse_shared_namespace(mode: str) -> None:
-    """dockerd's 400 for connecting a container that has no network of its own."""
-    if mode == "host" or mode.startswith("container:"):
-        raise errors.InvalidParameter(
-            "container sharing network namespace with another container or host cannot be "
-            "connected to any other network"
-        )
-    if mode == "none":
-        raise errors.InvalidParameter(
-            "container cannot be connected to multiple networks with one of the networks in "
-            "private (none) mode"
-        )

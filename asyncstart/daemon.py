@@ -9,6 +9,8 @@ container is done by that container's actor, and what it reads of one is a snaps
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -32,7 +34,7 @@ from .filters import container_filters, event_filters, event_matches, normalise,
 from .hostinfo import host_facts
 from .images import MountDriver
 from .images.store import ImageSource
-from .lifecycle import Request
+from .lifecycle import STARTING_STATES, Request
 from .logs import ContainerLogs, LogQuery
 from .network import NetworkDriver
 from .network.base import Attachment
@@ -52,6 +54,8 @@ from .networks import (
     network_view,
     new_network,
     predefined_networks,
+    refuse_connect,
+    refuse_shared_namespace,
 )
 from .reconcile import reconcile
 from .record import ContainerRecord
@@ -372,22 +376,35 @@ class Daemon:
         return find_network(self._networks(), reference)
 
     def _in_use(self) -> dict[str, list[ContainerSnapshot]]:
-        """Network ID -> the containers whose running process is on it."""
+        """Network ID -> the containers whose running process is on it, and those starting
+        that are to join it (by ID, or by name: a removal must not slip between a start's
+        plan and its interfaces)."""
         users: dict[str, list[ContainerSnapshot]] = {}
+        networks = self._networks()
         for snapshot in self._snapshots():
+            record = snapshot.record
             if snapshot.process_exists:
-                for endpoint in snapshot.record.network_settings.get("Networks", {}).values():
+                for endpoint in record.network_settings.get("Networks", {}).values():
                     if endpoint.get("NetworkID"):
                         users.setdefault(endpoint["NetworkID"], []).append(snapshot)
+            elif snapshot.lifecycle.state in STARTING_STATES:
+                joined = joined_networks(record.endpoints, record.host_config.network_mode)
+                for spec in networks:
+                    if spec.name in joined or any(
+                        c.get("NetworkID") == spec.id for c in joined.values()
+                    ):
+                        users.setdefault(spec.id, []).append(snapshot)
         return users
 
     def _attachments(self, record: ContainerRecord) -> list[tuple[Attachment, list[str]]]:
         """The networks a container joins at start, with its names on each: ``NetworkMode``'s
         first (``eth0``), then the others it was connected to, by name. A network removed
         since (or never made) is dockerd's 404."""
-        primary = network_key(record.host_config.network_mode)
         joined = joined_networks(record.endpoints, record.host_config.network_mode)
         networks = self._networks()
+        primary = network_key(record.host_config.network_mode)
+        with contextlib.suppress(errors.NotFound):  # (a mode naming the network's ID)
+            primary = find_network(networks, primary).name
         planned = []
         for name in sorted(joined, key=lambda name: (name != primary, name)):
             config = joined[name]
@@ -438,12 +455,10 @@ class Daemon:
                 raise errors.InvalidParameter(
                     f"invalid config for network {key}: {exc.message}"
                 ) from None
-        kinds = {find_network(networks, n).driver for n in endpoints if n in ("host", "none")}
-        if len(endpoints) > 1 and kinds:
-            raise errors.InvalidParameter(
-                "container cannot be connected to multiple networks with one of the networks "
-                f"in {'private (none)' if 'null' in kinds else 'host'} mode"
-            )
+        if len(endpoints) > 1:
+            for name in endpoints:
+                if name in ("host", "none"):
+                    refuse_shared_namespace(name)
         return endpoints
 
     async def networks_list(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -466,11 +481,20 @@ class Daemon:
     async def network_create(self, body: Mapping[str, Any]) -> str:
         """``docker network create``: a bridge network with its own bridge, subnet (the
         request's, or a free one from the pool) and firewall rules; returns its ID."""
+        network = self._drivers.network
         async with self._network_lock:
-            routed = await self._drivers.network.routed_subnets()
+            routed = await network.routed_subnets()
             spec = new_network(body, self._networks(), routed, now=time.time())
-            await self._drivers.network.create_network(bridge_of(spec))
-            await anyio.to_thread.run_sync(self._registry.add, spec)
+            made = await network.create_network(bridge_of(spec))
+            spec = dataclasses.replace(spec, own_bridge=made)
+            try:
+                await anyio.to_thread.run_sync(self._registry.add, spec)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):  # no bridge nor rules without a network
+                    await network.remove_network(bridge_of(spec), keep_link=not made)
+                if isinstance(exc, OSError):
+                    raise errors.SystemError(f"failed to save network {spec.name}: {exc}") from exc
+                raise
         self._network_event(spec, "create")
         log.info("network.created", name=spec.name, id=spec.id, subnet=spec.subnet)
         return spec.id
@@ -496,8 +520,9 @@ class Daemon:
                 f"error while removing network: network {spec.name} has active endpoints "
                 f"({endpoints})"
             )
-        await self._drivers.network.remove_network(bridge_of(spec))
+        # Out of the table first: a start that plans after this finds no network to join.
         await anyio.to_thread.run_sync(self._registry.remove, spec.id)
+        await self._drivers.network.remove_network(bridge_of(spec), keep_link=not spec.own_bridge)
         self._network_event(spec, "destroy")
         log.info("network.removed", name=spec.name, id=spec.id)
 
@@ -527,26 +552,25 @@ class Daemon:
     ) -> None:
         """``docker network connect``: a running container joins now (an interface more, its
         names served), a stopped one at its next start."""
-        spec = self._network(reference)
-        actor = self._actor(container)
-        if spec.driver == "host":
-            raise errors.InvalidParameter(
-                "cannot connect container to host network - container must be created in "
-                "host network mode"
-            )
-        if spec.driver == "null":
-            raise errors.InvalidParameter(
-                "container cannot be connected to multiple networks with one of the networks "
-                "in private (none) mode"
-            )
-        config = endpoint_config(spec, endpoint)
-        await actor.request(Request.CONNECT, spec, config)
+        async with self._network_lock:  # (not removed meanwhile)
+            spec = self._network(reference)
+            actor = self._actor(container)
+            refuse_connect(spec)
+            config = endpoint_config(spec, endpoint)
+            await actor.request(Request.CONNECT, spec, config)
 
     async def network_disconnect(self, reference: str, container: str, force: bool = False) -> None:
-        """``docker network disconnect``: the container leaves the network (now, if it
-        runs)."""
-        spec = self._network(reference)
-        await self._actor(container).request(Request.DISCONNECT, spec, force)
+        """``docker network disconnect``: the container leaves the network (now, if it runs).
+        ``force``: a network removed since is let go of by name."""
+        async with self._network_lock:
+            actor = self._actor(container)
+            try:
+                spec = self._network(reference)
+            except errors.NotFound:
+                if not force:
+                    raise
+                spec = NetworkSpec(reference, "", 0.0, "bridge")  # (its endpoint only)
+            await actor.request(Request.DISCONNECT, spec, force)
 
     def _network_event(self, spec: NetworkSpec, action: str, **extra: str) -> None:
         attributes = {"name": spec.name, "type": spec.driver, **extra}

@@ -19,16 +19,19 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from . import errors
 from .filters import Filters, normalise
 from .network.base import Attachment, Bridge
+from .network.firewall import valid_bridge_name
 from .record import ContainerRecord
+from .store import write_atomic
 from .views import ContainerSnapshot, format_time
 
 __all__ = [
@@ -43,6 +46,8 @@ __all__ = [
     "new_network",
     "predefined_networks",
 ]
+
+log = structlog.get_logger("asyncstart.networks")
 
 NETWORK_FILTERS = ("driver", "id", "label", "name", "scope", "type", "dangling")
 _TYPES = ("custom", "builtin")
@@ -77,6 +82,9 @@ class NetworkSpec:
     user_gateway: bool = False
     #: ``IPAM.Options`` was sent (empty: the only ones applied), shown as ``{}``, not null.
     ipam_options: bool = False
+    #: The bridge was made for the network (not a host's bridge it was given by name): it is
+    #: deleted with the network.
+    own_bridge: bool = True
     builtin: bool = False
 
     @property
@@ -157,9 +165,7 @@ def new_network(
         )
     network_id = _new_id({spec.id for spec in existing})
     bridge = options.get("com.docker.network.bridge.name") or f"as-{network_id[:12]}"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", bridge) or any(
-        spec.bridge == bridge for spec in existing
-    ):
+    if not valid_bridge_name(bridge) or any(spec.bridge == bridge for spec in existing):
         raise errors.InvalidParameter(f"invalid or already used bridge name {bridge!r}")
     configs = (body.get("IPAM") or {}).get("Config") or []
     return NetworkSpec(
@@ -274,8 +280,15 @@ class NetworkRegistry:
         self.path = path
         self._networks: dict[str, NetworkSpec] = {}
         try:
-            stored = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
+            stored = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            stored = []
+        except (OSError, ValueError) as exc:
+            # Torn or garbled: kept aside for a person to look at, never silently emptied.
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            log.error("network.registry_unreadable", path=str(path), moved_to=str(aside),
+                      error=str(exc))  # fmt: skip
             stored = []
         for item in stored if isinstance(stored, list) else []:
             try:
@@ -298,10 +311,7 @@ class NetworkRegistry:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         items = [dataclasses.asdict(spec) for spec in self]
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as file:
-            json.dump(items, file)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(items).encode())
 
 
 def find_network(networks: Iterable[NetworkSpec], reference: str) -> NetworkSpec:
@@ -453,6 +463,11 @@ def endpoint_config(spec: NetworkSpec | None, body: Any, *, key: str = "") -> di
         raise errors.InvalidParameter("an endpoint's MacAddress is not supported by asyncstart")
     if body.get("DriverOpts"):
         raise errors.InvalidParameter("an endpoint's DriverOpts are not supported by asyncstart")
+    if body.get("GwPriority"):
+        raise errors.InvalidParameter(
+            "an endpoint's GwPriority is not supported by asyncstart: the default route is "
+            "the first network's"
+        )
     if body.get("Links"):
         raise errors.InvalidParameter(
             "links on a user-defined network are not supported by asyncstart: use its names"
@@ -478,6 +493,34 @@ def dns_names(spec: NetworkSpec, record: ContainerRecord, config: Mapping[str, A
     aliases = config.get("Aliases") or ()
     names = [record.name.lstrip("/"), *aliases, record.id[:12], record.config.hostname]
     return list(dict.fromkeys(name for name in names if name))
+
+
+def refuse_connect(spec: NetworkSpec) -> None:
+    """dockerd's 400s for joining ``host`` or ``none`` besides other networks."""
+    if spec.driver == "host":
+        raise errors.InvalidParameter(
+            "cannot connect container to host network - container must be created in host "
+            "network mode"
+        )
+    if spec.driver == "null":
+        raise errors.InvalidParameter(NONE_AND_OTHERS)
+
+
+def refuse_shared_namespace(mode: str) -> None:
+    """dockerd's 400s for connecting a container that has no network namespace of its own."""
+    if mode == "host" or mode.startswith("container:"):
+        raise errors.InvalidParameter(
+            "container sharing network namespace with another container or host cannot be "
+            "connected to any other network"
+        )
+    if mode == "none":
+        raise errors.InvalidParameter(NONE_AND_OTHERS)
+
+
+NONE_AND_OTHERS = (
+    "container cannot be connected to multiple networks with one of the networks in private "
+    "(none) mode"
+)
 
 
 def bridge_of(spec: NetworkSpec) -> Bridge:

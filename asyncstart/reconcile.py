@@ -18,7 +18,6 @@ import structlog
 from . import errors
 from .actor import ContainerActor
 from .lifecycle import Request
-from .network.firewall import forwards
 from .network.ports import PortProxy
 from .network.resolver import Resolver
 from .record import ContainerRecord
@@ -49,10 +48,6 @@ async def reconcile(
             live.add(record.id)
             await _republish(ports, record)
             await _serve_names(resolver, record)
-        elif drivers.nat is not None and record.network_settings.get("Ports"):
-            # Its DNATs outlived it: gone, before its address goes to another container.
-            settings = record.network_settings
-            await drivers.nat.unpublish(forwards(primary_address(settings), settings["Ports"]))
     # A container whose record could not be read keeps what it holds, for a person to decide.
     spared = live | records.quarantined
     await drivers.runtime.cleanup(spared)

@@ -188,7 +188,7 @@ class NetworkStep:
                     alias=alias,
                     container_id=target_id,
                     name=str(settings.get("Name", name)).strip("/"),
-                    address=str(settings.get("IPAddress") or ""),
+                    address=primary_address(settings),
                     exposed=list(settings.get("ExposedPorts") or ()),
                     env=list(settings.get("Env") or ()),
                 )
@@ -271,7 +271,8 @@ class NamesStep:
     async def do(self, ctx: StartContext) -> None:
         if self.resolver is not None and ctx.network:
             dns = ctx.record.host_config.dns or ()
-            await self.resolver.attach(ctx.record.id, ctx.network, dns)
+            forward = any(not a.bridge.internal for a in ctx.attachments)
+            await self.resolver.attach(ctx.record.id, ctx.network, dns, forward=forward)
 
     async def undo(self, ctx: StartContext) -> None:
         if self.resolver is not None:
@@ -294,8 +295,8 @@ class PortsStep:
         record = ctx.record
         network = ctx.network or {}
         address = primary_address(network)
-        if not address:
-            return  # host and none modes publish nothing (as dockerd)
+        if not address or all(a.bridge.internal for a in ctx.attachments):
+            return  # host and none modes publish nothing, nor internal networks (as dockerd)
         bindings: dict[str, list[dict[str, Any]]] = {
             _port_key(k): [msgspec.to_builtins(b) for b in v or ()]
             for k, v in (record.host_config.port_bindings or {}).items()
@@ -320,10 +321,11 @@ class PortsStep:
                 raise
 
     async def undo(self, ctx: StartContext) -> None:
-        await self.proxy.unpublish(ctx.record.id)
         network = ctx.network or {}
         if self.nat is not None and network.get("Ports"):
+            # Before the ports are free: a container that takes one next keeps its DNAT.
             await self.nat.unpublish(forwards(primary_address(network), network["Ports"]))
+        await self.proxy.unpublish(ctx.record.id)
 
 
 def primary_address(settings: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from .record import ContainerRecord
 
 log = structlog.get_logger("asyncstart.store")
 
-__all__ = ["ContainerIndex", "RecordStore"]
+__all__ = ["ContainerIndex", "RecordStore", "write_atomic"]
 
 RECORD_FILE = "container.json"
 _TMP_SUFFIX = ".tmp"
@@ -32,6 +32,22 @@ _TMP_SUFFIX = ".tmp"
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ContainerRecord)
+
+
+def write_atomic(target: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``target`` whole or not at all: a temporary file beside it, flushed (and fsynced),
+    renamed over it. Mode 0600."""
+    tmp = target.with_name(target.name + _TMP_SUFFIX)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
 
 
 class RecordStore:
@@ -56,18 +72,7 @@ class RecordStore:
     def _write(self, container_id: str, data: bytes) -> None:
         directory = self.root / container_id
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / RECORD_FILE
-        tmp = directory / (RECORD_FILE + _TMP_SUFFIX)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
+        write_atomic(directory / RECORD_FILE, data, fsync=self.fsync)
 
     async def save(self, record: ContainerRecord) -> None:
         """Write ``record`` atomically (in a worker thread: the event loop never waits on disk)."""

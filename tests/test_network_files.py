@@ -55,6 +55,8 @@ def test_leases_hand_out_addresses_in_rotation_per_bridge_and_persist(tmp_path) 
     assert leases.allocate(other, "g", "10.213.98.5") == "10.213.98.5"
     with pytest.raises(errors.Forbidden, match=r"^Address already in use: 10\.213\.98\.5$"):
         leases.allocate(other, "h", "10.213.98.5")
+    with pytest.raises(errors.InvalidParameter, match="contain the IP address 10.213.97.5"):
+        leases.allocate(other, "h", "10.213.97.5")  # (its network made anew elsewhere)
     leases.release("b", "astest8")
     assert leases.leases("astest9")["b"] and "b" not in leases.leases("astest8")
     leases.keep_only({"c"})

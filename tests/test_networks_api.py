@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncstart import FakeMounter, FakeNetwork, FakeRuntime
+from asyncstart import FakeMounter, FakeNetwork, FakeRuntime, errors
 
 from .conftest import OpenEngine
 from .test_api import Api, Raw, http, open_api, raw, sleeper
@@ -591,7 +591,8 @@ async def test_host_mode_and_another_network_at_create_is_refused(api: Api) -> N
     refused(
         await post(api, "/containers/create?name=web", body),
         400,
-        "container cannot be connected to multiple networks with one of the networks in host mode",
+        "container sharing network namespace with another container or host cannot be "
+        "connected to any other network",
     )
     assert await api.client.containers_list(all=True) == []
 
@@ -885,3 +886,55 @@ async def test_docker_py_networks(api: Api) -> None:
     with anyio.fail_after(60):
         await anyio.to_thread.run_sync(work, f"unix://{api.sock}")
     assert await names(api) == ["bridge", "host", "none"]
+
+
+# -- what a review found ---------------------------------------------------------------------
+
+
+async def test_a_removed_network_is_let_go_of_by_a_forced_disconnect(api: Api) -> None:
+    await create_net(api, "gone")
+    await on_network(api, "web", "gone")
+    await api.client.network_connect("bridge", "web")
+    await api.client.network_remove("gone")
+    with pytest.raises(errors.NotFound, match="^network gone not found$"):
+        await api.client.network_disconnect("gone", "web")
+    # As dockerd: by name, with force, a stopped container lets go of a network that is gone.
+    await api.client.network_disconnect("gone", "web", force=True)
+    networks = (await api.client.container_inspect("web"))["NetworkSettings"]["Networks"]
+    assert list(networks) == ["bridge"]
+    await api.client.container_start("web")  # (not the 404 of the network it had)
+
+
+async def test_a_gateway_priority_is_refused_not_ignored(api: Api) -> None:
+    await create_net(api, "n1")
+    await sleeper(api, "web")
+    refused(
+        await post(api, "/networks/n1/connect",
+                   {"Container": "web", "EndpointConfig": {"GwPriority": 5}}),
+        400,
+        "an endpoint's GwPriority is not supported by asyncstart: the default route is the "
+        "first network's",
+    )  # fmt: skip
+
+
+async def test_an_internal_network_publishes_no_port(api: Api) -> None:
+    await create_net(api, "inside", Internal=True)
+    cid = await api.client.container_create(
+        "web",
+        {"Image": "busybox", "Cmd": ["sleep", "infinity"], "ExposedPorts": {"80/tcp": {}}},
+        {"NetworkMode": "inside", "PortBindings": {"80/tcp": [{"HostPort": "0"}]}},
+    )
+    await api.client.container_start(cid)
+    settings = (await api.client.container_inspect(cid))["NetworkSettings"]
+    assert settings["Networks"]["inside"]["IPAddress"]
+    assert not any(settings["Ports"].values()), "dockerd maps no port of an internal network"
+
+
+def test_a_garbled_network_file_is_kept_aside_not_emptied(tmp_path: Path) -> None:
+    from asyncstart.networks import NetworkRegistry
+
+    path = tmp_path / "networks.json"
+    path.write_text('[{"name": "n1", "id": "')  # torn mid-write
+    assert list(NetworkRegistry(path)) == []
+    assert not path.exists()
+    assert (tmp_path / "networks.json.corrupt").read_text().startswith('[{"name"')

@@ -193,6 +193,24 @@ async def test_containers_find_each_other_by_name_on_their_networks_only(
         code, out = await _output(cli, "--network", "astest-back", dns_flag, "busybox", "sh",
                                   "-c", "nslookup api; ping -c 1 -W 1 10.213.90.2")  # fmt: skip
         assert code != 0 and "NXDOMAIN" in out, out
+        # A container of the default bridge that joins a user-defined network is told of the
+        # embedded server (its resolv.conf, bind-mounted, rewritten in place).
+        await cli.out("run", "-d", "--name", "plain", dns_flag, "busybox", "sleep", "1000")
+        [plain] = json.loads(await cli.out("inspect", "plain"))
+        assert "127.0.0.11" not in Path(plain["ResolvConfPath"]).read_text()
+        await cli.out("network", "connect", "astest-front", "plain")
+        assert "nameserver 127.0.0.11\n" in Path(plain["ResolvConfPath"]).read_text()
+        await cli.out("rm", "-f", "plain")
+        # A host's bridge given by name is used, and stays when the network goes.
+        subprocess.run(["ip", "link", "add", "astest-own", "type", "bridge"], check=True)
+        try:
+            await cli.out("network", "create", "-o", "com.docker.network.bridge.name=astest-own",
+                          "--subnet", "10.213.91.0/24", "astest-host-bridge")  # fmt: skip
+            await cli.out("network", "rm", "astest-host-bridge")
+            assert _link_exists("astest-own"), "a bridge the network did not make stays"
+            assert "asyncstart:astest-own" not in _firewall()
+        finally:
+            subprocess.run(["ip", "link", "del", "astest-own"], check=False)
         await cli.out("rm", "-f", "web", "db")
         await cli.out("network", "rm", "astest-front", "astest-back")
         _assert_network_gone(front_bridge)

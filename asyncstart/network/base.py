@@ -73,12 +73,14 @@ class NetworkDriver(Protocol):
         """After a daemon restart: release what belongs to containers not in ``keep``."""
         ...
 
-    async def create_network(self, bridge: Bridge) -> None:
-        """Make a network's bridge and firewall rules (or check and take those there)."""
+    async def create_network(self, bridge: Bridge) -> bool:
+        """Make a network's bridge and firewall rules (or check and take those there); whether
+        the bridge was made now."""
         ...
 
-    async def remove_network(self, bridge: Bridge) -> None:
-        """Remove a network's bridge, rules and leases."""
+    async def remove_network(self, bridge: Bridge, *, keep_link: bool = False) -> None:
+        """Remove a network's rules, leases and bridge (``keep_link``: a bridge of the host's
+        that the network was given by name stays)."""
         ...
 
     async def routed_subnets(self) -> list[ipaddress.IPv4Network]:

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import socket
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import anyio
 import structlog
 
 from .. import errors
+from ..store import write_atomic
 from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
 from .netlink import create_netns, delete_netns, netlink, netns_socket
@@ -66,10 +66,7 @@ class Leases:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as file:
-            json.dump(self._leases, file)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self._leases).encode())
 
     def allocate(self, bridge: Bridge, container_id: str, wanted: str = "") -> str:
         """``wanted`` if free, else the next free address after the last one handed out (in
@@ -81,6 +78,10 @@ class Leases:
         subnet = ipaddress.IPv4Network(bridge.subnet)
         taken = {bridge.gateway, *(a for c, a in leases.items() if c != container_id)}
         if wanted:
+            if ipaddress.IPv4Address(wanted) not in subnet:  # (a network made anew since)
+                raise errors.InvalidParameter(
+                    f"no configured subnet or ip-range contain the IP address {wanted}"
+                )
             if wanted in taken:
                 raise errors.Forbidden(f"Address already in use: {wanted}")
             return self._lease(bridge.name, container_id, wanted)
@@ -164,7 +165,8 @@ class BridgeNetwork:
 
     # -- asyncio side (run through netlink()) -----------------------------------------------
 
-    async def _ensure_bridge(self, ipr: Any, bridge: Bridge) -> int:
+    async def _ensure_bridge(self, ipr: Any, bridge: Bridge) -> tuple[int, bool]:
+        """The bridge's index, and whether it was made now."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
@@ -173,7 +175,7 @@ class BridgeNetwork:
             if exc.code != 19:  # ENODEV: not there yet
                 raise
         else:
-            return await self._check_bridge(ipr, found, bridge)
+            return await self._check_bridge(ipr, found, bridge), False
         await self._check_routes(ipr, None, bridge)
         gateway = ipaddress.IPv4Address(bridge.gateway)
         try:
@@ -186,7 +188,7 @@ class BridgeNetwork:
             await ipr.addr("add", index=index, address=str(gateway), prefixlen=bridge.prefixlen)
         await ipr.link("set", index=index, state="up")
         log.info("network.bridge_created", bridge=bridge.name, subnet=bridge.subnet)
-        return index
+        return index, True
 
     async def _check_bridge(self, ipr: Any, link: Any, bridge: Bridge) -> int:
         """A bridge that is there already is used only if it is a bridge with this network's
@@ -283,7 +285,7 @@ class BridgeNetwork:
         await inside.addr("add", index=index, address=veth.address, prefixlen=veth.bridge.prefixlen)
         await inside.link("set", index=index, state="up")
 
-    async def _bridge_once(self, bridge: Bridge) -> int:
+    async def _bridge_once(self, bridge: Bridge) -> tuple[int, bool]:
         from pyroute2 import AsyncIPRoute
 
         ipr = AsyncIPRoute(groups=0)
@@ -294,17 +296,18 @@ class BridgeNetwork:
 
     # -- the driver interface -------------------------------------------------------------
 
-    async def _ensure(self, bridge: Bridge) -> None:
+    async def _ensure(self, bridge: Bridge) -> bool:
         """The bridge and its firewall, once per daemon (found again, and their rules made
-        anew, after a restart)."""
+        anew, after a restart); whether the bridge was made now."""
         if bridge.name in self._indexes:
-            return
+            return False
         async with self._bridge_lock:  # the first starts must not race to create it
             if bridge.name in self._indexes:
-                return
-            index = await netlink(lambda: self._bridge_once(bridge))
+                return False
+            index, made = await netlink(lambda: self._bridge_once(bridge))
             await self._program_firewall(bridge)
             self._indexes[bridge.name] = index
+            return made
 
     async def setup(
         self, container_id: str, network_mode: str, attachments: Sequence[Attachment]
@@ -388,13 +391,15 @@ class BridgeNetwork:
                     await inner.link("del", index=entry["index"])  # (and its peer)
                     return
 
+        if not (sandbox and address):
+            self.leases.release(container_id, attachment.bridge.name)
+            return
+        # A running container keeps the address until it stops: its published ports' proxy and
+        # DNAT may still name it, and must never reach another container.
         try:
-            if sandbox and address:
-                await self._inside(sandbox, unplug)
+            await self._inside(sandbox, unplug)
         except BaseException as exc:
             _raise(exc, "failed to disconnect the container from the network")
-        finally:
-            self.leases.release(container_id, attachment.bridge.name)
 
     @staticmethod
     async def _inside(sandbox: str, call: Callable[[Any], Awaitable[T]]) -> T:
@@ -429,13 +434,13 @@ class BridgeNetwork:
             return
         await Firewall(bridge.name, bridge.subnet, internal=bridge.internal).ensure()
 
-    async def create_network(self, bridge: Bridge) -> None:
+    async def create_network(self, bridge: Bridge) -> bool:
         try:
-            await self._ensure(bridge)
+            return await self._ensure(bridge)
         except BaseException as exc:
             _raise(exc, f"failed to create network bridge {bridge.name}")
 
-    async def remove_network(self, bridge: Bridge) -> None:
+    async def remove_network(self, bridge: Bridge, *, keep_link: bool = False) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
         async def delete() -> None:
@@ -450,7 +455,8 @@ class BridgeNetwork:
 
         self._indexes.pop(bridge.name, None)
         try:
-            await netlink(delete)
+            if not keep_link:
+                await netlink(delete)
             if nft_installed():
                 await Firewall(bridge.name, bridge.subnet, internal=bridge.internal).remove()
         except Exception as exc:

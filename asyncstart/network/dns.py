@@ -312,14 +312,14 @@ class _Server:
         try:
             reply = self._local(query)
         except Exception as exc:  # the engine's lookup: a failure of it fails this query only
-            log.warning("dns.lookup_failed", name=query.name, error=repr(exc))
+            log.debug("dns.lookup_failed", name=query.name, error=repr(exc))
             reply = servfail(query)
         if reply is not None:
             self._send(reply, client)
         elif not self.upstreams:
             self._send(servfail(query), client)
         elif self.forwards >= self.max_forwards:
-            log.warning("dns.forwards_full", name=query.name, forwards=self.forwards)
+            log.debug("dns.forwards_full", name=query.name, forwards=self.forwards)
             self._send(servfail(query), client)
         else:
             self.forwards += 1

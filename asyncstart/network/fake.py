@@ -108,11 +108,13 @@ class FakeNetwork:
         for container_id in set(self.sandboxes) - keep:
             await self.teardown(container_id)
 
-    async def create_network(self, bridge: Bridge) -> None:
+    async def create_network(self, bridge: Bridge) -> bool:
         self.faults.check("create_network", bridge.name)
+        made = bridge.name not in self.bridges
         self.bridges.add(bridge.name)
+        return made
 
-    async def remove_network(self, bridge: Bridge) -> None:
+    async def remove_network(self, bridge: Bridge, *, keep_link: bool = False) -> None:
         self.bridges.discard(bridge.name)
         self.leases.pop(bridge.name, None)
 

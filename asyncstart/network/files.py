@@ -10,6 +10,7 @@ from dataclasses import dataclass
 __all__ = [
     "EMBEDDED_DNS",
     "Link",
+    "embed_resolver",
     "host_resolv_conf",
     "hostname_file",
     "hosts_file",
@@ -155,6 +156,22 @@ def resolv_conf(
     if embedded:
         out.append(f"\n# ExtServers: [{' '.join(upstreams(host, dns))}]\n")
     return "".join(out)
+
+
+def embed_resolver(
+    path: str, host_config_dns: Sequence[str], search: Sequence[str], options: Sequence[str]
+) -> None:
+    """A running container's ``resolv.conf`` rewritten, in place (it is bind-mounted), to name
+    the embedded DNS server: it has joined its first user-defined network. One that already
+    names it is left as it is."""
+    with open(path, "r+") as file:
+        if f"nameserver {EMBEDDED_DNS}" in file.read():
+            return
+        text = resolv_conf(host_resolv_conf(), dns=host_config_dns, search=search,
+                           options=options, embedded=True)  # fmt: skip
+        file.seek(0)
+        file.write(text)
+        file.truncate()
 
 
 def host_resolv_conf() -> str:

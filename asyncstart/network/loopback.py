@@ -38,10 +38,10 @@ class LoopbackNetwork:
     async def cleanup(self, keep: set[str]) -> None:
         return None
 
-    async def create_network(self, bridge: Bridge) -> None:
+    async def create_network(self, bridge: Bridge) -> bool:
         raise _unsupported()
 
-    async def remove_network(self, bridge: Bridge) -> None:
+    async def remove_network(self, bridge: Bridge, *, keep_link: bool = False) -> None:
         return None
 
     async def routed_subnets(self) -> list[ipaddress.IPv4Network]:

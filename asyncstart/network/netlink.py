@@ -87,7 +87,7 @@ def _create(path: Path) -> int:
             )
             return sock.detach()
         finally:
-            _check(_libc.setns(original, _CLONE_NEWNET), "setns back")
+            _back(original)
     except BaseException:
         _libc.umount2(str(path).encode(), _MNT_DETACH)
         with contextlib.suppress(FileNotFoundError):
@@ -95,6 +95,16 @@ def _create(path: Path) -> int:
         raise
     finally:
         os.close(original)
+
+
+def _back(original: int) -> None:
+    """This worker thread back in the daemon's namespace. Should that ever fail, the thread —
+    one of the pool's, that later calls reuse — would stay in another namespace and do their
+    network work there: the process stops instead (as a Go runtime panics)."""
+    if _libc.setns(original, _CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        os.write(2, f"asyncstart: setns back failed: {os.strerror(code)}: aborting\n".encode())
+        os.abort()
 
 
 def _entered(path: Path, make: Callable[[], socket.socket]) -> socket.socket:
@@ -109,7 +119,7 @@ def _entered(path: Path, make: Callable[[], socket.socket]) -> socket.socket:
         try:
             return make()
         finally:
-            _check(_libc.setns(original, _CLONE_NEWNET), "setns back")
+            _back(original)
     finally:
         os.close(original)
 

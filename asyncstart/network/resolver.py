@@ -93,11 +93,18 @@ class Resolver:
     # -- the servers ------------------------------------------------------------------------
 
     async def attach(
-        self, container_id: str, settings: Mapping[str, Any], dns: Sequence[str] = ()
+        self,
+        container_id: str,
+        settings: Mapping[str, Any],
+        dns: Sequence[str] = (),
+        *,
+        forward: bool = True,
     ) -> None:
         """Register the names of a running container's endpoints that have some (those on
         user-defined networks: ``DNSNames``) and serve it, once; forwarding to ``dns`` (its
-        ``HostConfig.Dns``), else to the host's nameservers. On failure, nothing stays."""
+        ``HostConfig.Dns``), else to the host's nameservers — unless not ``forward`` (a
+        container on internal networks only: no name from outside, as dockerd). On failure,
+        nothing stays."""
         named = {
             name: endpoint
             for name, endpoint in settings.get("Networks", {}).items()
@@ -112,7 +119,8 @@ class Resolver:
             )  # fmt: skip
         try:
             host = await anyio.to_thread.run_sync(host_resolv_conf)
-            await self.serve(container_id, Path(settings["SandboxKey"]), upstreams(host, dns))
+            servers = upstreams(host, dns) if forward else []
+            await self.serve(container_id, Path(settings["SandboxKey"]), servers)
         except BaseException as exc:
             self.stop(container_id)
             if isinstance(exc, OSError):
@@ -131,6 +139,9 @@ class Resolver:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             try:
                 sock.setblocking(False)
+                # A server of the container's own that binds every address with
+                # SO_REUSEADDR (dnsmasq...) still gets port 53.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((EMBEDDED_DNS, _PORT))
             except BaseException:
                 sock.close()
