@@ -289,6 +289,37 @@ class Client:
             finally:
                 await stream.aclose()
 
+    async def exec_create(self, reference: str, config: Mapping[str, Any]) -> str:
+        """``POST /containers/{id}/exec`` (``Cmd``, ``Tty``, ``AttachStdin``..., ``Env``,
+        ``User``, ``WorkingDir``, ``Privileged``); the exec's ID."""
+        result = await self._json("POST", f"/containers/{reference}/exec", json=dict(config))
+        return str(result["Id"])
+
+    async def exec_start_detached(self, exec_id: str) -> None:
+        await self._request("POST", f"/exec/{exec_id}/start", json={"Detach": True})
+
+    @asynccontextmanager
+    async def exec_start(self, exec_id: str) -> AsyncIterator[ClientAttachSession]:
+        """The exec's stdio, as :meth:`container_attach`'s session (upgraded connection)."""
+        headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
+        async with self._http.stream(
+            "POST", f"/exec/{exec_id}/start", json={"Detach": False}, headers=headers
+        ) as response:
+            if response.status_code != 101:
+                _raise_for(response.status_code, await response.aread(), "exec")
+            stream = response.extensions["network_stream"]
+            try:
+                yield ClientAttachSession(stream, _is_raw(response))
+            finally:
+                await stream.aclose()
+
+    async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/exec/{exec_id}/json")
+        return result
+
+    async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        await self._request("POST", f"/exec/{exec_id}/resize", params={"h": height, "w": width})
+
     async def container_start_phases(self, reference: str) -> dict[str, float]:
         """Seconds spent in each phase of the container's latest start (asyncstart only)."""
         result: dict[str, float] = await self._json(

@@ -17,6 +17,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -110,6 +111,11 @@ class ContainerState:
         return ContainerSnapshot(
             msgspec.structs.replace(self._record), dataclasses.replace(self._lifecycle)
         )
+
+    def running_spec(self) -> dict[str, Any] | None:
+        """The OCI spec the running process was started with, if this daemon started it."""
+        ctx = self._ctx
+        return ctx.spec if ctx is not None and self._lifecycle.running else None
 
     @property
     def last_start(self) -> dict[str, float]:

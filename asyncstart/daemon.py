@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -29,7 +30,9 @@ from .attach import AttachSession
 from .clock import Clock, SystemClock
 from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
-from .events import EventBus
+from .events import EventBus, container_event
+from .exec_io import ExecIO
+from .execs import ExecInstance, container_exec_ids, exec_process, parse_exec_config
 from .filters import container_filters, event_filters, event_matches, normalise, timestamp
 from .hostinfo import host_facts
 from .images import MountDriver
@@ -59,8 +62,9 @@ from .networks import (
 )
 from .reconcile import reconcile
 from .record import ContainerRecord
-from .runtime import Runtime, StateInfo
+from .runtime import Runtime, StateInfo, translate_start_error
 from .signals import parse_signal
+from .steps import read_users
 from .store import ContainerIndex, RecordStore
 from .views import ContainerSnapshot, DaemonStatistics, joined_networks, network_key, ps_rows
 from .wiring import (
@@ -108,6 +112,9 @@ class Daemon:
         self._actors: dict[str, ContainerActor] = {}
         self._ports = PortProxy(task_group)
         self._resolver = Resolver(task_group)
+        #: ``docker exec`` instances, and the I/O of those running.
+        self._execs: dict[str, ExecInstance] = {}
+        self._exec_io: dict[str, ExecIO] = {}
         #: The user-defined networks; their changes one at a time.
         self._registry = NetworkRegistry(self.data_root / "network" / "networks.json")
         self._network_lock = anyio.Lock()
@@ -271,6 +278,7 @@ class Daemon:
         snapshot = self._snapshot(reference)
         document = snapshot.inspect()
         document["LogPath"] = str(self._records.log_path(snapshot.id))
+        document["ExecIDs"] = container_exec_ids(list(self._execs.values()), snapshot.id)
         return document
 
     async def containers_list(
@@ -356,6 +364,113 @@ class Daemon:
     def container_start_phases(self, reference: str) -> dict[str, float]:
         """Seconds spent in each phase of the container's latest start."""
         return self._actor(reference).last_start
+
+    # -- exec -------------------------------------------------------------------------------
+
+    async def exec_create(self, reference: str, config: Mapping[str, Any]) -> str:
+        """``docker exec``'s first call: an exec instance in a running container (dockerd's
+        409 otherwise); its ID. Nothing runs until :meth:`exec_start`."""
+        parsed = parse_exec_config(config)
+        actor = self._actor(reference)
+        actor.check(Request.EXEC, reference)
+        instance = ExecInstance(actor.id, parsed)
+        self._forget_ended_execs(actor.id)
+        self._execs[instance.id] = instance
+        record = actor.snapshot().record
+        container_event(self._events, record, f"exec_create: {instance.summary()}",
+                        execID=instance.id)  # fmt: skip
+        return instance.id
+
+    def _exec(self, exec_id: str) -> ExecInstance:
+        instance = self._execs.get(exec_id)
+        if instance is None:
+            raise errors.NotFound(f"No such exec instance: {exec_id}")
+        return instance
+
+    def _forget_ended_execs(self, container_id: str, keep: int = 64) -> None:
+        """Ended execs stay inspectable, the last ``keep`` of a container (and none of a
+        container that is gone)."""
+        ended = [e for e in self._execs.values() if not e.running and e.started]
+        for instance in ended:
+            if instance.container_id not in self._actors:
+                del self._execs[instance.id]
+        mine = [e for e in ended if e.container_id == container_id]
+        for instance in mine[: max(0, len(mine) - keep)]:
+            self._execs.pop(instance.id, None)
+
+    async def exec_start(
+        self, exec_id: str, *, detach: bool = False, console_size: tuple[int, int] | None = None
+    ) -> ExecIO:
+        """Run an exec instance (once: dockerd's 409 for a second start); its input and output
+        (``detach``: its output dropped; ``console_size``: its terminal's height and width
+        from the start). It ends on its own; :meth:`exec_inspect` then has its exit code."""
+        instance = self._exec(exec_id)
+        if instance.started:
+            raise errors.Conflict(f"Error: Exec command {exec_id} is already running")
+        actor = self._actor(instance.container_id)
+        actor.check(Request.EXEC)
+        spec = actor.running_spec()
+        if spec is None:  # (started by an earlier daemon: its bundle's)
+            path = self.exec_root / instance.container_id / "config.json"
+            try:
+                spec = json.loads(await anyio.to_thread.run_sync(path.read_bytes))
+            except (OSError, ValueError) as exc:
+                raise errors.SystemError(f"cannot exec: the container's spec: {exc}") from exc
+        rootfs = str(spec.get("root", {}).get("path", ""))
+        passwd, group = (
+            await anyio.to_thread.run_sync(read_users, rootfs) if rootfs else (None, None)
+        )
+        process = exec_process(spec.get("process", {}), instance.config, passwd=passwd,
+                               group=group)  # fmt: skip
+        if instance.config.tty and console_size and all(console_size):
+            process["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
+        config = instance.config
+        io = ExecIO(tty=config.tty, stdin=config.attach_stdin and not detach,
+                    keep_output=not detach)  # fmt: skip
+        instance.started = instance.running = True
+        self._exec_io[exec_id] = io
+        record = actor.snapshot().record
+        container_event(self._events, record, f"exec_start: {instance.summary()}",
+                        execID=exec_id)  # fmt: skip
+        self._task_group.start_soon(self._run_exec, instance, io, process)
+        return io
+
+    async def _run_exec(self, instance: ExecInstance, io: ExecIO, process: dict[str, Any]) -> None:
+        code = 126
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(io.pump)
+                try:
+                    code = await self._drivers.runtime.exec(
+                        instance.container_id, process, io.stdio, console=io.console
+                    )
+                except errors.DockerError as exc:
+                    # As dockerd: the runtime's word to the client, and 126 or 127.
+                    code = translate_start_error(exc.message)[0]
+                    await io.error(f"OCI runtime exec failed: {exc.message}")
+                    log.info("exec.failed", exec_id=instance.id, error=exc.message)
+                finally:
+                    io.handed()
+        finally:
+            instance.running, instance.exit_code = False, code
+            io.close()
+            self._exec_io.pop(instance.id, None)
+            with contextlib.suppress(errors.NotFound):
+                record = self._actor(instance.container_id).snapshot().record
+                container_event(self._events, record, "exec_die", execID=instance.id,
+                                exitCode=str(code))  # fmt: skip
+
+    async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        """``GET /exec/{id}/json``: running, exit code, process config."""
+        return self._exec(exec_id).view()
+
+    async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        """``docker exec -t``'s terminal size."""
+        instance = self._exec(exec_id)
+        io = self._exec_io.get(exec_id)
+        if io is None:
+            raise errors.Conflict(f"exec {instance.id} is not running")
+        io.resize(height, width)
 
     # -- networks ---------------------------------------------------------------------------
 

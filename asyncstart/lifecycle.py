@@ -253,6 +253,8 @@ class Request(enum.Enum):
     WAIT = "wait"
     #: Reopened on a container recorded as running: take its process back under watch.
     ADOPT = "adopt"
+    #: ``docker exec`` (create and start).
+    EXEC = "exec"
     #: ``docker network connect`` / ``disconnect``.
     CONNECT = "connect"
     DISCONNECT = "disconnect"
@@ -277,6 +279,7 @@ _ALREADY_RUNNING = Refusal(errors.NotModified, "container is already running")
 _MARKED_FOR_REMOVAL = Refusal(
     errors.Conflict, "container is marked for removal and cannot be started"
 )
+_EXEC_NOT_RUNNING = Refusal(errors.Conflict, "container {id} is not running")
 _NETWORK_REMOVAL = Refusal(
     errors.SystemError,
     "Container {id} is marked for removal and cannot be connected or disconnected to the network",
@@ -346,12 +349,21 @@ REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
         state: Refusal(errors.Conflict, "Container {id} is not running")
         for state in (*_STOPPED, *STARTING_STATES)
     },
+    Request.EXEC: {
+        **dict.fromkeys((*_STOPPED, *STARTING_STATES), _EXEC_NOT_RUNNING),
+        State.PAUSED: Refusal(
+            errors.Conflict, "container {id} is paused, unpause the container before exec"
+        ),
+        State.RESTARTING: Refusal(
+            errors.Conflict, "container {id} is restarting, wait until the container is running"
+        ),
+    },
     Request.CONNECT: dict.fromkeys((State.REMOVING, State.DEAD), _NETWORK_REMOVAL),
     Request.DISCONNECT: dict.fromkeys((State.REMOVING, State.DEAD), _NETWORK_REMOVAL),
 }
 #: Requests the daemon checks against what ``inspect`` shows rather than the actor's exact state:
 #: there, a start saga run by the restart policy is ``restarting``.
-_CHECKED_ON_VIEW = frozenset({Request.ATTACH, Request.RESIZE})
+_CHECKED_ON_VIEW = frozenset({Request.ATTACH, Request.RESIZE, Request.EXEC})
 
 
 def refusal(request: Request, lifecycle: Lifecycle) -> Refusal | None:

@@ -15,7 +15,7 @@ from . import errors
 from .config import CAPABILITIES, Config, HostConfig, capability_name
 from .security import parse_security_opt
 
-__all__ = ["DEFAULT_CAPABILITIES", "DEFAULT_PATH", "build_spec", "process_args"]
+__all__ = ["DEFAULT_CAPABILITIES", "DEFAULT_PATH", "build_spec", "process_args", "user_ids"]
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -107,7 +107,7 @@ def _gid(name: str, group: str | None) -> int:
     return int(entry[2])
 
 
-def _user(
+def user_ids(
     user: str, passwd: str | None, group: str | None, group_add: Sequence[str] = ()
 ) -> dict[str, Any]:
     """``user[:group]`` by number or by name in the image's /etc/passwd and /etc/group, and the
@@ -252,7 +252,7 @@ def build_spec(
                        "options": ["rbind", "ro" if mount.read_only else "rw"]})  # fmt: skip
     process: dict[str, Any] = {
             "terminal": config.tty,
-            "user": _user(config.user, passwd, group, host_config.group_add or ()),
+            "user": user_ids(config.user, passwd, group, host_config.group_add or ()),
             "args": process_args(config),
             "env": env,
             "cwd": config.working_dir or "/",

@@ -389,7 +389,7 @@ def _read_inside(root: str, relative: str) -> str | None:
         return file.read(1 << 20).decode("utf-8", errors="replace")
 
 
-def _read_users(root: str) -> tuple[str | None, str | None]:
+def read_users(root: str) -> tuple[str | None, str | None]:
     return _read_inside(root, "etc/passwd"), _read_inside(root, "etc/group")
 
 
@@ -421,7 +421,7 @@ class SpecStep:
         names = [g for g in record.host_config.group_add or () if not g.isdigit()]
         if ctx.rootfs and (record.config.user or names):
             # A user or a group by name needs the image's files: off the event loop.
-            passwd, group = await anyio.to_thread.run_sync(_read_users, ctx.rootfs)
+            passwd, group = await anyio.to_thread.run_sync(read_users, ctx.rootfs)
         ctx.spec = build_spec(
             record.id,
             record.config,

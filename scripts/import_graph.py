@@ -57,6 +57,8 @@ SUPPORT: Final = (
     "asyncstart.store",
     "asyncstart.events",
     "asyncstart.attach",
+    "asyncstart.execs",  # docker exec: config, OCI process, inspect (pure)
+    "asyncstart.exec_io",  # a started exec's stdio
     "asyncstart.filters",
     "asyncstart.names",
 )

@@ -476,3 +476,48 @@ async def test_cli_networks(tmp_path: Path, busybox_tar: Path) -> None:
         assert "already exists" in await cli.fails("network", "create", "mine")
         assert (await cli.out("network", "rm", mine[:12])).strip() == mine[:12]
         await cli.out("rm", "-f", "web")
+
+
+async def test_cli_exec(tmp_path: Path, busybox_tar: Path) -> None:
+    """``docker exec`` as a user runs it, on both runtimes (crun takes a console socket for a
+    terminal; runc proxies its own), and docker-py's ``exec_run``."""
+    import docker
+
+    async with served(tmp_path, busybox_tar) as cli:
+        await cli.out("run", "-d", "--name", "web", "-e", "FOO=bar", "busybox", "sleep", "1000")
+        await cli.out("run", "-d", "--name", "web-runc", "--runtime", "runc", "busybox",
+                      "sleep", "1000")  # fmt: skip
+        for name in ("web", "web-runc"):
+            assert await cli.out("exec", name, "echo", "hello") == "hello\n"
+            # The container's process is the model: its environment, the exec's own added.
+            script = "echo $FOO $X; pwd; id -u"
+            got = await cli.out("exec", "-e", "X=1", "-w", "/tmp", "-u", "nobody", name,
+                                "sh", "-c", script)  # fmt: skip
+            assert got == ("bar 1\n" if name == "web" else "1\n") + "/tmp\n65534\n"
+            assert (await cli.run("exec", name, "sh", "-c", "exit 3", ok=False)).returncode == 3
+            piped = await cli.run("exec", "-i", name, "cat", input=b"abc\n")
+            assert piped.stdout == b"abc\n"
+            missing = await cli.run("exec", name, "nope", ok=False)
+            assert missing.returncode == 127 and b"OCI runtime exec failed" in missing.stderr
+            # A terminal of the container's own devpts (its size from the start).
+            tty = await cli.out("exec", "-t", name, "tty")
+            assert tty.startswith("/dev/pts/"), tty
+        # Detached: it runs on, and inspect lists it while it does.
+        await cli.out("exec", "-d", "web", "sleep", "2")
+        listed = json.loads(await cli.out("inspect", "-f", "{{json .ExecIDs}}", "web"))
+        assert listed and len(listed[0]) == 64
+        await cli.out("stop", "-t", "0", "web-runc")
+        assert "is not running" in await cli.fails("exec", "web-runc", "echo")
+
+        def exec_run(host: str) -> tuple[int, bytes, int]:
+            client = docker.DockerClient(base_url=host, version="auto")
+            try:
+                container = client.containers.get("web")
+                code, output = container.exec_run(["echo", "hi"])
+                failed = container.exec_run(["sh", "-c", "exit 4"]).exit_code
+                return code, output, failed
+            finally:
+                client.close()
+
+        assert await anyio.to_thread.run_sync(exec_run, cli.host) == (0, b"hi\n", 4)
+        await cli.out("rm", "-f", "web", "web-runc")

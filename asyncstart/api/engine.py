@@ -35,6 +35,7 @@ from .wire import (
     created_seconds,
     error_response,
     frame,
+    json_body,
     json_object,
     json_reply,
     primed,
@@ -82,6 +83,10 @@ class EngineAPI:
             ("POST", f"/containers/{name}/wait", self.container_wait),
             ("POST", f"/containers/{name}/attach", self.container_attach),
             ("POST", f"/containers/{name}/resize", self.container_resize),
+            ("POST", f"/containers/{name}/exec", self.exec_create),
+            ("POST", f"/exec/{name}/start", self.exec_start),
+            ("POST", f"/exec/{name}/resize", self.exec_resize),
+            ("GET", f"/exec/{name}/json", self.exec_inspect),
             ("POST", f"/containers/{name}/pause", self.container_pause),
             ("POST", f"/containers/{name}/unpause", self.container_unpause),
             ("DELETE", f"/containers/{name}", self.container_remove),
@@ -320,12 +325,60 @@ class EngineAPI:
         return Response(204)
 
     async def container_resize(self, request: Request, name: str) -> Reply:
-        # As dockerd: both are required (strconv.Atoi of an empty one fails).
-        height, width = (arg_int(request, dimension) for dimension in ("h", "w"))
-        if height is None or width is None:
-            raise errors.InvalidParameter('strconv.Atoi: parsing "": invalid syntax')
+        height, width = _size(request)
         await self.daemon.container_resize(name, height, width)
         return Response(200, b"", [("Content-Type", "text/plain; charset=utf-8")])
+
+    # -- exec -------------------------------------------------------------------------------
+
+    async def exec_create(self, request: Request, name: str) -> Reply:
+        exec_id = await self.daemon.exec_create(name, await json_object(request))
+        return json_reply({"Id": exec_id}, 201)
+
+    async def exec_inspect(self, request: Request, name: str) -> Reply:
+        return json_reply(await self.daemon.exec_inspect(name))
+
+    async def exec_resize(self, request: Request, name: str) -> Reply:
+        height, width = _size(request)
+        await self.daemon.exec_resize(name, height, width)
+        return Response(200, b"", [("Content-Type", "text/plain; charset=utf-8")])
+
+    async def exec_start(self, request: Request, name: str) -> Reply:
+        body = await json_body(request) or {}
+        if not isinstance(body, dict):
+            raise errors.InvalidParameter("invalid JSON: expected an object")
+        # Refused (unknown, started, container not running) with its status, before a hijack.
+        size = body.get("ConsoleSize")
+        if size is not None and not (
+            isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size)
+        ):
+            raise errors.InvalidParameter("invalid ConsoleSize: expected [height, width]")
+        io = await self.daemon.exec_start(
+            name, detach=bool(body.get("Detach")), console_size=tuple(size) if size else None
+        )
+        if body.get("Detach"):
+            return Response(200, b"", [("Content-Type", "text/plain; charset=utf-8")])
+
+        async def run(conn: Hijacked) -> None:
+            await conn.accept(_hijack_head(request, io.tty))
+            async with anyio.create_task_group() as tg:
+
+                async def pump_stdin() -> None:
+                    while data := await conn.receive():
+                        await io.send(data)
+                    io.close_stdin()  # the client's half-close: EOF for the process
+
+                async def end_at_hangup() -> None:
+                    await conn.wait_hangup()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(pump_stdin)
+                tg.start_soon(end_at_hangup)
+                async for stream, data in io.output():
+                    await conn.send(data if io.tty else frame(stream, data))
+                tg.cancel_scope.cancel()
+
+        return Hijack(run)
 
     async def container_wait(self, request: Request, name: str) -> Reply:
         # The wait is registered before the 200 goes out: a client that sees the headers may
@@ -372,20 +425,12 @@ class EngineAPI:
         async def run(conn: Hijacked) -> None:
             async with attach as session, anyio.create_task_group() as tg:
                 tty = session.tty
-                # As dockerd: an Upgrade header asks for the 101; without it, the old raw hijack.
-                if "upgrade" in request.headers:
-                    head = (
-                        f"HTTP/1.1 101 UPGRADED\r\nContent-Type: {stdio_type(tty)}\r\n"
-                        "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-                    )
-                else:
-                    head = f"HTTP/1.1 200 OK\r\nContent-Type: {stdio_type(True)}\r\n\r\n"
 
                 def out(stream: str, data: bytes) -> bytes:
                     return data if tty else frame(stream, data)
 
                 # Subscribed before the client hears back, so a start it sends next is seen.
-                await conn.accept(head.encode())
+                await conn.accept(_hijack_head(request, tty))
                 if arg_bool(request, "logs") and (stdout or stderr):
                     replay = self.daemon.container_logs(name, stdout=stdout, stderr=stderr)
                     async for chunk in replay.chunks():
@@ -473,3 +518,22 @@ class EngineAPI:
     async def image_remove(self, request: Request, name: str) -> Reply:
         removed = await self.daemon.image_remove(name, force=arg_bool(request, "force"))
         return json_reply([dict([line.split(": ", 1)]) for line in removed])
+
+
+def _size(request: Request) -> tuple[int, int]:
+    """A resize's ``h`` and ``w``: both required, as dockerd (strconv.Atoi of "" fails)."""
+    height, width = (arg_int(request, dimension) for dimension in ("h", "w"))
+    if height is None or width is None:
+        raise errors.InvalidParameter('strconv.Atoi: parsing "": invalid syntax')
+    return height, width
+
+
+def _hijack_head(request: Request, tty: bool) -> bytes:
+    """A hijacked stream's head: as dockerd, an Upgrade header asks for the 101; without it,
+    the old raw hijack (200)."""
+    if "upgrade" in request.headers:
+        return (
+            f"HTTP/1.1 101 UPGRADED\r\nContent-Type: {stdio_type(tty)}\r\n"
+            "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+        ).encode()
+    return f"HTTP/1.1 200 OK\r\nContent-Type: {stdio_type(True)}\r\n\r\n".encode()

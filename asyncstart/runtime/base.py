@@ -78,6 +78,13 @@ class RuntimeFailure(errors.SystemError):
     """The runtime refused or failed; the message is the runtime's own."""
 
 
+class Console(Protocol):
+    """Where an exec's terminal goes: its master, and how to tell the runtime of a new size
+    (None: setting it on the master is enough)."""
+
+    def __call__(self, master: int, on_resize: Callable[[], None] | None) -> None: ...
+
+
 class Runtime(Protocol):
     """What the engine needs of an OCI runtime."""
 
@@ -126,6 +133,20 @@ class Runtime(Protocol):
 
     async def resize(self, container_id: str, height: int, width: int) -> None:
         """Give the container's terminal a new size (nothing without a terminal)."""
+        ...
+
+    async def exec(
+        self,
+        container_id: str,
+        process: dict[str, Any],
+        stdio: tuple[int, int, int],
+        console: Console | None = None,
+    ) -> int:
+        """Run the OCI ``process`` in the running container, the three file descriptors its
+        stdin, stdout and stderr — or, with ``process["terminal"]``, a terminal made in the
+        container whose master goes to ``console``; its exit code once it ends. A failure to
+        start it is a :class:`RuntimeFailure` with the runtime's message. Cancelled, the
+        process is stopped."""
         ...
 
     async def delete(self, container_id: str, *, force: bool = False) -> None:

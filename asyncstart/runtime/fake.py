@@ -19,11 +19,12 @@ are ignored; while paused (frozen), signals wait for the resume, KILL included.
 from __future__ import annotations
 
 import collections
+import os
 import shlex
 import signal as _signal
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -31,7 +32,7 @@ import anyio.abc
 from ..clock import Clock, SystemClock
 from ..faults import FaultPlan
 from ..logs import JsonFileWriter
-from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
+from .base import Bundle, Console, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 
 __all__ = ["FakeProcess", "FakeRuntime"]
 
@@ -61,6 +62,25 @@ class FakeProcess:
             log.close()
 
 
+async def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        await anyio.wait_writable(fd)
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            continue
+
+
+async def _read(fd: int) -> bytes:
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+
+
 class FakeRuntime:
     """See the module docstring. ``delays`` maps a phase to seconds of the runtime's clock."""
 
@@ -76,6 +96,8 @@ class FakeRuntime:
         self.clock: Clock = clock or SystemClock()
         self.delays = dict(delays or {})
         self.faults = FaultPlan(default_error=RuntimeFailure)
+        #: Every exec run: (container ID, its OCI process).
+        self.execs: list[tuple[str, dict[str, Any]]] = []
         self.processes: dict[str, FakeProcess] = {}
         #: How many times each container was created (the engine must create once per start).
         self.creates: collections.Counter[str] = collections.Counter()
@@ -209,6 +231,58 @@ class FakeRuntime:
         process.status = "running"
         self._report(container_id, StateInfo("start", pid=process.pid, at=time.time()))
         self._run_program(process)
+
+    async def exec(
+        self,
+        container_id: str,
+        process: dict[str, Any],
+        stdio: tuple[int, int, int],
+        console: Console | None = None,
+    ) -> int:
+        """A few programs, played (``echo``, ``cat``, ``env``, ``pwd``, ``id -u``, ``true``,
+        ``false``, ``sh -c "exit N"``, ``sleep N``); anything else is not found (127)."""
+        await self._phase("exec", container_id)
+        if self._process(container_id).status != "running":
+            raise RuntimeFailure("cannot exec in a container that is not running")
+        self.execs.append((container_id, process))
+        if process.get("terminal"):  # a pseudo-terminal of its own, as the real one's
+            master, slave = os.openpty()
+            if console is not None:
+                console(master, None)
+            else:
+                os.close(master)
+            stdio = (slave, slave, slave)
+            try:
+                return await self._play(process, stdio)
+            finally:
+                os.close(slave)
+        return await self._play(process, stdio)
+
+    async def _play(self, process: dict[str, Any], stdio: tuple[int, int, int]) -> int:
+        args = [str(arg) for arg in process.get("args") or []]
+        program = args[0].rsplit("/", 1)[-1] if args else ""
+        out, err = stdio[1], stdio[2]
+        if program == "echo":
+            await _write(out, (" ".join(args[1:]) + "\n").encode())
+        elif program == "env":
+            await _write(out, "".join(f"{item}\n" for item in process.get("env") or ()).encode())
+        elif program == "pwd":
+            await _write(out, f"{process.get('cwd', '/')}\n".encode())
+        elif program == "id" and args[1:] == ["-u"]:
+            await _write(out, f"{(process.get('user') or {}).get('uid', 0)}\n".encode())
+        elif program == "cat":
+            while data := await _read(stdio[0]):
+                await _write(out, data)
+        elif program == "sleep" and len(args) == 2:
+            await anyio.sleep(float(args[1]))
+        elif program == "false":
+            return 1
+        elif program == "sh" and args[1:2] == ["-c"] and args[2:3] and args[2].startswith("exit "):
+            return int(args[2].split()[1]) & 0xFF
+        elif program != "true":
+            await _write(err, f"exec: {args[0] if args else ''}: not found\n".encode())
+            return 127
+        return 0
 
     async def kill(self, container_id: str, signal: int) -> None:
         await self._phase("kill", container_id)

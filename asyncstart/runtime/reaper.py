@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-__all__ = ["InitProcess", "exit_code", "reap", "set_subreaper"]
+__all__ = ["InitProcess", "exit_code", "reap", "reap_exec_leftovers", "set_subreaper"]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -97,3 +97,34 @@ class InitProcess:
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
         self.pidfd = -1
+
+
+def reap_exec_leftovers() -> int:
+    """Reap the runtime's exec helpers that were orphaned to the daemon and died: a zombie in
+    a container's pid namespace holds that namespace (its init cannot finish dying) until it
+    is reaped. Only zombies of a nested pid namespace that are not its init (pid 1 there) are
+    taken: never a container's init (its exit monitor reaps it) nor a runtime command of the
+    daemon's own namespace (its awaiting task does). How many were reaped."""
+    reaped = 0
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as file:
+                fields = dict(
+                    line.split(":", 1) for line in file.read().splitlines() if ":" in line
+                )
+        except OSError:
+            continue
+        nspid = fields.get("NSpid", "").split()
+        if (
+            fields.get("PPid", "").strip() == me
+            and fields.get("State", "").strip().startswith("Z")
+            and len(nspid) > 1
+            and nspid[-1] != "1"
+        ):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
+                reaped += 1
+    return reaped

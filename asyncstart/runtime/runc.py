@@ -9,21 +9,26 @@ maps to dockerd's exit codes.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
 
-from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
+from .base import Bundle, Console, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
-from .reaper import InitProcess, reap, set_subreaper
-from .runc_cli import RuncCli, RuntimeChoice, starts_in_one_call
-from .stdio import ContainerStdio
+from .reaper import InitProcess, reap, reap_exec_leftovers, set_subreaper
+from .runc_cli import RuncCli, RuntimeChoice, is_crun, runc_error, starts_in_one_call
+from .stdio import ConsoleSocket, ContainerStdio
 
 __all__ = ["RuncRuntime"]
 
@@ -46,6 +51,10 @@ class _Container:
     def close(self) -> None:
         self.stdio.close()
         self.init.close()
+
+
+#: What :func:`runc_error` answers for a log without an error.
+_NO_ERROR = "\x00"
 
 
 class RuncRuntime:
@@ -233,9 +242,91 @@ class RuncRuntime:
         self._backend.state_changed(container_id, info)
         self._tg.start_soon(self._monitor, container_id, box)
 
+    async def exec(
+        self,
+        container_id: str,
+        process: dict[str, Any],
+        stdio: tuple[int, int, int],
+        console: Console | None = None,
+    ) -> int:
+        """``runc exec --process``: runc stays the process's parent, forwards signals and exits
+        with its code. A terminal: ``--tty`` with a console socket. Cancelled: runc is told to
+        stop (it passes SIGTERM on), then killed."""
+        bundle = self.state_root.parent / container_id
+        fd, name = tempfile.mkstemp(dir=bundle, prefix="exec-", suffix=".json")
+        log_file = Path(name[: -len(".json")] + ".log")
+        with os.fdopen(fd, "w") as file:
+            json.dump(process, file)
+        terminal = bool(process.get("terminal"))
+        runtime = self._runtime(container_id)
+        # crun takes a console socket while it waits for the process; runc only when it
+        # detaches: without one it proxies the container's terminal to its own stdio, which is
+        # then a terminal of the daemon's (and told of a new size by SIGWINCH).
+        proxied = terminal and not is_crun(self._cli.binary_of(runtime))
+        with contextlib.ExitStack() as stack:
+            extra: list[str] = []
+            socket_ = stack.enter_context(ConsoleSocket()) if terminal and not proxied else None
+            if socket_ is not None:
+                extra = ["--tty", "--console-socket", socket_.path]
+            if proxied:
+                master, slave = os.openpty()
+                stack.callback(os.close, slave)
+                stdio = (slave, slave, slave)
+            argv = self._cli.argv("exec", *extra, "--process", name, container_id,
+                                  runtime=runtime, log_file=log_file)  # fmt: skip
+            try:
+                code = await self._exec(argv, stdio, socket_, console, master if proxied else None)
+                # An error in runc's log: it failed to start the process (which did not run).
+                failed = await anyio.to_thread.run_sync(runc_error, log_file, _NO_ERROR)
+            finally:
+                for path in (name, log_file):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        if failed != _NO_ERROR:
+            raise RuntimeFailure(failed)
+        return code
+
+    async def _exec(
+        self,
+        argv: list[str],
+        stdio: tuple[int, int, int],
+        socket_: ConsoleSocket | None,
+        console: Console | None,
+        master: int | None,
+    ) -> int:
+        try:
+            runner = await anyio.open_process(argv, stdin=stdio[0], stdout=stdio[1],
+                                              stderr=stdio[2])  # fmt: skip
+        except OSError as exc:
+            raise RuntimeFailure(f"failed to run {argv[0]}: {exc.strerror}") from exc
+        try:
+            if socket_ is not None:
+                with contextlib.suppress(RuntimeFailure, OSError):
+                    master = await anyio.to_thread.run_sync(socket_.receive)
+                    if console is not None:
+                        console(master, None)
+                    else:
+                        os.close(master)
+            elif master is not None and console is not None:  # (runc's proxied terminal)
+                console(master, lambda: runner.send_signal(signal.SIGWINCH))
+            elif master is not None:
+                os.close(master)
+            return await runner.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if runner.returncode is None:
+                    runner.terminate()
+                    with anyio.move_on_after(2):
+                        await runner.wait()
+                if runner.returncode is None:
+                    runner.kill()
+                    await runner.wait()
+
     async def kill(self, container_id: str, signal: int) -> None:
         """``runc kill`` with ``signal``."""
         box = self._box(container_id)
+        # An exec helper that died since: reaped, or the container's init could not end.
+        await anyio.to_thread.run_sync(reap_exec_leftovers)
         await self._cli.checked("kill", container_id, str(signal), runtime=box.runtime)
 
     async def pause(self, container_id: str) -> None:

@@ -60,7 +60,7 @@ _MAKES_CGROUPS = frozenset({"create", "run", "restore", "exec"})
 def launcher(binary: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[str, ...]:
     """What runs ``binary`` on this host: nothing but itself, or, for crun on a hybrid cgroup
     layout with cgroup2 controllers, the mount namespace that hides the cgroup2 half."""
-    if not _is_crun(binary):
+    if not is_crun(binary):
         return ()
     try:
         controllers = (cgroup_root / "unified" / "cgroup.controllers").read_text().split()
@@ -74,10 +74,10 @@ def starts_in_one_call(binary: str) -> bool:
     ends while ``crun run`` is still there is reaped by crun, and its exit code is lost (the
     daemon, its subreaper, must be the one to reap it); ``crun create`` exits before the
     process can run, so ``create`` + ``start`` it is."""
-    return not _is_crun(binary)
+    return not is_crun(binary)
 
 
-def _is_crun(binary: str) -> bool:
+def is_crun(binary: str) -> bool:
     return os.path.basename(binary) == "crun"
 
 
