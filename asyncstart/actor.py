@@ -67,6 +67,7 @@ class ContainerActor(ContainerState):
             Request.REMOVE: self._h_remove,
             Request.WAIT: self._h_wait,
             Request.ADOPT: self._h_adopt,
+            Request.RENAME: self._h_rename,
             Request.CONNECT: self._h_connect,
             Request.DISCONNECT: self._h_disconnect,
         }
@@ -298,6 +299,35 @@ class ContainerActor(ContainerState):
             self._waiters.park("exit", reply)
         else:
             reply.set(wait_result(self._record))
+
+    async def _h_rename(self, reply: Reply, name: str) -> None:
+        self.check(Request.RENAME)
+        old = self._record.name
+        self._record.name = name
+        self._rename_endpoints(old.lstrip("/"), name.lstrip("/"))
+        try:
+            await self._save()
+        except BaseException:
+            self._record.name = old
+            self._rename_endpoints(name.lstrip("/"), old.lstrip("/"))
+            raise
+        self._emit("rename", oldName=old)
+        reply.set()
+
+    def _rename_endpoints(self, old: str, new: str) -> None:
+        """A running container's names on its user-defined networks follow its new name."""
+        record, resolver = self._record, self.services.resolver
+        networks = dict(record.network_settings.get("Networks", {}))
+        for network, endpoint in networks.items():
+            if not endpoint.get("DNSNames"):
+                continue
+            names = [new if n == old else n for n in endpoint["DNSNames"]]
+            networks[network] = {**endpoint, "DNSNames": names}
+            if resolver is not None and self._lifecycle.state in PROCESS_STATES:
+                resolver.register(
+                    self.id, endpoint["NetworkID"], network, endpoint["IPAddress"], names
+                )
+        record.network_settings = {**record.network_settings, "Networks": networks}
 
     async def _h_connect(self, reply: Reply, spec: NetworkSpec, config: dict[str, Any]) -> None:
         self.check(Request.CONNECT)

@@ -289,6 +289,9 @@ class Client:
             finally:
                 await stream.aclose()
 
+    async def container_rename(self, reference: str, name: str) -> None:
+        await self._request("POST", f"/containers/{reference}/rename", params={"name": name})
+
     async def exec_create(self, reference: str, config: Mapping[str, Any]) -> str:
         """``POST /containers/{id}/exec`` (``Cmd``, ``Tty``, ``AttachStdin``..., ``Env``,
         ``User``, ``WorkingDir``, ``Privileged``); the exec's ID."""

@@ -336,6 +336,26 @@ class Daemon:
     async def container_unpause(self, reference: str) -> None:
         await self._actor(reference).request(Request.UNPAUSE)
 
+    async def container_rename(self, reference: str, name: str) -> None:
+        """``docker rename``: dockerd's 400 for an empty, invalid or unchanged name, 409 for
+        one another container has; a ``rename`` event with the old name."""
+        if not name:
+            raise errors.InvalidParameter("Neither old nor new names may be empty")
+        new = validate_name(name)
+        actor = self._actor(reference)
+        old = actor.snapshot().record.name
+        if new == old:
+            raise errors.InvalidParameter(
+                "Renaming a container with the same name as its current name"
+            )
+        self._index.reserve_name(new, actor.id)  # (its 409 if another has it)
+        try:
+            await actor.request(Request.RENAME, new)
+        except BaseException:
+            self._index.release_name(new)
+            raise
+        self._index.release_name(old)
+
     async def container_remove(self, reference: str, force: bool = False) -> None:
         """``docker rm``; ``force`` kills a running container first."""
         await self._actor(reference).request(Request.REMOVE, force, reference)

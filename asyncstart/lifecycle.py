@@ -255,6 +255,8 @@ class Request(enum.Enum):
     ADOPT = "adopt"
     #: ``docker exec`` (create and start).
     EXEC = "exec"
+    #: ``docker rename``.
+    RENAME = "rename"
     #: ``docker network connect`` / ``disconnect``.
     CONNECT = "connect"
     DISCONNECT = "disconnect"
@@ -358,6 +360,10 @@ REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
             errors.Conflict, "container {id} is restarting, wait until the container is running"
         ),
     },
+    Request.RENAME: dict.fromkeys(
+        (State.REMOVING, State.DEAD),
+        Refusal(errors.Conflict, "Can't rename container which is dead or marked for removal"),
+    ),
     Request.CONNECT: dict.fromkeys((State.REMOVING, State.DEAD), _NETWORK_REMOVAL),
     Request.DISCONNECT: dict.fromkeys((State.REMOVING, State.DEAD), _NETWORK_REMOVAL),
 }
