@@ -289,6 +289,13 @@ class Client:
             finally:
                 await stream.aclose()
 
+    async def container_top(self, reference: str, ps_args: str = "") -> dict[str, Any]:
+        params = {"ps_args": ps_args} if ps_args else {}
+        result: dict[str, Any] = await self._json(
+            "GET", f"/containers/{reference}/top", params=params
+        )
+        return result
+
     async def container_rename(self, reference: str, name: str) -> None:
         await self._request("POST", f"/containers/{reference}/rename", params={"name": name})
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import shlex
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -32,7 +33,13 @@ from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
 from .events import EventBus, container_event
 from .exec_io import ExecIO
-from .execs import ExecInstance, container_exec_ids, exec_process, parse_exec_config
+from .execs import (
+    ExecInstance,
+    container_exec_ids,
+    exec_process,
+    parse_exec_config,
+    ps_table,
+)
 from .filters import container_filters, event_filters, event_matches, normalise, timestamp
 from .hostinfo import host_facts
 from .images import MountDriver
@@ -335,6 +342,22 @@ class Daemon:
 
     async def container_unpause(self, reference: str) -> None:
         await self._actor(reference).request(Request.UNPAUSE)
+
+    async def container_top(self, reference: str, ps_args: str = "") -> dict[str, Any]:
+        """``docker top``: the host's ``ps`` (``ps_args``, else ``-ef``) of the container's
+        processes, as dockerd: its titles and one row per process (409 unless running)."""
+        actor = self._actor(reference)
+        actor.check(Request.TOP, reference)
+        pids = await self._drivers.runtime.pids(actor.id)
+        argv = ["ps", *(shlex.split(ps_args) if ps_args else ["-ef"])]
+        try:
+            result = await anyio.run_process(argv, check=False)
+        except OSError as exc:
+            raise errors.SystemError(f"Error running ps: {exc.strerror}") from exc
+        if result.returncode != 0:
+            said = (result.stderr or result.stdout).decode(errors="replace").strip()
+            raise errors.SystemError(f"ps: {said}")
+        return ps_table(result.stdout.decode(errors="replace"), pids)
 
     async def container_rename(self, reference: str, name: str) -> None:
         """``docker rename``: dockerd's 400 for an empty, invalid or unchanged name, 409 for

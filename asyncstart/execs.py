@@ -25,6 +25,7 @@ __all__ = [
     "container_exec_ids",
     "exec_process",
     "parse_exec_config",
+    "ps_table",
 ]
 
 #: The CLI's and dockerd's default detach sequence (ctrl-p, ctrl-q).
@@ -183,3 +184,22 @@ def container_exec_ids(execs: Sequence[ExecInstance], container_id: str) -> list
     as dockerd's."""
     ids = [e.id for e in execs if e.container_id == container_id and not e.exit_code_known]
     return ids or None
+
+
+def ps_table(output: str, pids: Sequence[int]) -> dict[str, Any]:
+    """dockerd's ``docker top`` answer from ``ps`` output: the header's titles, and the rows of
+    the container's processes (by the ``PID`` column; the last column may hold spaces)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    if not lines:
+        raise errors.SystemError("Error running ps: no output")
+    titles = lines[0].split()
+    if "PID" not in titles:
+        raise errors.SystemError("Couldn't find PID field in ps output")
+    column = titles.index("PID")
+    wanted = {str(pid) for pid in pids}
+    processes = []
+    for line in lines[1:]:
+        fields = line.split(None, len(titles) - 1)
+        if len(fields) > column and fields[column] in wanted:
+            processes.append(fields)
+    return {"Titles": titles, "Processes": processes}

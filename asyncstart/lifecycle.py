@@ -257,6 +257,8 @@ class Request(enum.Enum):
     EXEC = "exec"
     #: ``docker rename``.
     RENAME = "rename"
+    #: ``docker top``.
+    TOP = "top"
     #: ``docker network connect`` / ``disconnect``.
     CONNECT = "connect"
     DISCONNECT = "disconnect"
@@ -359,6 +361,10 @@ REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
         State.RESTARTING: Refusal(
             errors.Conflict, "container {id} is restarting, wait until the container is running"
         ),
+    },
+    Request.TOP: {
+        state: Refusal(errors.Conflict, "Container {id} is not running")
+        for state in (*_STOPPED, *STARTING_STATES)
     },
     Request.RENAME: dict.fromkeys(
         (State.REMOVING, State.DEAD),

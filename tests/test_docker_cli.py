@@ -502,12 +502,20 @@ async def test_cli_exec(tmp_path: Path, busybox_tar: Path) -> None:
             # A terminal of the container's own devpts (its size from the start).
             tty = await cli.out("exec", "-t", name, "tty")
             assert tty.startswith("/dev/pts/"), tty
+        # docker top: the host's ps of the container's processes (an exec's too).
+        await cli.out("exec", "-d", "web", "sleep", "30")
+        with anyio.fail_after(10):  # (a detached exec is on its way when the CLI returns)
+            while len(top := (await cli.out("top", "web", "-o", "pid,args")).splitlines()) < 3:
+                await anyio.sleep(0.05)
+        assert top[0].split() == ["PID", "COMMAND"]
+        assert sorted(line.split(None, 1)[1] for line in top[1:]) == ["sleep 1000", "sleep 30"]
         # Detached: it runs on, and inspect lists it while it does.
         await cli.out("exec", "-d", "web", "sleep", "2")
         listed = json.loads(await cli.out("inspect", "-f", "{{json .ExecIDs}}", "web"))
         assert listed and len(listed[0]) == 64
         await cli.out("stop", "-t", "0", "web-runc")
         assert "is not running" in await cli.fails("exec", "web-runc", "echo")
+        assert "is not running" in await cli.fails("top", "web-runc")
 
         def exec_run(host: str) -> tuple[int, bytes, int]:
             client = docker.DockerClient(base_url=host, version="auto")

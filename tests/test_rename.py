@@ -1,4 +1,4 @@
-"""``docker rename`` through the API, on the fake runtime: dockerd's answers and event."""
+"""``docker rename`` and ``docker top`` through the API, on the fake runtime: dockerd's answers."""
 
 from __future__ import annotations
 
@@ -54,3 +54,25 @@ async def test_rename_answers_as_dockerd_and_announces_it(api: Api) -> None:
     assert [
         (e["Actor"]["Attributes"]["oldName"], e["Actor"]["Attributes"]["name"]) for e in renames
     ] == [("/old", "new")]
+
+
+def test_top_keeps_the_containers_rows_of_ps() -> None:
+    from asyncstart.execs import ps_table
+
+    output = (
+        "UID   PID  PPID  C STIME TTY TIME     CMD\n"
+        "root    1     0  0 10:00 ?   00:00:01 /sbin/init splash\n"
+        "root  420     1  0 10:01 ?   00:00:00 sleep 1000\n"
+        "root  421   420  0 10:01 ?   00:00:00 sh -c echo a  b\n"
+    )
+    table = ps_table(output, [420, 421])
+    assert table["Titles"] == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    assert [row[-1] for row in table["Processes"]] == ["sleep 1000", "sh -c echo a  b"]
+    with pytest.raises(errors.SystemError, match="Couldn't find PID field"):
+        ps_table("USER COMMAND\nroot x\n", [1])
+
+
+async def test_top_of_a_container_that_does_not_run_is_409(api: Api) -> None:
+    cid = await api.client.container_create("idle", {"Image": "busybox", "Cmd": ["true"]})
+    with pytest.raises(errors.Conflict, match=f"^Container {cid} is not running$"):
+        await api.client.container_top("idle")

@@ -85,6 +85,7 @@ class EngineAPI:
             ("POST", f"/containers/{name}/resize", self.container_resize),
             ("POST", f"/containers/{name}/exec", self.exec_create),
             ("POST", f"/containers/{name}/rename", self.container_rename),
+            ("GET", f"/containers/{name}/top", self.container_top),
             ("POST", f"/exec/{name}/start", self.exec_start),
             ("POST", f"/exec/{name}/resize", self.exec_resize),
             ("GET", f"/exec/{name}/json", self.exec_inspect),
@@ -329,6 +330,9 @@ class EngineAPI:
         height, width = _size(request)
         await self.daemon.container_resize(name, height, width)
         return Response(200, b"", [("Content-Type", "text/plain; charset=utf-8")])
+
+    async def container_top(self, request: Request, name: str) -> Reply:
+        return json_reply(await self.daemon.container_top(name, request.arg("ps_args") or ""))
 
     async def container_rename(self, request: Request, name: str) -> Reply:
         await self.daemon.container_rename(name, request.arg("name") or "")

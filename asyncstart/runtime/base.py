@@ -149,6 +149,10 @@ class Runtime(Protocol):
         process is stopped."""
         ...
 
+    async def pids(self, container_id: str) -> list[int]:
+        """The host pids of the running container's processes (``docker top``)."""
+        ...
+
     async def delete(self, container_id: str, *, force: bool = False) -> None:
         """Forget the container's runtime state; ``force`` kills a live process first."""
         ...

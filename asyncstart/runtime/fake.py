@@ -284,6 +284,9 @@ class FakeRuntime:
             return 127
         return 0
 
+    async def pids(self, container_id: str) -> list[int]:
+        return [self._process(container_id).pid]
+
     async def kill(self, container_id: str, signal: int) -> None:
         await self._phase("kill", container_id)
         process = self._process(container_id)

@@ -322,6 +322,19 @@ class RuncRuntime:
                     runner.kill()
                     await runner.wait()
 
+    async def pids(self, container_id: str) -> list[int]:
+        """``runc ps --format json``: every process in the container's cgroup."""
+        result = await self._cli.run(
+            "ps", "--format", "json", container_id, runtime=self._runtime(container_id)
+        )
+        if result.returncode != 0:
+            message = (result.stderr or result.stdout).decode(errors="replace").strip()
+            raise RuntimeFailure(f"runc ps failed: {message}")
+        try:
+            return [int(pid) for pid in json.loads(result.stdout or b"[]") or []]
+        except (ValueError, TypeError) as exc:
+            raise RuntimeFailure(f"runc ps: unreadable answer: {exc}") from exc
+
     async def kill(self, container_id: str, signal: int) -> None:
         """``runc kill`` with ``signal``."""
         box = self._box(container_id)
