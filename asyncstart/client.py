@@ -296,6 +296,11 @@ class Client:
         )
         return result
 
+    async def containers_prune(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        params = {"filters": json.dumps(filters)} if filters else {}
+        result = await self._json("POST", "/containers/prune", params=params)
+        return list(result.get("ContainersDeleted") or [])
+
     async def container_rename(self, reference: str, name: str) -> None:
         await self._request("POST", f"/containers/{reference}/rename", params={"name": name})
 

@@ -40,7 +40,14 @@ from .execs import (
     parse_exec_config,
     ps_table,
 )
-from .filters import container_filters, event_filters, event_matches, normalise, timestamp
+from .filters import (
+    container_filters,
+    event_filters,
+    event_matches,
+    has_label,
+    normalise,
+    timestamp,
+)
 from .hostinfo import host_facts
 from .images import MountDriver
 from .images.store import ImageSource
@@ -73,7 +80,14 @@ from .runtime import Runtime, StateInfo, translate_start_error
 from .signals import parse_signal
 from .steps import read_users
 from .store import ContainerIndex, RecordStore
-from .views import ContainerSnapshot, DaemonStatistics, joined_networks, network_key, ps_rows
+from .views import (
+    ContainerSnapshot,
+    DaemonStatistics,
+    joined_networks,
+    network_key,
+    parse_time,
+    ps_rows,
+)
 from .wiring import (
     DaemonConfig,
     Drivers,
@@ -297,6 +311,29 @@ class Daemon:
         """``docker ps``: newest first; stopped ones only with ``all`` (or a ``limit``)."""
         wanted = container_filters(filters)
         return ps_rows(self._snapshots(), all=all, limit=limit, wanted=wanted, now=time.time())
+
+    async def containers_prune(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        """``docker container prune``: every container that is not running (created, exited,
+        dead) and passes ``until``/``label``/``label!``; the IDs removed, a ``prune`` event."""
+        wanted = normalise(filters, ("until", "label", "label!"))
+        until = min((timestamp(v, time.time()) for v in wanted.pop("until", ())), default=0.0)
+        removed = []
+        for snapshot in self._snapshots():
+            record = snapshot.record
+            if snapshot.process_exists or snapshot.lifecycle.status in ("restarting", "removing"):
+                continue
+            if until and parse_time(record.created) >= until:
+                continue
+            labels = record.config.labels
+            if not all(has_label(labels, label) for label in wanted.get("label", ())):
+                continue
+            if any(has_label(labels, label) for label in wanted.get("label!", ())):
+                continue
+            with contextlib.suppress(errors.NotFound, errors.Conflict):
+                await self.container_remove(record.id)
+                removed.append(record.id)
+        self._events.publish("container", "prune", "", {"reclaimed": "0"})
+        return removed
 
     async def container_wait(
         self, reference: str, condition: str = "not-running"

@@ -21,6 +21,7 @@ __all__ = [
     "container_matches",
     "event_filters",
     "event_matches",
+    "has_label",
     "normalise",
     "timestamp",
 ]
@@ -68,10 +69,10 @@ def container_matches(record: ContainerRecord, status: str, wanted: Filters) -> 
         return False
     if "exited" in wanted and (status != "exited" or str(record.exit_code) not in wanted["exited"]):
         return False
-    return all(_has_label(record.config.labels, label) for label in wanted.get("label", ()))
+    return all(has_label(record.config.labels, label) for label in wanted.get("label", ()))
 
 
-def _has_label(labels: Mapping[str, str], wanted: str) -> bool:
+def has_label(labels: Mapping[str, str], wanted: str) -> bool:
     """``key`` (present) or ``key=value`` (present with that value)."""
     key, has_value, value = wanted.partition("=")
     return labels.get(key) == value if has_value else key in labels
@@ -101,7 +102,7 @@ EVENT_FILTERS: dict[str, Callable[[Mapping[str, Any], str], bool]] = {
     "image": lambda m, v: m["Actor"]["Attributes"].get("image") == v,
     "scope": lambda m, v: m.get("scope") == v,
     "daemon": lambda m, v: m["Type"] == "daemon",
-    "label": lambda m, v: _has_label(m["Actor"]["Attributes"], v),
+    "label": lambda m, v: has_label(m["Actor"]["Attributes"], v),
 }
 
 

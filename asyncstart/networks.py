@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from . import errors
-from .filters import Filters, normalise
+from .filters import Filters, has_label, normalise
 from .network.base import Attachment, Bridge
 from .network.firewall import valid_bridge_name
 from .record import ContainerRecord
@@ -354,8 +354,7 @@ def network_matches(spec: NetworkSpec, wanted: Filters, *, in_use: bool = False)
             dangling = spec.user_defined and not in_use
             return dangling == (value in ("true", "1"))
         if key == "label":
-            label, has_value, text = value.partition("=")
-            return spec.labels.get(label) == text if has_value else label in spec.labels
+            return has_label(spec.labels, value)
         return False
 
     return all(any(passes(key, value) for value in values) for key, values in wanted.items())

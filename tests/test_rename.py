@@ -76,3 +76,20 @@ async def test_top_of_a_container_that_does_not_run_is_409(api: Api) -> None:
     cid = await api.client.container_create("idle", {"Image": "busybox", "Cmd": ["true"]})
     with pytest.raises(errors.Conflict, match=f"^Container {cid} is not running$"):
         await api.client.container_top("idle")
+
+
+async def test_container_prune_removes_what_does_not_run(api: Api) -> None:
+    client = api.client
+    running = await sleeper(api, "running")
+    await client.container_start(running)
+    idle = await client.container_create("idle", {"Image": "busybox", "Cmd": ["true"]})
+    kept = await client.container_create(
+        "kept", {"Image": "busybox", "Cmd": ["true"], "Labels": {"keep": "yes"}}
+    )
+    assert await client.containers_prune({"label!": ["keep"]}) == [idle]
+    assert await client.containers_prune({"until": ["1h"]}) == []  # (all newer than an hour)
+    assert await client.containers_prune() == [kept]
+    remaining = [row["Names"][0] for row in await client.containers_list(all=True)]
+    assert remaining == ["/running"]
+    with pytest.raises(errors.InvalidParameter, match="invalid filter 'color'"):
+        await client.containers_prune({"color": ["red"]})

@@ -85,6 +85,7 @@ class EngineAPI:
             ("POST", f"/containers/{name}/resize", self.container_resize),
             ("POST", f"/containers/{name}/exec", self.exec_create),
             ("POST", f"/containers/{name}/rename", self.container_rename),
+            ("POST", "/containers/prune", self.containers_prune),
             ("GET", f"/containers/{name}/top", self.container_top),
             ("POST", f"/exec/{name}/start", self.exec_start),
             ("POST", f"/exec/{name}/resize", self.exec_resize),
@@ -330,6 +331,10 @@ class EngineAPI:
         height, width = _size(request)
         await self.daemon.container_resize(name, height, width)
         return Response(200, b"", [("Content-Type", "text/plain; charset=utf-8")])
+
+    async def containers_prune(self, request: Request) -> Reply:
+        removed = await self.daemon.containers_prune(filters=arg_filters(request))
+        return json_reply({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
 
     async def container_top(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_top(name, request.arg("ps_args") or ""))
