@@ -296,6 +296,10 @@ class Client:
         )
         return result
 
+    async def container_changes(self, reference: str) -> list[dict[str, Any]]:
+        result = await self._json("GET", f"/containers/{reference}/changes")
+        return list(result or [])
+
     async def containers_prune(self, filters: Mapping[str, Any] | None = None) -> list[str]:
         params = {"filters": json.dumps(filters)} if filters else {}
         result = await self._json("POST", "/containers/prune", params=params)

@@ -380,6 +380,10 @@ class Daemon:
     async def container_unpause(self, reference: str) -> None:
         await self._actor(reference).request(Request.UNPAUSE)
 
+    async def container_changes(self, reference: str) -> list[dict[str, object]]:
+        """``docker diff``: what the container changed of its image (running or not)."""
+        return await self._drivers.mounter.changes(self._actor(reference).id)
+
     async def container_top(self, reference: str, ps_args: str = "") -> dict[str, Any]:
         """``docker top``: the host's ``ps`` (``ps_args``, else ``-ef``) of the container's
         processes, as dockerd: its titles and one row per process (409 unless running)."""

@@ -528,4 +528,9 @@ async def test_cli_exec(tmp_path: Path, busybox_tar: Path) -> None:
                 client.close()
 
         assert await anyio.to_thread.run_sync(exec_run, cli.host) == (0, b"hi\n", 4)
+        # docker diff: what the container changed of its image (running or not).
+        await cli.out("exec", "web", "sh", "-c", "touch /etc/passwd; mkdir /new; rm /bin/ls")
+        assert (await cli.out("diff", "web")).splitlines() == [
+            "C /bin", "D /bin/ls", "C /etc", "C /etc/passwd", "A /new",
+        ]  # fmt: skip
         await cli.out("rm", "-f", "web", "web-runc")

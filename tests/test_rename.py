@@ -93,3 +93,35 @@ async def test_container_prune_removes_what_does_not_run(api: Api) -> None:
     assert remaining == ["/running"]
     with pytest.raises(errors.InvalidParameter, match="invalid filter 'color'"):
         await client.containers_prune({"color": ["red"]})
+
+
+def test_diff_reads_the_upper_layer_as_dockerd(tmp_path: Path) -> None:
+    import os
+
+    from asyncstart.images.overlay import overlay_changes
+
+    image, upper = tmp_path / "image", tmp_path / "upper"
+    for path in ("bin/ls", "etc/passwd", "etc/group"):
+        (image / path).parent.mkdir(parents=True, exist_ok=True)
+        (image / path).write_text("x")
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / "passwd").write_text("changed")
+    (upper / "etc" / "hosts").write_text("the engine's")  # a mount point: not a change
+    (upper / "new" / "dir").mkdir(parents=True)
+    (upper / "new" / "dir" / "f").write_text("added")
+    expected = [
+        {"Path": "/etc", "Kind": 0},
+        {"Path": "/etc/passwd", "Kind": 0},
+        {"Path": "/new", "Kind": 1},
+        {"Path": "/new/dir", "Kind": 1},
+        {"Path": "/new/dir/f", "Kind": 1},
+    ]
+    if os.geteuid() == 0:  # a whiteout is a 0/0 character device
+        (upper / "bin").mkdir()
+        os.mknod(upper / "bin" / "ls", 0o600 | 0o020000, os.makedev(0, 0))
+        expected[:0] = [{"Path": "/bin", "Kind": 0}, {"Path": "/bin/ls", "Kind": 2}]
+    assert overlay_changes(upper, [image]) == expected
+    # Only the engine's own files changed: nothing to show.
+    (upper2 := tmp_path / "upper2" / "etc").mkdir(parents=True)
+    (upper2 / "resolv.conf").write_text("")
+    assert overlay_changes(tmp_path / "upper2", [image]) == []

@@ -87,6 +87,7 @@ class EngineAPI:
             ("POST", f"/containers/{name}/rename", self.container_rename),
             ("POST", "/containers/prune", self.containers_prune),
             ("GET", f"/containers/{name}/top", self.container_top),
+            ("GET", f"/containers/{name}/changes", self.container_changes),
             ("POST", f"/exec/{name}/start", self.exec_start),
             ("POST", f"/exec/{name}/resize", self.exec_resize),
             ("GET", f"/exec/{name}/json", self.exec_inspect),
@@ -335,6 +336,9 @@ class EngineAPI:
     async def containers_prune(self, request: Request) -> Reply:
         removed = await self.daemon.containers_prune(filters=arg_filters(request))
         return json_reply({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
+
+    async def container_changes(self, request: Request, name: str) -> Reply:
+        return json_reply(await self.daemon.container_changes(name) or None)
 
     async def container_top(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_top(name, request.arg("ps_args") or ""))

@@ -31,3 +31,8 @@ class MountDriver(Protocol):
     def mounted(self, container_id: str) -> bool:
         """Whether the root filesystem is mounted now."""
         ...
+
+    async def changes(self, container_id: str) -> list[dict[str, object]]:
+        """``docker diff``: what the container changed of its image, dockerd's ``Path`` and
+        ``Kind`` (0 changed, 1 added, 2 deleted), sorted by path."""
+        ...

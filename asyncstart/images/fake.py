@@ -73,3 +73,8 @@ class FakeMounter:
 
     def mounted(self, container_id: str) -> bool:
         return self.refs[container_id] > 0
+
+    async def changes(self, container_id: str) -> list[dict[str, object]]:
+        if container_id not in self.layers:
+            raise errors.SystemError(f"layer of container {container_id} does not exist")
+        return []  # (no files)

@@ -10,7 +10,9 @@ import collections
 import ctypes
 import ctypes.util
 import os
+import posixpath
 import shutil
+import stat
 from pathlib import Path
 
 import anyio
@@ -109,5 +111,45 @@ class OverlayMounter:
         await anyio.to_thread.run_sync(_umount, str(directory / "merged"))
         await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
+    async def changes(self, container_id: str) -> list[dict[str, object]]:
+        directory = self._dir(container_id)
+        try:
+            lower = (directory / "lower").read_text()
+        except FileNotFoundError:
+            raise errors.SystemError(f"layer of container {container_id} does not exist") from None
+        layers = [Path(p) for p in lower.split(":") if p]
+        return await anyio.to_thread.run_sync(overlay_changes, directory / "upper", layers)
+
     def mounted(self, container_id: str) -> bool:
         return os.path.ismount(self._dir(container_id) / "merged")
+
+
+#: What the engine itself puts in a container's layer: the mount points of the files that name
+#: it on its network (dockerd keeps them in an init layer below: not the container's changes).
+_ENGINE_FILES = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
+
+
+def overlay_changes(upper: Path, lowers: list[Path]) -> list[dict[str, object]]:
+    """``upper``'s entries as dockerd's changes: a whiteout (a 0/0 character device) deleted,
+    an entry the image has changed, another added; a directory the image has is listed only
+    if something in it is (overlayfs copies a directory up for any change below it)."""
+    entries: dict[str, int] = {}
+    directories: set[str] = set()
+    for root, dirs, files in os.walk(upper):
+        here = "/" + os.path.relpath(root, upper) if root != str(upper) else "/"
+        for name in [*dirs, *files]:
+            path = posixpath.join(here, name)
+            if path in _ENGINE_FILES:
+                continue
+            info = os.lstat(os.path.join(root, name))
+            in_image = any(os.path.lexists(layer / path.lstrip("/")) for layer in lowers)
+            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                entries[path] = 2
+            else:
+                entries[path] = 0 if in_image else 1
+                if stat.S_ISDIR(info.st_mode) and in_image:
+                    directories.add(path)
+    for directory in directories:  # a changed directory with nothing changed inside: not one
+        if not any(other.startswith(directory + "/") for other in entries):
+            del entries[directory]
+    return [{"Path": path, "Kind": kind} for path, kind in sorted(entries.items())]
