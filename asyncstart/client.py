@@ -429,6 +429,10 @@ class Client:
         result: list[dict[str, Any]] = await self._json("GET", "/images/json")
         return result
 
+    async def image_history(self, reference: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._json("GET", f"/images/{reference}/history")
+        return result
+
     async def image_inspect(self, reference: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", f"/images/{reference}/json")
         return result

@@ -833,6 +833,10 @@ class Daemon:
     async def image_inspect(self, reference: str) -> dict[str, Any]:
         return await anyio.to_thread.run_sync(self._images.inspect, reference)
 
+    async def image_history(self, reference: str) -> list[dict[str, Any]]:
+        """``docker history``: the image's layers and how they were made, newest first."""
+        return await anyio.to_thread.run_sync(self._images.history, reference)
+
     async def image_tag(self, reference: str, repo: str, tag: str = "latest") -> None:
         self._images.tag(reference, repo, tag)
 

@@ -528,6 +528,9 @@ async def test_cli_exec(tmp_path: Path, busybox_tar: Path) -> None:
                 client.close()
 
         assert await anyio.to_thread.run_sync(exec_run, cli.host) == (0, b"hi\n", 4)
+        # docker history: the imported image's one layer.
+        history = await cli.out("history", "--format", "{{.CreatedBy}}|{{.Comment}}", "busybox")
+        assert history == "asyncstart import|Imported from tarball\n"
         # docker diff: what the container changed of its image (running or not).
         await cli.out("exec", "web", "sh", "-c", "touch /etc/passwd; mkdir /new; rm /bin/ls")
         assert (await cli.out("diff", "web")).splitlines() == [

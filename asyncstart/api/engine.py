@@ -100,6 +100,7 @@ class EngineAPI:
             ("POST", "/images/load", self.image_load),
             ("GET", "/images/json", self.images_list),
             ("GET", f"/images/{name}/json", self.image_inspect),
+            ("GET", f"/images/{name}/history", self.image_history),
             ("POST", f"/images/{name}/tag", self.image_tag),
             ("DELETE", f"/images/{name}", self.image_remove),
             ("GET", "/networks", self.networks_list),
@@ -522,6 +523,9 @@ class EngineAPI:
                 for row in rows
             ]
         )
+
+    async def image_history(self, request: Request, name: str) -> Reply:
+        return json_reply(await self.daemon.image_history(name))
 
     async def image_inspect(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.image_inspect(name))

@@ -13,6 +13,7 @@ is safe (``extract.py``), and a failed import or load leaves nothing behind.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import tempfile
 import threading
@@ -209,6 +210,35 @@ class ImageStore:
             "Size": sum(self._layers.size(diff_id) for diff_id in diff_ids),
         }
 
+    def history(self, reference: str) -> list[dict[str, Any]]:
+        """``docker history``: the image's history entries, newest first, each with the size
+        of the layer it made (0 for one that made none); the newest is the image itself."""
+        image_id = self.resolve(reference)
+        config = self.config(image_id)
+        diff_ids = list(config["rootfs"]["diff_ids"])
+        entries = config.get("history") or [{} for _ in diff_ids]
+        rows = []
+        layer = 0
+        for entry in entries:
+            size = 0
+            if not entry.get("empty_layer") and layer < len(diff_ids):
+                size = self._layers.size(diff_ids[layer])
+                layer += 1
+            rows.append(
+                {
+                    "Id": "<missing>",
+                    "Created": _epoch(entry.get("created") or config.get("created") or ""),
+                    "CreatedBy": entry.get("created_by", ""),
+                    "Tags": None,
+                    "Size": size,
+                    "Comment": entry.get("comment", ""),
+                }
+            )
+        rows.reverse()
+        if rows:
+            rows[0] |= {"Id": image_id, "Tags": self.tags_of(image_id) or None}
+        return rows
+
     def list_images(self) -> list[dict[str, Any]]:
         """``docker images``: one ``ImageSummary`` row per image, by ID."""
         rows = []
@@ -260,3 +290,11 @@ class ImageStore:
         self._configs.delete(image_id)
         in_use = self._configs.diff_ids_in_use()
         self._layers.discard(d for d in diff_ids if d not in in_use)
+
+
+def _epoch(text: str) -> int:
+    """An RFC 3339 time as Unix seconds (0 if there is none)."""
+    try:
+        return int(datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
