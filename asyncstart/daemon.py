@@ -380,6 +380,10 @@ class Daemon:
     async def container_unpause(self, reference: str) -> None:
         await self._actor(reference).request(Request.UNPAUSE)
 
+    def container_export(self, reference: str) -> AsyncIterator[bytes]:
+        """``docker export``: the container's filesystem as a tar stream (404 raised here)."""
+        return self._drivers.mounter.export(self._actor(reference).id)
+
     async def container_changes(self, reference: str) -> list[dict[str, object]]:
         """``docker diff``: what the container changed of its image (running or not)."""
         return await self._drivers.mounter.changes(self._actor(reference).id)

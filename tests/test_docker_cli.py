@@ -536,4 +536,13 @@ async def test_cli_exec(tmp_path: Path, busybox_tar: Path) -> None:
         assert (await cli.out("diff", "web")).splitlines() == [
             "C /bin", "D /bin/ls", "C /etc", "C /etc/passwd", "A /new",
         ]  # fmt: skip
+        # docker export: the whole filesystem, the container's changes in it; of a stopped
+        # container too (mounted for the while).
+        for name, removed in (("web", True), ("web-runc", False)):
+            exported = (await cli.run("export", name)).stdout
+            listed = subprocess.run(["tar", "-tf", "-"], input=exported, check=True,
+                                    capture_output=True)  # fmt: skip
+            names = listed.stdout.decode().splitlines()
+            assert "bin/busybox" in names and ("new/" in names) == removed
+            assert ("bin/ls" in names) != removed
         await cli.out("rm", "-f", "web", "web-runc")

@@ -88,6 +88,7 @@ class EngineAPI:
             ("POST", "/containers/prune", self.containers_prune),
             ("GET", f"/containers/{name}/top", self.container_top),
             ("GET", f"/containers/{name}/changes", self.container_changes),
+            ("GET", f"/containers/{name}/export", self.container_export),
             ("POST", f"/exec/{name}/start", self.exec_start),
             ("POST", f"/exec/{name}/resize", self.exec_resize),
             ("GET", f"/exec/{name}/json", self.exec_inspect),
@@ -337,6 +338,18 @@ class EngineAPI:
     async def containers_prune(self, request: Request) -> Reply:
         removed = await self.daemon.containers_prune(filters=arg_filters(request))
         return json_reply({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
+
+    async def container_export(self, request: Request, name: str) -> Reply:
+        chunks = self.daemon.container_export(name)
+
+        async def body() -> AsyncIterator[bytes]:
+            first = await anext(chunks, b"")  # (mounted and tar started: errors before the head)
+            yield b""
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+        return Streaming(200, await primed(body()), [("Content-Type", "application/x-tar")])
 
     async def container_changes(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_changes(name) or None)

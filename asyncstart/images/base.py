@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 __all__ = ["MountDriver"]
@@ -35,4 +36,9 @@ class MountDriver(Protocol):
     async def changes(self, container_id: str) -> list[dict[str, object]]:
         """``docker diff``: what the container changed of its image, dockerd's ``Path`` and
         ``Kind`` (0 changed, 1 added, 2 deleted), sorted by path."""
+        ...
+
+    def export(self, container_id: str) -> AsyncIterator[bytes]:
+        """``docker export``: the container's root filesystem as a tar stream (mounted for the
+        while if it is not)."""
         ...

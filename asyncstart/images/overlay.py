@@ -13,6 +13,8 @@ import os
 import posixpath
 import shutil
 import stat
+import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -119,6 +121,29 @@ class OverlayMounter:
             raise errors.SystemError(f"layer of container {container_id} does not exist") from None
         layers = [Path(p) for p in lower.split(":") if p]
         return await anyio.to_thread.run_sync(overlay_changes, directory / "upper", layers)
+
+    async def export(self, container_id: str) -> AsyncIterator[bytes]:
+        root = await self.mount(container_id)
+        try:
+            argv = ["tar", "--numeric-owner", "--xattrs", "--transform", r"s,^\./,,",
+                    "-C", root, "-cf", "-", "."]  # fmt: skip
+            try:
+                process = await anyio.open_process(argv, stdin=None, stderr=subprocess.PIPE)
+            except OSError as exc:
+                raise errors.SystemError(f"failed to export: tar: {exc.strerror}") from exc
+            async with process:
+                assert process.stdout is not None
+                try:
+                    async for chunk in process.stdout:
+                        yield chunk
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        if process.returncode is None:
+                            process.kill()
+                        await process.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.unmount(container_id)
 
     def mounted(self, container_id: str) -> bool:
         return os.path.ismount(self._dir(container_id) / "merged")
