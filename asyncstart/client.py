@@ -429,6 +429,11 @@ class Client:
         result: list[dict[str, Any]] = await self._json("GET", "/images/json")
         return result
 
+    async def images_prune(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+        params = {"filters": json.dumps(filters)} if filters else {}
+        result = await self._json("POST", "/images/prune", params=params)
+        return list(result.get("ImagesDeleted") or [])
+
     async def image_history(self, reference: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._json("GET", f"/images/{reference}/history")
         return result

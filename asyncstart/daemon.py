@@ -841,6 +841,30 @@ class Daemon:
         """``docker history``: the image's layers and how they were made, newest first."""
         return await anyio.to_thread.run_sync(self._images.history, reference)
 
+    async def images_prune(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        """``docker image prune``: images no container uses — untagged ones only unless
+        ``dangling=false`` — passing ``until``/``label``/``label!``; the ``Untagged:`` and
+        ``Deleted:`` lines of each removal, and a ``prune`` event."""
+        wanted = normalise(filters, ("dangling", "until", "label", "label!"))
+        dangling_only = wanted.pop("dangling", {"true"}) != {"false"}
+        until = min((timestamp(v, time.time()) for v in wanted.pop("until", ())), default=0.0)
+        used = {s.record.image for s in self._snapshots()}
+        lines: list[str] = []
+        for row in await self.images_list():
+            labels = row.get("Labels") or {}
+            if row["Id"] in used or (dangling_only and row["RepoTags"]):
+                continue
+            if until and _epoch_of(row["Created"]) >= until:
+                continue
+            if not all(has_label(labels, label) for label in wanted.get("label", ())):
+                continue
+            if any(has_label(labels, label) for label in wanted.get("label!", ())):
+                continue
+            with contextlib.suppress(errors.NotFound, errors.Conflict):
+                lines += await self.image_remove(row["Id"], force=True)
+        self._events.publish("image", "prune", "", {"reclaimed": "0"})
+        return lines
+
     async def image_tag(self, reference: str, repo: str, tag: str = "latest") -> None:
         self._images.tag(reference, repo, tag)
 
@@ -929,3 +953,10 @@ async def open_daemon(
             yield daemon
         finally:
             tg.cancel_scope.cancel()
+
+
+def _epoch_of(created: str) -> float:
+    try:
+        return parse_time(created)
+    except ValueError:
+        return 0.0

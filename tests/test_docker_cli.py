@@ -546,3 +546,21 @@ async def test_cli_exec(tmp_path: Path, busybox_tar: Path) -> None:
             assert "bin/busybox" in names and ("new/" in names) == removed
             assert ("bin/ls" in names) != removed
         await cli.out("rm", "-f", "web", "web-runc")
+
+
+async def test_cli_image_prune(tmp_path: Path, busybox_tar: Path) -> None:
+    async with served(tmp_path, busybox_tar) as cli:
+        first = (await cli.out("images", "-q", "--no-trunc", "busybox")).strip()
+        await cli.out("run", "--name", "user", "busybox", "true")
+        # Two images named other:1 one after the other: the first dangles.
+        dangling = (await cli.out("import", "-c", "ENV V=1", str(busybox_tar), "other:1")).strip()
+        kept = (await cli.out("import", "-c", "ENV V=2", str(busybox_tar), "other:1")).strip()
+        pruned = await cli.out("image", "prune", "-f")
+        assert f"deleted: {dangling}" in pruned
+        assert sorted((await cli.out("images", "-q", "--no-trunc")).split()) == sorted(
+            [first, kept]
+        )
+        # Not only dangling ones: every unused image; busybox stays, a container uses it.
+        await cli.out("image", "prune", "-a", "-f")
+        assert (await cli.out("images", "-q", "--no-trunc")).split() == [first]
+        await cli.out("rm", "user")

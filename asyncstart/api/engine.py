@@ -102,6 +102,7 @@ class EngineAPI:
             ("GET", "/images/json", self.images_list),
             ("GET", f"/images/{name}/json", self.image_inspect),
             ("GET", f"/images/{name}/history", self.image_history),
+            ("POST", "/images/prune", self.images_prune),
             ("POST", f"/images/{name}/tag", self.image_tag),
             ("DELETE", f"/images/{name}", self.image_remove),
             ("GET", "/networks", self.networks_list),
@@ -536,6 +537,11 @@ class EngineAPI:
                 for row in rows
             ]
         )
+
+    async def images_prune(self, request: Request) -> Reply:
+        removed = await self.daemon.images_prune(filters=arg_filters(request))
+        deleted = [dict([line.split(": ", 1)]) for line in removed]
+        return json_reply({"ImagesDeleted": deleted or None, "SpaceReclaimed": 0})
 
     async def image_history(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.image_history(name))
