@@ -494,7 +494,8 @@ class Daemon:
         from the start). It ends on its own; :meth:`exec_inspect` then has its exit code."""
         instance = self._exec(exec_id)
         if instance.started:
-            raise errors.Conflict(f"Error: Exec command {exec_id} is already running")
+            done = "has already run" if instance.exit_code_known else "is already running"
+            raise errors.Conflict(f"exec command {exec_id} {done}")
         actor = self._actor(instance.container_id)
         actor.check(Request.EXEC)
         spec = actor.running_spec()
@@ -510,11 +511,14 @@ class Daemon:
         )
         process = exec_process(spec.get("process", {}), instance.config, passwd=passwd,
                                group=group)  # fmt: skip
+        console_size = console_size or instance.config.console_size
         if instance.config.tty and console_size and all(console_size):
             process["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
         config = instance.config
         io = ExecIO(tty=config.tty, stdin=config.attach_stdin and not detach,
                     keep_output=not detach)  # fmt: skip
+        if detach:
+            io.begin()
         instance.started = instance.running = True
         self._exec_io[exec_id] = io
         record = actor.snapshot().record
@@ -529,6 +533,7 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(io.pump)
                 try:
+                    await io.begun()  # (the client's stream is there: no output before it)
                     code = await self._drivers.runtime.exec(
                         instance.container_id, process, io.stdio, console=io.console
                     )
@@ -537,6 +542,9 @@ class Daemon:
                     code = translate_start_error(exc.message)[0]
                     await io.error(f"OCI runtime exec failed: {exc.message}")
                     log.info("exec.failed", exec_id=instance.id, error=exc.message)
+                except Exception as exc:  # the exec fails, never the daemon
+                    await io.error(f"OCI runtime exec failed: {exc}")
+                    log.exception("exec.crashed", exec_id=instance.id)
                 finally:
                     io.handed()
         finally:
@@ -549,8 +557,12 @@ class Daemon:
                                 exitCode=str(code))  # fmt: skip
 
     async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
-        """``GET /exec/{id}/json``: running, exit code, process config."""
-        return self._exec(exec_id).view()
+        """``GET /exec/{id}/json``: running, exit code, process config (404 once its container
+        is gone, as dockerd's)."""
+        instance = self._exec(exec_id)
+        if instance.container_id not in self._actors:
+            raise errors.NotFound(f"No such exec instance: {exec_id}")
+        return instance.view()
 
     async def exec_resize(self, exec_id: str, height: int, width: int) -> None:
         """``docker exec -t``'s terminal size."""

@@ -37,6 +37,7 @@ class ExecIO:
         self._readers: list[tuple[str, int]] = []
         self._stdin: int | None = None
         self._size: tuple[int, int] | None = None
+        self._begun = anyio.Event()
         self._on_resize: Callable[[], None] | None = None
         send, receive = anyio.create_memory_object_stream[tuple[str, bytes]](64)
         self._send: MemoryObjectSendStream[tuple[str, bytes]] | None = send if keep_output else None
@@ -80,6 +81,13 @@ class ExecIO:
         self._fds.append(read)
         self._readers.append((stream, read))
         return write
+
+    def begin(self) -> None:
+        """The client is ready for output (its stream's head is out): the process may start."""
+        self._begun.set()
+
+    async def begun(self) -> None:
+        await self._begun.wait()
 
     def console(self, master: int, on_resize: Callable[[], None] | None = None) -> None:
         """The terminal's master, from the runtime: output and input go through it
@@ -140,6 +148,8 @@ class ExecIO:
                     await self._send.send((stream, data))
 
     async def output(self) -> AsyncIterator[tuple[str, bytes]]:
+        """The process's output, until it ends (reading it lets the process start)."""
+        self.begin()
         async with self._receive:
             async for item in self._receive:
                 yield item

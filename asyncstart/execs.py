@@ -22,6 +22,7 @@ from .spec import user_ids
 __all__ = [
     "ExecConfig",
     "ExecInstance",
+    "console_size",
     "container_exec_ids",
     "exec_process",
     "parse_exec_config",
@@ -46,6 +47,8 @@ class ExecConfig:
     working_dir: str = ""
     privileged: bool = False
     detach_keys: str = ""
+    #: The terminal's height and width, for a start that gives none.
+    console_size: tuple[int, int] | None = None
 
 
 def parse_exec_config(body: Mapping[str, Any]) -> ExecConfig:
@@ -73,7 +76,10 @@ def parse_exec_config(body: Mapping[str, Any]) -> ExecConfig:
             raise errors.InvalidParameter(f"invalid {key}: expected a string")
     detach_keys = body.get("DetachKeys") or ""
     if detach_keys:
-        _detach_sequence(detach_keys)
+        try:
+            _detach_sequence(detach_keys)
+        except errors.InvalidParameter:
+            raise errors.SystemError(f"Invalid escape keys ({detach_keys}) provided") from None
     return ExecConfig(
         cmd=tuple(cmd),
         tty=bool(body.get("Tty")),
@@ -85,7 +91,21 @@ def parse_exec_config(body: Mapping[str, Any]) -> ExecConfig:
         working_dir=working_dir,
         privileged=bool(body.get("Privileged")),
         detach_keys=detach_keys,
+        console_size=console_size(body.get("ConsoleSize")),
     )
+
+
+def console_size(value: Any) -> tuple[int, int] | None:
+    """``ConsoleSize``: [height, width], unsigned numbers (dockerd's 400 otherwise)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+    ):
+        raise errors.InvalidParameter("invalid ConsoleSize: expected [height, width]")
+    return value[0], value[1]
 
 
 def _detach_sequence(keys: str) -> bytes:
@@ -175,8 +195,8 @@ class ExecInstance:
         }
 
     def summary(self) -> str:
-        """What events name it by: the command line."""
-        return " ".join(self.config.cmd)
+        """What events name it by: dockerd's entrypoint, a space, the arguments."""
+        return f"{self.config.cmd[0]} {' '.join(self.config.cmd[1:])}"
 
 
 def container_exec_ids(execs: Sequence[ExecInstance], container_id: str) -> list[str] | None:

@@ -356,7 +356,7 @@ REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
     Request.EXEC: {
         **dict.fromkeys((*_STOPPED, *STARTING_STATES), _EXEC_NOT_RUNNING),
         State.PAUSED: Refusal(
-            errors.Conflict, "container {id} is paused, unpause the container before exec"
+            errors.Conflict, "Container {reference} is paused, unpause the container before exec"
         ),
         State.RESTARTING: Refusal(
             errors.Conflict, "container {id} is restarting, wait until the container is running"

@@ -714,7 +714,7 @@ async def test_resize_reaches_the_terminal_and_wants_both_sizes(api: Api) -> Non
     halfway = await raw(api.sock, http("POST", "/containers/web/resize?h=40"))
     assert (halfway.status, halfway.json()["message"]) == (
         400,
-        'strconv.Atoi: parsing "": invalid syntax',
+        'invalid resize width "": invalid syntax',
     )
 
 

@@ -24,6 +24,7 @@ import structlog
 from .. import errors
 from .._version import API_VERSION, MIN_API_VERSION, __version__
 from ..daemon import Daemon
+from ..execs import console_size
 from ..hostinfo import go_arch, mem_total
 from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Streaming
 from .wire import (
@@ -381,19 +382,14 @@ class EngineAPI:
         if not isinstance(body, dict):
             raise errors.InvalidParameter("invalid JSON: expected an object")
         # Refused (unknown, started, container not running) with its status, before a hijack.
-        size = body.get("ConsoleSize")
-        if size is not None and not (
-            isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) for n in size)
-        ):
-            raise errors.InvalidParameter("invalid ConsoleSize: expected [height, width]")
-        io = await self.daemon.exec_start(
-            name, detach=bool(body.get("Detach")), console_size=tuple(size) if size else None
-        )
+        size = console_size(body.get("ConsoleSize"))
+        io = await self.daemon.exec_start(name, detach=bool(body.get("Detach")), console_size=size)
         if body.get("Detach"):
             return Response(200, b"", [("Content-Type", "text/plain; charset=utf-8")])
 
         async def run(conn: Hijacked) -> None:
             await conn.accept(_hijack_head(request, io.tty))
+            io.begin()  # (the head is out: the process's output can follow it)
             async with anyio.create_task_group() as tg:
 
                 async def pump_stdin() -> None:
@@ -562,11 +558,14 @@ class EngineAPI:
 
 
 def _size(request: Request) -> tuple[int, int]:
-    """A resize's ``h`` and ``w``: both required, as dockerd (strconv.Atoi of "" fails)."""
-    height, width = (arg_int(request, dimension) for dimension in ("h", "w"))
-    if height is None or width is None:
-        raise errors.InvalidParameter('strconv.Atoi: parsing "": invalid syntax')
-    return height, width
+    """A resize's ``h`` and ``w``: both required unsigned numbers, with dockerd 28's 400."""
+    sizes = []
+    for key, word in (("h", "height"), ("w", "width")):
+        text = request.arg(key) or ""
+        if not text.isdigit() or int(text) >= 1 << 32:
+            raise errors.InvalidParameter(f'invalid resize {word} "{text}": invalid syntax')
+        sizes.append(int(text))
+    return sizes[0], sizes[1]
 
 
 def _hijack_head(request: Request, tty: bool) -> bytes:

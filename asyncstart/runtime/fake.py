@@ -74,7 +74,10 @@ async def _write(fd: int, data: bytes) -> None:
 
 async def _read(fd: int) -> bytes:
     while True:
-        await anyio.wait_readable(fd)
+        try:
+            await anyio.wait_readable(fd)
+        except PermissionError:  # (not pollable: /dev/null, a file)
+            return os.read(fd, 65536)
         try:
             return os.read(fd, 65536)
         except BlockingIOError:
