@@ -277,12 +277,18 @@ class Client:
     ) -> AsyncIterator[ClientAttachSession]:
         """The connection is upgraded (``101 UPGRADED``) and then carries raw frames."""
         params = _params(stdin=stdin, stdout=stdout, stderr=stderr, stream=True, logs=logs)
+        async with self._upgraded(f"/containers/{reference}/attach", "attach", params=params) as s:
+            yield s
+
+    @asynccontextmanager
+    async def _upgraded(
+        self, path: str, what: str, **request: Any
+    ) -> AsyncIterator[ClientAttachSession]:
+        """A POST upgraded to a raw stream (``101 UPGRADED``), as a session of frames."""
         headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
-        async with self._http.stream(
-            "POST", f"/containers/{reference}/attach", params=params, headers=headers
-        ) as response:
+        async with self._http.stream("POST", path, headers=headers, **request) as response:
             if response.status_code != 101:
-                _raise_for(response.status_code, await response.aread(), "attach")
+                _raise_for(response.status_code, await response.aread(), what)
             stream = response.extensions["network_stream"]
             try:
                 yield ClientAttachSession(stream, _is_raw(response))
@@ -320,17 +326,8 @@ class Client:
     @asynccontextmanager
     async def exec_start(self, exec_id: str) -> AsyncIterator[ClientAttachSession]:
         """The exec's stdio, as :meth:`container_attach`'s session (upgraded connection)."""
-        headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
-        async with self._http.stream(
-            "POST", f"/exec/{exec_id}/start", json={"Detach": False}, headers=headers
-        ) as response:
-            if response.status_code != 101:
-                _raise_for(response.status_code, await response.aread(), "exec")
-            stream = response.extensions["network_stream"]
-            try:
-                yield ClientAttachSession(stream, _is_raw(response))
-            finally:
-                await stream.aclose()
+        async with self._upgraded(f"/exec/{exec_id}/start", "exec", json={"Detach": False}) as s:
+            yield s
 
     async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", f"/exec/{exec_id}/json")
@@ -425,8 +422,9 @@ class Client:
         body = {"Container": container, "Force": force}
         await self._request("POST", f"/networks/{reference}/disconnect", json=body)
 
-    async def images_list(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._json("GET", "/images/json")
+    async def images_list(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        params = {"filters": json.dumps(filters)} if filters else {}
+        result: list[dict[str, Any]] = await self._json("GET", "/images/json", params=params)
         return result
 
     async def images_prune(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, str]]:

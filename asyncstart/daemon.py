@@ -45,6 +45,8 @@ from .filters import (
     event_filters,
     event_matches,
     has_label,
+    image_filters,
+    image_matches,
     normalise,
     timestamp,
 )
@@ -843,8 +845,24 @@ class Daemon:
         """``docker load``: the images of a ``docker save`` archive."""
         return await self._images.load(source)
 
-    async def images_list(self) -> list[dict[str, Any]]:
-        return await anyio.to_thread.run_sync(self._images.list_images)
+    async def images_list(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``docker images``: a row per image that passes ``filters`` (dockerd's keys:
+        dangling, label, reference, before, since)."""
+        wanted = image_filters(filters)
+        rows = await anyio.to_thread.run_sync(self._images.list_images)
+        if not wanted:
+            return rows
+        created: dict[str, float] = {}
+        for reference in (*wanted.get("before", ()), *wanted.get("since", ())):
+            image = await self.image_inspect(reference)  # (its 404)
+            created[reference] = _epoch_of(image["Created"])
+        for row in rows:
+            row.setdefault("CreatedAt", _epoch_of(row["Created"]))
+        return [
+            {k: v for k, v in row.items() if k != "CreatedAt"}
+            for row in rows
+            if image_matches(row, wanted, created)
+        ]
 
     async def image_inspect(self, reference: str) -> dict[str, Any]:
         return await anyio.to_thread.run_sync(self._images.inspect, reference)

@@ -6,6 +6,7 @@ Clients send ``{"key": ["value", ...]}`` or the older ``{"key": {"value": true}}
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -16,12 +17,15 @@ from .record import ContainerRecord
 __all__ = [
     "CONTAINER_FILTERS",
     "EVENT_FILTERS",
+    "IMAGE_FILTERS",
     "Filters",
     "container_filters",
     "container_matches",
     "event_filters",
     "event_matches",
     "has_label",
+    "image_filters",
+    "image_matches",
     "normalise",
     "timestamp",
 ]
@@ -141,3 +145,38 @@ def timestamp(value: str, now: float) -> float:
         raise errors.InvalidParameter(
             f'failed to parse value as time or duration: "{value}"'
         ) from None
+
+
+# -- images --------------------------------------------------------------------------------
+
+IMAGE_FILTERS = ("dangling", "label", "reference", "before", "since")
+
+
+def image_filters(filters: Mapping[str, Any] | None) -> Filters:
+    """``docker images --filter``: dockerd's keys, and its 400 for a bad ``dangling``."""
+    wanted = normalise(filters, IMAGE_FILTERS)
+    for value in wanted.get("dangling", ()):
+        if value not in ("true", "false", "1", "0"):
+            raise errors.InvalidParameter(f"invalid filter 'dangling={value}'")
+    return wanted
+
+
+def image_matches(row: Mapping[str, Any], wanted: Filters, created: Mapping[str, float]) -> bool:
+    """Whether an image (its ``docker images`` row) passes every filter; ``created`` has the
+    creation times of the images ``before``/``since`` name (by reference)."""
+    tags = row.get("RepoTags") or []
+    if "dangling" in wanted and bool(tags) == (wanted["dangling"] & {"true", "1"} != set()):
+        return False
+    labels = row.get("Labels") or {}
+    if not all(has_label(labels, label) for label in wanted.get("label", ())):
+        return False
+    if "reference" in wanted and not any(
+        fnmatch.fnmatchcase(tag, pattern) or fnmatch.fnmatchcase(tag.rsplit(":", 1)[0], pattern)
+        for pattern in wanted["reference"]
+        for tag in tags
+    ):
+        return False
+    when = row.get("CreatedAt", 0.0)
+    if any(when >= created[ref] for ref in wanted.get("before", ())):
+        return False
+    return not any(when <= created[ref] for ref in wanted.get("since", ()))

@@ -516,7 +516,7 @@ class EngineAPI:
         return Response(200, lines, JSON)
 
     async def images_list(self, request: Request) -> Reply:
-        rows = await self.daemon.images_list()
+        rows = await self.daemon.images_list(filters=arg_filters(request))
         return json_reply(
             [
                 {

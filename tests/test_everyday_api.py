@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from asyncstart import errors
@@ -125,3 +126,31 @@ def test_diff_reads_the_upper_layer_as_dockerd(tmp_path: Path) -> None:
     (upper2 := tmp_path / "upper2" / "etc").mkdir(parents=True)
     (upper2 / "resolv.conf").write_text("")
     assert overlay_changes(tmp_path / "upper2", [image]) == []
+
+
+async def test_images_list_filters_as_dockerd(api: Api) -> None:
+    from .test_api import _chunks, _tar
+
+    client = api.client
+    old = await client.image_import(_chunks(_tar(("a", b"1"))), repo="tools", tag="1")
+    await anyio.sleep(1.1)  # (creation times in seconds)
+    new = await client.image_import(_chunks(_tar(("a", b"2"))), repo="other", tag="2")
+    await anyio.sleep(1.1)
+    await client.image_import(_chunks(_tar(("a", b"3"))), repo="other", tag="2")  # new dangles
+
+    async def ids(**filters: list[str]) -> list[str]:
+        return sorted(row["Id"] for row in await client.images_list(filters))
+
+    everything = await ids()
+    assert old in everything and new in everything and len(everything) == 3
+    assert await ids(reference=["tools"]) == [old]
+    assert await ids(reference=["tools:*"]) == [old]
+    assert await ids(label=["team=blue"]) == []  # (no image here has labels)
+    assert await ids(dangling=["true"]) == [new]
+    assert new not in await ids(dangling=["false"])
+    assert await ids(before=["other:2"]) == sorted([old, new])
+    assert await ids(since=["tools:1"]) == sorted(set(everything) - {old})
+    with pytest.raises(errors.InvalidParameter, match="invalid filter 'dangling=maybe'"):
+        await client.images_list({"dangling": ["maybe"]})
+    with pytest.raises(errors.InvalidParameter, match="invalid filter 'colour'"):
+        await client.images_list({"colour": ["red"]})
