@@ -9,6 +9,7 @@ container is done by that container's actor, and what it reads of one is a snaps
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import ipaddress
@@ -866,6 +867,35 @@ class Daemon:
 
     async def image_inspect(self, reference: str) -> dict[str, Any]:
         return await anyio.to_thread.run_sync(self._images.inspect, reference)
+
+    async def system_df(self, kinds: Sequence[str] = ()) -> dict[str, Any]:
+        """``docker system df``: images (with how many containers use each), containers (with
+        their writable layer's size), volumes and build cache (none here); ``kinds`` limits it
+        to ``image``, ``container``, ``volume``, ``build-cache``, as dockerd's ``type``."""
+        known = ("container", "image", "volume", "build-cache")
+        for kind in kinds:
+            if kind not in known:
+                raise errors.InvalidParameter(f"unknown object type: {kind}")
+        wanted = set(kinds) or set(known)
+        snapshots = self._snapshots()
+        document: dict[str, Any] = {}
+        if "image" in wanted:
+            users = collections.Counter(s.record.image for s in snapshots)
+            images = await self.images_list()
+            for row in images:
+                row["Containers"] = users.get(row["Id"], 0)
+            document["LayersSize"] = sum(row["Size"] for row in images)
+            document["Images"] = images
+        if "container" in wanted:
+            rows = ps_rows(snapshots, all=True, limit=-1, wanted={}, now=time.time())
+            for row in rows:
+                row["SizeRw"] = await self._drivers.mounter.size(row["Id"])
+            document["Containers"] = rows
+        if "volume" in wanted:
+            document["Volumes"] = []
+        if "build-cache" in wanted:
+            document["BuildCache"] = []
+        return document
 
     async def image_history(self, reference: str) -> list[dict[str, Any]]:
         """``docker history``: the image's layers and how they were made, newest first."""

@@ -560,6 +560,9 @@ async def test_cli_image_prune(tmp_path: Path, busybox_tar: Path) -> None:
         assert sorted((await cli.out("images", "-q", "--no-trunc")).split()) == sorted(
             [first, kept]
         )
+        # docker system df: the image a container uses is active, its size not reclaimable.
+        df = [line.split()[:3] for line in (await cli.out("system", "df")).splitlines()]
+        assert ["Images", "2", "1"] in df and ["Containers", "1", "0"] in df
         # Not only dangling ones: every unused image; busybox stays, a container uses it.
         await cli.out("image", "prune", "-a", "-f")
         assert (await cli.out("images", "-q", "--no-trunc")).split() == [first]

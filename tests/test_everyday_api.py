@@ -154,3 +154,20 @@ async def test_images_list_filters_as_dockerd(api: Api) -> None:
         await client.images_list({"dangling": ["maybe"]})
     with pytest.raises(errors.InvalidParameter, match="invalid filter 'colour'"):
         await client.images_list({"colour": ["red"]})
+
+
+async def test_system_df_counts_images_and_containers(api: Api) -> None:
+    from .test_api import _chunks, _tar
+
+    await api.client.image_import(_chunks(_tar(("a", b"1"))), repo="tools", tag="1")
+    await sleeper(api, "user")
+    document = (await raw(api.sock, http("GET", "/system/df"))).json()
+    assert set(document) == {"LayersSize", "Images", "Containers", "Volumes", "BuildCache"}
+    [row] = [image for image in document["Images"] if image["RepoTags"] == ["tools:1"]]
+    assert row["Containers"] == 0 and isinstance(row["Created"], int)
+    assert [c["Names"] for c in document["Containers"]] == [["/user"]]
+    assert document["Containers"][0]["SizeRw"] == 0  # (the fake mounter has no files)
+    only = (await raw(api.sock, http("GET", "/system/df?type=volume"))).json()
+    assert only == {"Volumes": []}
+    bogus = await raw(api.sock, http("GET", "/system/df?type=bogus"))
+    assert (bogus.status, bogus.json()["message"]) == (400, "unknown object type: bogus")

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import msgspec
@@ -104,6 +105,7 @@ class EngineAPI:
             ("GET", f"/images/{name}/json", self.image_inspect),
             ("GET", f"/images/{name}/history", self.image_history),
             ("POST", "/images/prune", self.images_prune),
+            ("GET", "/system/df", self.system_df),
             ("POST", f"/images/{name}/tag", self.image_tag),
             ("DELETE", f"/images/{name}", self.image_remove),
             ("GET", "/networks", self.networks_list),
@@ -517,22 +519,19 @@ class EngineAPI:
 
     async def images_list(self, request: Request) -> Reply:
         rows = await self.daemon.images_list(filters=arg_filters(request))
-        return json_reply(
-            [
-                {
-                    "Containers": -1,
-                    "Created": created_seconds(row["Created"]),
-                    "Id": row["Id"],
-                    "Labels": row["Labels"],
-                    "ParentId": "",
-                    "RepoDigests": [],
-                    "RepoTags": row["RepoTags"],
-                    "SharedSize": -1,
-                    "Size": row["Size"],
-                }
-                for row in rows
+        return json_reply([_image_summary(row) for row in rows])
+
+    async def system_df(self, request: Request) -> Reply:
+        usage = await self.daemon.system_df(request.query.get("type", []))
+        if "Images" in usage:
+            # As dockerd's df: the containers using each image; the size it shares with other
+            # images is not computed (0: all of it counts as its own).
+            usage["Images"] = [
+                _image_summary(row)
+                | {"Containers": row["Containers"], "SharedSize": 0, "VirtualSize": row["Size"]}
+                for row in usage["Images"]
             ]
-        )
+        return json_reply(usage)
 
     async def images_prune(self, request: Request) -> Reply:
         removed = await self.daemon.images_prune(filters=arg_filters(request))
@@ -555,6 +554,21 @@ class EngineAPI:
     async def image_remove(self, request: Request, name: str) -> Reply:
         removed = await self.daemon.image_remove(name, force=arg_bool(request, "force"))
         return json_reply([dict([line.split(": ", 1)]) for line in removed])
+
+
+def _image_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """The Engine API's ``ImageSummary`` of a row of the daemon's image list."""
+    return {
+        "Containers": -1,
+        "Created": created_seconds(row["Created"]),
+        "Id": row["Id"],
+        "Labels": row["Labels"],
+        "ParentId": "",
+        "RepoDigests": [],
+        "RepoTags": row["RepoTags"],
+        "SharedSize": -1,
+        "Size": row["Size"],
+    }
 
 
 def _size(request: Request) -> tuple[int, int]:

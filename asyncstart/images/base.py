@@ -42,3 +42,7 @@ class MountDriver(Protocol):
         """``docker export``: the container's root filesystem as a tar stream (mounted for the
         while if it is not)."""
         ...
+
+    async def size(self, container_id: str) -> int:
+        """Bytes the container's writable layer holds (``docker system df``, ``ps -s``)."""
+        ...

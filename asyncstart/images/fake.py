@@ -84,3 +84,6 @@ class FakeMounter:
         if container_id not in self.layers:
             raise errors.SystemError(f"layer of container {container_id} does not exist")
         yield bytes(1024)  # (an empty tar: its two zero blocks)
+
+    async def size(self, container_id: str) -> int:
+        return 0  # (no files)

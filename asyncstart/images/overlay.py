@@ -7,6 +7,7 @@ Created with the container, mounted on start (reference counted, dockerd's
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -145,6 +146,9 @@ class OverlayMounter:
             with anyio.CancelScope(shield=True):
                 await self.unmount(container_id)
 
+    async def size(self, container_id: str) -> int:
+        return await anyio.to_thread.run_sync(_usage, self._dir(container_id) / "upper")
+
     def mounted(self, container_id: str) -> bool:
         return os.path.ismount(self._dir(container_id) / "merged")
 
@@ -178,3 +182,16 @@ def overlay_changes(upper: Path, lowers: list[Path]) -> list[dict[str, object]]:
         if not any(other.startswith(directory + "/") for other in entries):
             del entries[directory]
     return [{"Path": path, "Kind": kind} for path, kind in sorted(entries.items())]
+
+
+def _usage(root: Path) -> int:
+    """The bytes of the regular files below ``root`` (each inode once)."""
+    total, seen = 0, set()
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(directory, name))
+                if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_size
+    return total
