@@ -23,10 +23,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from . import errors
 from .attach import AttachSession, ContainerIO
+from .config import RestartPolicy
 from .container import ActorServices, ContainerState
 from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
@@ -68,6 +70,7 @@ class ContainerActor(ContainerState):
             Request.WAIT: self._h_wait,
             Request.ADOPT: self._h_adopt,
             Request.RENAME: self._h_rename,
+            Request.UPDATE: self._h_update,
             Request.CONNECT: self._h_connect,
             Request.DISCONNECT: self._h_disconnect,
         }
@@ -299,6 +302,22 @@ class ContainerActor(ContainerState):
             self._waiters.park("exit", reply)
         else:
             reply.set(wait_result(self._record))
+
+    async def _h_update(self, reply: Reply, policy: RestartPolicy) -> None:
+        self.check(Request.UPDATE)
+        record = self._record
+        old = record.host_config
+        record.host_config = msgspec.structs.replace(old, restart_policy=policy)
+        try:
+            await self._save()
+        except BaseException:
+            record.host_config = old
+            raise
+        count = self._restart.restart_count
+        self._restart = RestartManager(policy)
+        self._restart.restart_count = count
+        self._emit("update")
+        reply.set()
 
     async def _h_rename(self, reply: Reply, name: str) -> None:
         self.check(Request.RENAME)

@@ -311,6 +311,10 @@ class Client:
         result = await self._json("POST", "/containers/prune", params=params)
         return list(result.get("ContainersDeleted") or [])
 
+    async def container_update(self, reference: str, body: Mapping[str, Any]) -> list[str]:
+        result = await self._json("POST", f"/containers/{reference}/update", json=dict(body))
+        return list(result.get("Warnings") or [])
+
     async def container_rename(self, reference: str, name: str) -> None:
         await self._request("POST", f"/containers/{reference}/rename", params={"name": name})
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -30,7 +31,7 @@ from . import errors, rmi
 from .actor import ActorServices, ContainerActor, Pending
 from .attach import AttachSession
 from .clock import Clock, SystemClock
-from .config import Config, HostConfig, validate_host_config, validate_name
+from .config import Config, HostConfig, parse_host_config, validate_host_config, validate_name
 from .create import new_record
 from .events import EventBus, container_event
 from .exec_io import ExecIO
@@ -406,6 +407,29 @@ class Daemon:
             said = (result.stderr or result.stdout).decode(errors="replace").strip()
             raise errors.SystemError(f"ps: {said}")
         return ps_table(result.stdout.decode(errors="replace"), pids)
+
+    async def container_update(self, reference: str, body: Mapping[str, Any]) -> list[str]:
+        """``docker update``: the restart policy (dockerd's 400s), applied at once; resource
+        limits are refused (400), not yet applied to a running container. Its warnings."""
+        changed = {key: value for key, value in body.items() if value not in (None, 0, "", [], {})}
+        policy_body = changed.pop("RestartPolicy", None)
+        if changed:
+            raise errors.InvalidParameter(
+                f"updating {', '.join(sorted(changed))} is not supported by asyncstart yet: "
+                "only RestartPolicy is"
+            )
+        actor = self._actor(reference)
+        if policy_body is not None:
+            record = actor.snapshot().record
+            policy = parse_host_config({"RestartPolicy": policy_body}).restart_policy
+            if record.host_config.auto_remove and policy.name not in ("", "no"):
+                raise errors.InvalidParameter(
+                    "Restart policy cannot be updated because AutoRemove is enabled for the "
+                    "container"
+                )
+            validate_host_config(msgspec.structs.replace(record.host_config, restart_policy=policy))
+            await actor.request(Request.UPDATE, policy)
+        return []
 
     async def container_rename(self, reference: str, name: str) -> None:
         """``docker rename``: dockerd's 400 for an empty, invalid or unchanged name, 409 for

@@ -259,6 +259,8 @@ class Request(enum.Enum):
     RENAME = "rename"
     #: ``docker top``.
     TOP = "top"
+    #: ``docker update``.
+    UPDATE = "update"
     #: ``docker network connect`` / ``disconnect``.
     CONNECT = "connect"
     DISCONNECT = "disconnect"
@@ -366,6 +368,10 @@ REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
         state: Refusal(errors.Conflict, "Container {id} is not running")
         for state in (*_STOPPED, *STARTING_STATES)
     },
+    Request.UPDATE: dict.fromkeys(
+        (State.REMOVING, State.DEAD),
+        Refusal(errors.Conflict, "Container {id} is marked for removal and cannot be updated"),
+    ),
     Request.RENAME: dict.fromkeys(
         (State.REMOVING, State.DEAD),
         Refusal(errors.Conflict, "Can't rename container which is dead or marked for removal"),

@@ -567,3 +567,21 @@ async def test_cli_image_prune(tmp_path: Path, busybox_tar: Path) -> None:
         await cli.out("image", "prune", "-a", "-f")
         assert (await cli.out("images", "-q", "--no-trunc")).split() == [first]
         await cli.out("rm", "user")
+
+
+async def test_cli_update(tmp_path: Path, busybox_tar: Path) -> None:
+    """docker update: the restart policy is applied (a kill then restarts the container);
+    a resource limit is refused, not ignored."""
+    async with served(tmp_path, busybox_tar) as cli:
+        await cli.out("run", "-d", "--name", "web", "busybox", "sleep", "1000")
+        assert (await cli.out("update", "--restart", "always", "web")).strip() == "web"
+        policy = await cli.out("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", "web")
+        assert policy.strip() == "always"
+        pid = (await cli.out("inspect", "-f", "{{.State.Pid}}", "web")).strip()
+        os.kill(int(pid), 9)  # the process dies; the new policy brings it back
+        with anyio.fail_after(10):
+            while (await cli.out("inspect", "-f", "{{.RestartCount}}", "web")).strip() == "0":
+                await anyio.sleep(0.1)
+        refused = await cli.fails("update", "--memory", "64m", "web")
+        assert "is not supported by asyncstart yet" in refused
+        await cli.out("rm", "-f", "web")

@@ -171,3 +171,23 @@ async def test_system_df_counts_images_and_containers(api: Api) -> None:
     assert only == {"Volumes": []}
     bogus = await raw(api.sock, http("GET", "/system/df?type=bogus"))
     assert (bogus.status, bogus.json()["message"]) == (400, "unknown object type: bogus")
+
+
+async def test_update_applies_the_restart_policy_and_refuses_the_rest(api: Api) -> None:
+    client = api.client
+    cid = await sleeper(api, "web")
+    on_failure = {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert await client.container_update("web", {"RestartPolicy": on_failure}) == []
+    policy = (await client.container_inspect(cid))["HostConfig"]["RestartPolicy"]
+    assert (policy["Name"], policy["MaximumRetryCount"]) == ("on-failure", 3)
+    with pytest.raises(errors.InvalidParameter, match="unknown policy 'sometimes'"):
+        await client.container_update("web", {"RestartPolicy": {"Name": "sometimes"}})
+    with pytest.raises(errors.InvalidParameter, match="^updating CpuShares, Memory is not"):
+        await client.container_update(
+            "web", {"Memory": 1 << 26, "CpuShares": 512, "CpusetCpus": ""}
+        )
+    await client.container_create(
+        "gone", {"Image": "busybox", "Cmd": ["true"]}, {"AutoRemove": True}
+    )
+    with pytest.raises(errors.InvalidParameter, match="AutoRemove is enabled"):
+        await client.container_update("gone", {"RestartPolicy": {"Name": "always"}})

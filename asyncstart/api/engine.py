@@ -87,6 +87,7 @@ class EngineAPI:
             ("POST", f"/containers/{name}/resize", self.container_resize),
             ("POST", f"/containers/{name}/exec", self.exec_create),
             ("POST", f"/containers/{name}/rename", self.container_rename),
+            ("POST", f"/containers/{name}/update", self.container_update),
             ("POST", "/containers/prune", self.containers_prune),
             ("GET", f"/containers/{name}/top", self.container_top),
             ("GET", f"/containers/{name}/changes", self.container_changes),
@@ -360,6 +361,10 @@ class EngineAPI:
 
     async def container_top(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_top(name, request.arg("ps_args") or ""))
+
+    async def container_update(self, request: Request, name: str) -> Reply:
+        warnings = await self.daemon.container_update(name, await json_object(request))
+        return json_reply({"Warnings": warnings})
 
     async def container_rename(self, request: Request, name: str) -> Reply:
         await self.daemon.container_rename(name, request.arg("name") or "")
