@@ -143,6 +143,7 @@ class Daemon:
         #: The user-defined networks; their changes one at a time.
         self._registry = NetworkRegistry(self.data_root / "network" / "networks.json")
         self._network_lock = anyio.Lock()
+        self._predefined = self._predefined_networks()
         self._task_group = task_group
         self._services = ActorServices(
             runtime=drivers.runtime,
@@ -602,6 +603,10 @@ class Daemon:
     # -- networks ---------------------------------------------------------------------------
 
     def _networks(self) -> list[NetworkSpec]:
+        return [*self._predefined, *self._registry]
+
+    def _predefined_networks(self) -> list[NetworkSpec]:
+        """dockerd's three, from the daemon's settings (made once: every start looks them up)."""
         config = self.config
         network = ipaddress.IPv4Network(config.bridge_ip or config.bridge_subnet, strict=False)
         gateway = config.bridge_ip.partition("/")[0] or str(next(network.hosts()))
@@ -609,10 +614,9 @@ class Daemon:
             created = (self.data_root / "engine-id").stat().st_mtime
         except OSError:
             created = 0.0
-        predefined = predefined_networks(
+        return predefined_networks(
             self.engine_id, created, bridge=config.bridge, subnet=str(network), gateway=gateway
         )
-        return [*predefined, *self._registry]
 
     def _network(self, reference: str) -> NetworkSpec:
         return find_network(self._networks(), reference)

@@ -43,6 +43,8 @@ class _Container:
     stdio: ContainerStdio
     #: Its process runs (``run --detach`` or a restore); else ``start`` runs the runtime's.
     running: bool = False
+    #: An exec ran in it: a helper of the runtime's may have been orphaned to the daemon.
+    exec_ran: bool = False
 
     @property
     def pid(self) -> int:
@@ -275,6 +277,9 @@ class RuncRuntime:
             argv = self._cli.argv("exec", *extra, "--process", name, container_id,
                                   runtime=runtime, log_file=log_file)  # fmt: skip
             try:
+                box = self._containers.get(container_id)
+                if box is not None:
+                    box.exec_ran = True
                 code = await self._exec(argv, stdio, socket_, console, master if proxied else None)
                 # An error in runc's log: it failed to start the process (which did not run).
                 failed = await anyio.to_thread.run_sync(runc_error, log_file, _NO_ERROR)
@@ -282,6 +287,9 @@ class RuncRuntime:
                 for path in (name, log_file):
                     with contextlib.suppress(OSError):
                         os.unlink(path)
+                # (the runtime's helper that joined the container may have been orphaned to us)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(reap_exec_leftovers)
         if failed != _NO_ERROR:
             raise RuntimeFailure(failed)
         return code
@@ -338,8 +346,8 @@ class RuncRuntime:
     async def kill(self, container_id: str, signal: int) -> None:
         """``runc kill`` with ``signal``."""
         box = self._box(container_id)
-        # An exec helper that died since: reaped, or the container's init could not end.
-        await anyio.to_thread.run_sync(reap_exec_leftovers)
+        if box.exec_ran:  # an exec helper that died since: reaped, or the init could not end
+            await anyio.to_thread.run_sync(reap_exec_leftovers)
         await self._cli.checked("kill", container_id, str(signal), runtime=box.runtime)
 
     async def pause(self, container_id: str) -> None:
