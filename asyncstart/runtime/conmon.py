@@ -222,6 +222,8 @@ class _Monitored:
     running: bool = False
     #: A task waits for conmon's end (only that task waits on its pidfd, and reaps it).
     watched: bool = False
+    #: An exec ran in it: a helper of the runtime's may have been orphaned to the daemon.
+    exec_ran: bool = False
     #: Deleted: its end is reported to no one.
     deleted: bool = False
 
