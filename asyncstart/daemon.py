@@ -38,6 +38,7 @@ from .exec_io import ExecIO
 from .execs import (
     ExecInstance,
     container_exec_ids,
+    detach_sequence,
     exec_process,
     parse_exec_config,
     ps_table,
@@ -543,8 +544,14 @@ class Daemon:
         if instance.config.tty and console_size and all(console_size):
             process["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
         config = instance.config
-        io = ExecIO(tty=config.tty, stdin=config.attach_stdin and not detach,
-                    keep_output=not detach)  # fmt: skip
+        attached = (("stdout", config.attach_stdout), ("stderr", config.attach_stderr))
+        io = ExecIO(
+            tty=config.tty,
+            stdin=config.attach_stdin and not detach,
+            keep_output=not detach,
+            streams=frozenset(stream for stream, on in attached if on),
+            detach_keys=detach_sequence(config.detach_keys) if config.detach_keys else b"",
+        )
         if detach:
             io.begin()
         instance.started = instance.running = True

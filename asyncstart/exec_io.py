@@ -30,8 +30,20 @@ _CHUNK = 32 * 1024
 class ExecIO:
     """The daemon's ends of one exec's stdio (see the module docstring)."""
 
-    def __init__(self, *, tty: bool, stdin: bool, keep_output: bool) -> None:
+    def __init__(
+        self,
+        *,
+        tty: bool,
+        stdin: bool,
+        keep_output: bool,
+        streams: frozenset[str] = frozenset({"stdout", "stderr"}),
+        detach_keys: bytes = b"",
+    ) -> None:
         self.tty = tty
+        #: The outputs the client attached (a terminal's is stdout); the others are dropped.
+        self._streams = streams if not tty or not streams else frozenset({"stdout"})
+        #: The client's sequence that ends its attachment (the process runs on); b"": none.
+        self.detach_keys = detach_keys
         self._fds: list[int] = []  # the daemon's ends, closed by close()
         self._child: list[int] = []  # the process's ends, closed once it has them
         self._readers: list[tuple[str, int]] = []
@@ -143,7 +155,7 @@ class ExecIO:
                 raise
             if not data:
                 return
-            if self._send is not None:
+            if self._send is not None and stream in self._streams:
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await self._send.send((stream, data))
 

@@ -20,10 +20,12 @@ from .config import CAPABILITIES
 from .spec import user_ids
 
 __all__ = [
+    "DetachMatcher",
     "ExecConfig",
     "ExecInstance",
     "console_size",
     "container_exec_ids",
+    "detach_sequence",
     "exec_process",
     "parse_exec_config",
     "ps_table",
@@ -77,7 +79,7 @@ def parse_exec_config(body: Mapping[str, Any]) -> ExecConfig:
     detach_keys = body.get("DetachKeys") or ""
     if detach_keys:
         try:
-            _detach_sequence(detach_keys)
+            detach_sequence(detach_keys)
         except errors.InvalidParameter:
             raise errors.SystemError(f"Invalid escape keys ({detach_keys}) provided") from None
     return ExecConfig(
@@ -108,7 +110,35 @@ def console_size(value: Any) -> tuple[int, int] | None:
     return value[0], value[1]
 
 
-def _detach_sequence(keys: str) -> bytes:
+class DetachMatcher:
+    """Finds the detach sequence in an attached client's input: what comes before it goes on;
+    a partial match is held until it is known (then let through if it was not the sequence)."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self._held = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """The input to pass on, and whether the client detached (the rest is dropped)."""
+        out = bytearray()
+        for value in data:
+            byte = bytes([value])
+            if self.keys.startswith(self._held + byte):
+                self._held += byte
+                if self._held == self.keys:
+                    self._held = b""
+                    return bytes(out), True
+                continue
+            out += self._held
+            self._held = b""
+            if self.keys.startswith(byte):
+                self._held = byte
+            else:
+                out += byte
+        return bytes(out), False
+
+
+def detach_sequence(keys: str) -> bytes:
     """dockerd's ``term.ToBytes``: ``ctrl-<letter>``... or single characters, comma-separated."""
     out = bytearray()
     for key in keys.split(","):

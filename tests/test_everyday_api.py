@@ -191,3 +191,38 @@ async def test_update_applies_the_restart_policy_and_refuses_the_rest(api: Api) 
     )
     with pytest.raises(errors.InvalidParameter, match="AutoRemove is enabled"):
         await client.container_update("gone", {"RestartPolicy": {"Name": "always"}})
+
+
+def test_the_detach_sequence_is_found_across_chunks() -> None:
+    from asyncstart.execs import DetachMatcher, detach_sequence
+
+    keys = DetachMatcher(detach_sequence("ctrl-p,ctrl-q"))
+    assert keys.feed(b"ab\x10") == (b"ab", False)  # held: it may begin the sequence
+    assert keys.feed(b"c") == (b"\x10c", False)  # it did not: let through
+    assert keys.feed(b"x\x10\x10") == (b"x\x10", False)
+    assert keys.feed(b"\x11tail") == (b"", True)
+
+
+async def test_an_exec_sends_only_the_streams_attached_and_detaches_on_its_keys(
+    api: Api,
+) -> None:
+    client = api.client
+    await client.container_start(await sleeper(api, "web"))
+    # Not found: the runtime's word goes to stderr, which this client did not attach.
+    quiet = await client.exec_create("web", {"Cmd": ["nope"], "AttachStdout": True})
+    async with client.exec_start(quiet) as session:
+        assert [item async for item in session] == []
+    assert (await client.exec_inspect(quiet))["ExitCode"] == 127
+    # The detach keys end the client's attachment; the process runs on.
+    cat = await client.exec_create(
+        "web",
+        {"Cmd": ["cat"], "AttachStdin": True, "AttachStdout": True, "DetachKeys": "ctrl-x"},
+    )
+    with anyio.fail_after(10):
+        async with client.exec_start(cat) as session:
+            await session.send(b"hi\n")
+            output = session.__aiter__()
+            assert await output.__anext__() == ("stdout", b"hi\n")
+            await session.send(b"\x18")
+            assert [item async for item in output] == []
+    assert (await client.exec_inspect(cat))["Running"] is True

@@ -25,7 +25,7 @@ import structlog
 from .. import errors
 from .._version import API_VERSION, MIN_API_VERSION, __version__
 from ..daemon import Daemon
-from ..execs import console_size
+from ..execs import DetachMatcher, console_size
 from ..hostinfo import go_arch, mem_total
 from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Streaming
 from .wire import (
@@ -400,8 +400,15 @@ class EngineAPI:
             async with anyio.create_task_group() as tg:
 
                 async def pump_stdin() -> None:
+                    keys = DetachMatcher(io.detach_keys) if io.detach_keys else None
                     while data := await conn.receive():
+                        detached = False
+                        if keys is not None:
+                            data, detached = keys.feed(data)
                         await io.send(data)
+                        if detached:  # the client lets go; the process runs on
+                            tg.cancel_scope.cancel()
+                            return
                     io.close_stdin()  # the client's half-close: EOF for the process
 
                 async def end_at_hangup() -> None:
