@@ -103,6 +103,7 @@ async def _serve(args: argparse.Namespace, hosts: list[Host]) -> int:
         bridge_subnet=args.bridge_subnet,
         bridge_ip=args.bip,
         experimental=args.experimental,
+        debug=args.debug,
     )
     async with open_daemon(config) as daemon:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -304,6 +305,9 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument("--bridge-subnet", default=DEFAULT_SUBNET)
     daemon.add_argument("--experimental", action="store_true")
     daemon.add_argument(
+        "-D", "--debug", action="store_true", help="debug mode: log at debug (unless --log-level)"
+    )
+    daemon.add_argument(
         "--shutdown-stop", action="store_true", help="stop running containers on shutdown"
     )
     daemon.add_argument(
@@ -335,7 +339,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level or ("info" if args.command == "daemon" else "warning"))
+    default_level = "info" if args.command == "daemon" else "warning"
+    if getattr(args, "debug", False):
+        default_level = "debug"
+    configure_logging(args.log_level or default_level)
     command = {"daemon": _daemon, "image": _build_busybox, "demo": _demo}[args.command]
     result = 1
     try:

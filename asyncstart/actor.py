@@ -17,18 +17,17 @@ import contextlib
 import dataclasses
 import signal as _signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.abc
-import msgspec
 import structlog
 
 from . import errors
 from .attach import AttachSession, ContainerIO
-from .config import RestartPolicy
+from .config import HostConfig
 from .container import ActorServices, ContainerState
 from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
@@ -40,6 +39,7 @@ from .record import ContainerRecord, wait_result
 from .restart import RestartManager
 from .runtime import StateInfo
 from .signals import parse_signal
+from .spec import update_resources
 from .steps import StartContext, container_log_options, container_stdio
 from .views import ContainerSnapshot, endpoint_view, joined_networks
 
@@ -303,19 +303,26 @@ class ContainerActor(ContainerState):
         else:
             reply.set(wait_result(self._record))
 
-    async def _h_update(self, reply: Reply, policy: RestartPolicy) -> None:
+    async def _h_update(self, reply: Reply, change: Callable[[HostConfig], HostConfig]) -> None:
+        """``docker update``: the record's host config changed by ``change`` (the daemon's
+        checks and merge); a live process gets the new limits first (a refusal leaves all as
+        it was), a restart policy takes over the restart count."""
         self.check(Request.UPDATE)
         record = self._record
         old = record.host_config
-        record.host_config = msgspec.structs.replace(old, restart_policy=policy)
+        new = change(old)
+        if self._lifecycle.state in PROCESS_STATES and not self._lifecycle.restarting:
+            await self._process.update(self.id, update_resources(old, new))
+        record.host_config = new
         try:
             await self._save()
         except BaseException:
             record.host_config = old
             raise
-        count = self._restart.restart_count
-        self._restart = RestartManager(policy)
-        self._restart.restart_count = count
+        if new.restart_policy != old.restart_policy:
+            count = self._restart.restart_count
+            self._restart = RestartManager(new.restart_policy)
+            self._restart.restart_count = count
         self._emit("update")
         reply.set()
 

@@ -178,15 +178,15 @@ class Client:
         config: Mapping[str, Any] | None = None,
         host_config: Mapping[str, Any] | None = None,
         networking_config: Mapping[str, Any] | None = None,
+        platform: str = "",
     ) -> str:
         body = dict(config or {})
         if host_config is not None:
             body["HostConfig"] = dict(host_config)
         if networking_config is not None:
             body["NetworkingConfig"] = dict(networking_config)
-        result = await self._json(
-            "POST", "/containers/create", params=_params(name=name), json=body
-        )
+        params = _params(name=name, platform=platform or None)
+        result = await self._json("POST", "/containers/create", params=params, json=body)
         return str(result["Id"])
 
     async def container_start(
@@ -384,6 +384,11 @@ class Client:
                 if status.startswith("sha256:"):
                     return str(status)
         raise errors.SystemError(f"unexpected import response: {response.text!r}")
+
+    async def image_pull(self, reference: str, tag: str = "", platform: str = "") -> None:
+        """The daemon's checks, then its 404: asyncstart reaches no registry."""
+        params = _params(fromImage=reference, tag=tag or None, platform=platform or None)
+        await self._request("POST", "/images/create", params=params)
 
     async def image_load(self, source: str | os.PathLike[str] | AsyncIterable[bytes]) -> list[str]:
         response = await self._request("POST", "/images/load", content=_body(source))

@@ -14,7 +14,9 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import os
 import shlex
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,7 +25,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -31,7 +32,7 @@ from . import errors, rmi
 from .actor import ActorServices, ContainerActor, Pending
 from .attach import AttachSession
 from .clock import Clock, SystemClock
-from .config import Config, HostConfig, parse_host_config, validate_host_config, validate_name
+from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
 from .events import EventBus, container_event
 from .exec_io import ExecIO
@@ -55,6 +56,8 @@ from .filters import (
 )
 from .hostinfo import host_facts
 from .images import MountDriver
+from .images.platform import check_image_platform, parse_platform
+from .images.reference import check_pull_reference
 from .images.store import ImageSource
 from .lifecycle import STARTING_STATES, Request
 from .logs import ContainerLogs, LogQuery
@@ -82,12 +85,14 @@ from .networks import (
 from .reconcile import reconcile
 from .record import ContainerRecord
 from .runtime import Runtime, StateInfo, translate_start_error
+from .settings import apply_update
 from .signals import parse_signal
 from .steps import read_users
 from .store import ContainerIndex, RecordStore
 from .views import (
     ContainerSnapshot,
     DaemonStatistics,
+    format_time,
     joined_networks,
     network_key,
     parse_time,
@@ -132,6 +137,7 @@ class Daemon:
         self._records = RecordStore(self.data_root / "containers", fsync=config.fsync)
         self._runtimes = config.runtime_table()
         self._default_runtime = config.runtime_name()  # (a PATH lookup: once)
+        self._runtime_versions: dict[str, str] | None = None
         #: What the machine offers containers, read once (dockerd's ``sysinfo``).
         self._host = host_facts(userns=config.userns() is not None)
         self._index = ContainerIndex()
@@ -242,13 +248,27 @@ class Daemon:
         config: Config | Mapping[str, Any] | None = None,
         host_config: HostConfig | Mapping[str, Any] | None = None,
         networking_config: Mapping[str, Any] | None = None,
+        platform: str = "",
     ) -> str:
         """Create a container (``docker create``); return its 64-hex ID.
 
         ``networking_config``: dockerd's ``NetworkingConfig`` — ``EndpointsConfig``, the
         networks to join besides ``HostConfig.NetworkMode``'s, each with its aliases and
-        address (``IPAMConfig.IPv4Address``).
+        address (``IPAMConfig.IPv4Address``). ``platform``: the image must be made for it
+        (``os[/arch[/variant]]``; dockerd's 400 when malformed, 404 when another).
         """
+        if platform:
+            wanted = parse_platform(platform)
+            reference = str(
+                config.get("Image", "")
+                if isinstance(config, Mapping)
+                else getattr(config, "image", "")
+            )
+            image: dict[str, Any] | None = None
+            with contextlib.suppress(errors.NotFound):  # the create's own 404 says so
+                image = self._images.inspect(reference)
+            if image is not None:
+                check_image_platform(reference, image, wanted)
         record = new_record(
             name,
             config,
@@ -411,26 +431,22 @@ class Daemon:
         return ps_table(result.stdout.decode(errors="replace"), pids)
 
     async def container_update(self, reference: str, body: Mapping[str, Any]) -> list[str]:
-        """``docker update``: the restart policy (dockerd's 400s), applied at once; resource
-        limits are refused (400), not yet applied to a running container. Its warnings."""
-        changed = {key: value for key, value in body.items() if value not in (None, 0, "", [], {})}
-        policy_body = changed.pop("RestartPolicy", None)
-        if changed:
-            raise errors.InvalidParameter(
-                f"updating {', '.join(sorted(changed))} is not supported by asyncstart yet: "
-                "only RestartPolicy is"
-            )
+        """``docker update``: resources and restart policy (dockerd's ``UpdateConfig``),
+        merged as dockerd merges them and applied at once to a running container through
+        the runtime (``runc update``); a stopped one gets them at its next start. dockerd's
+        400s and 409s (``Cannot update container <id>: ...``); its warnings (none)."""
         actor = self._actor(reference)
-        if policy_body is not None:
-            record = actor.snapshot().record
-            policy = parse_host_config({"RestartPolicy": policy_body}).restart_policy
-            if record.host_config.auto_remove and policy.name not in ("", "no"):
-                raise errors.InvalidParameter(
-                    "Restart policy cannot be updated because AutoRemove is enabled for the "
-                    "container"
-                )
-            validate_host_config(msgspec.structs.replace(record.host_config, restart_policy=policy))
-            await actor.request(Request.UPDATE, policy)
+        facts = self._host
+
+        def change(host: HostConfig) -> HostConfig:
+            try:
+                return apply_update(host, body, facts)
+            except errors.Conflict as exc:
+                raise errors.Conflict(
+                    f"Cannot update container {actor.id}: {exc.message}"
+                ) from None
+
+        await actor.request(Request.UPDATE, change)
         return []
 
     async def container_rename(self, reference: str, name: str) -> None:
@@ -877,6 +893,19 @@ class Daemon:
         """``docker import``: a root filesystem tarball becomes an image; returns its ID."""
         return await self._images.import_(source, repo=repo, tag=tag, changes=changes)
 
+    async def image_pull(self, reference: str, tag: str = "", platform: str = "") -> None:
+        """``docker pull``: dockerd's checks of the platform (400) and the reference (400),
+        then a 404: asyncstart reaches no registry (``docker import``/``load`` bring images)."""
+        if platform:
+            parse_platform(platform)
+        name = reference.removesuffix(":")
+        check_pull_reference(name, tag)
+        shown = f"{name}:{tag}" if tag else name
+        raise errors.NotFound(
+            f"No such image: {shown} (asyncstart does not pull from registries; "
+            "use docker import or docker load)"
+        )
+
     async def image_load(self, source: ImageSource) -> list[str]:
         """``docker load``: the images of a ``docker save`` archive."""
         return await self._images.load(source)
@@ -995,10 +1024,31 @@ class Daemon:
         """How many containers run, are paused, are stopped; events dropped (slow readers)."""
         return DaemonStatistics.of(self._snapshots(), events_dropped=self._events.dropped)
 
+    async def runtime_versions(self) -> dict[str, str]:
+        """The OCI runtimes' versions (``docker version``'s components), asked once."""
+        if self._runtime_versions is None:
+            found: dict[str, str] = {}
+            for name, args in self._runtimes.items():
+                try:
+                    result = await anyio.run_process([args[0], "--version"], check=False)
+                except OSError:
+                    continue
+                first = result.stdout.decode(errors="replace").partition("\n")[0]
+                if result.returncode == 0 and first:
+                    found[name] = first.split()[-1]
+            self._runtime_versions = found
+        return dict(self._runtime_versions)
+
     def system_info(self) -> dict[str, Any]:
-        """What ``docker info`` says of the engine itself (the API adds the host's facts)."""
+        """What ``docker info`` says of the engine itself (the API adds the host's facts).
+
+        Every field of dockerd's ``system.Info``; those about what asyncstart does not have
+        (swarm, registries, plugins beyond its own drivers) say so as dockerd does without
+        them."""
         stats = self.statistics()
-        runtimes = {name: {"path": args[0]} for name, args in self._runtimes.items()}
+        host = self._host
+        runtimes = {name: {"path": args[0], **({"runtimeArgs": list(args[1:])} if args[1:] else {})}
+                    for name, args in self._runtimes.items()}  # fmt: skip
         return {
             "ID": self.engine_id,
             "Containers": stats.containers,
@@ -1006,18 +1056,76 @@ class Daemon:
             "ContainersPaused": stats.paused,
             "ContainersStopped": stats.stopped,
             "Driver": self._drivers.storage_driver,
+            "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]]
+            if self._drivers.storage_driver == "overlay2"
+            else [],
+            "Plugins": {
+                "Volume": ["local"],
+                "Network": ["bridge", "host", "null"],
+                "Authorization": None,
+                "Log": ["json-file"],
+            },
+            "MemoryLimit": True,
+            "SwapLimit": host.swap_limit,
+            "CpuCfsPeriod": True,
+            "CpuCfsQuota": True,
+            "CPUShares": True,
+            "CPUSet": True,
+            "PidsLimit": True,
+            "IPv4Forwarding": _ip_forwarding(),
+            "Debug": self.config.debug,
+            "NFd": _open_fds(),
+            "OomKillDisable": host.oom_kill_disable,
+            "NGoroutines": _task_count(),
+            "SystemTime": format_time(time.time()),
+            "LoggingDriver": "json-file",
+            "CgroupDriver": "cgroupfs",
+            "CgroupVersion": "2" if host.cgroup2 else "1",
+            "NEventsListener": self._events.listeners,
             "DockerRootDir": str(self.data_root),
+            "HttpProxy": "",
+            "HttpsProxy": "",
+            "NoProxy": "",
+            "Labels": [],
             "DefaultRuntime": self._default_runtime,
             "Runtimes": runtimes,
             "ExperimentalBuild": self.config.experimental,
+            "LiveRestoreEnabled": True,
+            "Isolation": "",
+            "InitBinary": "",
+            "ContainerdCommit": {"ID": ""},
+            "RuncCommit": {"ID": ""},
+            "InitCommit": {"ID": ""},
             # What every container gets, as dockerd lists it (no AppArmor: no default profile
             # is loaded, so none is claimed).
             "SecurityOptions": [
                 "name=seccomp,profile=builtin",
-                *(["name=userns"] if self._host.userns else []),
-                *(["name=cgroupns"] if self._host.cgroup2 else []),
+                *(["name=userns"] if host.userns else []),
+                *(["name=cgroupns"] if host.cgroup2 else []),
             ],
+            "CDISpecDirs": [],
+            "Warnings": [] if host.swap_limit else ["WARNING: No swap limit support"],
         }
+
+
+def _ip_forwarding() -> bool:
+    try:
+        return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def _task_count() -> int:
+    """dockerd's ``NGoroutines``: here, the threads of the process (tasks are not counted
+    by every event loop)."""
+    return threading.active_count()
 
 
 @asynccontextmanager

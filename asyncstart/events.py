@@ -33,6 +33,11 @@ class EventBus:
         self._history: collections.deque[Message] = collections.deque(maxlen=history)
         self.dropped = 0
 
+    @property
+    def listeners(self) -> int:
+        """How many subscribers are listening (``docker info``'s ``NEventsListener``)."""
+        return len(self._subscribers)
+
     def publish(
         self,
         type_: str,

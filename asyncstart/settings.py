@@ -8,17 +8,20 @@ by the daemon, so each check is a plain function of the request and those facts.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from . import errors
-from .config import Config, HostConfig, not_applied
+from .config import Config, HostConfig, not_applied, parse_host_config, validate_host_config
 
 __all__ = [
     "DEFAULT_SHM_SIZE",
     "MAX_ID",
     "HostFacts",
+    "apply_update",
     "fill_defaults",
     "format_id_list",
     "parse_id_list",
@@ -373,3 +376,71 @@ def fill_defaults(host: HostConfig, facts: HostFacts, *, runtime: str, masked: I
         host.masked_paths = list(masked)
     if host.readonly_paths is None:
         host.readonly_paths = list(readonly)
+
+
+#: What ``docker update`` changes (dockerd's ``UpdateContainer``), by wire name; a zero (or,
+#: for ``PidsLimit``, a null) leaves the value as it is.
+_UPDATABLE = frozenset({
+    "BlkioWeight", "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
+    "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps", "CpuShares", "NanoCpus", "CpuPeriod",
+    "CpuQuota", "CpusetCpus", "CpusetMems", "Memory", "MemorySwap", "MemoryReservation",
+    "CpuRealtimePeriod", "CpuRealtimeRuntime", "PidsLimit", "RestartPolicy",
+})  # fmt: skip
+_UNSET = HostConfig()
+
+
+def apply_update(host: HostConfig, body: Mapping[str, Any], facts: HostFacts) -> HostConfig:
+    """``docker update``: the container's ``host`` with the update ``body`` (dockerd's
+    ``UpdateConfig``: resources and a restart policy) merged as dockerd's ``UpdateContainer``
+    merges it.
+
+    The update's own values get create's checks (400); conflicts with what the container
+    has are dockerd's 409s. A setting dockerd's update would accept and drop (swappiness,
+    ulimits…) is refused (400): it would not be applied. The merged result must still be
+    something the engine applies."""
+    update = parse_host_config(dict(body))
+    validate_host_config(update)
+    given = _wire(update)
+    unset = _wire(_UNSET)
+    for key, value in given.items():
+        if key not in _UPDATABLE and value != unset[key]:
+            raise errors.InvalidParameter(
+                f"{key} cannot be changed by docker update (dockerd would not apply it)"
+            )
+    _resources(update, facts)
+    for message, conflict in (
+        ("Nano CPUs cannot be updated as CPU Period has already been set",
+         update.nano_cpus > 0 and host.cpu_period > 0),
+        ("Nano CPUs cannot be updated as CPU Quota has already been set",
+         update.nano_cpus > 0 and host.cpu_quota > 0),
+        ("CPU Period cannot be updated as NanoCPUs has already been set",
+         update.cpu_period > 0 and host.nano_cpus > 0),
+        ("CPU Quota cannot be updated as NanoCPUs has already been set",
+         update.cpu_quota > 0 and host.nano_cpus > 0),
+    ):  # fmt: skip
+        if conflict:
+            raise errors.Conflict(f"Conflicting options: {message}")
+    if update.memory and update.memory > host.memory_swap and update.memory_swap == 0:
+        raise errors.Conflict(
+            "Memory limit should be smaller than already set memoryswap limit, update the "
+            "memoryswap at the same time"
+        )
+    changes: dict[str, Any] = {}
+    for name, wire in zip(HostConfig.__struct_fields__, HostConfig.__struct_encode_fields__,
+                          strict=True):  # fmt: skip
+        if wire in _UPDATABLE and wire not in ("PidsLimit", "RestartPolicy"):
+            value = getattr(update, name)
+            if value not in (0, "", None):
+                changes[name] = value
+    if "PidsLimit" in body and update.pids_limit is not None:
+        changes["pids_limit"] = update.pids_limit if update.pids_limit > 0 else None
+    if update.restart_policy.name:
+        if host.auto_remove and update.restart_policy.name != "no":
+            raise errors.Conflict(
+                "Restart policy cannot be updated because AutoRemove is enabled for the container"
+            )
+        changes["restart_policy"] = update.restart_policy
+    merged = msgspec.structs.replace(host, **changes)
+    _resources(merged, facts)
+    _refuse_not_applied("HostConfig", _wire(merged), _NOT_APPLIED)
+    return merged

@@ -340,6 +340,19 @@ def _resources(host_config: HostConfig) -> dict[str, Any]:
     return resources
 
 
+def update_resources(old: HostConfig, new: HostConfig) -> dict[str, Any]:
+    """The limits a running container gets at ``docker update`` from ``old`` to ``new``: its
+    cgroup limits as at create; the pids limit only when it changed, a lifted one said as
+    such (-1: a zero would leave the old limit)."""
+    resources = _resources(new)
+    del resources["devices"]
+    if new.pids_limit == old.pids_limit:
+        resources.pop("pids", None)
+    else:
+        resources.setdefault("pids", {"limit": -1})
+    return resources
+
+
 def _capabilities(add: Sequence[str], drop: Sequence[str]) -> list[str]:
     """dockerd's ``TweakCapabilities``: ``ALL`` added is every capability but those dropped;
     ``ALL`` dropped leaves only those added; else the defaults, plus added, minus dropped."""

@@ -68,6 +68,8 @@ class DaemonConfig:
     #: Seconds a stop waits before SIGKILL when neither request nor container says.
     stop_timeout: float = 10.0
     cgroup_parent: str = "asyncstart"
+    #: dockerd's ``--debug``: ``docker info`` says so (the log level is the program's).
+    debug: bool = False
     #: Checkpoint/restore is experimental in dockerd too.
     experimental: bool = False
     #: OCI runtimes a container may name in ``HostConfig.Runtime``: name -> (path, *args),

@@ -571,7 +571,7 @@ async def test_cli_image_prune(tmp_path: Path, busybox_tar: Path) -> None:
 
 async def test_cli_update(tmp_path: Path, busybox_tar: Path) -> None:
     """docker update: the restart policy is applied (a kill then restarts the container);
-    a resource limit is refused, not ignored."""
+    resource limits reach the running container's cgroups through the runtime."""
     async with served(tmp_path, busybox_tar) as cli:
         await cli.out("run", "-d", "--name", "web", "busybox", "sleep", "1000")
         assert (await cli.out("update", "--restart", "always", "web")).strip() == "web"
@@ -582,6 +582,41 @@ async def test_cli_update(tmp_path: Path, busybox_tar: Path) -> None:
         with anyio.fail_after(10):
             while (await cli.out("inspect", "-f", "{{.RestartCount}}", "web")).strip() == "0":
                 await anyio.sleep(0.1)
+        # dockerd's 409: no swap limit yet, so memory alone cannot grow past it.
         refused = await cli.fails("update", "--memory", "64m", "web")
-        assert "is not supported by asyncstart yet" in refused
+        assert "update the memoryswap at the same time" in refused
         await cli.out("rm", "-f", "web")
+        for runtime in ["runc", *(["crun"] if shutil.which("crun") else [])]:
+            await _limits_reach_the_cgroups(cli, runtime)
+
+
+async def _limits_reach_the_cgroups(cli: Cli, runtime: str) -> None:
+    await cli.out("run", "-d", "--runtime", runtime, "--name", "lim", "busybox", "sleep", "1000")
+    limits = ("--memory", "64m", "--memory-swap", "128m", "--cpus", "0.5", "--pids-limit", "20")
+    assert (await cli.out("update", *limits, "lim")).strip() == "lim"
+    pid = (await cli.out("inspect", "-f", "{{.State.Pid}}", "lim")).strip()
+    cgroups = Path("/sys/fs/cgroup")
+    # Where the runtime put its cgroups (runc places a relative path under its own).
+    joined = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            joined[controller] = path.lstrip("/")
+
+    def limit(controller: str, name: str) -> str:
+        return (cgroups / controller / joined[controller] / name).read_text().strip()
+
+    v1 = (cgroups / "memory").is_dir()  # cgroup v1: this project's CI host
+    if v1:
+        assert limit("memory", "memory.limit_in_bytes") == str(64 << 20), runtime
+        assert limit("memory", "memory.memsw.limit_in_bytes") == str(128 << 20), runtime
+        assert limit("cpu", "cpu.cfs_quota_us") == "50000", runtime
+    else:
+        assert limit("", "memory.max") == str(64 << 20), runtime
+    assert limit("pids" if v1 else "", "pids.max") == "20", runtime
+    host = json.loads(await cli.out("inspect", "-f", "{{json .HostConfig}}", "lim"))
+    assert (host["Memory"], host["NanoCpus"], host["PidsLimit"]) == (64 << 20, 5 * 10**8, 20)
+    await cli.out("update", "--pids-limit", "-1", "lim")  # lifted
+    # (crun cannot write "max": it gets the kernel's most pids, which nothing is above.)
+    assert limit("pids" if v1 else "", "pids.max") in ("max", str(1 << 22)), runtime
+    await cli.out("rm", "-f", "lim")

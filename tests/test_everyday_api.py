@@ -173,7 +173,7 @@ async def test_system_df_counts_images_and_containers(api: Api) -> None:
     assert (bogus.status, bogus.json()["message"]) == (400, "unknown object type: bogus")
 
 
-async def test_update_applies_the_restart_policy_and_refuses_the_rest(api: Api) -> None:
+async def test_update_applies_the_restart_policy_at_once(api: Api) -> None:
     client = api.client
     cid = await sleeper(api, "web")
     on_failure = {"Name": "on-failure", "MaximumRetryCount": 3}
@@ -182,15 +182,68 @@ async def test_update_applies_the_restart_policy_and_refuses_the_rest(api: Api) 
     assert (policy["Name"], policy["MaximumRetryCount"]) == ("on-failure", 3)
     with pytest.raises(errors.InvalidParameter, match="unknown policy 'sometimes'"):
         await client.container_update("web", {"RestartPolicy": {"Name": "sometimes"}})
-    with pytest.raises(errors.InvalidParameter, match="^updating CpuShares, Memory is not"):
-        await client.container_update(
-            "web", {"Memory": 1 << 26, "CpuShares": 512, "CpusetCpus": ""}
-        )
     await client.container_create(
         "gone", {"Image": "busybox", "Cmd": ["true"]}, {"AutoRemove": True}
     )
-    with pytest.raises(errors.InvalidParameter, match="AutoRemove is enabled"):
+    with pytest.raises(errors.Conflict, match="AutoRemove is enabled"):
         await client.container_update("gone", {"RestartPolicy": {"Name": "always"}})
+
+
+async def test_update_gives_a_running_container_its_new_limits(api: Api) -> None:
+    client, runtime = api.client, api.engine.runtime
+    began = time.time()
+    cid = await sleeper(api, "web", HostConfig={"Memory": 64 << 20, "CpuShares": 256})
+    await client.container_start("web")
+    # As the docker CLI sends it: every resource, zero where unchanged.
+    body = {"CpuShares": 512, "Memory": 0, "MemorySwap": 0, "CpusetCpus": "", "PidsLimit": 50,
+            "BlkioWeight": 0, "RestartPolicy": {"Name": "", "MaximumRetryCount": 0}}  # fmt: skip
+    assert await client.container_update("web", body) == []
+    host = (await client.container_inspect(cid))["HostConfig"]
+    assert (host["CpuShares"], host["Memory"], host["PidsLimit"]) == (512, 64 << 20, 50)
+    [applied] = runtime.processes[cid].updates
+    assert applied["cpu"]["shares"] == 512 and applied["pids"] == {"limit": 50}
+    assert applied["memory"]["limit"] == 64 << 20 and "devices" not in applied
+    # PidsLimit 0 lifts the limit; the runtime is told so (-1), not left as it was.
+    await client.container_update("web", {"PidsLimit": 0})
+    assert (await client.container_inspect(cid))["HostConfig"]["PidsLimit"] is None
+    assert runtime.processes[cid].updates[-1]["pids"] == {"limit": -1}
+    updates = [
+        e
+        async for e in client.events(since=began, until=time.time(), filters={"event": ["update"]})
+    ]
+    assert len(updates) == 2
+
+
+async def test_update_refuses_as_dockerd_and_changes_nothing(api: Api) -> None:
+    client, runtime = api.client, api.engine.runtime
+    cid = await sleeper(api, "web", HostConfig={"Memory": 64 << 20, "NanoCpus": 10**9})
+    await client.container_start("web")
+    before = (await client.container_inspect(cid))["HostConfig"]
+    prefix = f"^Cannot update container {cid}: Conflicting options: "
+    with pytest.raises(errors.Conflict, match=prefix + "CPU Quota cannot be updated as Nano"):
+        await client.container_update("web", {"CpuQuota": 50_000})
+    with pytest.raises(errors.Conflict, match="update the memoryswap at the same time$"):
+        await client.container_update("web", {"Memory": 512 << 20})
+    with pytest.raises(errors.InvalidParameter, match="^Minimum memory limit allowed is 6MB"):
+        await client.container_update("web", {"Memory": 1 << 20, "MemorySwap": -1})
+    with pytest.raises(errors.InvalidParameter, match="^MemorySwappiness cannot be changed by"):
+        await client.container_update("web", {"MemorySwappiness": 10})
+    with pytest.raises(errors.InvalidParameter, match="CpuRealtimeRuntime"):
+        await client.container_update("web", {"CpuRealtimeRuntime": 1000})
+    assert (await client.container_inspect(cid))["HostConfig"] == before
+    assert runtime.processes[cid].updates == []
+    # The runtime refusing leaves the record as it was.
+    runtime.faults.inject("update", "cgroup write refused", container_id=cid)
+    with pytest.raises(errors.SystemError, match=f"^Cannot update container {cid}: "):
+        await client.container_update("web", {"CpuShares": 100})
+    assert (await client.container_inspect(cid))["HostConfig"] == before
+    # A stopped container keeps the new limits for its next start.
+    await client.container_kill("web")
+    await client.container_update("web", {"Memory": 128 << 20, "MemorySwap": 256 << 20})
+    host = (await client.container_inspect(cid))["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"]) == (128 << 20, 256 << 20)
+    await client.container_start("web")
+    assert runtime.processes[cid].spec["linux"]["resources"]["memory"]["limit"] == 128 << 20  # type: ignore[index]
 
 
 def test_the_detach_sequence_is_found_across_chunks() -> None:
@@ -226,3 +279,70 @@ async def test_an_exec_sends_only_the_streams_attached_and_detaches_on_its_keys(
             await session.send(b"\x18")
             assert [item async for item in output] == []
     assert (await client.exec_inspect(cat))["Running"] is True
+
+
+@pytest.mark.parametrize(
+    ("specifier", "parsed"),
+    [
+        ("linux", "linux/{arch}"),
+        ("amd64", "linux/amd64"),
+        ("x86_64", "linux/amd64"),
+        ("linux/aarch64", "linux/arm64"),
+        ("linux/arm64/v8", "linux/arm64/v8"),
+        ("linux/armhf", "linux/arm"),
+        ("linux/arm/v6", "linux/arm/v6"),
+        ("Windows/amd64", "windows/amd64"),
+    ],
+)
+def test_platform_specifiers_parse_as_containerds(specifier: str, parsed: str) -> None:
+    from asyncstart.hostinfo import go_arch
+    from asyncstart.images.platform import parse_platform
+
+    assert str(parse_platform(specifier)) == parsed.format(arch=go_arch())
+
+
+@pytest.mark.parametrize(
+    ("specifier", "message"),
+    [
+        ("foo", '"foo": unknown operating system or architecture: invalid argument'),
+        ("linux/*", '"linux/*": wildcards not yet supported: invalid argument'),
+        ("linux/", '"" is an invalid component of "linux/": platform specifier component'),
+        ("a/b/c/d", '"a/b/c/d": cannot parse platform specifier: invalid argument'),
+        ("lin ux", '"lin ux" is an invalid OS component of "lin ux"'),
+    ],
+)
+def test_platform_specifiers_refused_with_containerds_words(specifier: str, message: str) -> None:
+    from asyncstart.images.platform import parse_platform
+
+    with pytest.raises(errors.InvalidParameter) as refused:
+        parse_platform(specifier)
+    assert str(refused.value.message).startswith(message)
+
+
+async def test_platform_is_checked_before_the_pull_and_the_create(api: Api) -> None:
+    from .test_api import _chunks, _tar
+
+    client = api.client
+    await client.image_import(_chunks(_tar(("a", b"1"))), repo="busybox")
+    with pytest.raises(errors.InvalidParameter, match="unknown operating system or architecture"):
+        await client.image_pull("busybox", platform="foo")
+    with pytest.raises(errors.InvalidParameter, match="^invalid reference format"):
+        await client.image_pull("Busy..box")
+    with pytest.raises(errors.NotFound, match="^No such image: busybox:1.36 .asyncstart does not"):
+        await client.image_pull("busybox", tag="1.36", platform="linux/amd64")
+    other = "linux/s390x"
+    with pytest.raises(errors.NotFound, match=r"was found but its platform \(linux/"):
+        await client.container_create("plat", {"Image": "busybox", "Cmd": ["true"]}, platform=other)
+    with pytest.raises(errors.InvalidParameter, match="wildcards not yet supported"):
+        await client.container_create(
+            "plat", {"Image": "busybox", "Cmd": ["true"]}, platform="linux/*"
+        )
+    image = await client.image_inspect("busybox")
+    native = f"{image['Os']}/{image['Architecture']}"
+    assert await client.container_create(
+        "plat", {"Image": "busybox", "Cmd": ["true"]}, platform=native
+    )
+    # An older API version does not read the argument (dockerd reads it from 1.41).
+    body = b'{"Image": "busybox", "Cmd": ["true"]}'
+    old = await raw(api.sock, http("POST", "/v1.40/containers/create?platform=foo", body))
+    assert old.status == 201

@@ -31,6 +31,7 @@ from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Strea
 from .wire import (
     JSON,
     VERSIONED,
+    api_version,
     arg_bool,
     arg_filters,
     arg_int,
@@ -178,22 +179,28 @@ class EngineAPI:
     async def version(self, request: Request) -> Reply:
         details = {
             "ApiVersion": API_VERSION,
-            "MinAPIVersion": MIN_API_VERSION,
+            "Arch": go_arch(),
+            "BuildTime": "",
+            "Experimental": str(self.daemon.config.experimental).lower(),
             "GitCommit": "",
             "GoVersion": f"python{platform.python_version()}",
-            "Os": "linux",
-            "Arch": go_arch(),
             "KernelVersion": platform.release(),
-            "Experimental": str(self.daemon.config.experimental).lower(),
+            "MinAPIVersion": MIN_API_VERSION,
+            "Os": "linux",
         }
+        runtimes = await self.daemon.runtime_versions()
+        components = [{"Name": "Engine", "Version": __version__, "Details": details}]
+        components += [
+            {"Name": name, "Version": version, "Details": {"GitCommit": ""}}
+            for name, version in sorted(runtimes.items())
+        ]
         return json_reply(
             {
                 "Platform": {"Name": "asyncstart"},
-                "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+                "Components": components,
                 "Version": __version__,
                 **{k: v for k, v in details.items() if k != "Experimental"},
                 "Experimental": self.daemon.config.experimental,
-                "BuildTime": "",
             }
         )
 
@@ -204,18 +211,33 @@ class EngineAPI:
             {
                 **engine,
                 "Images": len(images),
-                "ServerVersion": __version__,
-                "Name": socket.gethostname(),
-                "OperatingSystem": platform.platform(),
+                "KernelVersion": platform.release(),
+                "OperatingSystem": _os_release("PRETTY_NAME") or platform.system(),
+                "OSVersion": _os_release("VERSION_ID"),
                 "OSType": "linux",
                 "Architecture": platform.machine(),
-                "KernelVersion": platform.release(),
+                # No registry is reached (pulls are not supported); dockerd's defaults.
+                "IndexServerAddress": "https://index.docker.io/v1/",
+                "RegistryConfig": {
+                    "AllowNondistributableArtifactsCIDRs": None,
+                    "AllowNondistributableArtifactsHostnames": None,
+                    "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"],
+                    "IndexConfigs": {},
+                    "Mirrors": None,
+                },
                 "NCPU": os.cpu_count() or 1,
                 "MemTotal": mem_total(),
-                "CgroupDriver": "cgroupfs",
-                "LoggingDriver": "json-file",
-                "Swarm": {"LocalNodeState": "inactive", "NodeID": "", "NodeAddr": ""},
-                "Warnings": [],
+                "GenericResources": None,
+                "Name": socket.gethostname(),
+                "ServerVersion": __version__,
+                "Swarm": {
+                    "NodeID": "",
+                    "NodeAddr": "",
+                    "LocalNodeState": "inactive",
+                    "ControlAvailable": False,
+                    "Error": "",
+                    "RemoteManagers": None,
+                },
             }
         )
 
@@ -244,6 +266,7 @@ class EngineAPI:
             config=body,
             host_config=host_config,
             networking_config=networking,
+            platform=request.arg("platform") if api_version(request) >= (1, 41) else "",
         )
         return json_reply({"Id": container_id, "Warnings": []}, 201)
 
@@ -509,10 +532,9 @@ class EngineAPI:
     async def image_create(self, request: Request) -> Reply:
         source = request.arg("fromSrc")
         if not source:
-            image = request.arg("fromImage") or "(none)"
-            raise errors.NotFound(
-                f"No such image: {image} (asyncstart does not pull from registries; "
-                "use docker import or docker load)"
+            platform = request.arg("platform") if api_version(request) >= (1, 32) else ""
+            await self.daemon.image_pull(
+                request.arg("fromImage"), tag=request.arg("tag"), platform=platform
             )
         if source != "-":
             raise errors.InvalidParameter(
@@ -566,6 +588,20 @@ class EngineAPI:
     async def image_remove(self, request: Request, name: str) -> Reply:
         removed = await self.daemon.image_remove(name, force=arg_bool(request, "force"))
         return json_reply([dict([line.split(": ", 1)]) for line in removed])
+
+
+def _os_release(key: str) -> str:
+    """A field of the host's ``os-release`` (dockerd's ``OperatingSystem``, ``OSVersion``)."""
+    for candidate in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(candidate, encoding="utf-8") as file:
+                for line in file:
+                    name, _, value = line.strip().partition("=")
+                    if name == key:
+                        return value.strip().strip('"')
+        except OSError:
+            continue
+    return ""
 
 
 def _image_summary(row: dict[str, Any]) -> dict[str, Any]:

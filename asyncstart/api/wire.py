@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from .. import errors
+from .._version import API_VERSION
 from ..filters import timestamp
 from ..views import parse_time
 from .http import Request, Response
@@ -48,6 +49,13 @@ JSON = [("Content-Type", "application/json")]
 
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def api_version(request: Request) -> tuple[int, ...]:
+    """The API version the request speaks: its path's ``/v1.xx``, else the newest."""
+    if versioned := VERSIONED.fullmatch(request.path):
+        return version_tuple(versioned[1])
+    return version_tuple(API_VERSION)
 
 
 def json_reply(value: Any, status: int = 200) -> Response:

@@ -6,7 +6,7 @@ import re
 
 from .. import errors
 
-__all__ = ["check_name", "parse_reference"]
+__all__ = ["check_name", "check_pull_reference", "parse_reference"]
 
 # Docker Hub's long forms, stripped so that ``docker.io/library/busybox`` and ``busybox`` are
 # one name in repositories.json.
@@ -51,4 +51,21 @@ def check_name(repository: str, tag: str = "") -> None:
     if len(repository) > 255 or not _NAME.fullmatch(repository):
         raise errors.InvalidParameter("invalid reference format")
     if tag and not _TAG.fullmatch(tag):
+        raise errors.InvalidParameter("invalid reference format")
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def check_pull_reference(reference: str, tag: str = "") -> None:
+    """dockerd's 400 for what a pull names: ``name[:tag][@digest]``, and a ``tag`` argument
+    that is a tag or a digest."""
+    name, at, digest = reference.partition("@")
+    if at and not _DIGEST.fullmatch(digest):
+        raise errors.InvalidParameter("invalid reference format")
+    repository, sep, inline_tag = name.rpartition(":")
+    if not sep or "/" in inline_tag:
+        repository, inline_tag = name, ""
+    check_name(repository, inline_tag)
+    if tag and not (_DIGEST.fullmatch(tag) if ":" in tag else _TAG.fullmatch(tag)):
         raise errors.InvalidParameter("invalid reference format")

@@ -149,6 +149,10 @@ class Runtime(Protocol):
         process is stopped."""
         ...
 
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """Give the running container new cgroup limits (an OCI ``LinuxResources``)."""
+        ...
+
     async def pids(self, container_id: str) -> list[int]:
         """The host pids of the running container's processes (``docker top``)."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import structlog
 
@@ -50,6 +51,10 @@ class ProcessControl:
     async def resume(self, container_id: str) -> None:
         with _worded(errors.SystemError, f"Cannot unpause container {container_id}"):
             await self.runtime.resume(container_id)
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        with _worded(errors.SystemError, f"Cannot update container {container_id}"):
+            await self.runtime.update(container_id, resources)
 
     async def write_stdin(self, container_id: str, data: bytes) -> None:
         with _worded(errors.Conflict, f"cannot write to the stdin of {container_id}"):

@@ -55,6 +55,8 @@ class FakeProcess:
     timer: anyio.CancelScope | None = None
     #: Its json-file log, opened at its first output and closed when it ends.
     log: JsonFileWriter | None = None
+    #: The limits of each ``update``, in order.
+    updates: list[dict[str, Any]] = field(default_factory=list)
 
     def close_log(self) -> None:
         log, self.log = self.log, None
@@ -296,6 +298,13 @@ class FakeRuntime:
         if process.status == "stopped":
             raise RuntimeFailure("container not running")
         self._deliver(process, signal)
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        await self._phase("update", container_id)
+        process = self._process(container_id)
+        if process.status not in ("running", "paused"):
+            raise RuntimeFailure(f"container not running: {process.status}")
+        process.updates.append(resources)
 
     async def pause(self, container_id: str) -> None:
         await self._phase("pause", container_id)

@@ -35,6 +35,10 @@ __all__ = ["RuncRuntime"]
 log = structlog.get_logger("asyncstart.runtime.runc")
 
 
+#: The kernel's ``PID_MAX_LIMIT`` (64-bit): no cgroup can hold more pids.
+PID_MAX_LIMIT = 1 << 22
+
+
 @dataclass(slots=True)
 class _Container:
     bundle: BundleDir
@@ -349,6 +353,21 @@ class RuncRuntime:
         if box.exec_ran:  # an exec helper that died since: reaped, or the init could not end
             await anyio.to_thread.run_sync(reap_exec_leftovers)
         await self._cli.checked("kill", container_id, str(signal), runtime=box.runtime)
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """``runc update --resources``: the file is kept in the bundle, beside config.json.
+
+        crun (1.8) cannot lift a pids limit (it writes -1 as is, which the kernel refuses):
+        it gets the kernel's most pids possible instead, which no limit is below."""
+        box = self._box(container_id)
+        pids = resources.get("pids")
+        if pids and pids["limit"] < 0 and is_crun(self._cli.binary_of(box.runtime)):
+            resources = {**resources, "pids": {"limit": PID_MAX_LIMIT}}
+        path = box.bundle.path / "resources.json"
+        await anyio.to_thread.run_sync(path.write_bytes, json.dumps(resources).encode())
+        await self._cli.checked(
+            "update", "--resources", str(path), container_id, runtime=box.runtime
+        )
 
     async def pause(self, container_id: str) -> None:
         """``runc pause``."""

@@ -53,7 +53,7 @@ _HIDE_UNIFIED = (
 
 
 #: The subcommands that set a container's cgroups up.
-_MAKES_CGROUPS = frozenset({"create", "run", "restore", "exec"})
+_MAKES_CGROUPS = frozenset({"create", "run", "restore", "exec", "update"})
 
 
 @functools.cache
