@@ -349,6 +349,19 @@ class Client:
 
     # -- events -----------------------------------------------------------------------------
 
+    async def container_stats(
+        self, reference: str, *, stream: bool = True, one_shot: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """dockerd's ``StatsResponse`` documents, as the library's ``container_stats``."""
+        params = _params(stream=stream, **{"one-shot": one_shot})
+        path = f"/containers/{reference}/stats"
+        async with self._http.stream("GET", path, params=params) as response:
+            if response.status_code != 200:
+                _raise_for(response.status_code, await response.aread(), f"GET {path}")
+            async for line in response.aiter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
     async def events(
         self,
         since: float | str | None = None,

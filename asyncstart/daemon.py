@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -83,8 +85,9 @@ from .networks import (
     refuse_shared_namespace,
 )
 from .reconcile import reconcile
-from .record import ContainerRecord
+from .record import ZERO_TIME, ContainerRecord
 from .runtime import Runtime, StateInfo, translate_start_error
+from .runtime.stats import read_cgroup_stats, read_network_stats, stats_document
 from .settings import apply_update
 from .signals import parse_signal
 from .steps import read_users
@@ -429,6 +432,56 @@ class Daemon:
             said = (result.stderr or result.stdout).decode(errors="replace").strip()
             raise errors.SystemError(f"ps: {said}")
         return ps_table(result.stdout.decode(errors="replace"), pids)
+
+    def container_stats(
+        self, reference: str, *, stream: bool = True, one_shot: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``docker stats``: dockerd's ``StatsResponse`` from the container's cgroups and
+        network namespace. Streamed: one a second (each with the one before as ``pre*``)
+        until the container is removed; else one: at once with ``one_shot``, otherwise the
+        second of two a second apart (so CPU use can be computed). A container that does not
+        run gives dockerd's empty document. 404 for an unknown container."""
+        if stream and one_shot:
+            raise errors.InvalidParameter("cannot have stream=true and one-shot=true")
+        container_id = self._actor(reference).id
+        return self._stats(container_id, stream=stream, one_shot=one_shot)
+
+    async def _stats(
+        self, container_id: str, *, stream: bool, one_shot: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        previous: dict[str, Any] | None = None
+        while (sample := await self._stats_sample(container_id, previous)) is not None:
+            if not stream and (one_shot or sample["read"] == ZERO_TIME or previous is not None):
+                yield sample
+                return
+            if stream:
+                yield sample
+            previous = sample
+            await anyio.sleep(1)
+
+    async def _stats_sample(
+        self, container_id: str, previous: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """One document; None once the container is gone."""
+        try:
+            snapshot = self._snapshot(container_id)
+        except errors.NotFound:
+            return None
+        record = snapshot.record
+        part: dict[str, Any] = {}
+        networks: dict[str, dict[str, int]] = {}
+        if snapshot.process_exists and not snapshot.lifecycle.restarting:
+            parent = record.host_config.cgroup_parent or self.config.cgroup_parent
+            part = await anyio.to_thread.run_sync(
+                functools.partial(read_cgroup_stats, f"{parent}/{record.id}", pid=record.pid)
+            )
+            mode = network_key(record.host_config.network_mode)
+            if mode not in ("host", "none") and not mode.startswith("container:"):
+                found = await anyio.to_thread.run_sync(read_network_stats, record.pid)
+                # Ours are eth0, eth1…; a tunnel device the kernel adds everywhere is not.
+                networks = {k: v for k, v in found.items() if k.startswith("eth")}
+        now = datetime.datetime.now(datetime.UTC)
+        return stats_document(record.id, record.name, part, networks, now, previous)
 
     async def container_update(self, reference: str, body: Mapping[str, Any]) -> list[str]:
         """``docker update``: resources and restart policy (dockerd's ``UpdateConfig``),

@@ -620,3 +620,26 @@ async def _limits_reach_the_cgroups(cli: Cli, runtime: str) -> None:
     # (crun cannot write "max": it gets the kernel's most pids, which nothing is above.)
     assert limit("pids" if v1 else "", "pids.max") in ("max", str(1 << 22)), runtime
     await cli.out("rm", "-f", "lim")
+
+
+async def test_cli_stats(tmp_path: Path, busybox_tar: Path) -> None:
+    """docker stats reads the container's cgroups and its network namespace; one that does
+    not run shows dockerd's empty figures."""
+    async with served(tmp_path, busybox_tar) as cli:
+        await cli.out("run", "-d", "--name", "busy", "--memory", "64m", "--pids-limit", "30",
+                      "busybox", "sh", "-c", "sleep 1000 & sleep 1000; true")  # fmt: skip
+        await cli.out("create", "--name", "idle", "busybox", "true")
+        rows = {}
+        for line in (await cli.out("stats", "--no-stream", "--format", "{{json .}}")).split("\n"):
+            if line.strip():
+                row = json.loads(line)
+                rows[row["Name"]] = row
+        assert set(rows) == {"busy"}  # (running ones only, as dockerd's CLI asks)
+        busy = rows["busy"]
+        assert busy["MemUsage"].endswith(" / 64MiB") and busy["PIDs"] == "3"
+        assert busy["CPUPerc"].endswith("%") and busy["NetIO"] != "--"
+        idle = json.loads(await cli.out("stats", "--no-stream", "--format", "{{json .}}", "idle"))
+        assert (idle["MemUsage"], idle["PIDs"]) == ("0B / 0B", "0")
+        refused = await cli.fails("stats", "--no-stream", "nope")
+        assert "No such container: nope" in refused
+        await cli.out("rm", "-f", "busy", "idle")

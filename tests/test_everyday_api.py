@@ -346,3 +346,28 @@ async def test_platform_is_checked_before_the_pull_and_the_create(api: Api) -> N
     body = b'{"Image": "busybox", "Cmd": ["true"]}'
     old = await raw(api.sock, http("POST", "/v1.40/containers/create?platform=foo", body))
     assert old.status == 201
+
+
+async def test_stats_answers_as_dockerd_around_the_figures(api: Api) -> None:
+    client = api.client
+    with pytest.raises(errors.NotFound, match="^No such container: nope$"):
+        await anext(client.container_stats("nope", stream=False))
+    cid = await client.container_create("idle", {"Image": "busybox", "Cmd": ["true"]})
+    with pytest.raises(errors.InvalidParameter, match="^cannot have stream=true and one-shot"):
+        await anext(client.container_stats("idle", stream=True, one_shot=True))
+    # Not running: one empty document at once, as dockerd's.
+    [document] = [d async for d in client.container_stats("idle", stream=False)]
+    assert (document["id"], document["name"], document["read"]) == (
+        cid,
+        "/idle",
+        "0001-01-01T00:00:00Z",
+    )
+    assert document["memory_stats"] == {} and "networks" not in document
+    assert document["blkio_stats"]["io_service_bytes_recursive"] is None
+    # A stream ends when its container is removed.
+    documents = client.container_stats("idle")
+    assert (await anext(documents))["id"] == cid
+    await client.container_remove("idle")
+    with anyio.fail_after(5):
+        rest = [d async for d in documents]
+    assert len(rest) <= 1

@@ -79,6 +79,7 @@ class EngineAPI:
             ("GET", "/containers/json", self.containers_list),
             ("GET", f"/containers/{name}/json", self.container_inspect),
             ("GET", f"/containers/{name}/logs", self.container_logs),
+            ("GET", f"/containers/{name}/stats", self.container_stats),
             ("POST", f"/containers/{name}/start", self.container_start),
             ("POST", f"/containers/{name}/stop", self.container_stop),
             ("POST", f"/containers/{name}/restart", self.container_restart),
@@ -378,6 +379,20 @@ class EngineAPI:
                 yield chunk
 
         return Streaming(200, await primed(body()), [("Content-Type", "application/x-tar")])
+
+    async def container_stats(self, request: Request, name: str) -> Reply:
+        stream = arg_bool(request, "stream", True)
+        one_shot = api_version(request) >= (1, 41) and arg_bool(request, "one-shot")
+        documents = self.daemon.container_stats(name, stream=stream, one_shot=one_shot)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b""
+            async for document in documents:
+                yield msgspec.json.encode(document) + b"\n"
+
+        # dockerd names the type only of the single document.
+        headers = [] if stream else JSON
+        return Streaming(200, await primed(body()), headers)
 
     async def container_changes(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_changes(name) or None)
