@@ -26,7 +26,7 @@ import anyio.abc
 import structlog
 
 from . import errors
-from .attach import AttachSession, ContainerIO
+from .attach import AttachSession, ContainerIO, detach_keys_for
 from .config import HostConfig
 from .container import ActorServices, ContainerState
 from .events import network_event
@@ -144,22 +144,30 @@ class ContainerActor(ContainerState):
         return self._io
 
     def attach(
-        self, reference: str, streams: frozenset[str], stdin: bool
+        self, reference: str, streams: frozenset[str], stdin: bool, detach_keys: bytes = b""
     ) -> AbstractAsyncContextManager[AttachSession]:
         """``docker attach`` as ``reference``: refused (409) here if the container is paused or
         restarting; the session subscribes to ``streams`` when entered."""
         self.check(Request.ATTACH, reference)
-        return self._attached(streams, stdin)
+        return self._attached(streams, stdin, detach_keys)
 
     @asynccontextmanager
-    async def _attached(self, streams: frozenset[str], stdin: bool) -> AsyncIterator[AttachSession]:
+    async def _attached(
+        self, streams: frozenset[str], stdin: bool, detach_keys: bytes
+    ) -> AsyncIterator[AttachSession]:
         receive = self._io.hub.subscribe(streams)
         self._emit("attach")
         config = self._record.config
+        keys = detach_keys_for(detach_keys, config.tty)
+        session = AttachSession(
+            self._io, receive, stdin, tty=config.tty, once=config.stdin_once, detach_keys=keys
+        )
         try:
-            yield AttachSession(self._io, receive, stdin, tty=config.tty, once=config.stdin_once)
+            yield session
         finally:
             self._io.hub.unsubscribe(receive)
+            if session.detached:
+                self._emit("detach")
 
     def logs(self, query: LogQuery) -> ContainerLogs:
         """The container's log, json-file or conmon's k8s-file (see

@@ -274,9 +274,11 @@ class Client:
         stdout: bool = True,
         stderr: bool = True,
         logs: bool = False,
+        detach_keys: str = "",
     ) -> AsyncIterator[ClientAttachSession]:
         """The connection is upgraded (``101 UPGRADED``) and then carries raw frames."""
-        params = _params(stdin=stdin, stdout=stdout, stderr=stderr, stream=True, logs=logs)
+        params = _params(stdin=stdin, stdout=stdout, stderr=stderr, stream=True, logs=logs,
+                         detachKeys=detach_keys or None)  # fmt: skip
         async with self._upgraded(f"/containers/{reference}/attach", "attach", params=params) as s:
             yield s
 

@@ -32,7 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import errors, rmi
 from .actor import ActorServices, ContainerActor, Pending
-from .attach import AttachSession
+from .attach import AttachSession, detach_keys_for, detach_sequence
 from .clock import Clock, SystemClock
 from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
@@ -41,7 +41,6 @@ from .exec_io import ExecIO
 from .execs import (
     ExecInstance,
     container_exec_ids,
-    detach_sequence,
     exec_process,
     parse_exec_config,
     ps_table,
@@ -527,7 +526,12 @@ class Daemon:
         await self._actor(reference).request(Request.REMOVE, force, reference)
 
     def container_attach(
-        self, reference: str, stdin: bool = False, stdout: bool = True, stderr: bool = True
+        self,
+        reference: str,
+        stdin: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+        detach_keys: str = "",
     ) -> AbstractAsyncContextManager[AttachSession]:
         """``docker attach``: ``async with daemon.container_attach("web", stdin=True) as s:``
         then ``await s.send(b"...")``, ``await s.send_eof()``, ``async for stream, data in s``.
@@ -535,9 +539,16 @@ class Daemon:
         Attaching before the start is allowed: the output of the next run arrives, and input
         sent meanwhile reaches the process once it exists. The output ends with the run. A
         paused or restarting container refuses it (409) here, before anything is subscribed.
+        ``detach_keys``: the sequence that ends the attachment, the process running on (with a
+        terminal only, ctrl-p ctrl-q when none is given; dockerd's 400 for a bad one); the
+        session's ``send`` then says so, and a ``detach`` event follows.
         """
+        try:
+            keys = detach_sequence(detach_keys) if detach_keys else b""
+        except errors.InvalidParameter:
+            raise errors.InvalidParameter(f"Invalid detach keys ({detach_keys}) provided") from None
         streams = frozenset(n for n, on in (("stdout", stdout), ("stderr", stderr)) if on)
-        return self._actor(reference).attach(reference, streams, stdin)
+        return self._actor(reference).attach(reference, streams, stdin, keys)
 
     async def container_close_stdin(self, reference: str) -> None:
         """What an attached client's EOF does: close stdin now, or once the process is ready."""
@@ -619,8 +630,9 @@ class Daemon:
             stdin=config.attach_stdin and not detach,
             keep_output=not detach,
             streams=frozenset(stream for stream, on in attached if on),
-            detach_keys=detach_sequence(config.detach_keys) if config.detach_keys else b"",
+            detach_keys=detach_keys_for(config.detach_keys, config.tty),
         )
+        io.on_detach = functools.partial(self._exec_detached, instance)
         if detach:
             io.begin()
         instance.started = instance.running = True
@@ -630,6 +642,12 @@ class Daemon:
                         execID=exec_id)  # fmt: skip
         self._task_group.start_soon(self._run_exec, instance, io, process)
         return io
+
+    def _exec_detached(self, instance: ExecInstance) -> None:
+        """The client let go of the exec with its detach keys (dockerd's ``exec_detach``)."""
+        with contextlib.suppress(errors.NotFound):
+            record = self._snapshot(instance.container_id).record
+            container_event(self._events, record, "exec_detach", execID=instance.id)
 
     async def _run_exec(self, instance: ExecInstance, io: ExecIO, process: dict[str, Any]) -> None:
         code = 126

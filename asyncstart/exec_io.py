@@ -22,6 +22,8 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .attach import DetachMatcher
+
 __all__ = ["ExecIO"]
 
 _CHUNK = 32 * 1024
@@ -43,7 +45,10 @@ class ExecIO:
         #: The outputs the client attached (a terminal's is stdout); the others are dropped.
         self._streams = streams if not tty or not streams else frozenset({"stdout"})
         #: The client's sequence that ends its attachment (the process runs on); b"": none.
-        self.detach_keys = detach_keys
+        self._keys = DetachMatcher(detach_keys) if detach_keys else None
+        self.detached = False
+        #: Called when the client detaches (the daemon's event).
+        self.on_detach: Callable[[], None] | None = None
         self._fds: list[int] = []  # the daemon's ends, closed by close()
         self._child: list[int] = []  # the process's ends, closed once it has them
         self._readers: list[tuple[str, int]] = []
@@ -166,8 +171,19 @@ class ExecIO:
             async for item in self._receive:
                 yield item
 
-    async def send(self, data: bytes) -> None:
-        """Input for the process (nothing if its stdin is not attached, or closed)."""
+    async def send(self, data: bytes) -> bool:
+        """Input for the process (nothing if its stdin is not attached, or closed); True once
+        the client's detach keys came (the rest is dropped; ``on_detach`` is called once)."""
+        if self.detached:
+            return True
+        if self._keys is not None:
+            data, self.detached = self._keys.feed(data)
+            if self.detached and self.on_detach is not None:
+                self.on_detach()
+        await self._write(data)
+        return self.detached
+
+    async def _write(self, data: bytes) -> None:
         fd = self._stdin
         view = memoryview(data)
         while view and fd is not None and fd == self._stdin:

@@ -16,23 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors
+from .attach import detach_sequence
 from .config import CAPABILITIES
 from .spec import user_ids
 
 __all__ = [
-    "DetachMatcher",
     "ExecConfig",
     "ExecInstance",
     "console_size",
     "container_exec_ids",
-    "detach_sequence",
     "exec_process",
     "parse_exec_config",
     "ps_table",
 ]
-
-#: The CLI's and dockerd's default detach sequence (ctrl-p, ctrl-q).
-DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,54 +104,6 @@ def console_size(value: Any) -> tuple[int, int] | None:
     ):
         raise errors.InvalidParameter("invalid ConsoleSize: expected [height, width]")
     return value[0], value[1]
-
-
-class DetachMatcher:
-    """Finds the detach sequence in an attached client's input: what comes before it goes on;
-    a partial match is held until it is known (then let through if it was not the sequence)."""
-
-    def __init__(self, keys: bytes) -> None:
-        self.keys = keys
-        self._held = b""
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """The input to pass on, and whether the client detached (the rest is dropped)."""
-        out = bytearray()
-        for value in data:
-            byte = bytes([value])
-            if self.keys.startswith(self._held + byte):
-                self._held += byte
-                if self._held == self.keys:
-                    self._held = b""
-                    return bytes(out), True
-                continue
-            out += self._held
-            self._held = b""
-            if self.keys.startswith(byte):
-                self._held = byte
-            else:
-                out += byte
-        return bytes(out), False
-
-
-def detach_sequence(keys: str) -> bytes:
-    """dockerd's ``term.ToBytes``: ``ctrl-<letter>``... or single characters, comma-separated."""
-    out = bytearray()
-    for key in keys.split(","):
-        key = key.strip()
-        if len(key) == 1:
-            out.append(ord(key))
-        elif key.startswith("ctrl-") and len(key) == 6:
-            char = key[5].lower()
-            if "a" <= char <= "z":
-                out.append(ord(char) - ord("a") + 1)
-            elif char in "@[\\]^_":
-                out.append(ord(char.upper()) - ord("@"))
-            else:
-                raise errors.InvalidParameter(f"Unknown character: '{key}'")
-        else:
-            raise errors.InvalidParameter(f"Unknown character: '{key}'")
-    return bytes(out)
 
 
 def exec_process(

@@ -247,7 +247,7 @@ async def test_update_refuses_as_dockerd_and_changes_nothing(api: Api) -> None:
 
 
 def test_the_detach_sequence_is_found_across_chunks() -> None:
-    from asyncstart.execs import DetachMatcher, detach_sequence
+    from asyncstart.attach import DetachMatcher, detach_sequence
 
     keys = DetachMatcher(detach_sequence("ctrl-p,ctrl-q"))
     assert keys.feed(b"ab\x10") == (b"ab", False)  # held: it may begin the sequence
@@ -266,18 +266,33 @@ async def test_an_exec_sends_only_the_streams_attached_and_detaches_on_its_keys(
     async with client.exec_start(quiet) as session:
         assert [item async for item in session] == []
     assert (await client.exec_inspect(quiet))["ExitCode"] == 127
-    # The detach keys end the client's attachment; the process runs on.
-    cat = await client.exec_create(
+    # Without a terminal the keys are input like any other (dockerd's copyEscapable).
+    plain = await client.exec_create(
         "web",
         {"Cmd": ["cat"], "AttachStdin": True, "AttachStdout": True, "DetachKeys": "ctrl-x"},
     )
     with anyio.fail_after(10):
+        async with client.exec_start(plain) as session:
+            await session.send(b"\x18\n")
+            output = session.__aiter__()
+            assert await output.__anext__() == ("stdout", b"\x18\n")
+    # With one, the detach keys end the client's attachment; the process runs on.
+    began = time.time()
+    cat = await client.exec_create(
+        "web",
+        {"Cmd": ["cat"], "Tty": True, "AttachStdin": True, "AttachStdout": True,
+         "DetachKeys": "ctrl-x"},
+    )  # fmt: skip
+    with anyio.fail_after(10):
         async with client.exec_start(cat) as session:
             await session.send(b"hi\n")
             output = session.__aiter__()
-            assert await output.__anext__() == ("stdout", b"hi\n")
+            assert b"hi" in (await output.__anext__())[1]
             await session.send(b"\x18")
-            assert [item async for item in output] == []
+            rest = b"".join([data async for _, data in output])  # it ends: detached
+            assert rest in (b"", b"hi\r\n")  # (the terminal's echo, then cat's line)
+    events = client.events(since=began, until=time.time() + 1, filters={"event": ["exec_detach"]})
+    assert [e["Actor"]["Attributes"]["execID"] async for e in events] == [cat]
     assert (await client.exec_inspect(cat))["Running"] is True
 
 
@@ -371,3 +386,25 @@ async def test_stats_answers_as_dockerd_around_the_figures(api: Api) -> None:
     with anyio.fail_after(5):
         rest = [d async for d in documents]
     assert len(rest) <= 1
+
+
+async def test_attach_detaches_on_its_keys_with_a_terminal(api: Api) -> None:
+    client = api.client
+    began = time.time()
+    cid = await client.container_create(
+        "term", {"Image": "busybox", "Cmd": ["cat"], "Tty": True, "OpenStdin": True}
+    )
+    await client.container_start("term")
+    with pytest.raises(errors.InvalidParameter, match=r"^Invalid detach keys \(ctrl-1\) provided"):
+        async with client.container_attach("term", stdin=True, detach_keys="ctrl-1"):
+            pass
+    for keys, sequence in (("", b"\x10\x11"), ("ctrl-a,x", b"\x01x")):
+        with anyio.fail_after(10):
+            async with client.container_attach("term", stdin=True, detach_keys=keys) as session:
+                await session.send(b"one\n" + sequence + b"two\n")
+                output = b"".join([data async for _, data in session])  # it ends: detached
+        assert b"one" in output and b"two" not in output
+    assert (await client.container_inspect("term"))["State"]["Running"] is True
+    events = client.events(since=began, until=time.time() + 1, filters={"container": [cid]})
+    actions = [e["Action"] async for e in events if e["Action"] in ("attach", "detach")]
+    assert actions == ["attach", "detach", "attach", "detach"]

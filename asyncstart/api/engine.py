@@ -25,7 +25,7 @@ import structlog
 from .. import errors
 from .._version import API_VERSION, MIN_API_VERSION, __version__
 from ..daemon import Daemon
-from ..execs import DetachMatcher, console_size
+from ..execs import console_size
 from ..hostinfo import go_arch, mem_total
 from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Streaming
 from .wire import (
@@ -438,13 +438,8 @@ class EngineAPI:
             async with anyio.create_task_group() as tg:
 
                 async def pump_stdin() -> None:
-                    keys = DetachMatcher(io.detach_keys) if io.detach_keys else None
                     while data := await conn.receive():
-                        detached = False
-                        if keys is not None:
-                            data, detached = keys.feed(data)
-                        await io.send(data)
-                        if detached:  # the client lets go; the process runs on
+                        if await io.send(data):  # detached: the process runs on
                             tg.cancel_scope.cancel()
                             return
                     io.close_stdin()  # the client's half-close: EOF for the process
@@ -501,7 +496,9 @@ class EngineAPI:
     async def container_attach(self, request: Request, name: str) -> Reply:
         stdin, stdout, stderr = (arg_bool(request, s) for s in ("stdin", "stdout", "stderr"))
         # Refused here (paused, restarting, unknown) with its status, before any hijack.
-        attach = self.daemon.container_attach(name, stdin=stdin, stdout=stdout, stderr=stderr)
+        attach = self.daemon.container_attach(
+            name, stdin=stdin, stdout=stdout, stderr=stderr, detach_keys=request.arg("detachKeys")
+        )
 
         async def run(conn: Hijacked) -> None:
             async with attach as session, anyio.create_task_group() as tg:
@@ -522,7 +519,9 @@ class EngineAPI:
                 async def pump_stdin() -> None:
                     with contextlib.suppress(errors.DockerError):  # stdin closed under us
                         while data := await conn.receive():
-                            await session.send(data)
+                            if await session.send(data):  # detached: the process runs on
+                                tg.cancel_scope.cancel()
+                                return
                     if not await session.end_of_input():
                         tg.cancel_scope.cancel()
 
