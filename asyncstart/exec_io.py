@@ -184,6 +184,10 @@ class ExecIO:
         return self.detached
 
     async def _write(self, data: bytes) -> None:
+        if self.tty:
+            # Input that comes before the runtime has made the terminal waits for it (else
+            # it would be dropped: there is nowhere to write it yet).
+            await self._console.wait()
         fd = self._stdin
         view = memoryview(data)
         while view and fd is not None and fd == self._stdin:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -408,3 +409,81 @@ async def test_attach_detaches_on_its_keys_with_a_terminal(api: Api) -> None:
     events = client.events(since=began, until=time.time() + 1, filters={"container": [cid]})
     actions = [e["Action"] async for e in events if e["Action"] in ("attach", "detach")]
     assert actions == ["attach", "detach", "attach", "detach"]
+
+
+async def _websocket(sock: Path, target: str) -> tuple[anyio.abc.ByteStream, Any]:
+    """A websocket client on the daemon's socket (wsproto), once the handshake is done."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, RejectConnection
+    from wsproto.events import Request as Handshake
+
+    stream = await anyio.connect_unix(str(sock))
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send(ws.send(Handshake(host="docker", target=target)))
+    while True:
+        ws.receive_data(await stream.receive())
+        for event in ws.events():
+            if isinstance(event, RejectConnection):
+                raise AssertionError(f"refused: {event.status_code}")  # noqa: TRY004
+            if isinstance(event, AcceptConnection):
+                return stream, ws
+
+
+async def _messages(stream: anyio.abc.ByteStream, ws: Any, until: bytes) -> list[Any]:
+    """Messages (and the close) until ``until`` has arrived or the websocket closed."""
+    from wsproto.events import CloseConnection, Message
+
+    got: list[Any] = []
+    while not (until and until in b"".join(_payload(m) for m in got)):
+        try:
+            data = await stream.receive()
+        except anyio.EndOfStream:
+            break
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, Message | CloseConnection):
+                got.append(event)
+        if got and isinstance(got[-1], CloseConnection):
+            break
+    return got
+
+
+def _payload(event: Any) -> bytes:
+    data = getattr(event, "data", b"")
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+async def test_the_websocket_attach_carries_input_and_raw_output(api: Api) -> None:
+    from wsproto.events import BytesMessage, CloseConnection, TextMessage
+
+    client = api.client
+    await client.container_create(
+        "term", {"Image": "busybox", "Cmd": ["cat"], "Tty": True, "OpenStdin": True}
+    )
+    await client.container_start("term")
+    target = "/v1.51/containers/term/attach/ws?stdin=1&stdout=1&stream=1"
+    with anyio.fail_after(10):
+        stream, ws = await _websocket(api.sock, target)
+        await stream.send(ws.send(BytesMessage(data=b"hello\n")))
+        got = await _messages(stream, ws, until=b"hello")
+        assert all(isinstance(m, BytesMessage) for m in got)  # binary frames from API 1.28
+        await stream.send(ws.send(CloseConnection(code=1000)))  # the client's input ends
+        closing = await _messages(stream, ws, until=b"")
+        assert isinstance(closing[-1], CloseConnection)
+        await stream.aclose()
+    assert (await client.container_inspect("term"))["State"]["Running"] is True
+    # Before API 1.28, text frames; before 1.42 every stream is attached (stdin too).
+    with anyio.fail_after(10):
+        stream, ws = await _websocket(api.sock, "/v1.27/containers/term/attach/ws?stream=1")
+        await stream.send(ws.send(TextMessage(data="again\n")))
+        got = await _messages(stream, ws, until=b"again")
+        await stream.aclose()
+    assert got and all(isinstance(m, TextMessage) for m in got)
+
+
+async def test_the_websocket_attach_refuses_before_the_handshake(api: Api) -> None:
+    missing = await raw(api.sock, http("GET", "/containers/nope/attach/ws"))
+    assert (missing.status, missing.json()["message"]) == (404, "No such container: nope")
+    await sleeper(api, "web")
+    plain = await raw(api.sock, http("GET", "/containers/web/attach/ws"))
+    assert plain.status == 400 and "websocket" in plain.json()["message"]

@@ -28,6 +28,7 @@ from ..daemon import Daemon
 from ..execs import console_size
 from ..hostinfo import go_arch, mem_total
 from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Streaming
+from .websocket import WebSocketChannel
 from .wire import (
     JSON,
     VERSIONED,
@@ -80,6 +81,7 @@ class EngineAPI:
             ("GET", f"/containers/{name}/json", self.container_inspect),
             ("GET", f"/containers/{name}/logs", self.container_logs),
             ("GET", f"/containers/{name}/stats", self.container_stats),
+            ("GET", f"/containers/{name}/attach/ws", self.container_attach_ws),
             ("POST", f"/containers/{name}/start", self.container_start),
             ("POST", f"/containers/{name}/stop", self.container_stop),
             ("POST", f"/containers/{name}/restart", self.container_restart),
@@ -509,10 +511,8 @@ class EngineAPI:
 
                 # Subscribed before the client hears back, so a start it sends next is seen.
                 await conn.accept(_hijack_head(request, tty))
-                if arg_bool(request, "logs") and (stdout or stderr):
-                    replay = self.daemon.container_logs(name, stdout=stdout, stderr=stderr)
-                    async for chunk in replay.chunks():
-                        await conn.send(b"".join(out(stream, data) for stream, data in chunk))
+                async for data in self._attach_logs(request, name, out, stdout, stderr):
+                    await conn.send(data)
                 if not arg_bool(request, "stream"):
                     return
 
@@ -537,6 +537,62 @@ class EngineAPI:
                 tg.cancel_scope.cancel()
 
         return Hijack(run)
+
+    async def container_attach_ws(self, request: Request, name: str) -> Reply:
+        """dockerd's websocket attach: stdin, stdout and stderr all attached before API 1.42
+        (the arguments after), the output never multiplexed."""
+        version = api_version(request)
+        stdin, stdout, stderr = (
+            (arg_bool(request, s) for s in ("stdin", "stdout", "stderr"))
+            if version >= (1, 42)
+            else (True, True, True)
+        )
+        attach = self.daemon.container_attach(
+            name, stdin=stdin, stdout=stdout, stderr=stderr, detach_keys=request.arg("detachKeys")
+        )
+        channel = WebSocketChannel(request, binary=version >= (1, 28))
+
+        async def run(conn: Hijacked) -> None:
+            async with attach as session, anyio.create_task_group() as tg:
+                await channel.open(conn)
+                async for data in self._attach_logs(request, name, _raw, stdout, stderr):
+                    await channel.send(data)
+                if not arg_bool(request, "stream"):
+                    await channel.close()
+                    return
+
+                async def pump_input() -> None:
+                    # Read even without stdin: the client's close and pings come this way.
+                    with contextlib.suppress(errors.DockerError):  # stdin closed under us
+                        while data := await channel.receive():
+                            if stdin and await session.send(data):  # detached
+                                tg.cancel_scope.cancel()
+                                return
+                    if not (stdin and await session.end_of_input()):
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(pump_input)
+                async for _, data in session:
+                    await channel.send(data)
+                await channel.close()
+                tg.cancel_scope.cancel()
+
+        return Hijack(run)
+
+    async def _attach_logs(
+        self,
+        request: Request,
+        name: str,
+        out: Callable[[str, bytes], bytes],
+        stdout: bool,
+        stderr: bool,
+    ) -> AsyncIterator[bytes]:
+        """With ``logs``, what the container wrote before the attach (each chunk through
+        ``out``, the wire's framing)."""
+        if arg_bool(request, "logs") and (stdout or stderr):
+            replay = self.daemon.container_logs(name, stdout=stdout, stderr=stderr)
+            async for chunk in replay.chunks():
+                yield b"".join(out(stream, data) for stream, data in chunk)
 
     async def start_phases(self, request: Request, name: str) -> Reply:
         return json_reply(self.daemon.container_start_phases(name))
@@ -602,6 +658,10 @@ class EngineAPI:
     async def image_remove(self, request: Request, name: str) -> Reply:
         removed = await self.daemon.image_remove(name, force=arg_bool(request, "force"))
         return json_reply([dict([line.split(": ", 1)]) for line in removed])
+
+
+def _raw(stream: str, data: bytes) -> bytes:
+    return data
 
 
 def _os_release(key: str) -> str:
