@@ -400,6 +400,35 @@ class Client:
                     return str(status)
         raise errors.SystemError(f"unexpected import response: {response.text!r}")
 
+    async def image_save(self, names: Sequence[str]) -> AsyncIterator[bytes]:
+        """``docker save``: the archive's bytes."""
+        params = httpx.QueryParams([("names", name) for name in names])
+        async with self._http.stream("GET", "/images/get", params=params) as response:
+            if response.status_code != 200:
+                _raise_for(response.status_code, await response.aread(), "save")
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    async def container_commit(
+        self,
+        reference: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        repo: str = "",
+        tag: str = "",
+        author: str = "",
+        comment: str = "",
+        changes: Sequence[str] = (),
+        pause: bool = True,
+    ) -> str:
+        params: list[tuple[str, str]] = [
+            ("container", reference), ("repo", repo), ("tag", tag), ("author", author),
+            ("comment", comment), ("pause", str(int(pause))),
+        ]  # fmt: skip
+        params += [("changes", change) for change in changes]
+        result = await self._json("POST", "/commit", params=params, json=dict(config or {}))
+        return str(result["Id"])
+
     async def image_pull(self, reference: str, tag: str = "", platform: str = "") -> None:
         """The daemon's checks, then its 404: asyncstart reaches no registry."""
         params = _params(fromImage=reference, tag=tag or None, platform=platform or None)

@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -963,6 +964,66 @@ class Daemon:
     ) -> str:
         """``docker import``: a root filesystem tarball becomes an image; returns its ID."""
         return await self._images.import_(source, repo=repo, tag=tag, changes=changes)
+
+    async def image_save(self, names: Sequence[str]) -> AsyncIterator[bytes]:
+        """``docker save``: the images named (a ``name:tag``, a repository's every tag, an
+        ID) as one archive ``docker load`` reads (docker 25's layout). Errors come before
+        the first chunk: 404 for a name no image has. A ``save`` event per image."""
+        plan = await anyio.to_thread.run_sync(self._images.plan_save, list(names))
+        for image in plan.images:
+            name = image.repo_tags[0] if image.repo_tags else image.image_id
+            self._events.publish("image", "save", image.image_id, {"name": name})
+        return self._images.save_stream(plan)
+
+    async def container_commit(
+        self,
+        reference: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        repo: str = "",
+        tag: str = "",
+        author: str = "",
+        comment: str = "",
+        changes: Sequence[str] = (),
+        pause: bool = True,
+    ) -> str:
+        """``docker commit``: the container's changes (its overlay upper layer) as a new
+        image on its own, with ``config`` (else the container's) and the Dockerfile
+        ``changes`` merged as dockerd's; paused meanwhile unless ``pause`` is False. dockerd's
+        409 for a container being removed; a ``commit`` event; the new image's ID."""
+        actor = self._actor(reference)
+        snapshot = actor.snapshot()
+        record = snapshot.record
+        if snapshot.lifecycle.state.value in ("removing", "dead"):
+            what = "being removed" if snapshot.lifecycle.state.value == "removing" else "Dead"
+            raise errors.Conflict(f"You cannot commit container {record.id} which is {what}")
+        paused = False
+        if pause and snapshot.lifecycle.state.value == "running":
+            await actor.request(Request.PAUSE)
+            paused = True
+        try:
+            upper = self._drivers.mounter.upper_dir(record.id)
+            image_id = await self._images.commit(
+                record.image,
+                upper,
+                dict(config) if config else None,
+                container_id=record.id,
+                container_config=msgspec.to_builtins(record.config),
+                author=author,
+                comment=comment,
+                changes=list(changes),
+                repo=repo,
+                tag=tag,
+                id_map=self.config.userns(),
+            )
+        finally:
+            if paused:
+                with anyio.CancelScope(shield=True), contextlib.suppress(errors.DockerError):
+                    await actor.request(Request.UNPAUSE)
+        reference_name = f"{repo}:{tag or 'latest'}" if repo else ""
+        container_event(self._events, record, "commit", comment=comment, imageID=image_id,
+                        imageRef=reference_name)  # fmt: skip
+        return image_id
 
     async def image_pull(self, reference: str, tag: str = "", platform: str = "") -> None:
         """``docker pull``: dockerd's checks of the platform (400) and the reference (400),

@@ -50,6 +50,7 @@ CORE: Final = (  # pure, no I/O
     "asyncstart.record",
     "asyncstart.logconfig",
     "asyncstart.hostinfo",
+    "asyncstart.mounts",  # mount points: Binds, Mounts, image volumes, volumes-from (pure)
 )
 SUPPORT: Final = (
     "asyncstart.spec",
@@ -68,6 +69,7 @@ DRIVERS: Final = (
     "asyncstart.network*",
     "asyncstart.runtime*",
     "asyncstart.logs*",
+    "asyncstart.volumes",  # the local volume driver and store
 )
 STEPS: Final = ("asyncstart.steps", "asyncstart.saga")
 ACTOR: Final = ("asyncstart.actor", "asyncstart.container", "asyncstart.mailbox")

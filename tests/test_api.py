@@ -140,14 +140,63 @@ async def test_ping_version_and_info(api: Api) -> None:
     assert info["ServerVersion"] == version["Version"]
     assert info["ID"] == (await api.client.info())["ID"] != ""
     # Every field of dockerd's system.Info that is not omitempty, as clients index them.
-    dockerd_fields = """ID Containers ContainersRunning ContainersPaused ContainersStopped Images
-        Driver DriverStatus Plugins MemoryLimit SwapLimit CpuCfsPeriod CpuCfsQuota CPUShares
-        CPUSet PidsLimit IPv4Forwarding Debug NFd OomKillDisable NGoroutines SystemTime
-        LoggingDriver CgroupDriver NEventsListener KernelVersion OperatingSystem OSVersion
-        OSType Architecture IndexServerAddress RegistryConfig NCPU MemTotal GenericResources
-        DockerRootDir HttpProxy HttpsProxy NoProxy Name Labels ExperimentalBuild ServerVersion
-        Runtimes DefaultRuntime Swarm LiveRestoreEnabled Isolation InitBinary ContainerdCommit
-        RuncCommit InitCommit SecurityOptions CDISpecDirs Warnings""".split()
+    dockerd_fields = [
+        "ID",
+        "Containers",
+        "ContainersRunning",
+        "ContainersPaused",
+        "ContainersStopped",
+        "Images",
+        "Driver",
+        "DriverStatus",
+        "Plugins",
+        "MemoryLimit",
+        "SwapLimit",
+        "CpuCfsPeriod",
+        "CpuCfsQuota",
+        "CPUShares",
+        "CPUSet",
+        "PidsLimit",
+        "IPv4Forwarding",
+        "Debug",
+        "NFd",
+        "OomKillDisable",
+        "NGoroutines",
+        "SystemTime",
+        "LoggingDriver",
+        "CgroupDriver",
+        "NEventsListener",
+        "KernelVersion",
+        "OperatingSystem",
+        "OSVersion",
+        "OSType",
+        "Architecture",
+        "IndexServerAddress",
+        "RegistryConfig",
+        "NCPU",
+        "MemTotal",
+        "GenericResources",
+        "DockerRootDir",
+        "HttpProxy",
+        "HttpsProxy",
+        "NoProxy",
+        "Name",
+        "Labels",
+        "ExperimentalBuild",
+        "ServerVersion",
+        "Runtimes",
+        "DefaultRuntime",
+        "Swarm",
+        "LiveRestoreEnabled",
+        "Isolation",
+        "InitBinary",
+        "ContainerdCommit",
+        "RuncCommit",
+        "InitCommit",
+        "SecurityOptions",
+        "CDISpecDirs",
+        "Warnings",
+    ]
     assert [field for field in dockerd_fields if field not in info] == []
     assert info["Debug"] is False and info["LoggingDriver"] == "json-file"
     assert info["Plugins"]["Volume"] == ["local"] and info["CgroupDriver"] == "cgroupfs"

@@ -643,3 +643,28 @@ async def test_cli_stats(tmp_path: Path, busybox_tar: Path) -> None:
         refused = await cli.fails("stats", "--no-stream", "nope")
         assert "No such container: nope" in refused
         await cli.out("rm", "-f", "busy", "idle")
+
+
+async def test_cli_save_and_commit(tmp_path: Path, busybox_tar: Path) -> None:
+    """docker save, then load of what it wrote (the same image); docker commit of a
+    container's changes (a file added, one removed, a --change), run from the new image."""
+    async with served(tmp_path, busybox_tar) as cli:
+        first = (await cli.out("images", "-q", "--no-trunc", "busybox")).strip()
+        saved = tmp_path / "saved.tar"
+        await cli.out("save", "-o", str(saved), "busybox")
+        await cli.out("rmi", "busybox")
+        loaded = await cli.out("load", "-i", str(saved))
+        assert "busybox:latest" in loaded
+        assert (await cli.out("images", "-q", "--no-trunc", "busybox")).strip() == first
+        assert "No such image: nope:latest" in await cli.fails("save", "-o", str(saved), "nope")
+        await cli.out("run", "--name", "changed", "busybox", "sh", "-c",
+                      "echo hi > /greeting && rm /bin/ls")  # fmt: skip
+        image = (await cli.out("commit", "-c", "ENV A=1", "-m", "why", "changed", "mine:1")).strip()
+        assert image.startswith("sha256:")
+        script = "cat /greeting; echo $A; [ -e /bin/ls ] || echo gone"
+        out = await cli.out("run", "--rm", "mine:1", "sh", "-c", script)
+        assert out.splitlines() == ["hi", "1", "gone"]
+        history = await cli.out("history", "--format", "{{.Comment}}", "mine:1")
+        assert history.splitlines()[0] == "why"
+        await cli.out("rm", "changed")
+        await cli.out("rmi", "mine:1")

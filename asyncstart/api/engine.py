@@ -81,6 +81,9 @@ class EngineAPI:
             ("GET", f"/containers/{name}/json", self.container_inspect),
             ("GET", f"/containers/{name}/logs", self.container_logs),
             ("GET", f"/containers/{name}/stats", self.container_stats),
+            ("POST", "/commit", self.container_commit),
+            ("GET", "/images/get", self.images_save),
+            ("GET", f"/images/{name}/get", self.image_save),
             ("GET", f"/containers/{name}/attach/ws", self.container_attach_ws),
             ("POST", f"/containers/{name}/start", self.container_start),
             ("POST", f"/containers/{name}/stop", self.container_stop),
@@ -395,6 +398,38 @@ class EngineAPI:
         # dockerd names the type only of the single document.
         headers = [] if stream else JSON
         return Streaming(200, await primed(body()), headers)
+
+    async def container_commit(self, request: Request) -> Reply:
+        body = await json_body(request)
+        if body is not None and not isinstance(body, dict):
+            raise errors.InvalidParameter("invalid JSON: expected an object")
+        image_id = await self.daemon.container_commit(
+            request.arg("container"),
+            body or None,
+            repo=request.arg("repo"),
+            tag=request.arg("tag"),
+            author=request.arg("author"),
+            comment=request.arg("comment"),
+            changes=request.query.get("changes", []),
+            pause=arg_bool(request, "pause", True),
+        )
+        return json_reply({"Id": image_id}, 201)
+
+    async def images_save(self, request: Request) -> Reply:
+        return await self._save(request.query.get("names", []))
+
+    async def image_save(self, request: Request, name: str) -> Reply:
+        return await self._save([name])
+
+    async def _save(self, names: list[str]) -> Reply:
+        chunks = await self.daemon.image_save(names)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b""
+            async for chunk in chunks:
+                yield chunk
+
+        return Streaming(200, await primed(body()), [("Content-Type", "application/x-tar")])
 
     async def container_changes(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_changes(name) or None)

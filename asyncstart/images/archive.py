@@ -98,7 +98,9 @@ def _store_image_layers(
     image: SavedImage, layers: LayerStore, scratch: Path, created: list[str]
 ) -> None:
     for layer, want in zip(image.layers, image.diff_ids, strict=True):
-        got, new = layers.store(decompressed(layer, scratch, layers.limits))
+        # Every file here is the load's own (unpacked into its scratch directory): the layer
+        # store may hard-link it as the layer's kept tar instead of copying it.
+        got, new = layers.store(decompressed(layer, scratch, layers.limits), owned=True)
         if new:
             created.append(got)
         if got != want:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Protocol
 
 __all__ = ["MountDriver"]
@@ -27,6 +28,11 @@ class MountDriver(Protocol):
 
     async def cleanup(self, keep: set[str], known: set[str]) -> None:
         """After a daemon restart: unmount all but ``keep``; delete layers not in ``known``."""
+        ...
+
+    def upper_dir(self, container_id: str) -> Path | None:
+        """The directory holding the container's changes (``docker commit``); None where
+        there is none on disk (the fake driver)."""
         ...
 
     def mounted(self, container_id: str) -> bool:

@@ -37,9 +37,13 @@ class ConfigStore:
 
     def read(self, image_id: str) -> dict[str, Any]:
         """The config of ``image_id``; 404 when there is none."""
+        config: dict[str, Any] = json.loads(self.raw(image_id))
+        return config
+
+    def raw(self, image_id: str) -> bytes:
+        """The config of ``image_id`` as stored (its sha256 is the ID); 404 when there is none."""
         try:
-            config: dict[str, Any] = json.loads(self._path(image_id).read_bytes())
-            return config
+            return self._path(image_id).read_bytes()
         except FileNotFoundError:
             raise errors.NotFound(f"No such image: {image_id}") from None
 

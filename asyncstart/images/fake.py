@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from .. import errors
@@ -20,7 +21,8 @@ class FakeImageStore(ImageStore):
 
     The fake runtime runs no image's files, so a test can create ``busybox`` without importing
     it: the reference then stands for the image ID and the container gets no image defaults.
-    Every other operation on an unknown image is a 404, as on the real store.
+    Every other operation on an unknown image is a 404, as on the real store, but a commit of
+    such a container, which builds on no image.
     """
 
     def container_image(self, reference: str) -> tuple[str, dict[str, Any] | None]:
@@ -30,6 +32,14 @@ class FakeImageStore(ImageStore):
         except errors.NotFound:
             return reference, None
         return image_id, self._defaults(image_id)
+
+    def _parent_config(self, image_id: str) -> dict[str, Any]:
+        """A commit of a container of an image never seen builds on no image (its layers are
+        the fake mounter's, which has no files: commit such a container with ``layer=None``)."""
+        try:
+            return super()._parent_config(image_id)
+        except errors.NotFound:
+            return {}
 
 
 class FakeMounter:
@@ -71,6 +81,9 @@ class FakeMounter:
             del self.refs[container_id]
         for container_id in set(self.layers) - known:
             del self.layers[container_id]
+
+    def upper_dir(self, container_id: str) -> Path | None:
+        return None
 
     def mounted(self, container_id: str) -> bool:
         return self.refs[container_id] > 0

@@ -149,6 +149,9 @@ class OverlayMounter:
     async def size(self, container_id: str) -> int:
         return await anyio.to_thread.run_sync(_usage, self._dir(container_id) / "upper")
 
+    def upper_dir(self, container_id: str) -> Path | None:
+        return self._dir(container_id) / "upper"
+
     def mounted(self, container_id: str) -> bool:
         return os.path.ismount(self._dir(container_id) / "merged")
 

@@ -3,12 +3,14 @@
 Layout under ``data_root/image``, each part kept by a module of its own::
 
     layers/<hex of the layer's diff ID>/   an extracted layer (a directory tree)   layers.py
+    layer-tars/<hex of the diff ID>.tar    the layer's tar, kept for docker save    layers.py
     configs/<hex of the image ID>.json     the config; the ID is sha256 of its bytes configs.py
     repositories.json                      {"busybox:latest": "sha256:..."}           tags.py
 
-:class:`ImageStore` is the facade: ``docker import`` (``imported.py``) and ``docker load``
-(``archive.py``), inspect, list, tag, and removal as the caller's policy decides it. Extraction
-is safe (``extract.py``), and a failed import or load leaves nothing behind.
+:class:`ImageStore` is the facade: ``docker import`` (``imported.py``, ``--change`` lines by
+``changes.py``), ``docker load`` (``archive.py``), ``docker save`` (``save.py``), ``docker
+commit`` (``commit.py``), inspect, list, tag, and removal as the caller's policy decides it.
+Extraction is safe (``extract.py``), and a failed import, load or commit leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import datetime
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,10 +28,12 @@ import anyio
 
 from .. import errors
 from .archive import read_manifest, store_layers, unpack
+from .commit import child_config, commit_config, layer_tar_from_upper
 from .configs import ConfigStore
 from .imported import container_config, import_config
-from .layers import LayerStore
+from .layers import EMPTY_LAYER, LayerStore
 from .reference import check_name, parse_reference
+from .save import SavePlan, iter_save_archive, plan_save, save_names
 from .source import ImageSource, ImportLimits, decompressed, spool
 from .tags import TagFile
 
@@ -72,9 +76,11 @@ class ImageStore:
         """At start: remove what imports and loads of a daemon killed mid-way left (their
         temporary directories), which nothing else would ever remove."""
         for pattern, directory in ((".upload-*", self.root), (".load-*", self.root),
+                                   (".commit-*", self.root),
                                    (".import-*", self.layers)):  # fmt: skip
             for leftover in directory.glob(pattern):
                 shutil.rmtree(leftover, ignore_errors=True)
+        self._layers.sweep()
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -95,6 +101,15 @@ class ImageStore:
     def config(self, image_id: str) -> dict[str, Any]:
         """The image config of ``image_id`` (a full ID); 404 when there is none."""
         return self._configs.read(image_id)
+
+    def config_bytes(self, image_id: str) -> bytes:
+        """The config of ``image_id`` as stored (its sha256 is the ID); 404 when there is none."""
+        return self._configs.raw(image_id)
+
+    def layer_tar(self, diff_id: str) -> Path:
+        """Where the layer's uncompressed tar is kept (absent for a layer stored before tars
+        were kept)."""
+        return self._layers.tar_path(diff_id)
 
     def layer_paths(self, image_id: str) -> list[Path]:
         """The image's layers, lowest first."""
@@ -160,7 +175,8 @@ class ImageStore:
         if not tar_path.is_file():
             raise errors.InvalidParameter(f"no such file: {tar_path}")
         config = container_config(changes)  # before any work: a bad change costs nothing
-        diff_id, _ = self._layers.store(decompressed(tar_path, scratch, self._layers.limits))
+        plain = decompressed(tar_path, scratch, self._layers.limits)
+        diff_id, _ = self._layers.store(plain, owned=scratch in plain.parents)
         with self._lock:
             image_id = self._configs.write(import_config(config, diff_id))
             if repo:
@@ -188,6 +204,119 @@ class ImageStore:
                 if not image.references:
                     loaded.append(f"Loaded image ID: {image_id}")
         return loaded
+
+    # -- save and commit -----------------------------------------------------------------
+
+    def save_targets(self, names: Sequence[str]) -> list[tuple[str, list[str]]]:
+        """What ``docker save <names>`` saves: (image ID, its ``name:tag``\\ s to record), each
+        image once, in the order named. A ``name:tag`` is that name; a name alone is every tag
+        of that repository (else an image ID prefix); an ID records no name. 404 (dockerd's
+        ``No such image: name:tag``) for a name no image has; 400 for a malformed one."""
+        with self._lock:
+            tags = self._tags.read()
+            found: dict[str, list[str]] = {}
+            for name in names:
+                for image_id, reference in save_names(name, tags, self.resolve):
+                    references = found.setdefault(image_id, [])
+                    if reference and reference not in references:
+                        references.append(reference)
+            return list(found.items())
+
+    def plan_save(self, names: Sequence[str]) -> SavePlan:
+        """Resolve ``names`` and open what saving them takes, so that every refusal (404, a
+        layer without its tar: 500) comes before the first byte; stream it with
+        :func:`~.save.iter_save_archive` (sync) or :meth:`save_stream`."""
+        with self._lock:
+            return plan_save(self, self.save_targets(names))
+
+    async def save(self, names: Sequence[str]) -> AsyncIterator[bytes]:
+        """``docker save``: resolves and checks now (raising before anything is sent), then
+        returns the archive's chunks (about 1 MiB each), produced in worker threads."""
+        plan = await anyio.to_thread.run_sync(self.plan_save, list(names))
+        return self.save_stream(plan)
+
+    async def save_stream(self, plan: SavePlan) -> AsyncIterator[bytes]:
+        """The archive of a plan, in chunks read and packed in worker threads; the plan's files
+        are closed when the stream ends or is abandoned."""
+        chunks = iter_save_archive(plan)
+        try:
+            while batch := await anyio.to_thread.run_sync(_batch, chunks):
+                yield batch
+        finally:
+            chunks.close()
+            plan.close()
+
+    async def commit(
+        self,
+        parent_image_id: str,
+        layer: Path | None,
+        config: Mapping[str, Any] | None = None,
+        *,
+        container_id: str,
+        container_config: Mapping[str, Any],
+        author: str = "",
+        comment: str = "",
+        changes: Iterable[str] = (),
+        repo: str = "",
+        tag: str = "",
+        id_map: tuple[int, int, int] | None = None,
+    ) -> str:
+        """``docker commit``: a new image on ``parent_image_id`` whose layer is the container's
+        changes — ``layer`` its overlay upper directory (archived here, owners mapped back by
+        ``id_map``), or a layer tar, or None for no change — and whose config is ``config``
+        (the request's; the container's if None or empty) with ``changes`` applied and merged
+        over ``container_config`` (dockerd's ``merge``). Tagged ``repo:tag`` (``latest``) if
+        ``repo``. Returns the image ID. The caller pauses the container meanwhile."""
+        if repo and not tag:
+            repo, tag = parse_reference(repo)
+        if repo:
+            check_name(repo, tag)  # before any work
+        new_config = commit_config(config, container_config, changes)  # (its 400s too)
+        details = {"container_id": container_id, "container_config": container_config,
+                   "author": author, "comment": comment}  # fmt: skip
+        return await anyio.to_thread.run_sync(
+            self._commit, parent_image_id, layer, id_map, new_config, details, repo, tag
+        )
+
+    def _parent_config(self, image_id: str) -> dict[str, Any]:
+        """The config a commit builds on: the container's image (404 if it is gone)."""
+        return self.config(image_id) if image_id else {}
+
+    def _commit(
+        self,
+        parent_image_id: str,
+        layer: Path | None,
+        id_map: tuple[int, int, int] | None,
+        config: dict[str, Any],
+        details: dict[str, Any],
+        repo: str,
+        tag: str,
+    ) -> str:
+        self._parent_config(parent_image_id)  # its 404 before any work
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".commit-") as tmpdir:
+            tar_path = layer
+            if layer is not None and layer.is_dir():  # (archived outside the store's lock)
+                tar_path = Path(tmpdir) / "layer.tar"
+                with tar_path.open("wb") as out:
+                    if not layer_tar_from_upper(layer, out, id_map=id_map):
+                        tar_path = None  # no change: dockerd's empty layer, not added
+            with self._lock:  # (the parent read again: no removal in between)
+                parent = self._parent_config(parent_image_id)
+                diff_id, new = EMPTY_LAYER, False
+                if tar_path is not None:
+                    owned = Path(tmpdir) in tar_path.parents
+                    diff_id, new = self._layers.store(tar_path, owned=owned)
+                try:
+                    image_id = self._configs.write(child_config(parent, diff_id, config, **details))
+                    if repo:
+                        self._tag(image_id, repo, tag or "latest")
+                except BaseException:
+                    if new:
+                        self._layers.discard([diff_id], ignore_errors=True)
+                    raise
+                if new and diff_id == EMPTY_LAYER:  # (a tar of no member: not in the image)
+                    self._layers.discard([diff_id])
+                return image_id
 
     # -- inspect, list, tag, remove -------------------------------------------------------
 
@@ -290,6 +419,17 @@ class ImageStore:
         self._configs.delete(image_id)
         in_use = self._configs.diff_ids_in_use()
         self._layers.discard(d for d in diff_ids if d not in in_use)
+
+
+def _batch(chunks: Iterator[bytes]) -> bytes:
+    """The next 1 MiB (or what is left) of ``chunks``; empty at the end."""
+    parts, size = [], 0
+    for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= 1 << 20:
+            break
+    return b"".join(parts)
 
 
 def _epoch(text: str) -> int:
