@@ -11,6 +11,7 @@ classes as the library::
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -399,6 +400,41 @@ class Client:
                 if status.startswith("sha256:"):
                     return str(status)
         raise errors.SystemError(f"unexpected import response: {response.text!r}")
+
+    async def container_archive_stat(self, reference: str, path: str) -> dict[str, Any]:
+        """The stat of ``path`` in the container (``X-Docker-Container-Path-Stat``)."""
+        response = await self._request(
+            "HEAD", f"/containers/{reference}/archive", params={"path": path}
+        )
+        stat: dict[str, Any] = json.loads(
+            base64.b64decode(response.headers["X-Docker-Container-Path-Stat"])
+        )
+        return stat
+
+    async def container_archive(self, reference: str, path: str) -> AsyncIterator[bytes]:
+        """``docker cp`` out of the container: a tar of ``path``."""
+        target = f"/containers/{reference}/archive"
+        async with self._http.stream("GET", target, params={"path": path}) as response:
+            if response.status_code != 200:
+                _raise_for(response.status_code, await response.aread(), f"GET {target}")
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    async def container_extract(
+        self,
+        reference: str,
+        path: str,
+        source: str | os.PathLike[str] | AsyncIterable[bytes],
+        *,
+        no_overwrite_dir_non_dir: bool = False,
+        copy_uid_gid: bool = False,
+    ) -> None:
+        """``docker cp`` into the container: the tar ``source`` extracted into ``path``."""
+        params = _params(path=path, noOverwriteDirNonDir=no_overwrite_dir_non_dir,
+                         copyUIDGID=copy_uid_gid)  # fmt: skip
+        await self._request(
+            "PUT", f"/containers/{reference}/archive", params=params, content=_body(source)
+        )
 
     async def image_save(self, names: Sequence[str]) -> AsyncIterator[bytes]:
         """``docker save``: the archive's bytes."""

@@ -20,7 +20,7 @@ import os
 import shlex
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from .filters import (
 )
 from .hostinfo import host_facts
 from .images import MountDriver
+from .images.copy import ContainerView, extract_to, prepare_archive, stat_path
 from .images.platform import check_image_platform, parse_platform
 from .images.reference import check_pull_reference
 from .images.store import ImageSource
@@ -97,6 +98,7 @@ from .views import (
     DaemonStatistics,
     format_time,
     joined_networks,
+    network_files,
     network_key,
     parse_time,
     ps_rows,
@@ -412,6 +414,122 @@ class Daemon:
     def container_export(self, reference: str) -> AsyncIterator[bytes]:
         """``docker export``: the container's filesystem as a tar stream (404 raised here)."""
         return self._drivers.mounter.export(self._actor(reference).id)
+
+    # -- docker cp ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _container_view(self, reference: str) -> AsyncIterator[ContainerView]:
+        """The container's files as its process sees them (its root filesystem, mounted for
+        the while if it does not run, with its bind mounts over it), for ``docker cp``."""
+        record = self._snapshot(reference).record
+        host = record.host_config
+        mounts: list[tuple[str, str, bool]] = []
+        for bind in host.binds or ():
+            source, _, rest = bind.partition(":")
+            target, _, mode = rest.partition(":")
+            mounts.append((target, source, "ro" in mode.split(",")))
+        mounts += [(m.target, m.source, m.read_only) for m in host.mounts or () if m.type == "bind"]
+        # The files that name it on its network are mounts over its own, as in its process.
+        settings = record.network_settings
+        mounts += [(target, source, False) for target, source in network_files(settings).items()]
+        mounter = self._drivers.mounter
+        rootfs = await mounter.mount(record.id)
+        try:
+            yield ContainerView(
+                Path(rootfs),
+                mounts,
+                name=reference,
+                readonly_rootfs=host.readonly_rootfs,
+                user=record.config.user,
+                id_map=self.config.userns(),
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await mounter.unmount(record.id)
+
+    async def container_archive_stat(self, reference: str, path: str) -> dict[str, Any]:
+        """``HEAD /containers/{id}/archive``: dockerd's ``PathStat`` of ``path`` in the
+        container (404 ``Could not find the file ...``), running or not."""
+        _check_archive_path(path)
+        async with self._container_view(reference) as view:
+            return await anyio.to_thread.run_sync(stat_path, view, path)
+
+    async def container_archive(
+        self, reference: str, path: str
+    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        """``docker cp`` out of a container: the stat of ``path`` and a tar of it (named by
+        its base name, links kept as links, mounts below it included). Errors come with the
+        stat, before any byte; an ``archive-path`` event."""
+        _check_archive_path(path)
+        view_cm = self._container_view(reference)
+        view = await view_cm.__aenter__()
+        try:
+            archive = await anyio.to_thread.run_sync(prepare_archive, view, path)
+        except BaseException:
+            await view_cm.__aexit__(None, None, None)
+            raise
+        read, write = os.pipe()
+
+        async def produce() -> None:
+            try:
+
+                def run() -> None:
+                    # (Closed at the end: the reader sees it. A reader gone: the write fails.)
+                    with open(write, "wb") as out, contextlib.suppress(BrokenPipeError):
+                        archive.write(out)
+
+                await anyio.to_thread.run_sync(run)
+            finally:
+                await view_cm.__aexit__(None, None, None)
+
+        self._task_group.start_soon(produce)
+        record = self._snapshot(reference).record
+        container_event(self._events, record, "archive-path")
+        return archive.stat, _read_pipe(read)
+
+    async def container_extract(
+        self,
+        reference: str,
+        path: str,
+        body: AsyncIterable[bytes],
+        *,
+        no_overwrite_dir_non_dir: bool = False,
+        copy_uid_gid: bool = False,
+    ) -> None:
+        """``docker cp`` into a container: the tar ``body`` extracted into the directory
+        ``path`` (dockerd's 400 when it is not one, or read-only), safely (names, links and
+        devices that would leave or harm the container are refused). An ``extract-to-dir``
+        event."""
+        _check_archive_path(path)
+        limits = self.config.import_limits
+        async with self._container_view(reference) as view:
+            read, write = os.pipe()
+
+            def extract() -> None:
+                with open(read, "rb") as source:  # (closed: a writer still busy ends)
+                    extract_to(
+                        view,
+                        path,
+                        source,
+                        no_overwrite_dir_non_dir=no_overwrite_dir_non_dir,
+                        copy_uid_gid=copy_uid_gid,
+                        limits=limits,
+                    )
+
+            async def feed() -> None:
+                try:
+                    async for chunk in body:
+                        await anyio.to_thread.run_sync(_write_all, write, chunk)
+                except OSError:  # the extraction ended first: its answer is the one
+                    pass
+                finally:
+                    os.close(write)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(feed)
+                await anyio.to_thread.run_sync(extract)
+        record = self._snapshot(reference).record
+        container_event(self._events, record, "extract-to-dir")
 
     async def container_changes(self, reference: str) -> list[dict[str, object]]:
         """``docker diff``: what the container changed of its image (running or not)."""
@@ -1288,6 +1406,27 @@ async def open_daemon(
             yield daemon
         finally:
             tg.cancel_scope.cancel()
+
+
+def _check_archive_path(path: str) -> None:
+    if not path:
+        raise errors.InvalidParameter("bad parameter: path cannot be empty")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def _read_pipe(fd: int) -> AsyncIterator[bytes]:
+    """What a worker thread writes into a pipe, until it closes its end; closing this one
+    (the client gone) makes the writer's next write fail, and so end."""
+    try:
+        while chunk := await anyio.to_thread.run_sync(os.read, fd, 256 * 1024):
+            yield chunk
+    finally:
+        os.close(fd)
 
 
 def _epoch_of(created: str) -> float:

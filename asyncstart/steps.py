@@ -37,7 +37,7 @@ from .runtime.base import RuntimeFailure
 from .seccomp import parse_kernel_release
 from .settings import parse_link
 from .spec import build_spec
-from .views import endpoint_view, joined_networks
+from .views import endpoint_view, joined_networks, network_files
 
 __all__ = [
     "MountStep",
@@ -432,15 +432,7 @@ class SpecStep:
             cgroup_parent=self.cgroup_parent,
             passwd=passwd,
             group=group,
-            network_files={
-                target: network[key]
-                for target, key in (
-                    ("/etc/hostname", "HostnamePath"),
-                    ("/etc/hosts", "HostsPath"),
-                    ("/etc/resolv.conf", "ResolvConfPath"),
-                )
-                if network.get(key)
-            },
+            network_files=network_files(network),
             hostname=network.get("Hostname"),
             extra_env=ctx.link_env,
             userns=self.userns,

@@ -310,6 +310,21 @@ def _configured_networks(record: ContainerRecord) -> dict[str, Any]:
     return {name: endpoint_view(config, None) for name, config in joined.items()}
 
 
+#: The files that name a container on its network, bind-mounted over its own: where, and the
+#: ``NetworkSettings`` key of the file on the host.
+NETWORK_FILES = (
+    ("/etc/hostname", "HostnamePath"),
+    ("/etc/hosts", "HostsPath"),
+    ("/etc/resolv.conf", "ResolvConfPath"),
+)
+
+
+def network_files(network_settings: Mapping[str, Any]) -> dict[str, str]:
+    """The container's network files that exist: target -> host path."""
+    return {target: network_settings[key] for target, key in NETWORK_FILES
+            if network_settings.get(key)}  # fmt: skip
+
+
 def joined_networks(endpoints: Mapping[str, Any] | None, mode: str) -> dict[str, Any]:
     """The networks a container is to join, by name: its ``endpoints`` (a record from before
     these were kept has none: its ``NetworkMode``'s network)."""

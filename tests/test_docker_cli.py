@@ -668,3 +668,63 @@ async def test_cli_save_and_commit(tmp_path: Path, busybox_tar: Path) -> None:
         assert history.splitlines()[0] == "why"
         await cli.out("rm", "changed")
         await cli.out("rmi", "mine:1")
+
+
+async def test_cli_cp(tmp_path: Path, busybox_tar: Path) -> None:
+    """docker cp both ways, into a running and a stopped container, through a bind mount and
+    a symlink (resolved in the container, never on the host); hostile tars refused."""
+    import io
+    import tarfile
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in-volume.txt").write_text("from the host's bind\n")
+    host_file = tmp_path / "host.txt"
+    host_file.write_text("to the container\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    async with served(tmp_path, busybox_tar) as cli:
+        await cli.out("run", "-d", "--name", "box", "-v", f"{shared}:/shared", "busybox",
+                      "sleep", "1000")  # fmt: skip
+        await cli.out("cp", str(host_file), "box:/tmp/")
+        assert await cli.out("exec", "box", "cat", "/tmp/host.txt") == "to the container\n"
+        await cli.out("cp", "box:/shared/in-volume.txt", str(out / "v.txt"))
+        assert (out / "v.txt").read_text() == "from the host's bind\n"
+        await cli.out("exec", "box", "ln", "-s", "/etc", "/tmp/etc-link")
+        await cli.out("cp", "box:/tmp/etc-link/hostname", str(out / "hostname"))
+        short_id = (await cli.out("inspect", "-f", "{{.Id}}", "box")).strip()[:12]
+        assert (out / "hostname").read_text().strip() == short_id  # the container's file
+        await cli.out("cp", "box:/etc", str(out / "etc"))
+        assert (out / "etc" / "hostname").exists()
+        missing = await cli.fails("cp", "box:/nope", str(out / "x"))
+        assert "Could not find the file /nope in container box" in missing
+        # A stopped container: its layer is mounted for the copy, then not.
+        await cli.out("create", "--name", "idle", "busybox", "true")
+        await cli.out("cp", str(host_file), "idle:/")
+        await cli.out("cp", "idle:/host.txt", str(out / "back.txt"))
+        assert (out / "back.txt").read_text() == "to the container\n"
+        # Hostile tars: a name leaving the directory, a link then a write through it.
+        async with asyncstart.Client(cli.host) as client:
+            for members in (
+                [("../../escaped.txt", None)],
+                [("up", "../../../.."), ("up/escaped.txt", None)],
+            ):
+                buffer = io.BytesIO()
+                with tarfile.open(fileobj=buffer, mode="w") as archive:
+                    for name, link in members:
+                        info = tarfile.TarInfo(name)
+                        if link is None:
+                            info.size = 3
+                            archive.addfile(info, io.BytesIO(b"bad"))
+                        else:
+                            info.type, info.linkname = tarfile.SYMTYPE, link
+                            archive.addfile(info)
+
+                async def body(data: bytes = buffer.getvalue()) -> AsyncIterator[bytes]:
+                    yield data
+
+                with pytest.raises(asyncstart.errors.DockerError) as refused:
+                    await client.container_extract("box", "/tmp", body())
+                assert refused.value.status in (400, 500)
+        assert not list(tmp_path.rglob("escaped.txt"))
+        await cli.out("rm", "-f", "box", "idle")

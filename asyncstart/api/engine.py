@@ -8,7 +8,9 @@ itself.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import platform
 import re
@@ -82,6 +84,9 @@ class EngineAPI:
             ("GET", f"/containers/{name}/logs", self.container_logs),
             ("GET", f"/containers/{name}/stats", self.container_stats),
             ("POST", "/commit", self.container_commit),
+            ("HEAD", f"/containers/{name}/archive", self.container_archive_stat),
+            ("GET", f"/containers/{name}/archive", self.container_archive),
+            ("PUT", f"/containers/{name}/archive", self.container_extract),
             ("GET", "/images/get", self.images_save),
             ("GET", f"/images/{name}/get", self.image_save),
             ("GET", f"/containers/{name}/attach/ws", self.container_attach_ws),
@@ -399,6 +404,35 @@ class EngineAPI:
         headers = [] if stream else JSON
         return Streaming(200, await primed(body()), headers)
 
+    async def container_archive_stat(self, request: Request, name: str) -> Reply:
+        stat = await self.daemon.container_archive_stat(name, request.arg("path"))
+        return Response(200, b"", [(_PATH_STAT, _stat_header(stat))])
+
+    async def container_archive(self, request: Request, name: str) -> Reply:
+        stat, chunks = await self.daemon.container_archive(name, request.arg("path"))
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b""
+            async for chunk in chunks:
+                yield chunk
+
+        headers = [(_PATH_STAT, _stat_header(stat)), ("Content-Type", "application/x-tar")]
+        return Streaming(200, await primed(body()), headers)
+
+    async def container_extract(self, request: Request, name: str) -> Reply:
+        # dockerd: a directory may be replaced by a file unless the client says no.
+        no_overwrite = "noOverwriteDirNonDir" in request.query and arg_bool(
+            request, "noOverwriteDirNonDir"
+        )
+        await self.daemon.container_extract(
+            name,
+            request.arg("path"),
+            request.body,
+            no_overwrite_dir_non_dir=no_overwrite,
+            copy_uid_gid=arg_bool(request, "copyUIDGID"),
+        )
+        return Response(200)
+
     async def container_commit(self, request: Request) -> Reply:
         body = await json_body(request)
         if body is not None and not isinstance(body, dict):
@@ -693,6 +727,14 @@ class EngineAPI:
     async def image_remove(self, request: Request, name: str) -> Reply:
         removed = await self.daemon.image_remove(name, force=arg_bool(request, "force"))
         return json_reply([dict([line.split(": ", 1)]) for line in removed])
+
+
+_PATH_STAT = "X-Docker-Container-Path-Stat"
+
+
+def _stat_header(stat: dict[str, Any]) -> str:
+    """dockerd's path stat header: its JSON, base64."""
+    return base64.standard_b64encode(json.dumps(stat, separators=(",", ":")).encode()).decode()
 
 
 def _raw(stream: str, data: bytes) -> bytes:

@@ -260,14 +260,7 @@ def _v1(dirs: Mapping[str, Path], machine: int) -> dict[str, Any]:
             "failcnt": _read_uint(mem / "memory.failcnt"),
             "limit": machine if limit > machine > 0 else limit,
         })  # fmt: skip
-    return {
-        "pids_stats": pids,
-        "blkio_stats": blkio,
-        "num_procs": 0,
-        "storage_stats": {},
-        "cpu_stats": _cpu_stats(total, kernel, user, throttling, percpu),
-        "memory_stats": memory,
-    }
+    return _cgroup_part(pids, blkio, _cpu_stats(total, kernel, user, throttling, percpu), memory)
 
 
 def _v2(path: Path, machine: int) -> dict[str, Any]:
@@ -302,20 +295,22 @@ def _v2(path: Path, machine: int) -> dict[str, Any]:
         "failcnt": events.get("oom", 0),  # statsV2: the "oom" count of memory.events
         "limit": machine if limit > machine > 0 else limit,
     })  # fmt: skip
-    return {
-        "pids_stats": pids,
-        "blkio_stats": blkio,
-        "num_procs": 0,
-        "storage_stats": {},
-        "cpu_stats": _cpu_stats(
-            cpu.get("usage_usec", 0) * 1000,
-            cpu.get("system_usec", 0) * 1000,
-            cpu.get("user_usec", 0) * 1000,
-            throttling,
-            None,  # no per-CPU usage on v2
-        ),
-        "memory_stats": memory,
-    }
+    cpu_stats = _cpu_stats(
+        cpu.get("usage_usec", 0) * 1000,
+        cpu.get("system_usec", 0) * 1000,
+        cpu.get("user_usec", 0) * 1000,
+        throttling,
+        None,  # no per-CPU usage on v2
+    )
+    return _cgroup_part(pids, blkio, cpu_stats, memory)
+
+
+def _cgroup_part(
+    pids: dict[str, Any], blkio: dict[str, Any], cpu: dict[str, Any], memory: dict[str, Any]
+) -> dict[str, Any]:
+    """What the cgroup gives of a ``StatsResponse`` (``num_procs`` is always 0 on Linux)."""
+    return {"pids_stats": pids, "blkio_stats": blkio, "num_procs": 0, "storage_stats": {},
+            "cpu_stats": cpu, "memory_stats": memory}  # fmt: skip
 
 
 def read_network_stats(
