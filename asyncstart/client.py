@@ -436,6 +436,32 @@ class Client:
             "PUT", f"/containers/{reference}/archive", params=params, content=_body(source)
         )
 
+    async def system_df(self, kinds: Sequence[str] = ()) -> dict[str, Any]:
+        params = httpx.QueryParams([("type", kind) for kind in kinds])
+        result: dict[str, Any] = await self._json("GET", "/system/df", params=params)
+        return result
+
+    async def volume_create(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("POST", "/volumes/create", json=dict(body or {}))
+        return result
+
+    async def volumes_list(self, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        params = {"filters": json.dumps(filters)} if filters else {}
+        result: dict[str, Any] = await self._json("GET", "/volumes", params=params)
+        return result
+
+    async def volume_inspect(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/volumes/{name}")
+        return result
+
+    async def volume_remove(self, name: str, force: bool = False) -> None:
+        await self._request("DELETE", f"/volumes/{name}", params=_params(force=force))
+
+    async def volumes_prune(self, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        params = {"filters": json.dumps(filters)} if filters else {}
+        result: dict[str, Any] = await self._json("POST", "/volumes/prune", params=params)
+        return result
+
     async def image_save(self, names: Sequence[str]) -> AsyncIterator[bytes]:
         """``docker save``: the archive's bytes."""
         params = httpx.QueryParams([("names", name) for name in names])

@@ -103,6 +103,7 @@ from .views import (
     parse_time,
     ps_rows,
 )
+from .volumes import VolumeStore
 from .wiring import (
     DaemonConfig,
     Drivers,
@@ -140,6 +141,12 @@ class Daemon:
         self._images = drivers.images
         self._events = EventBus()
         self._records = RecordStore(self.data_root / "containers", fsync=config.fsync)
+        userns = config.userns()
+        self._volumes = VolumeStore(
+            self.data_root / "volumes",
+            fsync=config.fsync,
+            root_ids=(userns[0], userns[1]) if userns else None,
+        )
         self._runtimes = config.runtime_table()
         self._default_runtime = config.runtime_name()  # (a PATH lookup: once)
         self._runtime_versions: dict[str, str] | None = None
@@ -217,6 +224,7 @@ class Daemon:
         return actor
 
     async def _reopen(self) -> None:
+        await self._volumes.cleanup()  # (what a crashed removal or create left)
         for spec in self._registry:
             # The bridges and rules of the user-defined networks, found again (or made anew).
             try:
@@ -1182,6 +1190,52 @@ class Daemon:
     async def image_inspect(self, reference: str) -> dict[str, Any]:
         return await anyio.to_thread.run_sync(self._images.inspect, reference)
 
+    # -- volumes --------------------------------------------------------------------------
+    # (Containers do not mount volumes yet: every volume is unused.)
+
+    async def volume_create(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``docker volume create``: ``Name`` (none: an anonymous one), ``Driver`` (``local``),
+        ``DriverOpts`` (dockerd's checks, then refused: nothing is mounted from a device),
+        ``Labels``; a name that exists gives that volume. A ``create`` event."""
+        body = body or {}
+        for key in ("Name", "Driver"):
+            if not isinstance(body.get(key) or "", str):
+                raise errors.InvalidParameter(f"invalid {key}: expected a string")
+        volume = await self._volumes.create(
+            body.get("Name") or None,
+            body.get("Driver") or "local",
+            body.get("DriverOpts"),
+            body.get("Labels"),
+        )
+        self._events.publish("volume", "create", volume["Name"], {"driver": volume["Driver"]})
+        return dict(volume)
+
+    async def volumes_list(self, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``docker volume ls``: ``{"Volumes": [...], "Warnings": []}``; dockerd's filters."""
+        volumes = await self._volumes.list(filters)
+        return {"Volumes": [dict(v) for v in volumes], "Warnings": []}
+
+    async def volume_inspect(self, name: str) -> dict[str, Any]:
+        return dict(await self._volumes.get(name))
+
+    async def volume_remove(self, name: str, force: bool = False) -> None:
+        """``docker volume rm``: 404 for none (nothing with ``force``); a ``destroy`` event."""
+        volume = None
+        with contextlib.suppress(errors.NotFound):
+            volume = await self._volumes.get(name)
+        await self._volumes.remove(name, force=force, in_use={})
+        if volume is not None:
+            self._events.publish("volume", "destroy", name, {"driver": volume["Driver"]})
+
+    async def volumes_prune(self, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``docker volume prune``: unused anonymous volumes (every unused one with
+        ``all=true``), ``label`` filters; dockerd's answer and ``prune`` event."""
+        names, reclaimed = await self._volumes.prune(filters)
+        for name in names:
+            self._events.publish("volume", "destroy", name, {"driver": "local"})
+        self._events.publish("volume", "prune", "", {"reclaimed": str(reclaimed)})
+        return {"VolumesDeleted": names or None, "SpaceReclaimed": reclaimed}
+
     async def system_df(self, kinds: Sequence[str] = ()) -> dict[str, Any]:
         """``docker system df``: images (with how many containers use each), containers (with
         their writable layer's size), volumes and build cache (none here); ``kinds`` limits it
@@ -1206,7 +1260,11 @@ class Daemon:
                 row["SizeRw"] = await self._drivers.mounter.size(row["Id"])
             document["Containers"] = rows
         if "volume" in wanted:
-            document["Volumes"] = []
+            volumes = await self.volumes_list()
+            for volume in volumes["Volumes"]:
+                size = await self._volumes.usage(volume["Name"])
+                volume["UsageData"] = {"Size": size, "RefCount": 0}
+            document["Volumes"] = volumes["Volumes"]
         if "build-cache" in wanted:
             document["BuildCache"] = []
         return document

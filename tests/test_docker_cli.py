@@ -728,3 +728,19 @@ async def test_cli_cp(tmp_path: Path, busybox_tar: Path) -> None:
                 assert refused.value.status in (400, 500)
         assert not list(tmp_path.rglob("escaped.txt"))
         await cli.out("rm", "-f", "box", "idle")
+
+
+async def test_cli_volumes(tmp_path: Path) -> None:
+    """docker volume create, ls, inspect, rm and prune, as dockerd answers them."""
+    async with served(tmp_path, None) as cli:
+        assert (await cli.out("volume", "create", "--label", "a=b", "data")).strip() == "data"
+        anonymous = (await cli.out("volume", "create")).strip()
+        listed = (await cli.out("volume", "ls", "-q")).split()
+        assert sorted(listed) == sorted(["data", anonymous])
+        mountpoint = (await cli.out("volume", "inspect", "-f", "{{.Mountpoint}}", "data")).strip()
+        assert Path(mountpoint).is_dir() and str(tmp_path) in mountpoint
+        assert "no such volume" in await cli.fails("volume", "inspect", "nope")
+        pruned = await cli.out("volume", "prune", "-f")
+        assert anonymous in pruned and "data" not in pruned.split()
+        assert (await cli.out("volume", "rm", "data")).strip() == "data"
+        assert (await cli.out("volume", "ls", "-q")).strip() == ""

@@ -487,3 +487,37 @@ async def test_the_websocket_attach_refuses_before_the_handshake(api: Api) -> No
     await sleeper(api, "web")
     plain = await raw(api.sock, http("GET", "/containers/web/attach/ws"))
     assert plain.status == 400 and "websocket" in plain.json()["message"]
+
+
+async def test_the_volumes_api_answers_as_dockerd(api: Api) -> None:
+    client = api.client
+    began = time.time()
+    named = await client.volume_create({"Name": "data", "Labels": {"team": "blue"}})
+    assert (named["Name"], named["Driver"], named["Scope"]) == ("data", "local", "local")
+    assert Path(named["Mountpoint"]).is_dir() and named["Labels"] == {"team": "blue"}
+    assert (await client.volume_create({"Name": "data"}))["Labels"] == {"team": "blue"}
+    anonymous = (await client.volume_create({}))["Name"]
+    assert len(anonymous) == 64
+    names = {v["Name"] for v in (await client.volumes_list())["Volumes"]}
+    assert names == {"data", anonymous}
+    blue = await client.volumes_list({"label": ["team=blue"]})
+    assert [v["Name"] for v in blue["Volumes"]] == ["data"]
+    assert (await client.volume_inspect("data"))["Mountpoint"] == named["Mountpoint"]
+    with pytest.raises(errors.NotFound, match="^get nope: no such volume$"):
+        await client.volume_inspect("nope")
+    with pytest.raises(errors.InvalidParameter, match="includes invalid characters"):
+        await client.volume_create({"Name": "a/b"})
+    with pytest.raises(errors.NotFound, match='plugin "nfs" not found'):
+        await client.volume_create({"Name": "x1", "Driver": "nfs"})
+    df = await client.system_df()
+    assert {v["Name"] for v in df["Volumes"]} == {"data", anonymous}
+    # Prune takes the anonymous one only (API >= 1.42), every unused one with all=true.
+    assert (await client.volumes_prune())["VolumesDeleted"] == [anonymous]
+    await client.volume_remove("data")
+    with pytest.raises(errors.NotFound):
+        await client.volume_remove("data")
+    await client.volume_remove("data", force=True)
+    assert (await client.volumes_list())["Volumes"] == []
+    events = client.events(since=began, until=time.time() + 1, filters={"type": ["volume"]})
+    actions = [e["Action"] async for e in events]
+    assert actions.count("create") == 3 and actions.count("destroy") == 2 and "prune" in actions

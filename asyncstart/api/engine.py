@@ -84,6 +84,11 @@ class EngineAPI:
             ("GET", f"/containers/{name}/logs", self.container_logs),
             ("GET", f"/containers/{name}/stats", self.container_stats),
             ("POST", "/commit", self.container_commit),
+            ("GET", "/volumes", self.volumes_list),
+            ("POST", "/volumes/create", self.volume_create),
+            ("POST", "/volumes/prune", self.volumes_prune),
+            ("GET", f"/volumes/{name}", self.volume_inspect),
+            ("DELETE", f"/volumes/{name}", self.volume_remove),
             ("HEAD", f"/containers/{name}/archive", self.container_archive_stat),
             ("GET", f"/containers/{name}/archive", self.container_archive),
             ("PUT", f"/containers/{name}/archive", self.container_extract),
@@ -304,6 +309,25 @@ class EngineAPI:
         body = await json_object(request)
         network_id = await self.daemon.network_create(body)
         return json_reply({"Id": network_id, "Warning": ""}, 201)
+
+    async def volumes_list(self, request: Request) -> Reply:
+        return json_reply(await self.daemon.volumes_list(arg_filters(request)))
+
+    async def volume_create(self, request: Request) -> Reply:
+        return json_reply(await self.daemon.volume_create(await json_object(request)), 201)
+
+    async def volume_inspect(self, request: Request, name: str) -> Reply:
+        return json_reply(await self.daemon.volume_inspect(name))
+
+    async def volume_remove(self, request: Request, name: str) -> Reply:
+        await self.daemon.volume_remove(name, force=arg_bool(request, "force"))
+        return Response(204)
+
+    async def volumes_prune(self, request: Request) -> Reply:
+        filters = dict(arg_filters(request) or {})
+        if api_version(request) < (1, 42):
+            filters.setdefault("all", ["true"])  # dockerd: before 1.42 every unused volume
+        return json_reply(await self.daemon.volumes_prune(filters))
 
     async def networks_prune(self, request: Request) -> Reply:
         removed = await self.daemon.networks_prune(filters=arg_filters(request))
