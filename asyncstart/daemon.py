@@ -464,7 +464,7 @@ class Daemon:
 
     async def container_archive(
         self, reference: str, path: str
-    ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+    ) -> tuple[dict[str, Any], PipeReader]:
         """``docker cp`` out of a container: the stat of ``path`` and a tar of it (named by
         its base name, links kept as links, mounts below it included). Errors come with the
         stat, before any byte; an ``archive-path`` event."""
@@ -493,7 +493,7 @@ class Daemon:
         self._task_group.start_soon(produce)
         record = self._snapshot(reference).record
         container_event(self._events, record, "archive-path")
-        return archive.stat, _read_pipe(read)
+        return archive.stat, PipeReader(read)
 
     async def container_extract(
         self,
@@ -1477,14 +1477,31 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-async def _read_pipe(fd: int) -> AsyncIterator[bytes]:
-    """What a worker thread writes into a pipe, until it closes its end; closing this one
-    (the client gone) makes the writer's next write fail, and so end."""
-    try:
-        while chunk := await anyio.to_thread.run_sync(os.read, fd, 256 * 1024):
-            yield chunk
-    finally:
-        os.close(fd)
+class PipeReader:
+    """What a worker thread writes into a pipe, as chunks, until it closes its end. Closing
+    this end (:meth:`aclose`, also when the stream was never read: the client left before)
+    makes the writer's next write fail, and so end."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def __aiter__(self) -> PipeReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        fd = self._fd
+        if fd is None:
+            raise StopAsyncIteration
+        chunk = await anyio.to_thread.run_sync(os.read, fd, 256 * 1024)
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _epoch_of(created: str) -> float:

@@ -436,9 +436,12 @@ class EngineAPI:
         stat, chunks = await self.daemon.container_archive(name, request.arg("path"))
 
         async def body() -> AsyncIterator[bytes]:
-            yield b""
-            async for chunk in chunks:
-                yield chunk
+            try:
+                yield b""
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()  # (a client gone: the tar's writer ends)
 
         headers = [(_PATH_STAT, _stat_header(stat)), ("Content-Type", "application/x-tar")]
         return Streaming(200, await primed(body()), headers)
