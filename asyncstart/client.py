@@ -233,8 +233,11 @@ class Client:
     async def container_unpause(self, reference: str) -> None:
         await self._request("POST", f"/containers/{reference}/unpause")
 
-    async def container_remove(self, reference: str, force: bool = False) -> None:
-        await self._request("DELETE", f"/containers/{reference}", params=_params(force=force))
+    async def container_remove(
+        self, reference: str, force: bool = False, volumes: bool = False
+    ) -> None:
+        params = _params(force=force, v=volumes)
+        await self._request("DELETE", f"/containers/{reference}", params=params)
 
     async def container_logs(
         self,

@@ -6,6 +6,7 @@ command), so a request with several faults gets the error dockerd would give fir
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from .config import (
 )
 from .images.store import ImageStore
 from .logs import check_log_options
+from .mounts import parse_mounts
 from .names import generate_name
 from .record import ContainerRecord, new_id
 from .settings import HostFacts, fill_defaults, refuse_health_check, validate_platform
@@ -43,8 +45,10 @@ def new_record(
     default_runtime: str = "runc",
     name_taken: Callable[[str], bool],
     facts: HostFacts,
+    daemon_root: str = "",
 ) -> ContainerRecord:
-    """The record of a container to create, or dockerd's 400/404 for what is wrong."""
+    """The record of a container to create, or dockerd's 400/404 for what is wrong. Its
+    mount points are parsed (dockerd's 400s); its volumes are the daemon's to make."""
     parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
     host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
     validate_config(parsed)
@@ -68,6 +72,16 @@ def new_record(
     fill_defaults(
         host, facts, runtime=default_runtime, masked=MASKED_PATHS, readonly=READONLY_PATHS
     )
+    points = parse_mounts(
+        host.binds,
+        host.mounts,
+        sorted((parsed.volumes or {}).keys()),
+        new_id,
+        tmpfs=(host.tmpfs or {}).keys(),
+        volume_driver=host.volume_driver,
+        daemon_root=daemon_root,
+        source_exists=os.path.exists,
+    )
     record = ContainerRecord(
         id=container_id,
         name=canonical,
@@ -75,5 +89,6 @@ def new_record(
         image=image_id,
         config=parsed,
         host_config=host,
+        mount_points=points,
     )
     return record

@@ -64,6 +64,7 @@ from .images.reference import check_pull_reference
 from .images.store import ImageSource
 from .lifecycle import STARTING_STATES, Request
 from .logs import ContainerLogs, LogQuery
+from .mounts import MountPoint
 from .network import NetworkDriver
 from .network.base import Attachment
 from .network.netlink import asyncio_loop
@@ -291,24 +292,78 @@ class Daemon:
             default_runtime=self._default_runtime,
             name_taken=self._index.has_name,
             facts=self._host,
+            daemon_root=str(self.data_root),
         )
         record.endpoints = self._endpoints_at_create(record, networking_config)
         container_id, canonical = record.id, record.name
         self._index.reserve_name(canonical, container_id)
         mounter = self._drivers.mounter
+        made: list[str] = []  # anonymous volumes made for it: gone again if the create fails
         try:
+            record.mount_points = await self._make_volumes(record.mount_points or [], made)
             await mounter.create(container_id, record.config.image)
             try:
+                await self._copy_up(record)
                 await self._records.save(record)
-            except errors.DockerError:
-                await mounter.remove(container_id)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await mounter.remove(container_id)
                 raise
         except BaseException:
             self._index.release_name(canonical)
+            with anyio.CancelScope(shield=True):
+                for name in made:
+                    with contextlib.suppress(errors.DockerError):
+                        await self._volumes.remove(name, force=True, in_use={})
             raise
         self._index.add(container_id, canonical)
         await self._adopt(record, new=True)
         return container_id
+
+    async def _make_volumes(self, points: list[MountPoint], made: list[str]) -> list[MountPoint]:
+        """The volumes the points name, made (a name that exists is that volume); each
+        point's source is then its volume's data. ``made``: the anonymous ones, as made."""
+        result = []
+        for point in points:
+            if point.type == "volume":
+                volume = await self._volumes.create(
+                    point.name or None,
+                    point.driver or "local",
+                    point.driver_opts,
+                    point.volume_labels,
+                    anonymous=point.anonymous,
+                )
+                if point.anonymous:
+                    made.append(volume["Name"])
+                point = msgspec.structs.replace(
+                    point, name=volume["Name"], source=volume["Mountpoint"], driver=volume["Driver"]
+                )
+            result.append(point)
+        return result
+
+    async def _copy_up(self, record: ContainerRecord) -> None:
+        """dockerd's copy-up at create: an empty volume takes what the image has where it is
+        mounted (unless ``nocopy``)."""
+        wanted = [p for p in record.mount_points or () if p.type == "volume" and p.copy_data]
+        if not wanted or self.config.runtime == "fake":  # (the fake layer has no files)
+            return
+        mounter = self._drivers.mounter
+        rootfs = Path(await mounter.mount(record.id))
+        try:
+            for point in wanted:
+                await self._volumes.populate(point.name, rootfs, point.destination)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await mounter.unmount(record.id)
+
+    def _volumes_in_use(self) -> dict[str, list[str]]:
+        """Volume name -> the containers that mount it."""
+        users: dict[str, list[str]] = {}
+        for snapshot in self._snapshots():
+            for point in snapshot.record.mount_points or ():
+                if point.type == "volume":
+                    users.setdefault(point.name, []).append(snapshot.id)
+        return users
 
     async def container_start(
         self,
@@ -431,12 +486,9 @@ class Daemon:
         the while if it does not run, with its bind mounts over it), for ``docker cp``."""
         record = self._snapshot(reference).record
         host = record.host_config
-        mounts: list[tuple[str, str, bool]] = []
-        for bind in host.binds or ():
-            source, _, rest = bind.partition(":")
-            target, _, mode = rest.partition(":")
-            mounts.append((target, source, "ro" in mode.split(",")))
-        mounts += [(m.target, m.source, m.read_only) for m in host.mounts or () if m.type == "bind"]
+        # Its binds and volumes (tmpfs mounts are the process's own: not there for a copy).
+        mounts = [(p.destination, p.source, not p.rw) for p in record.mount_points or ()
+                  if p.type in ("bind", "volume")]  # fmt: skip
         # The files that name it on its network are mounts over its own, as in its process.
         settings = record.network_settings
         mounts += [(target, source, False) for target, source in network_files(settings).items()]
@@ -648,9 +700,21 @@ class Daemon:
             raise
         self._index.release_name(old)
 
-    async def container_remove(self, reference: str, force: bool = False) -> None:
-        """``docker rm``; ``force`` kills a running container first."""
-        await self._actor(reference).request(Request.REMOVE, force, reference)
+    async def container_remove(
+        self, reference: str, force: bool = False, volumes: bool = False
+    ) -> None:
+        """``docker rm``; ``force`` kills a running container first; ``volumes`` (``-v``)
+        removes its anonymous volumes too, those no other container uses (as dockerd)."""
+        actor = self._actor(reference)
+        points = actor.snapshot().record.mount_points or ()
+        await actor.request(Request.REMOVE, force, reference)
+        if not volumes:
+            return
+        in_use = self._volumes_in_use()
+        for point in points:
+            if point.type == "volume" and point.anonymous and point.name not in in_use:
+                with contextlib.suppress(errors.NotFound, errors.Conflict):
+                    await self.volume_remove(point.name)
 
     def container_attach(
         self,
@@ -1191,7 +1255,6 @@ class Daemon:
         return await anyio.to_thread.run_sync(self._images.inspect, reference)
 
     # -- volumes --------------------------------------------------------------------------
-    # (Containers do not mount volumes yet: every volume is unused.)
 
     async def volume_create(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``docker volume create``: ``Name`` (none: an anonymous one), ``Driver`` (``local``),
@@ -1212,7 +1275,7 @@ class Daemon:
 
     async def volumes_list(self, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``docker volume ls``: ``{"Volumes": [...], "Warnings": []}``; dockerd's filters."""
-        volumes = await self._volumes.list(filters)
+        volumes = await self._volumes.list(filters, in_use=self._volumes_in_use())
         return {"Volumes": [dict(v) for v in volumes], "Warnings": []}
 
     async def volume_inspect(self, name: str) -> dict[str, Any]:
@@ -1223,14 +1286,14 @@ class Daemon:
         volume = None
         with contextlib.suppress(errors.NotFound):
             volume = await self._volumes.get(name)
-        await self._volumes.remove(name, force=force, in_use={})
+        await self._volumes.remove(name, force=force, in_use=self._volumes_in_use())
         if volume is not None:
             self._events.publish("volume", "destroy", name, {"driver": volume["Driver"]})
 
     async def volumes_prune(self, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``docker volume prune``: unused anonymous volumes (every unused one with
         ``all=true``), ``label`` filters; dockerd's answer and ``prune`` event."""
-        names, reclaimed = await self._volumes.prune(filters)
+        names, reclaimed = await self._volumes.prune(filters, in_use=self._volumes_in_use())
         for name in names:
             self._events.publish("volume", "destroy", name, {"driver": "local"})
         self._events.publish("volume", "prune", "", {"reclaimed": str(reclaimed)})
@@ -1261,9 +1324,11 @@ class Daemon:
             document["Containers"] = rows
         if "volume" in wanted:
             volumes = await self.volumes_list()
+            in_use = self._volumes_in_use()
             for volume in volumes["Volumes"]:
                 size = await self._volumes.usage(volume["Name"])
-                volume["UsageData"] = {"Size": size, "RefCount": 0}
+                count = len(in_use.get(volume["Name"], ()))
+                volume["UsageData"] = {"Size": size, "RefCount": count}
             document["Volumes"] = volumes["Volumes"]
         if "build-cache" in wanted:
             document["BuildCache"] = []

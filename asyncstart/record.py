@@ -14,6 +14,7 @@ import msgspec
 
 from .config import Config, HostConfig
 from .lifecycle import Lifecycle, State, docker_status
+from .mounts import MountPoint
 
 __all__ = [
     "EXIT_UNKNOWN",
@@ -58,6 +59,9 @@ class ContainerRecord(msgspec.Struct, kw_only=True):
     #: (``EndpointsConfig``: aliases, address) and the network's ID. None: a record of an
     #: older daemon (its ``NetworkMode``'s network).
     endpoints: dict[str, dict[str, Any]] | None = None
+    #: What it mounts (binds, volumes — their sources made at create — and tmpfs mounts from
+    #: ``Mounts``), in mounting order. None: a record of an older daemon (its binds then).
+    mount_points: list[MountPoint] | None = None
 
 
 def new_id() -> str:

@@ -76,7 +76,6 @@ _NOT_APPLIED: dict[str, tuple[Any, ...]] = {
     "BlkioDeviceWriteIOps": (None, []),
     "Init": (None, False),
     "VolumesFrom": (None, []),
-    "VolumeDriver": ("",),
     "Cgroup": ("",),
     # Real-time CPU time needs a budget in every parent cgroup (dockerd's daemon-wide
     # cpu-rt-runtime), which the engine does not hand out.
@@ -88,7 +87,6 @@ _NOT_APPLIED: dict[str, tuple[Any, ...]] = {
 _CONFIG_NOT_APPLIED: dict[str, tuple[Any, ...]] = {
     "MacAddress": ("",),
     "NetworkDisabled": (False,),
-    "Volumes": (None, {}),
 }
 
 _PID_MODES = ("", "host")
@@ -333,16 +331,6 @@ def validate_platform(config: Config, host: HostConfig, facts: HostFacts) -> Non
     _resources(host, facts)
     _modes(host, facts)
     _storage_opt(host)
-    for mount in host.mounts or ():
-        if mount.type != "bind":
-            raise not_applied("HostConfig", "Mounts.Type", mount.type)
-        for key, value in (
-            ("BindOptions", mount.bind_options),
-            ("VolumeOptions", mount.volume_options),
-            ("TmpfsOptions", mount.tmpfs_options),
-        ):
-            if value:
-                raise not_applied("HostConfig", f"Mounts.{key}", value)
     for key in host.annotations or {}:
         if key == "":
             raise errors.InvalidParameter(

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import errors
 from .config import CAPABILITIES, Config, HostConfig, capability_name
+from .mounts import MountPoint, oci_mount, parse_mounts
 from .security import parse_security_opt
 
 __all__ = ["DEFAULT_CAPABILITIES", "DEFAULT_PATH", "build_spec", "process_args", "user_ids"]
@@ -171,6 +172,7 @@ def build_spec(
     apparmor: bool = False,
     absent_arches: Iterable[str] = (),
     extra_env: Sequence[str] = (),
+    mount_points: Sequence[MountPoint] | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` for one start. ``netns`` None shares the host's network namespace;
     ``userns`` (uid, gid, size) runs it in a user namespace whose root is that uid/gid.
@@ -234,22 +236,14 @@ def build_spec(
         extra = [o for o in options.split(",") if o]
         mounts.append({"destination": target, "type": "tmpfs", "source": "tmpfs",
                        "options": ["nosuid", "noexec", "nodev", *extra]})  # fmt: skip
-    for bind in host_config.binds or ():
-        source, _, rest = bind.partition(":")
-        target, _, mode = rest.partition(":")
-        if not source.startswith("/") or not target.startswith("/"):
-            raise errors.InvalidParameter(f"invalid volume specification: '{bind}'")
-        bind_options = ["rbind", "ro" if "ro" in mode.split(",") else "rw"]
-        mounts.append({"destination": target, "type": "bind", "source": source,
-                       "options": bind_options})  # fmt: skip
+    if mount_points is None:  # (a record of an older daemon: its binds and bind mounts)
+        mount_points = parse_mounts(host_config.binds, host_config.mounts, (), _no_volume)
+    mounts += [oci_mount(point) for point in mount_points]
+    taken = {point.destination for point in mount_points}
     for target, source in (network_files or {}).items():
-        mounts.append({"destination": target, "type": "bind", "source": source,
-                       "options": ["rbind", "rprivate"]})  # fmt: skip
-    for mount in host_config.mounts or ():
-        if mount.type != "bind":
-            raise errors.InvalidParameter(f"mount type {mount.type!r} is not supported")
-        mounts.append({"destination": mount.target, "type": "bind", "source": mount.source,
-                       "options": ["rbind", "ro" if mount.read_only else "rw"]})  # fmt: skip
+        if target not in taken:  # (a user's own file there wins, as in dockerd)
+            mounts.append({"destination": target, "type": "bind", "source": source,
+                           "options": ["rbind", "rprivate"]})  # fmt: skip
     process: dict[str, Any] = {
             "terminal": config.tty,
             "user": user_ids(config.user, passwd, group, host_config.group_add or ()),
@@ -338,6 +332,10 @@ def _resources(host_config: HostConfig) -> dict[str, Any]:
     if host_config.pids_limit is not None and host_config.pids_limit > 0:
         resources["pids"] = {"limit": host_config.pids_limit}
     return resources
+
+
+def _no_volume() -> str:
+    raise errors.InvalidParameter("this container was created without its volumes: create it again")
 
 
 def update_resources(old: HostConfig, new: HostConfig) -> dict[str, Any]:

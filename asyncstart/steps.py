@@ -433,6 +433,7 @@ class SpecStep:
             passwd=passwd,
             group=group,
             network_files=network_files(network),
+            mount_points=record.mount_points,
             hostname=network.get("Hostname"),
             extra_env=ctx.link_env,
             userns=self.userns,

@@ -12,6 +12,7 @@ import msgspec
 
 from .filters import Filters, container_matches
 from .lifecycle import PROCESS_STATES, Lifecycle, State
+from .mounts import inspect_entry
 from .record import ZERO_TIME, ContainerRecord
 from .security import parse_security_opt
 from .spec import process_args
@@ -124,7 +125,7 @@ def inspect_view(record: ContainerRecord, lifecycle: Lifecycle) -> dict[str, Any
         "ExecIDs": None,
         "HostConfig": _host_config(record),
         "GraphDriver": {"Data": None, "Name": "overlay2"},
-        "Mounts": [],
+        "Mounts": [inspect_entry(point) for point in record.mount_points or ()],
         "Config": msgspec.to_builtins(record.config),
         "NetworkSettings": {
             "SandboxID": "",
@@ -179,7 +180,7 @@ def list_view(record: ContainerRecord, lifecycle: Lifecycle, now: float) -> dict
         "Status": _status_text(record, lifecycle, now),
         "HostConfig": {"NetworkMode": record.host_config.network_mode},
         "NetworkSettings": {"Networks": network.get("Networks") or _configured_networks(record)},
-        "Mounts": [],
+        "Mounts": [inspect_entry(point) for point in record.mount_points or ()],
     }
 
 

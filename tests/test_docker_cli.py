@@ -744,3 +744,27 @@ async def test_cli_volumes(tmp_path: Path) -> None:
         assert anonymous in pruned and "data" not in pruned.split()
         assert (await cli.out("volume", "rm", "data")).strip() == "data"
         assert (await cli.out("volume", "ls", "-q")).strip() == ""
+
+
+async def test_cli_named_and_anonymous_volumes_in_containers(
+    tmp_path: Path, busybox_tar: Path
+) -> None:
+    """-v name:/path outlives its container; the image's content at the path is copied up
+    into a new volume; docker rm -v takes the anonymous ones; a volume in use stays."""
+    async with served(tmp_path, busybox_tar) as cli:
+        await cli.out("run", "--name", "writer", "-v", "data:/data", "busybox", "sh", "-c",
+                      "echo kept > /data/f")  # fmt: skip
+        assert await cli.out("run", "--rm", "-v", "data:/data", "busybox", "cat", "/data/f") == (
+            "kept\n"
+        )
+        # Copied up: a new volume over /etc starts with the image's /etc.
+        out = await cli.out("run", "--rm", "-v", "etcvol:/etc", "busybox", "ls", "/etc")
+        assert "passwd" in out.split()
+        assert "in use" in await cli.fails("volume", "rm", "data")
+        await cli.out("run", "--name", "anon", "-v", "/scratch", "busybox", "true")
+        anonymous = (await cli.out("inspect", "-f", "{{(index .Mounts 0).Name}}", "anon")).strip()
+        assert anonymous in (await cli.out("volume", "ls", "-q")).split()
+        await cli.out("rm", "-v", "anon")
+        assert anonymous not in (await cli.out("volume", "ls", "-q")).split()
+        await cli.out("rm", "writer")
+        await cli.out("volume", "rm", "data", "etcvol")

@@ -521,3 +521,38 @@ async def test_the_volumes_api_answers_as_dockerd(api: Api) -> None:
     events = client.events(since=began, until=time.time() + 1, filters={"type": ["volume"]})
     actions = [e["Action"] async for e in events]
     assert actions.count("create") == 3 and actions.count("destroy") == 2 and "prune" in actions
+
+
+async def test_volumes_are_made_at_create_and_shown_in_inspect(api: Api) -> None:
+    client = api.client
+    cid = await client.container_create(
+        "user",
+        {"Image": "busybox", "Cmd": ["true"], "Volumes": {"/cache": {}}},
+        {"Binds": ["data:/data:ro"], "Mounts": [{"Type": "tmpfs", "Target": "/scratch"}]},
+    )
+    mounts = {m["Destination"]: m for m in (await client.container_inspect(cid))["Mounts"]}
+    assert set(mounts) == {"/cache", "/data", "/scratch"}
+    data = mounts["/data"]
+    assert (data["Type"], data["Name"], data["RW"], data["Driver"]) == (
+        "volume",
+        "data",
+        False,
+        "local",
+    )
+    assert data["Source"] == (await client.volume_inspect("data"))["Mountpoint"]
+    anonymous = mounts["/cache"]["Name"]
+    assert len(anonymous) == 64 and mounts["/scratch"]["Type"] == "tmpfs"
+    # In use: not dangling, not removable, not pruned.
+    with pytest.raises(errors.Conflict, match=f"^remove data: volume is in use - \\[{cid}\\]$"):
+        await client.volume_remove("data")
+    assert (await client.volumes_prune({"all": ["true"]}))["VolumesDeleted"] is None
+    dangling = await client.volumes_list({"dangling": ["true"]})
+    assert dangling["Volumes"] == []
+    # A create that fails leaves no anonymous volume behind.
+    with pytest.raises(errors.InvalidParameter):
+        await client.container_create(
+            "bad",
+            {"Image": "busybox", "Cmd": ["true"], "Volumes": {"/v": {}}},
+            {"Binds": ["/x:/y:bogus"]},
+        )
+    assert len((await client.volumes_list())["Volumes"]) == 2

@@ -425,14 +425,12 @@ async def test_an_import_beyond_the_limits_is_a_400_and_leaves_nothing(
         ({}, {"Init": True}, "HostConfig.Init"),
         ({}, {"Links": ["db:db"], "NetworkMode": "host"}, "host type networking can't be used"),
         ({}, {"VolumesFrom": ["other"]}, "HostConfig.VolumesFrom"),
-        ({}, {"VolumeDriver": "local"}, "HostConfig.VolumeDriver"),
         ({}, {"Cgroup": "container:web2"}, "HostConfig.Cgroup"),
         ({}, {"CpuRealtimeRuntime": 950}, "HostConfig.CpuRealtimeRuntime"),
         ({}, {"CpuCount": 2}, "HostConfig.CpuCount"),
         ({}, {"BlkioDeviceReadBps": [{"Path": "/dev/sda", "Rate": 1}]}, "BlkioDeviceReadBps"),
         ({"Healthcheck": {"Test": ["CMD", "true"]}}, {}, "Config.Healthcheck"),
         ({"NetworkDisabled": True}, {}, "Config.NetworkDisabled"),
-        ({"Volumes": {"/data": {}}}, {}, "Config.Volumes"),
     ],
 )
 async def test_a_setting_not_applied_is_refused_not_ignored(

@@ -251,25 +251,6 @@ def test_keys_match_in_any_case_and_null_is_the_default_as_go_decodes_them() -> 
     assert parse_host_config({"restartpolicy": {"Name": "always"}}).restart_policy.name == "always"
 
 
-@pytest.mark.parametrize(
-    ("mount", "message"),
-    [
-        ({"Type": "volume", "Target": "/data"}, "HostConfig.Mounts.Type"),
-        ({"Type": "tmpfs", "Target": "/t"}, "HostConfig.Mounts.Type"),
-        (
-            {"Type": "bind", "Source": "/tmp", "Target": "/t",
-             "BindOptions": {"Propagation": "rshared"}},
-            "HostConfig.Mounts.BindOptions",
-        ),
-    ],
-)  # fmt: skip
-def test_mount_settings_not_applied_are_refused_at_create(
-    mount: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(errors.InvalidParameter, match=message):
-        validate_platform(Config(), _host(Mounts=[mount]), FACTS)
-
-
 def test_the_image_gives_labels_stop_signal_ports_and_its_health_check() -> None:
     """dockerd's merge: they were dropped, so an image's HEALTHCHECK was silently not run."""
     image = {

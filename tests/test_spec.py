@@ -248,11 +248,11 @@ def test_binds_go_after_the_default_mounts() -> None:
     assert destinations.index("/dev/shm/sub") > destinations.index("/dev/shm")
 
 
-@pytest.mark.parametrize("bind", ["data:/data", "/srv/data:data", "/anonymous", "rel:rel"])
-def test_a_bind_that_is_not_two_absolute_paths_is_a_400(bind: str) -> None:
+@pytest.mark.parametrize("bind", ["/srv/data:data", "rel:rel"])
+def test_a_bind_dockerd_cannot_read_is_a_400(bind: str) -> None:
     with pytest.raises(errors.InvalidParameter) as caught:
         spec(host={"Binds": [bind]})
-    assert str(caught.value) == f"invalid volume specification: '{bind}'"
+    assert str(caught.value).startswith(f"invalid volume specification: '{bind}'")
     assert caught.value.status == 400
 
 
@@ -271,11 +271,11 @@ def test_mounts_of_type_bind() -> None:
     assert "rw" in b["options"] and "ro" not in b["options"]
 
 
-@pytest.mark.parametrize("kind", ["volume", "tmpfs", "npipe"])
-def test_mounts_of_another_type_are_a_400(kind: str) -> None:
-    with pytest.raises(errors.InvalidParameter) as caught:
-        spec(host={"Mounts": [{"Type": kind, "Source": "v", "Target": "/v"}]})
-    assert str(caught.value) == f"mount type {kind!r} is not supported"
+def test_mounts_of_type_tmpfs_and_an_unknown_type() -> None:
+    document = spec(host={"Mounts": [{"Type": "tmpfs", "Target": "/scratch"}]})
+    assert only_mount(document, "/scratch")["type"] == "tmpfs"
+    with pytest.raises(errors.InvalidParameter, match="mount type unknown"):
+        spec(host={"Mounts": [{"Type": "npipe", "Source": "v", "Target": "/v"}]})
 
 
 def test_tmpfs_gets_safe_options_and_its_own() -> None:

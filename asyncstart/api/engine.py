@@ -390,7 +390,9 @@ class EngineAPI:
     async def container_remove(self, request: Request, name: str) -> Reply:
         if arg_bool(request, "link"):
             raise errors.InvalidParameter("asyncstart has no container links to remove")
-        await self.daemon.container_remove(name, force=arg_bool(request, "force"))
+        await self.daemon.container_remove(
+            name, force=arg_bool(request, "force"), volumes=arg_bool(request, "v")
+        )
         return Response(204)
 
     async def container_resize(self, request: Request, name: str) -> Reply:
