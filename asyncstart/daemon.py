@@ -215,6 +215,8 @@ class Daemon:
     def _forget(self, record: ContainerRecord) -> None:
         self._actors.pop(record.id, None)
         self._index.remove(record.id, record.name)
+        if record.host_config.auto_remove:  # dockerd's auto-removal takes them too (rm -v)
+            self._task_group.start_soon(self._remove_anonymous_volumes, record.mount_points)
 
     async def _adopt(self, record: ContainerRecord, *, new: bool = False) -> ContainerActor:
         if not new:
@@ -708,10 +710,13 @@ class Daemon:
         actor = self._actor(reference)
         points = actor.snapshot().record.mount_points or ()
         await actor.request(Request.REMOVE, force, reference)
-        if not volumes:
-            return
+        if volumes:
+            await self._remove_anonymous_volumes(points)
+
+    async def _remove_anonymous_volumes(self, points: Sequence[MountPoint] | None) -> None:
+        """A removed container's anonymous volumes, those no other container uses."""
         in_use = self._volumes_in_use()
-        for point in points:
+        for point in points or ():
             if point.type == "volume" and point.anonymous and point.name not in in_use:
                 with contextlib.suppress(errors.NotFound, errors.Conflict):
                     await self.volume_remove(point.name)

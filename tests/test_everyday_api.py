@@ -556,3 +556,26 @@ async def test_volumes_are_made_at_create_and_shown_in_inspect(api: Api) -> None
             {"Binds": ["/x:/y:bogus"]},
         )
     assert len((await client.volumes_list())["Volumes"]) == 2
+
+
+async def test_rm_v_and_auto_removal_take_the_anonymous_volumes(api: Api) -> None:
+    client = api.client
+
+    async def volumes() -> set[str]:
+        return {v["Name"] for v in (await client.volumes_list())["Volumes"]}
+
+    body = {"Image": "busybox", "Cmd": ["true"], "Volumes": {"/v": {}}}
+    kept = await client.container_create("kept", body, {"Binds": ["named:/named"]})
+    await client.container_remove("kept")  # without -v: they stay
+    assert len(await volumes()) == 2
+    removed = await client.container_create("removed", body, {"Binds": ["named:/named"]})
+    anonymous = {m["Name"] for m in (await client.container_inspect(removed))["Mounts"]} - {"named"}
+    await client.container_remove("removed", volumes=True)
+    assert anonymous.isdisjoint(await volumes()) and "named" in await volumes()
+    auto = await client.container_create("auto", body, {"AutoRemove": True})
+    [auto_volume] = [m["Name"] for m in (await client.container_inspect(auto))["Mounts"]]
+    await client.container_start("auto")  # (true: it ends, and is removed)
+    with anyio.fail_after(5):
+        while auto_volume in await volumes():
+            await anyio.sleep(0.02)
+    assert kept not in {c["Id"] for c in await client.containers_list(all=True)}
