@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import errors
@@ -25,7 +25,7 @@ from .config import (
 )
 from .images.store import ImageStore
 from .logs import check_log_options
-from .mounts import parse_mounts
+from .mounts import MountPoint, parse_mounts
 from .names import generate_name
 from .record import ContainerRecord, new_id
 from .settings import HostFacts, fill_defaults, refuse_health_check, validate_platform
@@ -46,9 +46,11 @@ def new_record(
     name_taken: Callable[[str], bool],
     facts: HostFacts,
     daemon_root: str = "",
+    inherited: Sequence[MountPoint] = (),
 ) -> ContainerRecord:
     """The record of a container to create, or dockerd's 400/404 for what is wrong. Its
-    mount points are parsed (dockerd's 400s); its volumes are the daemon's to make."""
+    mount points are parsed (dockerd's 400s), with ``inherited`` (``VolumesFrom``'s, which the
+    daemon finds); its volumes are the daemon's to make."""
     parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
     host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
     validate_config(parsed)
@@ -78,6 +80,7 @@ def new_record(
         sorted((parsed.volumes or {}).keys()),
         new_id,
         tmpfs=(host.tmpfs or {}).keys(),
+        inherited=inherited,
         volume_driver=host.volume_driver,
         daemon_root=daemon_root,
         source_exists=os.path.exists,

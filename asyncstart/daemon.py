@@ -64,7 +64,7 @@ from .images.reference import check_pull_reference
 from .images.store import ImageSource
 from .lifecycle import STARTING_STATES, Request
 from .logs import ContainerLogs, LogQuery
-from .mounts import MountPoint
+from .mounts import MountPoint, inherit_mounts, parse_volumes_from
 from .network import NetworkDriver
 from .network.base import Attachment
 from .network.netlink import asyncio_loop
@@ -295,6 +295,7 @@ class Daemon:
             name_taken=self._index.has_name,
             facts=self._host,
             daemon_root=str(self.data_root),
+            inherited=self._volumes_from(host_config),
         )
         record.endpoints = self._endpoints_at_create(record, networking_config)
         container_id, canonical = record.id, record.name
@@ -322,12 +323,32 @@ class Daemon:
         await self._adopt(record, new=True)
         return container_id
 
+    def _volumes_from(self, host_config: HostConfig | Mapping[str, Any] | None) -> list[MountPoint]:
+        """``VolumesFrom``: the mount points of those containers, each ``container[:ro|rw]``
+        (dockerd's 400 for a bad one, 404 for an unknown container)."""
+        if isinstance(host_config, Mapping):
+            specs = host_config.get("VolumesFrom") or []
+        else:
+            specs = (host_config.volumes_from if host_config is not None else None) or []
+        if not isinstance(specs, list) or not all(isinstance(x, str) for x in specs):
+            raise errors.InvalidParameter("invalid VolumesFrom: expected a list of strings")
+        inherited: list[MountPoint] = []
+        for spec in specs:
+            container, mode = parse_volumes_from(spec)
+            other = self._snapshot(container).record
+            inherited += inherit_mounts(other.mount_points or (), mode)
+        return inherited
+
     async def _make_volumes(self, points: list[MountPoint], made: list[str]) -> list[MountPoint]:
         """The volumes the points name, made (a name that exists is that volume); each
         point's source is then its volume's data. ``made``: the anonymous ones, as made."""
         result = []
         for point in points:
             if point.type == "volume":
+                existed = False
+                if point.name:
+                    with contextlib.suppress(errors.NotFound):
+                        existed = bool(await self._volumes.get(point.name))
                 volume = await self._volumes.create(
                     point.name or None,
                     point.driver or "local",
@@ -335,7 +356,7 @@ class Daemon:
                     point.volume_labels,
                     anonymous=point.anonymous,
                 )
-                if point.anonymous:
+                if point.anonymous and not existed:
                     made.append(volume["Name"])
                 point = msgspec.structs.replace(
                     point, name=volume["Name"], source=volume["Mountpoint"], driver=volume["Driver"]

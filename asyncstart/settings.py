@@ -75,7 +75,6 @@ _NOT_APPLIED: dict[str, tuple[Any, ...]] = {
     "BlkioDeviceReadIOps": (None, []),
     "BlkioDeviceWriteIOps": (None, []),
     "Init": (None, False),
-    "VolumesFrom": (None, []),
     "Cgroup": ("",),
     # Real-time CPU time needs a budget in every parent cgroup (dockerd's daemon-wide
     # cpu-rt-runtime), which the engine does not hand out.

@@ -579,3 +579,25 @@ async def test_rm_v_and_auto_removal_take_the_anonymous_volumes(api: Api) -> Non
         while auto_volume in await volumes():
             await anyio.sleep(0.02)
     assert kept not in {c["Id"] for c in await client.containers_list(all=True)}
+
+
+async def test_volumes_from_takes_another_containers_mounts(api: Api) -> None:
+    client = api.client
+    body = {"Image": "busybox", "Cmd": ["true"], "Volumes": {"/cache": {}}}
+    await client.container_create("src", body, {"Binds": ["named:/data"]})
+    dst = await client.container_create(
+        "dst", {"Image": "busybox", "Cmd": ["true"]}, {"VolumesFrom": ["src:ro"]}
+    )
+    source = {m["Destination"]: m for m in (await client.container_inspect("src"))["Mounts"]}
+    taken = {m["Destination"]: m for m in (await client.container_inspect(dst))["Mounts"]}
+    assert set(taken) == {"/cache", "/data"}
+    assert all(taken[d]["Name"] == source[d]["Name"] and not taken[d]["RW"] for d in taken)
+    with pytest.raises(errors.NotFound, match="^No such container: nope$"):
+        await client.container_create("x2", {"Image": "busybox", "Cmd": ["true"]},
+                                      {"VolumesFrom": ["nope"]})  # fmt: skip
+    with pytest.raises(errors.InvalidParameter, match="^invalid mode: rshared$"):
+        await client.container_create("x3", {"Image": "busybox", "Cmd": ["true"]},
+                                      {"VolumesFrom": ["src:rshared"]})  # fmt: skip
+    # The source's anonymous volume is in use by dst too: rm -v of src keeps it.
+    await client.container_remove("src", volumes=True)
+    assert source["/cache"]["Name"] in {v["Name"] for v in (await client.volumes_list())["Volumes"]}

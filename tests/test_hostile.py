@@ -424,7 +424,6 @@ async def test_an_import_beyond_the_limits_is_a_400_and_leaves_nothing(
         ({}, {"DeviceRequests": [{"Count": -1}]}, "HostConfig.DeviceRequests"),
         ({}, {"Init": True}, "HostConfig.Init"),
         ({}, {"Links": ["db:db"], "NetworkMode": "host"}, "host type networking can't be used"),
-        ({}, {"VolumesFrom": ["other"]}, "HostConfig.VolumesFrom"),
         ({}, {"Cgroup": "container:web2"}, "HostConfig.Cgroup"),
         ({}, {"CpuRealtimeRuntime": 950}, "HostConfig.CpuRealtimeRuntime"),
         ({}, {"CpuCount": 2}, "HostConfig.CpuCount"),
