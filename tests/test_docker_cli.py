@@ -768,3 +768,105 @@ async def test_cli_named_and_anonymous_volumes_in_containers(
         assert anonymous not in (await cli.out("volume", "ls", "-q")).split()
         await cli.out("rm", "writer")
         await cli.out("volume", "rm", "data", "etcvol")
+
+
+async def test_docker_py_everyday_api(tmp_path: Path, busybox_tar: Path) -> None:
+    """docker-py's exec, archive, stats, top, volumes and prune against the daemon."""
+    import io
+    import tarfile
+
+    import docker
+
+    def work(host: str) -> None:
+        client = docker.DockerClient(base_url=host, version="auto")
+        try:
+            volume = client.volumes.create("pydata", labels={"k": "v"})
+            box = client.containers.run(
+                "busybox", ["sleep", "100"], detach=True, name="pybox",
+                volumes={"pydata": {"bind": "/data", "mode": "rw"}},
+            )  # fmt: skip
+            result = box.exec_run(["sh", "-c", "echo hi > /data/f; cat /data/f; exit 3"])
+            assert (result.exit_code, result.output) == (3, b"hi\n")
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as archive:
+                info = tarfile.TarInfo("put.txt")
+                info.size = 4
+                archive.addfile(info, io.BytesIO(b"put\n"))
+            assert box.put_archive("/tmp", buffer.getvalue()) is True
+            chunks, stat = box.get_archive("/tmp/put.txt")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                member = archive.extractfile("put.txt")
+                assert member is not None and member.read() == b"put\n"
+            assert stat["name"] == "put.txt" and stat["size"] == 4
+            stats = box.stats(stream=False)
+            assert stats["id"] == box.id and stats["memory_stats"]["usage"] > 0
+            assert stats["precpu_stats"]["cpu_usage"]["total_usage"] > 0  # two samples
+            top = box.top()
+            assert "PID" in top["Titles"] and any("sleep" in row[-1] for row in top["Processes"])
+            assert [v.name for v in client.volumes.list(filters={"label": "k=v"})] == ["pydata"]
+            box.remove(force=True)
+            done = client.containers.run("busybox", ["true"], name="pydone", detach=True)
+            assert done.wait() == {"StatusCode": 0}
+            assert client.containers.prune()["ContainersDeleted"] == [done.id]
+            volume.remove()
+            assert client.volumes.list() == []
+            assert client.images.prune()["ImagesDeleted"] is None  # busybox has no dangling twin
+        finally:
+            client.close()
+
+    async with served(tmp_path, busybox_tar) as cli:
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(work, cli.host)
+
+
+async def test_aiodocker_everyday_api(tmp_path: Path, busybox_tar: Path) -> None:
+    """aiodocker's exec, archive, stats, top, volumes and prune (aiodocker runs on asyncio
+    only: in a worker thread's own loop, whichever loop the test has)."""
+    import asyncio
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo("put.txt")
+        info.size = 4
+        archive.addfile(info, io.BytesIO(b"put\n"))
+
+    async def work(sock: Path) -> None:
+        import aiodocker
+
+        docker = aiodocker.Docker(url=f"unix://{sock}")
+        try:
+            await docker.volumes.create({"Name": "aiodata"})
+            config = {"Image": "busybox", "Cmd": ["sleep", "100"],
+                      "HostConfig": {"Binds": ["aiodata:/data"]}}  # fmt: skip
+            box = await docker.containers.run(config, name="aiobox")
+            execution = await box.exec(["sh", "-c", "echo out; echo err >&2"])
+            got = []
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    got.append((message.stream, message.data))
+            assert sorted(got) == [(1, b"out\n"), (2, b"err\n")]
+            assert (await execution.inspect())["ExitCode"] == 0
+            await box.put_archive("/data", buffer.getvalue())
+            archive = await box.get_archive("/data/put.txt")
+            member = archive.extractfile("put.txt")
+            assert member is not None and member.read() == b"put\n"
+            [stats] = await box.stats(stream=False)
+            assert stats["memory_stats"]["usage"] > 0 and stats["pids_stats"]["current"] == 1
+            top = await box.top()
+            assert any("sleep" in row[-1] for row in top["Processes"])
+            listed = await docker.volumes.list()
+            assert [v["Name"] for v in listed["Volumes"]] == ["aiodata"]
+            await box.delete(force=True)
+            done = await docker.containers.run({"Image": "busybox", "Cmd": ["true"]}, name="aio2")
+            assert (await done.wait())["StatusCode"] == 0
+            pruned = await docker.containers.prune()
+            assert pruned["ContainersDeleted"] == [done.id]
+            await (await docker.volumes.get("aiodata")).delete()
+        finally:
+            await docker.close()
+
+    async with served(tmp_path, busybox_tar) as cli:
+        with anyio.fail_after(60):
+            await anyio.to_thread.run_sync(asyncio.run, work(cli.sock))
