@@ -323,6 +323,17 @@ class Daemon:
         await self._adopt(record, new=True)
         return container_id
 
+    async def _make_bind_sources(self, record: ContainerRecord) -> None:
+        """dockerd's ``-v /host/path:/path``: a host directory that does not exist is made
+        (0755, owned by the container's root) when the container starts. Not on the fake
+        runtime, whose containers touch nothing of the host's."""
+        if self.config.runtime == "fake":
+            return
+        userns = self.config.userns()
+        for point in record.mount_points or ():
+            if point.type == "bind" and point.create_source:
+                await anyio.to_thread.run_sync(_make_directory, point.source, userns)
+
     def _volumes_from(self, host_config: HostConfig | Mapping[str, Any] | None) -> list[MountPoint]:
         """``VolumesFrom``: the mount points of those containers, each ``container[:ro|rw]``
         (dockerd's 400 for a bad one, 404 for an unknown container)."""
@@ -404,7 +415,9 @@ class Daemon:
             if not self.config.experimental:
                 raise errors.InvalidParameter("checkpoint is only supported in experimental mode")
         actor = self._actor(reference)
-        validate_host_config(actor.snapshot().record.host_config)
+        record = actor.snapshot().record
+        validate_host_config(record.host_config)
+        await self._make_bind_sources(record)
         if checkpoint and not checkpoint_dir:
             checkpoint_dir = str(self._records.path(actor.id) / "checkpoints")
         await actor.request(
@@ -1555,6 +1568,19 @@ async def open_daemon(
             yield daemon
         finally:
             tg.cancel_scope.cancel()
+
+
+def _make_directory(path: str, userns: tuple[int, int, int] | None) -> None:
+    if os.path.lexists(path):
+        return
+    try:
+        os.makedirs(path, mode=0o755)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise errors.SystemError(f"error while creating mount source path '{path}': {exc}") from exc
+    if userns is not None:
+        os.chown(path, userns[0], userns[1])
 
 
 def _check_archive_path(path: str) -> None:

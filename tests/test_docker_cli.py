@@ -768,6 +768,11 @@ async def test_cli_named_and_anonymous_volumes_in_containers(
         assert anonymous not in (await cli.out("volume", "ls", "-q")).split()
         await cli.out("rm", "writer")
         await cli.out("volume", "rm", "data", "etcvol")
+        # A bind's host directory that does not exist is made at the start, as dockerd's.
+        made = tmp_path / "made" / "deep"
+        await cli.out("run", "--rm", "-v", f"{made}:/mnt", "busybox", "sh", "-c",
+                      "echo x > /mnt/f")  # fmt: skip
+        assert (made / "f").read_text() == "x\n"
 
 
 async def test_docker_py_everyday_api(tmp_path: Path, busybox_tar: Path) -> None:
