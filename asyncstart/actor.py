@@ -23,9 +23,9 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from . import errors
+from ._log import get_logger
 from .attach import AttachSession, ContainerIO, detach_keys_for
 from .config import HostConfig
 from .container import ActorServices, ContainerState
@@ -45,7 +45,7 @@ from .views import ContainerSnapshot, endpoint_view, joined_networks
 
 __all__ = ["ActorServices", "ContainerActor", "ContainerSnapshot", "Pending"]
 
-log = structlog.get_logger("asyncstart.actor")
+log = get_logger("asyncstart.actor")
 
 _E = LifecycleEvent
 

@@ -14,10 +14,10 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import errors
+from ._log import get_logger
 from .stdin import StdinCloser
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "detach_sequence",
 ]
 
-log = structlog.get_logger("asyncstart.attach")
+log = get_logger("asyncstart.attach")
 
 Output = tuple[str, bytes]
 

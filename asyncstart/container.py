@@ -22,9 +22,9 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
-import structlog
 
 from . import errors
+from ._log import get_logger
 from .attach import ContainerIO
 from .clock import Clock
 from .events import EventBus, container_event, network_events
@@ -51,7 +51,7 @@ from .views import ContainerSnapshot, format_time
 
 __all__ = ["ActorServices", "ContainerState"]
 
-log = structlog.get_logger("asyncstart.actor")
+log = get_logger("asyncstart.actor")
 
 _E = LifecycleEvent
 

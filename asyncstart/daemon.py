@@ -28,10 +28,10 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import errors, rmi
+from ._log import get_logger
 from .actor import ActorServices, ContainerActor, Pending
 from .attach import AttachSession, detach_keys_for, detach_sequence
 from .clock import Clock, SystemClock
@@ -116,7 +116,7 @@ from .wiring import (
 
 __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_daemon"]
 
-log = structlog.get_logger("asyncstart.daemon")
+log = get_logger("asyncstart.daemon")
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 

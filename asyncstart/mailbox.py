@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-import structlog
 
 from . import errors
+from ._log import get_logger
 from .clock import Clock
 from .lifecycle import Request
 from .runtime import StateInfo
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-log = structlog.get_logger("asyncstart.actor")
+log = get_logger("asyncstart.actor")
 
 
 class Pending(Protocol):

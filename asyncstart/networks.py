@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from . import errors
+from ._log import get_logger
 from .filters import Filters, has_label, normalise
 from .network.base import Attachment, Bridge
 from .network.firewall import valid_bridge_name
@@ -47,7 +46,7 @@ __all__ = [
     "predefined_networks",
 ]
 
-log = structlog.get_logger("asyncstart.networks")
+log = get_logger("asyncstart.networks")
 
 NETWORK_FILTERS = ("driver", "id", "label", "name", "scope", "type", "dangling")
 _TYPES = ("custom", "builtin")

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-import structlog
 
 from . import errors
+from ._log import get_logger
 from .actor import ContainerActor
 from .lifecycle import Request
 from .network.ports import PortProxy
@@ -27,7 +27,7 @@ from .wiring import Drivers
 
 __all__ = ["reconcile"]
 
-log = structlog.get_logger("asyncstart.reconcile")
+log = get_logger("asyncstart.reconcile")
 
 
 async def reconcile(

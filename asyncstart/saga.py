@@ -14,16 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import anyio
-import structlog
 
 from . import errors
+from ._log import get_logger
 from .clock import Clock
 from .lifecycle import State
 from .steps import StartContext, Step
 
 __all__ = ["Saga", "StartFailed"]
 
-log = structlog.get_logger("asyncstart.saga")
+log = get_logger("asyncstart.saga")
 
 
 class StartFailed(Exception):

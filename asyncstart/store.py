@@ -17,12 +17,12 @@ from pathlib import Path
 
 import anyio
 import msgspec
-import structlog
 
 from . import errors
+from ._log import get_logger
 from .record import ContainerRecord
 
-log = structlog.get_logger("asyncstart.store")
+log = get_logger("asyncstart.store")
 
 __all__ = ["ContainerIndex", "RecordStore", "write_atomic"]
 

@@ -27,16 +27,16 @@ from typing import Any, Final
 
 import anyio
 import msgspec
-import structlog
 
 from . import errors
+from ._log import get_logger
 from .filters import Filters, has_label, normalise
 from .mounts import VOLUME_NAME, check_volume_name
 from .store import write_atomic
 
 __all__ = ["ANONYMOUS_LABEL", "VolumeStore", "copy_up", "resolve_in_root"]
 
-log = structlog.get_logger("asyncstart.volumes")
+log = get_logger("asyncstart.volumes")
 
 #: The label dockerd (23+) puts on the volumes it names itself; ``prune`` takes only those.
 ANONYMOUS_LABEL: Final = "com.docker.volume.anonymous"

@@ -35,6 +35,7 @@ MAX_LINES: Final = 450
 
 CORE: Final = (  # pure, no I/O
     "asyncstart._version",
+    "asyncstart._log",  # the engine's loggers: silent unless the program asks
     "asyncstart.errors",
     "asyncstart.lifecycle",
     "asyncstart.stdin",

@@ -22,9 +22,9 @@ from typing import Any
 
 import anyio
 import msgspec
-import structlog
 
 from .. import errors
+from .._log import get_logger
 from .._version import API_VERSION, MIN_API_VERSION, __version__
 from ..daemon import Daemon
 from ..execs import console_size
@@ -52,7 +52,7 @@ from .wire import (
 
 __all__ = ["EngineAPI"]
 
-log = structlog.get_logger("asyncstart.api")
+log = get_logger("asyncstart.api")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import h11
-import structlog
+
+from .._log import get_logger
 
 __all__ = [
     "Body",
@@ -44,7 +45,7 @@ __all__ = [
     "Streaming",
 ]
 
-log = structlog.get_logger("asyncstart.api")
+log = get_logger("asyncstart.api")
 
 #: Bytes read from the socket at a time.
 READ_SIZE = 64 * 1024

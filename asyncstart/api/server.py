@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import structlog
 
 from .. import errors
+from .._log import get_logger
 from ..daemon import Daemon
 from .engine import EngineAPI
 from .http import Connection
 
 __all__ = ["ApiServer", "Host", "claim_socket", "parse_host", "serve_api"]
 
-log = structlog.get_logger("asyncstart.api")
+log = get_logger("asyncstart.api")
 
 SOCKET_MODE = 0o660
 #: First pause after an accept that failed for lack of resources; doubles up to 1 s.

@@ -26,9 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
-
 from .. import errors
+from .._log import get_logger
 from ..spec import user_ids
 from .source import ImportLimits
 
@@ -37,7 +36,7 @@ __all__ = [
     "prepare_archive", "stat_header", "stat_path",
 ]  # fmt: skip
 
-log = structlog.get_logger("asyncstart.images")
+log = get_logger("asyncstart.images")
 
 _MAX_LINKS = 255  # Go's EvalSymlinks and FollowSymlinkInScope
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC

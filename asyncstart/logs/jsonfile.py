@@ -30,9 +30,9 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 import msgspec
-import structlog
 
 from .. import errors
+from .._log import get_logger
 from .options import LogOptions
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "rotated_name",
 ]
 
-log = structlog.get_logger("asyncstart.logs")
+log = get_logger("asyncstart.logs")
 
 #: As dockerd: a longer line is logged in parts of this size, so memory stays bounded whatever
 #: the container prints.

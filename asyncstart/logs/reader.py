@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import structlog
 
+from .._log import get_logger
 from .jsonfile import LogQuery, Selection, rotated_name
 
 __all__ = ["read_log", "read_log_chunks"]
 
-log = structlog.get_logger("asyncstart.logs")
+log = get_logger("asyncstart.logs")
 
 #: Bytes read forward per chunk (a chunk's entries are parsed and handed on at once).
 _CHUNK = 256 * 1024

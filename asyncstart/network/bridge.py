@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import anyio
-import structlog
 
 from .. import errors
+from .._log import get_logger
 from ..store import write_atomic
 from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "BridgeNetwork", "Leases"]
 
 T = TypeVar("T")
 
-log = structlog.get_logger("asyncstart.network")
+log = get_logger("asyncstart.network")
 
 #: Chosen not to collide with docker0/podman0 or the usual private ranges of a host.
 DEFAULT_BRIDGE = "asyncstart0"

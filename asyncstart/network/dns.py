@@ -36,7 +36,8 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
+
+from .._log import get_logger
 
 __all__ = [
     "AAAA",
@@ -57,7 +58,7 @@ __all__ = [
     "servfail",
 ]
 
-log = structlog.get_logger("asyncstart.network.dns")
+log = get_logger("asyncstart.network.dns")
 
 #: Record types and the one class served here.
 A, PTR, AAAA = 1, 12, 28

@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
 from .. import errors
+from .._log import get_logger
 
 __all__ = [
     "Firewall",
@@ -60,7 +60,7 @@ __all__ = [
     "valid_bridge_name",
 ]
 
-log = structlog.get_logger("asyncstart.network.firewall")
+log = get_logger("asyncstart.network.firewall")
 
 _FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
 TABLE = "asyncstart"

@@ -19,13 +19,13 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from .. import errors
+from .._log import get_logger
 
 __all__ = ["PortProxy"]
 
-log = structlog.get_logger("asyncstart.network.ports")
+log = get_logger("asyncstart.network.ports")
 
 #: Seconds a UDP client's way to the container lasts without traffic either way.
 _UDP_IDLE = 90.0

@@ -20,16 +20,16 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from .. import errors
+from .._log import get_logger
 from .dns import serve
 from .files import EMBEDDED_DNS, host_resolv_conf, upstreams
 from .netlink import socket_in
 
 __all__ = ["Resolver"]
 
-log = structlog.get_logger("asyncstart.network.resolver")
+log = get_logger("asyncstart.network.resolver")
 
 _PORT = 53
 

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import structlog
 
+from .._log import get_logger
 from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess
@@ -56,7 +56,7 @@ from .runc_cli import RuntimeChoice, create_failure, launcher
 
 __all__ = ["ConmonRuntime", "conmon_binary", "monitorable"]
 
-log = structlog.get_logger("asyncstart.runtime.conmon")
+log = get_logger("asyncstart.runtime.conmon")
 
 #: conmon's attach framing: the first byte of each message it sends names the stream.
 _STREAMS = {2: "stdout", 3: "stderr"}

@@ -11,14 +11,13 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import structlog
-
 from .. import errors
+from .._log import get_logger
 from .base import Runtime, RuntimeFailure
 
 __all__ = ["ProcessControl"]
 
-log = structlog.get_logger("asyncstart.runtime")
+log = get_logger("asyncstart.runtime")
 
 #: How runtimes say the process is gone (runc: "container not running").
 _PROCESS_GONE = ("not running", "no such process")

@@ -22,8 +22,8 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import structlog
 
+from .._log import get_logger
 from .base import Bundle, Console, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess, reap, reap_exec_leftovers, set_subreaper
@@ -32,7 +32,7 @@ from .stdio import ConsoleSocket, ContainerStdio
 
 __all__ = ["RuncRuntime"]
 
-log = structlog.get_logger("asyncstart.runtime.runc")
+log = get_logger("asyncstart.runtime.runc")
 
 
 #: The kernel's ``PID_MAX_LIMIT`` (64-bit): no cgroup can hold more pids.
