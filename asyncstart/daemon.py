@@ -62,7 +62,7 @@ from .images.copy import ContainerView, extract_to, prepare_archive, stat_path
 from .images.platform import check_image_platform, parse_platform
 from .images.reference import check_pull_reference
 from .images.store import ImageSource
-from .lifecycle import STARTING_STATES, Request
+from .lifecycle import STARTING_STATES, Request, State
 from .logs import ContainerLogs, LogQuery
 from .mounts import MountPoint, inherit_mounts, parse_volumes_from
 from .network import NetworkDriver
@@ -1223,11 +1223,12 @@ class Daemon:
         actor = self._actor(reference)
         snapshot = actor.snapshot()
         record = snapshot.record
-        if snapshot.lifecycle.state.value in ("removing", "dead"):
-            what = "being removed" if snapshot.lifecycle.state.value == "removing" else "Dead"
+        state = snapshot.lifecycle.state
+        if state in (State.REMOVING, State.DEAD):
+            what = "being removed" if state is State.REMOVING else "Dead"
             raise errors.Conflict(f"You cannot commit container {record.id} which is {what}")
         paused = False
-        if pause and snapshot.lifecycle.state.value == "running":
+        if pause and state is State.RUNNING:
             await actor.request(Request.PAUSE)
             paused = True
         try:
