@@ -2,11 +2,13 @@
 namespace files made without forking.
 
 pyroute2's ``AsyncIPRoute`` is asyncio code. Under asyncio it is awaited directly; under trio it
-runs on the trio-asyncio loop that :func:`asyncio_loop` opens around the daemon, through
-``trio_asyncio.aio_as_trio``. pyroute2's own namespace helpers fork a process and block in
-``poll``, so namespaces are made here instead: a worker thread ``unshare``\\s its network
-namespace, bind-mounts ``/proc/thread-self/ns/net`` onto the file and opens a netlink socket
-in it (a socket stays in the namespace it was created in), then ``setns``\\es back.
+runs on the trio-asyncio loop that :func:`asyncio_loop` opens around the daemon (see
+:mod:`.aioloop`: trio-asyncio's changes to asyncio last only as long as that).
+
+pyroute2's own namespace helpers fork a process and block in ``poll``, so namespaces are made
+here instead: a worker thread ``unshare``\\s its network namespace, bind-mounts
+``/proc/thread-self/ns/net`` onto the file and opens a netlink socket in it (a socket stays in
+the namespace it was created in), then ``setns``\\es back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import anyio
 import sniffio
 
 from .. import errors
+from .aioloop import open_trio_asyncio_loop, run_asyncio
 
 __all__ = [
     "asyncio_loop",
@@ -54,9 +57,7 @@ def _check(result: int, what: str) -> None:
 async def asyncio_loop() -> AsyncIterator[None]:
     """Under trio, an asyncio loop for pyroute2 for the duration; under asyncio, nothing."""
     if sniffio.current_async_library() == "trio":
-        import trio_asyncio
-
-        async with trio_asyncio.open_loop():
+        async with open_trio_asyncio_loop():
             yield
     else:
         yield
@@ -65,10 +66,7 @@ async def asyncio_loop() -> AsyncIterator[None]:
 async def netlink(call: Callable[[], Awaitable[T]]) -> T:
     """Await an asyncio coroutine function of pyroute2 on whichever loop runs us."""
     if sniffio.current_async_library() == "trio":
-        import trio_asyncio
-
-        result: T = await trio_asyncio.aio_as_trio(call)()
-        return result
+        return await run_asyncio(call)
     return await call()
 
 
