@@ -37,7 +37,7 @@ def test_leases_hand_out_addresses_in_rotation_per_bridge_and_persist(tmp_path) 
 
     from asyncstart import errors
     from asyncstart.network.base import Bridge
-    from asyncstart.network.bridge import Leases
+    from asyncstart.network.ipam import Leases
 
     small = Bridge("astest9", "10.213.99.0/29", "10.213.99.1")  # hosts .1-.6, .1 the gateway
     other = Bridge("astest8", "10.213.98.0/29", "10.213.98.1")
@@ -65,8 +65,29 @@ def test_leases_hand_out_addresses_in_rotation_per_bridge_and_persist(tmp_path) 
     assert Leases(tmp_path / "ipam.json").leases("astest9") == {}
 
 
+def test_leases_go_round_the_subnet_and_cover_every_usable_address() -> None:
+    from asyncstart import errors
+    from asyncstart.network.base import Bridge
+    from asyncstart.network.ipam import Leases
+
+    leases = Leases(None)  # in memory, as the fake driver keeps them
+    wide = Bridge("astest7", "10.213.96.0/22", "10.213.96.1")
+    handed = [leases.allocate(wide, f"c{n}") for n in range(1021)]
+    assert handed[:2] == ["10.213.96.2", "10.213.96.3"] and handed[-1] == "10.213.99.254"
+    assert len(set(handed)) == 1021  # every host but the gateway, no network or broadcast
+    leases.release("c5")
+    leases.release("c1")
+    assert leases.allocate(wide, "again") == "10.213.96.3"  # after the last, round to the first
+    pair = Bridge("astest5", "10.213.95.0/31", "10.213.95.0")  # a /31 has no broadcast
+    assert leases.allocate(pair, "one") == "10.213.95.1"
+    single = Bridge("astest6", "10.213.95.8/32", "10.213.95.1")
+    assert leases.allocate(single, "only") == "10.213.95.8"
+    with pytest.raises(errors.SystemError, match="no available IPv4 addresses"):
+        leases.allocate(single, "more")
+
+
 def test_leases_of_an_older_daemon_are_the_default_bridges(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from asyncstart.network.bridge import Leases
+    from asyncstart.network.ipam import Leases
 
     (tmp_path / "ipam.json").write_text('{"abc": "10.213.0.7"}')
     assert Leases(tmp_path / "ipam.json", legacy_bridge="asyncstart0").leases("asyncstart0") == {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import os
 import secrets
 import socket
@@ -28,12 +27,13 @@ import anyio
 
 from .. import errors
 from .._log import get_logger
-from ..store import write_atomic
 from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
+from .ipam import Leases
 from .netlink import create_netns, delete_netns, netlink, netns_socket
 
 __all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "BridgeNetwork", "Leases"]
+
 
 T = TypeVar("T")
 
@@ -44,87 +44,6 @@ DEFAULT_BRIDGE = "asyncstart0"
 DEFAULT_SUBNET = "10.213.0.0/24"
 #: The kernel's table of local and broadcast addresses (not routes elsewhere).
 _LOCAL_TABLE = 255
-
-
-class Leases:
-    """The addresses handed out on every bridge network, kept in one file across restarts
-    (``{bridge: {container ID: address}}``)."""
-
-    def __init__(self, path: Path, *, legacy_bridge: str = DEFAULT_BRIDGE) -> None:
-        self.path = path
-        try:
-            stored = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            stored = {}
-        if stored and all(isinstance(value, str) for value in stored.values()):
-            stored = {legacy_bridge: stored}  # one bridge's, as an older daemon kept them
-        self._leases: dict[str, dict[str, str]] = {
-            name: dict(leases) for name, leases in stored.items() if isinstance(leases, dict)
-        }
-        #: Per bridge, the last address handed out (addresses go round).
-        self._last: dict[str, str] = {}
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps(self._leases).encode())
-
-    def allocate(self, bridge: Bridge, container_id: str, wanted: str = "") -> str:
-        """``wanted`` if free, else the next free address after the last one handed out (in
-        rotation, as dockerd: an address just released may still have its old veth and MAC on
-        the bridge)."""
-        leases = self._leases.setdefault(bridge.name, {})
-        if container_id in leases and (not wanted or leases[container_id] == wanted):
-            return leases[container_id]
-        subnet = ipaddress.IPv4Network(bridge.subnet)
-        taken = {bridge.gateway, *(a for c, a in leases.items() if c != container_id)}
-        if wanted:
-            if ipaddress.IPv4Address(wanted) not in subnet:  # (a network made anew since)
-                raise errors.InvalidParameter(
-                    f"no configured subnet or ip-range contain the IP address {wanted}"
-                )
-            if wanted in taken:
-                raise errors.Forbidden(f"Address already in use: {wanted}")
-            return self._lease(bridge.name, container_id, wanted)
-        hosts = [str(h) for h in subnet.hosts()]
-        last = self._last.get(bridge.name, "")
-        start = hosts.index(last) + 1 if last in hosts else 0
-        for address in hosts[start:] + hosts[:start]:
-            if address not in taken:
-                return self._lease(bridge.name, container_id, address)
-        raise errors.SystemError(f"no available IPv4 addresses on network {subnet}")
-
-    def _lease(self, bridge: str, container_id: str, address: str) -> str:
-        self._leases[bridge][container_id] = address
-        self._last[bridge] = address
-        self._save()
-        return address
-
-    def release(self, container_id: str, bridge: str | None = None) -> None:
-        """Give back the container's address on ``bridge``, or on every bridge."""
-        changed = False
-        for name, leases in self._leases.items():
-            if bridge in (None, name) and leases.pop(container_id, None) is not None:
-                changed = True
-        if changed:
-            self._save()
-
-    def leases(self, bridge: str) -> dict[str, str]:
-        return dict(self._leases.get(bridge, {}))
-
-    def forget(self, bridge: str) -> None:
-        """A removed network's leases go with it."""
-        if self._leases.pop(bridge, None) is not None:
-            self._save()
-
-    def keep_only(self, container_ids: set[str]) -> None:
-        """After a daemon restart: free what belongs to containers no longer running."""
-        changed = False
-        for leases in self._leases.values():
-            for container_id in set(leases) - container_ids:
-                del leases[container_id]
-                changed = True
-        if changed:
-            self._save()
 
 
 def _mac(address: str) -> str:

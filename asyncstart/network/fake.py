@@ -10,6 +10,7 @@ from typing import Any
 from .. import errors
 from ..faults import FaultPlan
 from .base import Attachment, Bridge
+from .ipam import Leases
 
 __all__ = ["FakeNetwork"]
 
@@ -18,33 +19,19 @@ class FakeNetwork:
     """Hands out namespaces and addresses per network; ``setup``/``teardown`` take faults.
 
     Every bridge network is taken as it is given (no pool of its own): addresses come from the
-    attachment's subnet, the next free one, as the real driver's leases.
+    attachment's subnet, the next free one in rotation, by the real driver's leases (kept in
+    memory).
     """
 
     def __init__(self) -> None:
         self.faults = FaultPlan()
         #: container ID -> namespace path ("" in host mode)
         self.sandboxes: dict[str, str] = {}
-        #: bridge name -> {container ID: address}
-        self.leases: dict[str, dict[str, str]] = {}
+        self._leases = Leases(None)
         #: The bridges made (``create_network``) and not removed.
         self.bridges: set[str] = set()
         #: What ``routed_subnets`` answers (a test may claim a host route).
         self.routed: list[ipaddress.IPv4Network] = []
-
-    def _allocate(self, bridge: Bridge, container_id: str, wanted: str) -> str:
-        leases = self.leases.setdefault(bridge.name, {})
-        taken = {bridge.gateway, *leases.values()}
-        if wanted:
-            if wanted in taken:
-                raise errors.Forbidden(f"Address already in use: {wanted}")
-            leases[container_id] = wanted
-            return wanted
-        for host in ipaddress.IPv4Network(bridge.subnet).hosts():
-            if str(host) not in taken:
-                leases[container_id] = str(host)
-                return str(host)
-        raise errors.SystemError(f"no available IPv4 addresses on network {bridge.subnet}")
 
     def _endpoint(self, attachment: Attachment, address: str) -> dict[str, Any]:
         return {
@@ -72,7 +59,7 @@ class FakeNetwork:
             return settings
         try:
             for attachment in attachments:
-                address = self._allocate(attachment.bridge, container_id, attachment.ipv4)
+                address = self._leases.allocate(attachment.bridge, container_id, attachment.ipv4)
                 endpoint = self._endpoint(attachment, address)
                 settings["Networks"][attachment.network] = endpoint
                 if attachment.network == "bridge":
@@ -87,17 +74,16 @@ class FakeNetwork:
         self, container_id: str, sandbox: str, attachment: Attachment
     ) -> dict[str, Any]:
         self.faults.check("connect", container_id)
-        address = self._allocate(attachment.bridge, container_id, attachment.ipv4)
+        address = self._leases.allocate(attachment.bridge, container_id, attachment.ipv4)
         return self._endpoint(attachment, address)
 
     async def disconnect(
         self, container_id: str, sandbox: str, attachment: Attachment, address: str
     ) -> None:
-        self.leases.get(attachment.bridge.name, {}).pop(container_id, None)
+        self._leases.release(container_id, attachment.bridge.name)
 
     def _release(self, container_id: str) -> None:
-        for leases in self.leases.values():
-            leases.pop(container_id, None)
+        self._leases.release(container_id)
 
     async def teardown(self, container_id: str) -> None:
         self.faults.check("teardown", container_id)
@@ -116,10 +102,15 @@ class FakeNetwork:
 
     async def remove_network(self, bridge: Bridge, *, keep_link: bool = False) -> None:
         self.bridges.discard(bridge.name)
-        self.leases.pop(bridge.name, None)
+        self._leases.forget(bridge.name)
 
     async def routed_subnets(self) -> list[ipaddress.IPv4Network]:
         return list(self.routed)
 
+    @property
+    def leases(self) -> dict[str, dict[str, str]]:
+        """bridge name -> {container ID: address}, for tests to look at."""
+        return {name: self._leases.leases(name) for name in self._leases.bridges()}
+
     def addresses(self) -> set[str]:
-        return {address for leases in self.leases.values() for address in leases.values()}
+        return self._leases.addresses()

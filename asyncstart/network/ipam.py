@@ -1,0 +1,125 @@
+"""Address leases on bridge networks (libnetwork's default IPAM, IPv4): handed out in rotation,
+kept in one file across restarts (in memory only for the fake driver).
+
+Addresses are reckoned as integers: an allocation looks at the addresses after the last one
+handed out until one is free, without building the subnet's list of hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+from pathlib import Path
+
+from .. import errors
+from ..store import write_atomic
+from .base import Bridge
+
+__all__ = ["Leases"]
+
+
+def _host_range(subnet: ipaddress.IPv4Network) -> tuple[int, int]:
+    """The subnet's usable addresses, first and last, as ``hosts()`` gives them: all of a /31
+    or /32, else all but the network and broadcast addresses."""
+    first, last = int(subnet.network_address), int(subnet.broadcast_address)
+    return (first, last) if subnet.prefixlen >= 31 else (first + 1, last - 1)
+
+
+def _dotted(address: int) -> str:
+    return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
+
+
+class Leases:
+    """The addresses handed out on every bridge network (``{bridge: {container ID: address}}``),
+    saved to ``path`` on each change (``None``: kept in memory)."""
+
+    def __init__(self, path: Path | None, *, legacy_bridge: str = "asyncstart0") -> None:
+        self.path = path
+        stored: object = {}
+        if path is not None:
+            try:
+                stored = json.loads(path.read_text())
+            except (FileNotFoundError, ValueError):
+                stored = {}
+        if not isinstance(stored, dict):
+            stored = {}
+        if stored and all(isinstance(value, str) for value in stored.values()):
+            stored = {legacy_bridge: stored}  # one bridge's, as an older daemon kept them
+        self._leases: dict[str, dict[str, str]] = {
+            name: dict(leases) for name, leases in stored.items() if isinstance(leases, dict)
+        }
+        #: Per bridge, the last address handed out (addresses go round).
+        self._last: dict[str, int] = {}
+
+    def _save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(self._leases).encode())
+
+    def allocate(self, bridge: Bridge, container_id: str, wanted: str = "") -> str:
+        """``wanted`` if free, else the next free address after the last one handed out (in
+        rotation, as dockerd: an address just released may still have its old veth and MAC on
+        the bridge)."""
+        leases = self._leases.setdefault(bridge.name, {})
+        if container_id in leases and (not wanted or leases[container_id] == wanted):
+            return leases[container_id]
+        subnet = ipaddress.IPv4Network(bridge.subnet)
+        taken = {bridge.gateway, *(a for c, a in leases.items() if c != container_id)}
+        if wanted:
+            if ipaddress.IPv4Address(wanted) not in subnet:  # (a network made anew since)
+                raise errors.InvalidParameter(
+                    f"no configured subnet or ip-range contain the IP address {wanted}"
+                )
+            if wanted in taken:
+                raise errors.Forbidden(f"Address already in use: {wanted}")
+            return self._lease(bridge.name, container_id, wanted)
+        first, last = _host_range(subnet)
+        previous = self._last.get(bridge.name, last)
+        start = previous + 1 if first <= previous < last else first
+        for candidate in itertools.chain(range(start, last + 1), range(first, start)):
+            address = _dotted(candidate)
+            if address not in taken:
+                return self._lease(bridge.name, container_id, address)
+        raise errors.SystemError(f"no available IPv4 addresses on network {subnet}")
+
+    def _lease(self, bridge: str, container_id: str, address: str) -> str:
+        self._leases[bridge][container_id] = address
+        self._last[bridge] = int(ipaddress.IPv4Address(address))
+        self._save()
+        return address
+
+    def release(self, container_id: str, bridge: str | None = None) -> None:
+        """Give back the container's address on ``bridge``, or on every bridge."""
+        changed = False
+        for name, leases in self._leases.items():
+            if bridge in (None, name) and leases.pop(container_id, None) is not None:
+                changed = True
+        if changed:
+            self._save()
+
+    def leases(self, bridge: str) -> dict[str, str]:
+        return dict(self._leases.get(bridge, {}))
+
+    def bridges(self) -> list[str]:
+        """The bridges with leases (or had: a bridge's entry stays until it is forgotten)."""
+        return list(self._leases)
+
+    def addresses(self) -> set[str]:
+        """Every address leased, on any bridge."""
+        return {address for leases in self._leases.values() for address in leases.values()}
+
+    def forget(self, bridge: str) -> None:
+        """A removed network's leases go with it."""
+        if self._leases.pop(bridge, None) is not None:
+            self._save()
+
+    def keep_only(self, container_ids: set[str]) -> None:
+        """After a daemon restart: free what belongs to containers no longer running."""
+        changed = False
+        for leases in self._leases.values():
+            for container_id in set(leases) - container_ids:
+                del leases[container_id]
+                changed = True
+        if changed:
+            self._save()
