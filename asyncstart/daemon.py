@@ -17,7 +17,9 @@ import functools
 import ipaddress
 import json
 import os
+import platform
 import shlex
+import socket
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
@@ -32,6 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import errors, rmi
 from ._log import get_logger
+from ._version import API_VERSION, MIN_API_VERSION, __version__
 from .actor import ActorServices, ContainerActor, Pending
 from .attach import AttachSession, detach_keys_for, detach_sequence
 from .clock import Clock, SystemClock
@@ -56,7 +59,7 @@ from .filters import (
     normalise,
     timestamp,
 )
-from .hostinfo import host_facts
+from .hostinfo import go_arch, host_facts, mem_total
 from .images import MountDriver
 from .images.copy import ContainerView, extract_to, prepare_archive, stat_path
 from .images.platform import check_image_platform, parse_platform
@@ -122,7 +125,10 @@ WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
 
 class Daemon:
-    """The engine's public face. Obtain one with :func:`open_daemon`."""
+    """The engine's public face. Obtain one with :func:`open_daemon`.
+
+    :class:`asyncstart.Client` has the same methods, parameters and results over the Engine
+    API socket, but for those whose docstring says "Library-only" (and its own ``aclose``)."""
 
     def __init__(
         self,
@@ -134,8 +140,8 @@ class Daemon:
         engine_id: str,
     ) -> None:
         self.config = config
-        self.data_root = Path(config.data_root)
-        self.exec_root = Path(config.exec_root)
+        self.data_root: Path = Path(config.data_root)
+        self.exec_root: Path = Path(config.exec_root)
         #: A stable identity for the data root (dockerd's ``engine-id``).
         self.engine_id = engine_id
         self._drivers = drivers
@@ -191,7 +197,9 @@ class Daemon:
     # -- wiring -----------------------------------------------------------------------------
 
     def state_changed(self, container_id: str, info: StateInfo) -> None:
-        """The runtime backend's callback: route the report to the container's actor."""
+        """The runtime backend's callback: route the report to the container's actor.
+
+        Library-only: the runtime calls it in-process; no client has anything to report."""
         actor = self._actors.get(container_id)
         if actor is None:
             log.debug("runtime.unknown_container", container_id=container_id, state=info.state)
@@ -474,7 +482,10 @@ class Daemon:
     def container_wait_pending(self, reference: str, condition: str = "not-running") -> Pending:
         """Register a wait and return at once (errors such as 404 are raised here); the result
         is ``await pending.wait()``. Anything asked of the container after this returns — a
-        start, say — is ordered after the wait, as the API's early 200 promises."""
+        start, say — is ordered after the wait, as the API's early 200 promises.
+
+        Library-only: it registers in-process without awaiting (the API's ``POST /wait``
+        sends its 200 on it); a client waits with :meth:`container_wait`."""
         if condition == "":
             condition = "not-running"
         if condition not in WAIT_CONDITIONS:
@@ -627,7 +638,7 @@ class Daemon:
         record = self._snapshot(reference).record
         container_event(self._events, record, "extract-to-dir")
 
-    async def container_changes(self, reference: str) -> list[dict[str, object]]:
+    async def container_changes(self, reference: str) -> list[dict[str, Any]]:
         """``docker diff``: what the container changed of its image (running or not)."""
         return await self._drivers.mounter.changes(self._actor(reference).id)
 
@@ -781,7 +792,10 @@ class Daemon:
         return self._actor(reference).attach(reference, streams, stdin, keys)
 
     async def container_close_stdin(self, reference: str) -> None:
-        """What an attached client's EOF does: close stdin now, or once the process is ready."""
+        """What an attached client's EOF does: close stdin now, or once the process is ready.
+
+        Library-only: the Engine API has no such route; a client half-closes an attach
+        (``send_eof``), which closes stdin under dockerd's ``StdinOnce`` rule only."""
         await self._actor(reference).io.close_stdin()
 
     async def container_resize(self, reference: str, height: int, width: int) -> None:
@@ -872,6 +886,12 @@ class Daemon:
                         execID=exec_id)  # fmt: skip
         self._task_group.start_soon(self._run_exec, instance, io, process)
         return io
+
+    async def exec_start_detached(
+        self, exec_id: str, *, console_size: tuple[int, int] | None = None
+    ) -> None:
+        """``docker exec -d``: :meth:`exec_start` with ``detach``; returns once it runs."""
+        await self.exec_start(exec_id, detach=True, console_size=console_size)
 
     def _exec_detached(self, instance: ExecInstance) -> None:
         """The client let go of the exec with its detach keys (dockerd's ``exec_detach``)."""
@@ -1416,7 +1436,9 @@ class Daemon:
     def subscribe_events(
         self,
     ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[dict[str, Any]]]:
-        """Every event from now on: ``async with daemon.subscribe_events() as events:``."""
+        """Every event from now on: ``async with daemon.subscribe_events() as events:``.
+
+        Library-only: the in-process bus itself; a client (and the API) use :meth:`events`."""
         return self._events.subscribe()
 
     @asynccontextmanager
@@ -1434,11 +1456,15 @@ class Daemon:
             yield it
 
     def statistics(self) -> DaemonStatistics:
-        """How many containers run, are paused, are stopped; events dropped (slow readers)."""
+        """How many containers run, are paused, are stopped; events dropped (slow readers).
+
+        Library-only: a sync in-process counter; a client reads the counts in :meth:`info`."""
         return DaemonStatistics.of(self._snapshots(), events_dropped=self._events.dropped)
 
     async def runtime_versions(self) -> dict[str, str]:
-        """The OCI runtimes' versions (``docker version``'s components), asked once."""
+        """The OCI runtimes' versions (``docker version``'s components), asked once.
+
+        Library-only: a part of :meth:`version`, which a client has too."""
         if self._runtime_versions is None:
             found: dict[str, str] = {}
             for name, args in self._runtimes.items():
@@ -1453,7 +1479,9 @@ class Daemon:
         return dict(self._runtime_versions)
 
     def system_info(self) -> dict[str, Any]:
-        """What ``docker info`` says of the engine itself (the API adds the host's facts).
+        """What ``docker info`` says of the engine itself (:meth:`info` adds the host's facts).
+
+        Library-only: sync, the engine's part alone; a client has :meth:`info`.
 
         Every field of dockerd's ``system.Info``; those about what asyncstart does not have
         (swarm, registries, plugins beyond its own drivers) say so as dockerd does without
@@ -1520,6 +1548,88 @@ class Daemon:
             "Warnings": [] if host.swap_limit else ["WARNING: No swap limit support"],
         }
 
+    async def info(self) -> dict[str, Any]:
+        """``docker info``: what ``GET /info`` answers — :meth:`system_info` with the host's
+        facts (kernel, OS, CPUs, memory, name) and the number of images."""
+        images = await self.images_list()
+        return {
+            **self.system_info(),
+            "Images": len(images),
+            "KernelVersion": platform.release(),
+            "OperatingSystem": _os_release("PRETTY_NAME") or platform.system(),
+            "OSVersion": _os_release("VERSION_ID"),
+            "OSType": "linux",
+            "Architecture": platform.machine(),
+            # No registry is reached (pulls are not supported); dockerd's defaults.
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": {
+                "AllowNondistributableArtifactsCIDRs": None,
+                "AllowNondistributableArtifactsHostnames": None,
+                "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"],
+                "IndexConfigs": {},
+                "Mirrors": None,
+            },
+            "NCPU": os.cpu_count() or 1,
+            "MemTotal": mem_total(),
+            "GenericResources": None,
+            "Name": socket.gethostname(),
+            "ServerVersion": __version__,
+            "Swarm": {
+                "NodeID": "",
+                "NodeAddr": "",
+                "LocalNodeState": "inactive",
+                "ControlAvailable": False,
+                "Error": "",
+                "RemoteManagers": None,
+            },
+        }
+
+    async def version(self) -> dict[str, Any]:
+        """``docker version``: what ``GET /version`` answers — the engine's versions, then
+        each OCI runtime's (:meth:`runtime_versions`) as a component."""
+        details = {
+            "ApiVersion": API_VERSION,
+            "Arch": go_arch(),
+            "BuildTime": "",
+            "Experimental": str(self.config.experimental).lower(),
+            "GitCommit": "",
+            "GoVersion": f"python{platform.python_version()}",
+            "KernelVersion": platform.release(),
+            "MinAPIVersion": MIN_API_VERSION,
+            "Os": "linux",
+        }
+        runtimes = await self.runtime_versions()
+        components = [{"Name": "Engine", "Version": __version__, "Details": details}]
+        components += [
+            {"Name": name, "Version": version, "Details": {"GitCommit": ""}}
+            for name, version in sorted(runtimes.items())
+        ]
+        return {
+            "Platform": {"Name": "asyncstart"},
+            "Components": components,
+            "Version": __version__,
+            **{k: v for k, v in details.items() if k != "Experimental"},
+            "Experimental": self.config.experimental,
+        }
+
+    async def ping(self) -> str:
+        """``GET /_ping``'s answer: ``"OK"`` (the daemon is open; the client's asks the socket)."""
+        return "OK"
+
+
+def _os_release(key: str) -> str:
+    """A field of the host's ``os-release`` (dockerd's ``OperatingSystem``, ``OSVersion``)."""
+    for candidate in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(candidate, encoding="utf-8") as file:
+                for line in file:
+                    name, _, value = line.strip().partition("=")
+                    if name == key:
+                        return value.strip().strip('"')
+        except OSError:
+            continue
+    return ""
+
 
 def _ip_forwarding() -> bool:
     try:
@@ -1560,15 +1670,23 @@ async def open_daemon(
     await anyio.to_thread.run_sync(secure_roots, config)
     drivers = build_drivers(config, clock, runtime=runtime, mounter=mounter, network=network)
     engine_id = await anyio.to_thread.run_sync(read_engine_id, Path(config.data_root))
-    async with asyncio_loop(), anyio.create_task_group() as tg:
-        daemon = Daemon(config, drivers, clock=clock, task_group=tg, engine_id=engine_id)
-        await tg.start(drivers.runtime.run, daemon)
-        await daemon._reopen()
-        log.info("daemon.ready", containers=len(daemon._actors), runtime=drivers.runtime.name)
+    async with asyncio_loop():
+        daemon: Daemon | None = None
         try:
-            yield daemon
+            async with anyio.create_task_group() as tg:
+                daemon = Daemon(config, drivers, clock=clock, task_group=tg, engine_id=engine_id)
+                await tg.start(drivers.runtime.run, daemon)
+                await daemon._reopen()
+                log.info(
+                    "daemon.ready", containers=len(daemon._actors), runtime=drivers.runtime.name
+                )
+                try:
+                    yield daemon
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
-            tg.cancel_scope.cancel()
+            if daemon is not None:
+                await daemon._records.aclose()
 
 
 def _make_directory(path: str, userns: tuple[int, int, int] | None) -> None:

@@ -1,10 +1,16 @@
 """Container records on disk, and the in-memory index that finds them.
 
-Each record lives in ``data_root/containers/<id>/container.json``. A write goes to a temporary
-file in the same directory, is flushed and fsynced, then renamed over the record: a reader —
-or a daemon reopened after being killed mid-write — sees the old record or the new one, never a
-torn one. The index resolves a reference as dockerd does: exact full ID, then exact name, then
-unique ID prefix.
+Records live in one SQLite database, ``data_root/containers.db``, in WAL mode with
+``synchronous=FULL``: a save returns once its transaction is on disk, and a reader — or a
+daemon reopened after being killed mid-write — sees the old record or the new one, never a torn
+one. Saves made while a transaction is being written are gathered into the next one (group
+commit): whoever saves while no writer is busy writes the batch in a worker thread, one thread
+hand-off and one fsync for every save in it, and wakes the others. Each container keeps its
+directory ``data_root/containers/<id>/`` for its log, network files and checkpoints. Records of
+an older daemon (``<id>/container.json`` files) are taken into the database when it opens.
+
+The index resolves a reference as dockerd does: exact full ID, then exact name, then unique ID
+prefix.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import bisect
 import os
 import shutil
+import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
@@ -26,7 +34,9 @@ log = get_logger("asyncstart.store")
 
 __all__ = ["ContainerIndex", "RecordStore", "write_atomic"]
 
-RECORD_FILE = "container.json"
+DATABASE = "containers.db"
+#: An older daemon's record file, in the container's directory (read once, then taken in).
+LEGACY_RECORD_FILE = "container.json"
 _TMP_SUFFIX = ".tmp"
 
 
@@ -50,17 +60,38 @@ def write_atomic(target: Path, data: bytes, *, fsync: bool = True) -> None:
     os.replace(tmp, target)
 
 
+class _Batch:
+    """Saves (record bytes) and deletions (``None``) gathered for one transaction."""
+
+    __slots__ = ("done", "error", "ops", "wake")
+
+    def __init__(self) -> None:
+        self.ops: dict[str, bytes | None] = {}
+        self.done = False
+        self.error: Exception | None = None
+        #: Set when the batch is written, or when the writer went idle with it still open.
+        self.wake = anyio.Event()
+
+
 class RecordStore:
-    """Atomic persistence of :class:`ContainerRecord` under ``root``."""
+    """Durable :class:`ContainerRecord`\\s (see the module docstring); ``root`` holds the
+    containers' directories, the database sits beside it."""
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
         self.fsync = fsync
+        self.database = root.parent / DATABASE
         #: Where records that do not decode are moved (``data_root/quarantine``).
         self.quarantine = root.parent / "quarantine"
         #: IDs whose records were moved there by the last :meth:`load_all`: what their
         #: containers hold (runtime state, layer, namespace) is left alone, not cleaned up.
         self.quarantined: set[str] = set()
+        #: Transactions written (each carrying one or more saves).
+        self.commits = 0
+        self._connection: sqlite3.Connection | None = None
+        self._open: _Batch | None = None
+        self._busy = False
+        self._directories: set[str] = set()  # containers whose directory exists
 
     def path(self, container_id: str) -> Path:
         return self.root / container_id
@@ -69,70 +100,178 @@ class RecordStore:
         """The container's json-file log (dockerd's ``<id>-json.log`` beside its record)."""
         return self.root / container_id / f"{container_id}-json.log"
 
-    def _write(self, container_id: str, data: bytes) -> None:
-        directory = self.root / container_id
-        directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(directory / RECORD_FILE, data, fsync=self.fsync)
+    # --- the database (worker threads, one at a time) ----------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.database, os.O_WRONLY | os.O_CREAT, 0o600))
+            connection = sqlite3.connect(
+                self.database, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, data BLOB NOT NULL)"
+            )
+            self._connection = connection
+        return self._connection
+
+    def write(self, ops: Mapping[str, bytes | None]) -> None:
+        """Apply saves (bytes) and deletions (``None``) in one transaction (blocking)."""
+        for container_id, data in ops.items():
+            if data is not None and container_id not in self._directories:
+                (self.root / container_id).mkdir(parents=True, exist_ok=True)
+                self._directories.add(container_id)
+        connection = self._connect()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(
+                "INSERT OR REPLACE INTO records (id, data) VALUES (?, ?)",
+                [(key, data) for key, data in ops.items() if data is not None],
+            )
+            connection.executemany(
+                "DELETE FROM records WHERE id = ?",
+                [(key,) for key, data in ops.items() if data is None],
+            )
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        self.commits += 1
+
+    async def aclose(self) -> None:
+        """Write what savers that were cancelled left in the open batch; close the database."""
+        with anyio.CancelScope(shield=True):
+            if self._open is not None and not self._busy:
+                await self._write_open_batch()
+            if self._connection is not None and not self._busy:
+                await anyio.to_thread.run_sync(self._connection.close)
+                self._connection = None
+
+    # --- group commit ------------------------------------------------------------------------
+
+    async def _commit(self, container_id: str, data: bytes | None) -> None:
+        """Have the change written; return once its transaction is on disk."""
+        if self._open is None:
+            self._open = _Batch()
+        batch = self._open
+        batch.ops[container_id] = data
+        while not batch.done:
+            if self._busy:
+                await batch.wake.wait()
+            else:
+                await self._write_open_batch()
+        if batch.error is not None:
+            raise batch.error
+
+    async def _write_open_batch(self) -> None:
+        batch, self._open = self._open, None
+        assert batch is not None
+        self._busy = True
+        batch.wake = anyio.Event()  # (those who woke to lead it wait again)
+        try:
+            await anyio.to_thread.run_sync(self.write, batch.ops)
+        except (OSError, sqlite3.Error) as exc:
+            batch.error = exc
+        finally:
+            batch.done = True
+            self._busy = False
+            batch.wake.set()
+            if self._open is not None:
+                self._open.wake.set()  # its savers wait: one of them writes it
 
     async def save(self, record: ContainerRecord) -> None:
-        """Write ``record`` atomically (in a worker thread: the event loop never waits on disk)."""
+        """Write ``record`` durably (in a worker thread: the event loop never waits on disk)."""
         try:
             data = _encoder.encode(record)
         except (msgspec.EncodeError, UnicodeEncodeError) as exc:
             # A client's string no JSON can hold (a lone surrogate): its request is at fault.
             raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
         try:
-            await anyio.to_thread.run_sync(self._write, record.id, data)
-        except OSError as exc:
-            raise errors.SystemError(
-                f"failed to save container {record.id}: {exc.strerror or exc}"
-            ) from exc
+            await self._commit(record.id, data)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise errors.SystemError(f"failed to save container {record.id}: {reason}") from exc
 
     async def delete(self, container_id: str) -> None:
+        """Forget the record, then remove the container's directory."""
         directory = self.root / container_id
         try:
+            await self._commit(container_id, None)
+            self._directories.discard(container_id)
             await anyio.to_thread.run_sync(shutil.rmtree, directory)
         except FileNotFoundError:
             pass
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise errors.SystemError(
-                f"unable to remove filesystem for {container_id}: {exc.strerror or exc}"
+                f"unable to remove filesystem for {container_id}: {reason}"
             ) from exc
 
+    # --- loading -----------------------------------------------------------------------------
+
     def _load_all(self) -> list[ContainerRecord]:
+        self._take_in_legacy_records()
+        stored = self._connect().execute("SELECT id, data FROM records ORDER BY id").fetchall()
         records: list[ContainerRecord] = []
-        if not self.root.is_dir():
-            return records
-        for entry in sorted(self.root.iterdir()):
-            target = entry / RECORD_FILE
-            (entry / (RECORD_FILE + _TMP_SUFFIX)).unlink(missing_ok=True)
-            if not target.is_file():
-                # Killed between mkdir and the first rename: the create never completed.
-                shutil.rmtree(entry, ignore_errors=True)
-                continue
+        unreadable: dict[str, bytes | None] = {}
+        for container_id, data in stored:
             try:
-                records.append(_decoder.decode(target.read_bytes()))
+                records.append(_decoder.decode(data))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._quarantine(entry, str(exc))
+                self._quarantine(container_id, bytes(data), str(exc))
+                unreadable[container_id] = None
+        if unreadable:
+            self.write(unreadable)
+        known = {record.id for record in records}
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name not in known:
+                    # A create killed before its first save, or a removal after its delete.
+                    shutil.rmtree(entry, ignore_errors=True)
+        self._directories = known
         return records
 
-    def _quarantine(self, entry: Path, error: str) -> None:
-        """A record that does not decode (torn by power loss on a file system that lies about
-        fsync, a full disk) is moved aside for a person to look at, as dockerd skips such a
-        container: one bad record must not keep the daemon from serving the others."""
-        target = self.quarantine / f"{entry.name}.{time.time_ns()}"
+    def _take_in_legacy_records(self) -> None:
+        """An older daemon's ``<id>/container.json`` files, into the database."""
+        if not self.root.is_dir():
+            return
+        found: dict[str, bytes | None] = {}
+        for entry in sorted(self.root.iterdir()):
+            legacy = entry / LEGACY_RECORD_FILE
+            (entry / (LEGACY_RECORD_FILE + _TMP_SUFFIX)).unlink(missing_ok=True)
+            if legacy.is_file():
+                found[entry.name] = legacy.read_bytes()
+        if found:
+            self.write(found)
+            for container_id in found:
+                (self.root / container_id / LEGACY_RECORD_FILE).unlink()
+
+    def _quarantine(self, container_id: str, data: bytes, error: str) -> None:
+        """A record that does not decode (a full disk, a database edited by hand, a file
+        system that lies about fsync) is moved aside for a person to look at, as dockerd skips
+        such a container: one bad record must not keep the daemon from serving the others.
+        The container's directory goes with it, the record as ``container.json`` inside."""
+        target = self.quarantine / f"{container_id}.{time.time_ns()}"
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.rename(entry, target)
-        self.quarantined.add(entry.name)
+        directory = self.root / container_id
+        if directory.is_dir():
+            os.rename(directory, target)
+        else:
+            target.mkdir(mode=0o700)
+        write_atomic(target / LEGACY_RECORD_FILE, data)
+        self.quarantined.add(container_id)
         log.error(
             "container.record_unreadable",
-            container_id=entry.name,
+            container_id=container_id,
             error=error,
             moved_to=str(target),
         )
 
     async def load_all(self) -> list[ContainerRecord]:
-        """Every persisted record; leftovers of interrupted writes are swept away."""
+        """Every persisted record; leftovers of interrupted creates and removals are swept."""
+        self.quarantined = set()
         return await anyio.to_thread.run_sync(self._load_all)
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import tarfile
 import tempfile
 import time
@@ -90,16 +91,17 @@ def test_logged_exceptions_carry_their_type_and_traceback() -> None:
 async def test_a_record_that_does_not_decode_is_quarantined_and_the_rest_served(
     open_engine: OpenEngine,
 ) -> None:
-    """One truncated ``container.json`` (power loss, a full disk) made the daemon refuse to
+    """One truncated record (a full disk, a database edited by hand) made the daemon refuse to
     start. Now it is moved aside, loudly, and every other container is served."""
     async with open_engine() as engine:
         good = await create(engine.daemon, "good")
         bad = await create(engine.daemon, "bad")
         await engine.daemon.container_start("good")
     containers = engine.root / "data" / "containers"
-    record = containers / bad / "container.json"
-    torn = record.read_bytes()[:40]
-    record.write_bytes(torn)
+    with sqlite3.connect(engine.root / "data" / "containers.db") as database:
+        (whole,) = database.execute("SELECT data FROM records WHERE id = ?", (bad,)).fetchone()
+        torn = bytes(whole)[:40]
+        database.execute("UPDATE records SET data = ? WHERE id = ?", (torn, bad))
     async with open_engine(runtime=engine.runtime, mounter=engine.mounter) as engine:
         shown = await engine.daemon.container_inspect("good")
         assert shown["Id"] == good and shown["State"]["Running"]

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
 from asyncstart import errors
 from asyncstart.config import Config, HostConfig
 from asyncstart.record import ContainerRecord, new_id
-from asyncstart.store import RECORD_FILE, ContainerIndex, RecordStore
+from asyncstart.store import DATABASE, ContainerIndex, RecordStore
 
 pytestmark = pytest.mark.anyio
 
@@ -39,23 +41,81 @@ def test_ids_are_64_hex_and_never_all_digits_in_short_form() -> None:
 
 
 async def test_save_load_roundtrip_and_sweep(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path)
+    store = RecordStore(tmp_path / "containers")
     record = _record(new_id(), state="exited", exit_code=3, error="boom")
     await store.save(record)
-    assert (tmp_path / record.id / RECORD_FILE).stat().st_mode & 0o777 == 0o600
-    (tmp_path / ("f" * 64)).mkdir()  # a create killed before its first write
-    (tmp_path / record.id / (RECORD_FILE + ".tmp")).write_bytes(b'{"torn')
-    loaded = await store.load_all()
-    assert loaded == [record]
-    assert not (tmp_path / ("f" * 64)).exists()
-    assert not (tmp_path / record.id / (RECORD_FILE + ".tmp")).exists()
-    await store.delete(record.id)
-    assert await store.load_all() == []
+    assert (tmp_path / DATABASE).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "containers" / record.id).is_dir()  # for its log and files
+    (tmp_path / "containers" / ("f" * 64)).mkdir()  # a create killed before its first save
+    await store.aclose()
+    reopened = RecordStore(tmp_path / "containers")
+    assert await reopened.load_all() == [record]
+    assert not (tmp_path / "containers" / ("f" * 64)).exists()
+    await reopened.delete(record.id)
+    assert not (tmp_path / "containers" / record.id).exists()
+    assert await reopened.load_all() == []
+    await reopened.aclose()
+
+
+async def test_concurrent_saves_share_transactions_and_each_waits_for_its_own(
+    tmp_path: Path,
+) -> None:
+    store = RecordStore(tmp_path / "containers")
+    records = [_record(new_id(), restart_count=n) for n in range(200)]
+    saved: list[str] = []
+
+    async def save(record: ContainerRecord) -> None:
+        await store.save(record)
+        # Answered only once its transaction is on disk: another connection sees it.
+        with sqlite3.connect(tmp_path / DATABASE) as reader:
+            row = reader.execute("SELECT data FROM records WHERE id = ?", (record.id,))
+            stored = msgspec.json.decode(row.fetchone()[0], type=ContainerRecord)
+            assert stored.restart_count == record.restart_count
+        saved.append(record.id)
+
+    async with anyio.create_task_group() as tg:
+        for record in records:
+            tg.start_soon(save, record)
+    assert sorted(saved) == sorted(r.id for r in records)
+    assert 1 < store.commits < len(records) / 4, "saves made together are written together"
+    await store.delete(records[0].id)
+    await store.aclose()
+    loaded = await RecordStore(tmp_path / "containers").load_all()
+    assert {r.id for r in loaded} == {r.id for r in records[1:]}
+
+
+async def test_a_failed_write_fails_its_save_and_the_next_ones_work(
+    tmp_path: Path,
+) -> None:
+    store = RecordStore(tmp_path / "containers")
+    await store.save(_record(new_id()))
+    blocked = _record(new_id())
+    (tmp_path / "containers" / blocked.id).write_bytes(b"")  # its directory cannot be made
+    with pytest.raises(errors.SystemError, match=f"^failed to save container {blocked.id}"):
+        await store.save(blocked)
+    (tmp_path / "containers" / blocked.id).unlink()
+    await store.save(_record(new_id()))
+    await store.aclose()
+    assert len(await RecordStore(tmp_path / "containers").load_all()) == 2
+
+
+async def test_an_older_daemons_record_files_are_taken_in(tmp_path: Path) -> None:
+    record = _record(new_id(), state="running", pid=7)
+    directory = tmp_path / "containers" / record.id
+    directory.mkdir(parents=True)
+    (directory / "container.json").write_bytes(msgspec.json.encode(record))
+    (directory / "container.json.tmp").write_bytes(b'{"torn')  # an older daemon killed mid-write
+    store = RecordStore(tmp_path / "containers")
+    assert await store.load_all() == [record]
+    assert sorted(p.name for p in directory.iterdir()) == []
+    await store.aclose()
+    assert await RecordStore(tmp_path / "containers").load_all() == [record]
 
 
 def test_a_writer_killed_mid_write_never_leaves_a_torn_record(tmp_path: Path) -> None:
     # A child rewrites one record as fast as it can with growing payloads; it is SIGKILLed at
-    # random moments. Every time, the record on disk must decode and be one of the versions.
+    # random moments. Every time, the record in the database must decode and be one of the
+    # versions.
     script = textwrap.dedent(
         f"""
         import sys
@@ -63,7 +123,7 @@ def test_a_writer_killed_mid_write_never_leaves_a_torn_record(tmp_path: Path) ->
         from asyncstart.record import ContainerRecord
         from asyncstart.store import RecordStore
         from asyncstart.config import Config, HostConfig
-        store = RecordStore(__import__("pathlib").Path(sys.argv[1]), fsync=False)
+        store = RecordStore(__import__("pathlib").Path(sys.argv[1]) / "containers", fsync=False)
         n = 0
         print("ready", flush=True)
         while True:
@@ -71,10 +131,9 @@ def test_a_writer_killed_mid_write_never_leaves_a_torn_record(tmp_path: Path) ->
             record = ContainerRecord(id="a" * 64, name="/a", created="x", image="i",
                 config=Config(env=["X=" + "y" * (n % 5000)]), host_config=HostConfig(),
                 restart_count=n)
-            store._write(record.id, __import__("msgspec").json.encode(record))
+            store.write({{record.id: __import__("msgspec").json.encode(record)}})
         """
     )
-    decoder = msgspec.json.Decoder(ContainerRecord)
     seen = set()
     for attempt in range(15):
         child = subprocess.Popen(
@@ -82,14 +141,17 @@ def test_a_writer_killed_mid_write_never_leaves_a_torn_record(tmp_path: Path) ->
         )
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
         # Let it write for a varying while, then kill it without warning.
-        target = tmp_path / ("a" * 64) / RECORD_FILE
+        target = tmp_path / DATABASE
         while not target.exists():
             pass
         for _ in range(200 * (attempt + 1)):
             os.stat(target)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        record = decoder.decode(target.read_bytes())
+        loaded = RecordStore(tmp_path / "containers")._load_all()
+        if not loaded:
+            continue  # killed before its first commit
+        (record,) = loaded
         assert record.config.env == ["X=" + "y" * (record.restart_count % 5000)]
         seen.add(record.restart_count)
     assert len(seen) > 1, "the child was killed at different points"
