@@ -369,10 +369,16 @@ def seccomp_filter(
     arch: str,
     kernel: tuple[int, int] = MIN_KERNEL,
     absent_arches: Iterable[str] = (),
+    shared: bool = False,
 ) -> dict[str, Any] | None:
     """The OCI ``linux.seccomp`` of a container: ``profile`` is a caller's profile (JSON) or
     None for the default; ``capabilities`` its bounding set; ``arch`` Go's GOARCH of the
     machine; ``kernel`` (kernel, major) for ``minKernel`` filters; ``absent_arches`` the
-    architectures (``SCMP_ARCH_*``) the kernel does not run. None: no filter."""
+    architectures (``SCMP_ARCH_*``) the kernel does not run. None: no filter.
+
+    ``shared``: the cached filter itself, not a copy, for a caller that never edits it (the
+    spec builder: every start's spec refers to the one filter)."""
     resolved = _resolved(profile, frozenset(capabilities), arch, kernel, frozenset(absent_arches))
-    return None if resolved is None else _copy(resolved)
+    if resolved is None or shared:
+        return resolved
+    return _copy(resolved)

@@ -76,16 +76,18 @@ class SecurityOptions:
         arch: str,
         kernel: tuple[int, int] | None = None,
         absent_arches: Iterable[str] = (),
+        shared: bool = False,
     ) -> dict[str, Any] | None:
         """The OCI ``linux.seccomp`` for a container with these capabilities (its bounding
         set) on this machine (Go's GOARCH; the kernel's (version, major), the oldest supported
-        if unknown); None if unconfined (or the caller's profile says nothing)."""
+        if unknown); None if unconfined (or the caller's profile says nothing). ``shared``:
+        the cached filter itself, never to be edited."""
         if self.seccomp == "unconfined":
             return None
         profile = self.seccomp_profile if self.seccomp == "custom" else None
         return seccomp_filter(
             profile, capabilities, arch=arch, kernel=kernel or MIN_KERNEL,
-            absent_arches=absent_arches,
+            absent_arches=absent_arches, shared=shared,
         )  # fmt: skip
 
     def spec_process(self, *, apparmor_host: bool) -> dict[str, Any]:

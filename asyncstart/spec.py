@@ -7,7 +7,6 @@ applied on top.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -178,7 +177,10 @@ def build_spec(
     ``userns`` (uid, gid, size) runs it in a user namespace whose root is that uid/gid.
     ``arch`` (Go's GOARCH), ``kernel`` (version, major) and ``apparmor`` (the host has it) are
     the machine's facts the seccomp filter and ``SecurityOpt`` depend on. ``extra_env`` (what
-    legacy links give) comes before the container's own ``Env``, which overrides it."""
+    legacy links give) comes before the container's own ``Env``, which overrides it.
+
+    The spec is the caller's to edit, but for ``linux.seccomp``: the one cached filter every
+    start shares (a copy per start is costly: the filter has hundreds of rules)."""
     env = list(config.env or ())
     if extra_env:
         named = {item.partition("=")[0] for item in env}
@@ -212,8 +214,9 @@ def build_spec(
             "gidMappings": [{"containerID": 0, "hostID": gid, "size": size}],
         }
     resources = _resources(host_config)
-    # Deep: the caller may edit the spec it gets; the defaults must stay as they are.
-    mounts = copy.deepcopy(list(_DEFAULT_MOUNTS))
+    # Copied (each mount holds strings and its options): the caller may edit the spec's
+    # mounts; the defaults must stay as they are.
+    mounts = [{**mount, "options": list(mount["options"])} for mount in _DEFAULT_MOUNTS]
     if userns is not None and netns:
         # In a user namespace, sysfs can only be mounted in a network namespace it owns; one
         # made outside it (the bridge driver's) gets the host's /sys read-only, as dockerd.
@@ -278,10 +281,10 @@ def build_spec(
         },
     }
     seccomp = security.seccomp_filter(
-        capabilities, arch=arch, kernel=kernel, absent_arches=absent_arches
+        capabilities, arch=arch, kernel=kernel, absent_arches=absent_arches, shared=True
     )
     if seccomp is not None:  # dockerd's default profile unless unconfined or the caller's
-        spec["linux"]["seccomp"] = seccomp
+        spec["linux"]["seccomp"] = seccomp  # (the cached filter, shared: never edited)
     if host_config.uts_mode != "host":  # the host's names are not the container's to set
         spec["hostname"] = hostname or config.hostname or container_id[:12]
         if config.domainname:

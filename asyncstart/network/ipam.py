@@ -7,6 +7,7 @@ handed out until one is free, without building the subnet's list of hosts.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import json
@@ -24,6 +25,11 @@ def _host_range(subnet: ipaddress.IPv4Network) -> tuple[int, int]:
     or /32, else all but the network and broadcast addresses."""
     first, last = int(subnet.network_address), int(subnet.broadcast_address)
     return (first, last) if subnet.prefixlen >= 31 else (first + 1, last - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _network(subnet: str) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(subnet)
 
 
 def _dotted(address: int) -> str:
@@ -51,6 +57,8 @@ class Leases:
         }
         #: Per bridge, the last address handed out (addresses go round).
         self._last: dict[str, int] = {}
+        #: Per bridge, the addresses leased (what ``_leases`` holds, as sets).
+        self._addresses: dict[str, set[str]] = {}
 
     def _save(self) -> None:
         if self.path is not None:
@@ -64,14 +72,15 @@ class Leases:
         leases = self._leases.setdefault(bridge.name, {})
         if container_id in leases and (not wanted or leases[container_id] == wanted):
             return leases[container_id]
-        subnet = ipaddress.IPv4Network(bridge.subnet)
-        taken = {bridge.gateway, *(a for c, a in leases.items() if c != container_id)}
+        subnet = _network(bridge.subnet)
+        own = leases.get(container_id)
+        taken = self._taken(bridge.name)
         if wanted:
             if ipaddress.IPv4Address(wanted) not in subnet:  # (a network made anew since)
                 raise errors.InvalidParameter(
                     f"no configured subnet or ip-range contain the IP address {wanted}"
                 )
-            if wanted in taken:
+            if wanted == bridge.gateway or (wanted in taken and wanted != own):
                 raise errors.Forbidden(f"Address already in use: {wanted}")
             return self._lease(bridge.name, container_id, wanted)
         first, last = _host_range(subnet)
@@ -79,12 +88,24 @@ class Leases:
         start = previous + 1 if first <= previous < last else first
         for candidate in itertools.chain(range(start, last + 1), range(first, start)):
             address = _dotted(candidate)
-            if address not in taken:
+            if address != bridge.gateway and (address not in taken or address == own):
                 return self._lease(bridge.name, container_id, address)
         raise errors.SystemError(f"no available IPv4 addresses on network {subnet}")
 
+    def _taken(self, bridge: str) -> set[str]:
+        """The addresses leased on ``bridge`` (kept beside the leases, not rebuilt per call)."""
+        taken = self._addresses.get(bridge)
+        if taken is None:
+            taken = self._addresses[bridge] = set(self._leases.get(bridge, {}).values())
+        return taken
+
     def _lease(self, bridge: str, container_id: str, address: str) -> str:
-        self._leases[bridge][container_id] = address
+        leases = self._leases[bridge]
+        taken = self._taken(bridge)
+        if container_id in leases:
+            taken.discard(leases[container_id])
+        leases[container_id] = address
+        taken.add(address)
         self._last[bridge] = int(ipaddress.IPv4Address(address))
         self._save()
         return address
@@ -93,7 +114,8 @@ class Leases:
         """Give back the container's address on ``bridge``, or on every bridge."""
         changed = False
         for name, leases in self._leases.items():
-            if bridge in (None, name) and leases.pop(container_id, None) is not None:
+            if bridge in (None, name) and (address := leases.pop(container_id, None)):
+                self._taken(name).discard(address)
                 changed = True
         if changed:
             self._save()
@@ -111,6 +133,7 @@ class Leases:
 
     def forget(self, bridge: str) -> None:
         """A removed network's leases go with it."""
+        self._addresses.pop(bridge, None)
         if self._leases.pop(bridge, None) is not None:
             self._save()
 
@@ -121,5 +144,6 @@ class Leases:
             for container_id in set(leases) - container_ids:
                 del leases[container_id]
                 changed = True
+        self._addresses.clear()  # (rebuilt from the leases when next needed)
         if changed:
             self._save()
