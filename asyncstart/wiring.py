@@ -247,7 +247,7 @@ def build_saga(
             ),
         ),
     )
-    return Saga(steps, clock)
+    return Saga(steps)
 
 
 #: dockerd's modes: the roots closed to other users (the data root only traversable by its

@@ -48,7 +48,7 @@ def _saga(journal: list[str], fail_at: str = "", fail: BaseException | None = No
         (phase, _Step(name, journal, fail if name == fail_at else None))
         for phase, name in zip(phases, "abcd", strict=True)
     ]
-    return Saga(steps, FakeClock())
+    return Saga(steps)
 
 
 async def test_the_saga_runs_every_step_in_its_phase() -> None:
