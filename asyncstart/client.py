@@ -1,7 +1,9 @@
 """An async client for the daemon's Engine API socket, with the daemon's own method names.
 
 It runs on asyncio and on trio (httpx over anyio), and raises the same ``asyncstart.errors``
-classes as the library::
+classes as the library. Its methods are :class:`asyncstart.Daemon`'s — same names, parameters
+and results (Docker's JSON as dicts) — but for the library-only ones the daemon's docstrings
+name, and :meth:`Client.aclose`::
 
     async with asyncstart.Client("unix:///run/asyncstart.sock") as client:
         cid = await client.container_create(config={"Image": "busybox", "Cmd": ["true"]})
@@ -16,11 +18,11 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import httpx
@@ -28,7 +30,10 @@ import httpx
 from . import errors
 from ._version import API_VERSION
 
-__all__ = ["Client", "ClientAttachSession"]
+if TYPE_CHECKING:
+    from httpcore import AsyncNetworkStream
+
+__all__ = ["Client", "ClientAttachSession", "ClientByteStream", "ClientEventStream"]
 
 _ERRORS: dict[int, type[errors.DockerError]] = {
     400: errors.InvalidParameter,
@@ -101,7 +106,7 @@ class _Frames:
 class ClientAttachSession:
     """An attach over the socket: ``send``, ``send_eof`` and ``async for stream, data``."""
 
-    def __init__(self, stream: Any, raw: bool) -> None:
+    def __init__(self, stream: AsyncNetworkStream, raw: bool) -> None:
         self._stream = stream
         self._raw = raw
 
@@ -118,6 +123,92 @@ class ClientAttachSession:
         while data := await self._stream.read(_CHUNK):
             for item in frames.feed(data):
                 yield item
+
+
+class ClientByteStream:
+    """A streamed answer's bytes, ``async for chunk in stream``, as the library's
+    ``PipeReader``: read it to its end, or ``aclose()`` it (its connection goes back)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._chunks: AsyncIterator[bytes] | None = response.aiter_bytes()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._chunks is None:
+            raise StopAsyncIteration
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        chunks, self._chunks = self._chunks, None
+        await _close_iterator(chunks)
+        await self._response.aclose()
+
+
+class ClientEventStream:
+    """``GET /events``, as the library's ``events``: ``async with client.events() as events:``
+    is subscribed once entered (errors such as a bad filter are raised there), then ``async
+    for event in events`` gives dicts until ``until`` (or forever). Iterated without ``async
+    with`` it subscribes at the first event; then ``aclose()`` it (``contextlib.aclosing``)."""
+
+    def __init__(self, open_response: Callable[[], Awaitable[httpx.Response]]) -> None:
+        self._open_response = open_response
+        self._response: httpx.Response | None = None
+        self._lines: AsyncIterator[str] | None = None
+        self._closed = False
+
+    async def _open(self) -> AsyncIterator[str]:
+        if self._lines is None:
+            self._response = await self._open_response()
+            self._lines = self._response.aiter_lines()
+        return self._lines
+
+    async def __aenter__(self) -> Self:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._closed:
+            raise StopAsyncIteration
+        lines = await self._open()
+        while True:
+            try:
+                line = await anext(lines)
+            except StopAsyncIteration:
+                await self.aclose()
+                raise
+            if line.strip():
+                event: dict[str, Any] = json.loads(line)
+                return event
+
+    async def aclose(self) -> None:
+        self._closed = True
+        lines, self._lines = self._lines, None
+        response, self._response = self._response, None
+        await _close_iterator(lines)
+        if response is not None:
+            await response.aclose()
+
+
+async def _close_iterator(iterator: AsyncIterator[Any] | None) -> None:
+    """An async generator left before its end, closed now (not when it is collected)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class Client:
@@ -148,6 +239,8 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections (also on leaving ``async with``). Client-only: a
+        :class:`~asyncstart.Daemon` lives as long as :func:`~asyncstart.open_daemon`'s block."""
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -158,16 +251,32 @@ class Client:
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._request(method, path, **kwargs)).json()
 
+    async def _streamed(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """A request whose answer is read as it comes: the open response once its status is
+        a success (else its error raised, the response closed); the caller closes it."""
+        request = self._http.build_request(method, path, **kwargs)
+        response = await self._http.send(request, stream=True)
+        if response.status_code >= 300:
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+            _raise_for(response.status_code, body, what)
+        return response
+
     # -- system -----------------------------------------------------------------------------
 
     async def ping(self) -> str:
+        """``GET /_ping``: ``"OK"``."""
         return (await self._request("GET", "/_ping")).text
 
     async def version(self) -> dict[str, Any]:
+        """``docker version`` (``GET /version``)."""
         result: dict[str, Any] = await self._json("GET", "/version")
         return result
 
     async def info(self) -> dict[str, Any]:
+        """``docker info`` (``GET /info``)."""
         result: dict[str, Any] = await self._json("GET", "/info")
         return result
 
@@ -249,6 +358,7 @@ class Client:
         since: float = 0,
         until: float = 0,
         timestamps: bool = False,
+        details: bool = False,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """``(stream, bytes)`` as the library's ``container_logs`` yields them."""
         params = _params(
@@ -259,6 +369,7 @@ class Client:
             since=since or None,
             until=until or None,
             timestamps=timestamps,
+            details=details or None,
         )
         async with self._http.stream(
             "GET", f"/containers/{reference}/logs", params=params
@@ -301,6 +412,20 @@ class Client:
             finally:
                 await stream.aclose()
 
+    async def container_resize(self, reference: str, height: int, width: int) -> None:
+        """``docker resize``: the terminal's new size (409 unless the container runs)."""
+        params = {"h": height, "w": width}
+        await self._request("POST", f"/containers/{reference}/resize", params=params)
+
+    async def container_export(self, reference: str) -> AsyncIterator[bytes]:
+        """``docker export``: the container's filesystem as a tar stream."""
+        target = f"/containers/{reference}/export"
+        async with self._http.stream("GET", target) as response:
+            if response.status_code != 200:
+                _raise_for(response.status_code, await response.aread(), f"GET {target}")
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
     async def container_top(self, reference: str, ps_args: str = "") -> dict[str, Any]:
         params = {"ps_args": ps_args} if ps_args else {}
         result: dict[str, Any] = await self._json(
@@ -330,13 +455,21 @@ class Client:
         result = await self._json("POST", f"/containers/{reference}/exec", json=dict(config))
         return str(result["Id"])
 
-    async def exec_start_detached(self, exec_id: str) -> None:
-        await self._request("POST", f"/exec/{exec_id}/start", json={"Detach": True})
+    async def exec_start_detached(
+        self, exec_id: str, *, console_size: tuple[int, int] | None = None
+    ) -> None:
+        """``docker exec -d``: run the exec, its output dropped; returns once it runs."""
+        body = _exec_start_body(detach=True, console_size=console_size)
+        await self._request("POST", f"/exec/{exec_id}/start", json=body)
 
     @asynccontextmanager
-    async def exec_start(self, exec_id: str) -> AsyncIterator[ClientAttachSession]:
-        """The exec's stdio, as :meth:`container_attach`'s session (upgraded connection)."""
-        async with self._upgraded(f"/exec/{exec_id}/start", "exec", json={"Detach": False}) as s:
+    async def exec_start(
+        self, exec_id: str, *, console_size: tuple[int, int] | None = None
+    ) -> AsyncIterator[ClientAttachSession]:
+        """The exec's stdio, as :meth:`container_attach`'s session (upgraded connection);
+        ``console_size``: its terminal's height and width from the start."""
+        body = _exec_start_body(detach=False, console_size=console_size)
+        async with self._upgraded(f"/exec/{exec_id}/start", "exec", json=body) as s:
             yield s
 
     async def exec_inspect(self, exec_id: str) -> dict[str, Any]:
@@ -368,20 +501,17 @@ class Client:
                 if line.strip():
                     yield json.loads(line)
 
-    async def events(
+    def events(
         self,
         since: float | str | None = None,
         until: float | str | None = None,
         filters: Mapping[str, Sequence[str]] | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Events as dicts, until ``until`` (or forever)."""
+    ) -> ClientEventStream:
+        """dockerd's ``/events``, as the library's: ``async with client.events(since=t) as
+        events:`` then ``async for event in events`` (dicts) until ``until`` (or forever).
+        ``since``/``until``: seconds since the epoch, or what dockerd reads (``"10m"``)."""
         params = _params(since=since, until=until, filters=filters or None)
-        async with self._http.stream("GET", "/events", params=params) as response:
-            if response.status_code != 200:
-                _raise_for(response.status_code, await response.aread(), "events")
-            async for line in response.aiter_lines():
-                if line.strip():
-                    yield json.loads(line)
+        return ClientEventStream(lambda: self._streamed("GET", "/events", "events", params=params))
 
     # -- images -----------------------------------------------------------------------------
 
@@ -414,14 +544,21 @@ class Client:
         )
         return stat
 
-    async def container_archive(self, reference: str, path: str) -> AsyncIterator[bytes]:
-        """``docker cp`` out of the container: a tar of ``path``."""
+    async def container_archive(
+        self, reference: str, path: str
+    ) -> tuple[dict[str, Any], ClientByteStream]:
+        """``docker cp`` out of the container, as the library's: the stat of ``path`` and a
+        tar of it (errors come before, with the stat); read the tar to its end or close it."""
         target = f"/containers/{reference}/archive"
-        async with self._http.stream("GET", target, params={"path": path}) as response:
-            if response.status_code != 200:
-                _raise_for(response.status_code, await response.aread(), f"GET {target}")
-            async for chunk in response.aiter_bytes():
-                yield chunk
+        response = await self._streamed("GET", target, f"GET {target}", params={"path": path})
+        try:
+            stat: dict[str, Any] = json.loads(
+                base64.b64decode(response.headers["X-Docker-Container-Path-Stat"])
+            )
+        except BaseException:
+            await response.aclose()
+            raise
+        return stat, ClientByteStream(response)
 
     async def container_extract(
         self,
@@ -465,14 +602,11 @@ class Client:
         result: dict[str, Any] = await self._json("POST", "/volumes/prune", params=params)
         return result
 
-    async def image_save(self, names: Sequence[str]) -> AsyncIterator[bytes]:
-        """``docker save``: the archive's bytes."""
+    async def image_save(self, names: Sequence[str]) -> ClientByteStream:
+        """``docker save``, as the library's: ``async for chunk in await client.image_save(
+        names)`` gives the archive's bytes; errors (a 404) come before, at the ``await``."""
         params = httpx.QueryParams([("names", name) for name in names])
-        async with self._http.stream("GET", "/images/get", params=params) as response:
-            if response.status_code != 200:
-                _raise_for(response.status_code, await response.aread(), "save")
-            async for chunk in response.aiter_bytes():
-                yield chunk
+        return ClientByteStream(await self._streamed("GET", "/images/get", "save", params=params))
 
     async def container_commit(
         self,
@@ -545,10 +679,13 @@ class Client:
         result: list[dict[str, Any]] = await self._json("GET", "/images/json", params=params)
         return result
 
-    async def images_prune(self, filters: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+    async def images_prune(self, filters: Mapping[str, Any] | None = None) -> list[str]:
+        """``docker image prune``: the ``Untagged: ...`` and ``Deleted: ...`` lines, as the
+        library's (and :meth:`image_remove`'s)."""
         params = {"filters": json.dumps(filters)} if filters else {}
         result = await self._json("POST", "/images/prune", params=params)
-        return list(result.get("ImagesDeleted") or [])
+        rows = result.get("ImagesDeleted") or []
+        return [f"{key}: {value}" for row in rows for key, value in row.items()]
 
     async def image_history(self, reference: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._json("GET", f"/images/{reference}/history")
@@ -564,6 +701,13 @@ class Client:
     async def image_remove(self, reference: str, force: bool = False) -> list[str]:
         rows = await self._json("DELETE", f"/images/{reference}", params=_params(force=force))
         return [f"{key}: {value}" for row in rows for key, value in row.items()]
+
+
+def _exec_start_body(*, detach: bool, console_size: tuple[int, int] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"Detach": detach}
+    if console_size is not None:
+        body["ConsoleSize"] = list(console_size)
+    return body
 
 
 def _body(source: str | os.PathLike[str] | AsyncIterable[bytes]) -> AsyncIterable[bytes]:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import platform
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +25,6 @@ from .._log import get_logger
 from .._version import API_VERSION, MIN_API_VERSION, __version__
 from ..daemon import Daemon
 from ..execs import console_size
-from ..hostinfo import go_arch, mem_total
 from .http import ClientError, Hijack, Hijacked, Reply, Request, Response, Streaming
 from .websocket import WebSocketChannel
 from .wire import (
@@ -190,72 +186,13 @@ class EngineAPI:
             ("Swarm", "inactive"),
             ("Content-Type", "text/plain; charset=utf-8"),
         ]
-        return Response(200, b"OK", headers)
+        return Response(200, (await self.daemon.ping()).encode(), headers)
 
     async def version(self, request: Request) -> Reply:
-        details = {
-            "ApiVersion": API_VERSION,
-            "Arch": go_arch(),
-            "BuildTime": "",
-            "Experimental": str(self.daemon.config.experimental).lower(),
-            "GitCommit": "",
-            "GoVersion": f"python{platform.python_version()}",
-            "KernelVersion": platform.release(),
-            "MinAPIVersion": MIN_API_VERSION,
-            "Os": "linux",
-        }
-        runtimes = await self.daemon.runtime_versions()
-        components = [{"Name": "Engine", "Version": __version__, "Details": details}]
-        components += [
-            {"Name": name, "Version": version, "Details": {"GitCommit": ""}}
-            for name, version in sorted(runtimes.items())
-        ]
-        return json_reply(
-            {
-                "Platform": {"Name": "asyncstart"},
-                "Components": components,
-                "Version": __version__,
-                **{k: v for k, v in details.items() if k != "Experimental"},
-                "Experimental": self.daemon.config.experimental,
-            }
-        )
+        return json_reply(await self.daemon.version())
 
     async def info(self, request: Request) -> Reply:
-        images = await self.daemon.images_list()
-        engine = self.daemon.system_info()
-        return json_reply(
-            {
-                **engine,
-                "Images": len(images),
-                "KernelVersion": platform.release(),
-                "OperatingSystem": _os_release("PRETTY_NAME") or platform.system(),
-                "OSVersion": _os_release("VERSION_ID"),
-                "OSType": "linux",
-                "Architecture": platform.machine(),
-                # No registry is reached (pulls are not supported); dockerd's defaults.
-                "IndexServerAddress": "https://index.docker.io/v1/",
-                "RegistryConfig": {
-                    "AllowNondistributableArtifactsCIDRs": None,
-                    "AllowNondistributableArtifactsHostnames": None,
-                    "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"],
-                    "IndexConfigs": {},
-                    "Mirrors": None,
-                },
-                "NCPU": os.cpu_count() or 1,
-                "MemTotal": mem_total(),
-                "GenericResources": None,
-                "Name": socket.gethostname(),
-                "ServerVersion": __version__,
-                "Swarm": {
-                    "NodeID": "",
-                    "NodeAddr": "",
-                    "LocalNodeState": "inactive",
-                    "ControlAvailable": False,
-                    "Error": "",
-                    "RemoteManagers": None,
-                },
-            }
-        )
+        return json_reply(await self.daemon.info())
 
     async def events(self, request: Request) -> Reply:
         now = time.time()
@@ -768,20 +705,6 @@ def _stat_header(stat: dict[str, Any]) -> str:
 
 def _raw(stream: str, data: bytes) -> bytes:
     return data
-
-
-def _os_release(key: str) -> str:
-    """A field of the host's ``os-release`` (dockerd's ``OperatingSystem``, ``OSVersion``)."""
-    for candidate in ("/etc/os-release", "/usr/lib/os-release"):
-        try:
-            with open(candidate, encoding="utf-8") as file:
-                for line in file:
-                    name, _, value = line.strip().partition("=")
-                    if name == key:
-                        return value.strip().strip('"')
-        except OSError:
-            continue
-    return ""
 
 
 def _image_summary(row: dict[str, Any]) -> dict[str, Any]:
