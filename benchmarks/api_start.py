@@ -445,10 +445,12 @@ async def run(
     settle: float,
     oci: str = "",
     monitor: str = "",
+    run_dir: Path | None = None,
 ) -> list[Mode]:
+    run_dir = run_dir or root
     config = asyncstart.DaemonConfig(
         data_root=root / "data",
-        exec_root=root / "exec",
+        exec_root=run_dir / "exec",
         runtime=runtime,
         network=network,
         default_runtime=oci if runtime == "runc" else "",
@@ -462,8 +464,8 @@ async def run(
         bare = None
         if runtime == "runc":
             await daemon.image_import(str(root / "busybox.tar"), repo="busybox")
-            bare = BareRunc(root / "bare", concurrency)
-            bare.prepare(await _asyncstart_spec(daemon, root / "exec"), root / "rootfs")
+            bare = BareRunc(run_dir / "bare", concurrency)
+            bare.prepare(await _asyncstart_spec(daemon, run_dir / "exec"), root / "rootfs")
         async with (
             asyncstart.serve_api(daemon, [f"unix://{sock}"]) as server,
             ClientWorker("raw", sock, concurrency) as raw,
@@ -648,6 +650,12 @@ def main() -> None:
         type=float,
         help="seconds to pause after each batch's clean-up (default: 1 on runc, 0 on fake)",
     )
+    parser.add_argument(
+        "--run-tmpfs",
+        action="store_true",
+        help="put the exec root and bare runc's state and bundles on a tmpfs of the benchmark's"
+        " own, as /run is on most hosts (runc only)",
+    )
     parser.add_argument("--client-worker", choices=["raw", "httpx"], help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -667,10 +675,20 @@ def main() -> None:
                 tar = build_busybox_tar(root / "busybox.tar")
                 (root / "rootfs").mkdir()
                 subprocess.run(["tar", "-xf", str(tar), "-C", str(root / "rootfs")], check=True)
-            modes = anyio.run(
-                run, root, runtime, args.network, bridge, args.rounds, args.concurrency, settle,
-                args.oci, args.monitor, backend=args.backend,
-            )  # fmt: skip
+            run_dir = None
+            if args.run_tmpfs and runtime == "runc":
+                run_dir = root / "run"
+                run_dir.mkdir(mode=0o700)
+                subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=1g", "tmpfs",
+                                str(run_dir)], check=True)  # fmt: skip
+            try:
+                modes = anyio.run(
+                    run, root, runtime, args.network, bridge, args.rounds, args.concurrency,
+                    settle, args.oci, args.monitor, run_dir, backend=args.backend,
+                )  # fmt: skip
+            finally:
+                if run_dir is not None:
+                    subprocess.run(["umount", "-l", str(run_dir)], check=False)
     finally:
         if bridge is not None and Path("/sys/class/net", bridge[0]).exists():
             subprocess.run(["ip", "link", "del", bridge[0]], check=False)
@@ -680,6 +698,7 @@ def main() -> None:
     if runtime == "runc":
         header += f"network={args.network} " + (f"({bridge[0]} {bridge[1]}) " if bridge else "")
         header += f"oci={args.oci or 'default'} monitor={args.monitor or 'default'} "
+        header += f"run-tmpfs={'yes' if args.run_tmpfs else 'no'} "
     header += (
         f"concurrency={args.concurrency} rounds={args.rounds} "
         f"({args.rounds * args.concurrency} starts per mode)"
