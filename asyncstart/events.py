@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -105,15 +106,25 @@ async def _replayed(
     until: float,
     keep: Callable[[Message], bool],
 ) -> AsyncIterator[Message]:
-    for message in backlog:
-        if _within(message, since, until) and keep(message):
+    for old in backlog:
+        if _within(old, since, until) and keep(old):
+            yield old
+    while True:
+        # A deadline per receive, never a cancel scope around a yield: a consumer that breaks
+        # out of its loop would leave that scope open on its own task.
+        remaining = until - time.time() if until else math.inf
+        if remaining <= 0:
+            return
+        message: Message | None = None
+        with anyio.move_on_after(remaining):
+            try:
+                message = await live.receive()
+            except anyio.EndOfStream:
+                return
+        if message is None:
+            return
+        if _within(message, 0, until) and keep(message):
             yield message
-    if until and until <= time.time():
-        return
-    with anyio.move_on_after(until - time.time() if until else float("inf")):
-        async for message in live:
-            if _within(message, 0, until) and keep(message):
-                yield message
 
 
 def container_event(bus: EventBus, record: ContainerRecord, action: str, **extra: str) -> None:

@@ -245,6 +245,22 @@ async def test_exit_codes_events_and_wait(engine: Engine) -> None:
     assert not engine.mounter.mounted(cid) and engine.network.sandboxes == {}
 
 
+async def test_leaving_an_event_stream_mid_loop_leaves_the_task_whole(engine: Engine) -> None:
+    """Breaking out of ``async for`` inside ``async with daemon.events()`` (live events, no
+    ``until``) used to leave the stream's cancel scope open on the consumer's task."""
+    daemon = engine.daemon
+    await create(daemon, "first")
+    async with daemon.events() as events:
+        await daemon.container_start("first")
+        async for event in events:
+            if event["Action"] == "start":
+                break
+    with anyio.fail_after(5):  # a cancel scope of the task's own, after the stream's
+        await create(daemon, "second")
+        await daemon.container_start("second")
+    assert (await daemon.container_inspect("second"))["State"]["Running"]
+
+
 async def test_wait_conditions(engine: Engine) -> None:
     daemon = engine.daemon
     cid = await create(daemon, "web")
