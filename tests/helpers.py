@@ -137,3 +137,16 @@ async def daemon_process(
             process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             await process.wait()
+
+
+def lose_record(data_root: Any, container_id: str) -> None:
+    """A container's record disappears while the daemon is down (a removal that crashed half
+    way): its row in the records database and its directory."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    root = Path(data_root)
+    with contextlib.closing(sqlite3.connect(root / "containers.db")) as database, database:
+        database.execute("DELETE FROM records WHERE id = ?", (container_id,))
+    shutil.rmtree(root / "containers" / container_id)

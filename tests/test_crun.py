@@ -19,7 +19,7 @@ import asyncstart
 from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.runtime.runc_cli import launcher
 
-from .helpers import open_clean, real_containers
+from .helpers import lose_record, open_clean, real_containers
 
 pytestmark = real_containers(("crun is not installed", shutil.which("crun") is None))
 
@@ -140,7 +140,7 @@ async def test_a_reopened_daemon_takes_back_crun_containers_and_deletes_strays(
         )
         await daemon.container_start(stray)
     # The daemon is gone, its containers live on; one loses its record.
-    shutil.rmtree(tmp_path / "d" / "containers" / stray)
+    lose_record(tmp_path / "d", stray)
     async with open_clean(_config(tmp_path)) as daemon:
         state = (await daemon.container_inspect(kept))["State"]
         assert state["Running"], "taken back through crun"

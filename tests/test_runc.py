@@ -22,7 +22,7 @@ from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.network.loopback import LoopbackNetwork
 from asyncstart.runtime.runc_cli import launcher
 
-from .helpers import open_clean, real_containers
+from .helpers import lose_record, open_clean, real_containers
 
 pytestmark = real_containers()
 
@@ -350,7 +350,7 @@ async def test_reopen_reconciles_with_reality(
     # The daemon is gone; its containers run on. One process dies meanwhile, and one
     # container's record disappears (a removal that crashed half-way).
     os.kill(dying_pid, 9)
-    shutil.rmtree(roots.data / "containers" / orphan)
+    lose_record(roots.data, orphan)
     async with open_clean(config) as daemon:
         state = (await daemon.container_inspect(keeps))["State"]
         assert state["Status"] == "running"
