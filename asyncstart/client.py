@@ -14,6 +14,7 @@ name, and :meth:`Client.aclose`::
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import socket
@@ -25,10 +26,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+import anyio.abc
 import httpx
 
 from . import errors
 from ._version import API_VERSION
+from .client_http import Answer, ConnectionPool, Params, query_pairs
 
 if TYPE_CHECKING:
     from httpcore import AsyncNetworkStream
@@ -46,6 +49,9 @@ _ERRORS: dict[int, type[errors.DockerError]] = {
 _STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
 _HEADER = struct.Struct(">BxxxL")
 _CHUNK = 64 * 1024
+
+
+_to_json = json.dumps  # (the request methods take a ``json`` argument)
 
 
 def _raise_for(status: int, body: bytes, what: str) -> None:
@@ -215,18 +221,28 @@ class Client:
     """The Engine API of a running asyncstart (or Docker) daemon."""
 
     def __init__(self, host: str = "unix:///run/asyncstart/asyncstart.sock") -> None:
+        connect: Callable[[], Awaitable[anyio.abc.ByteStream]]
         if host.startswith(("unix://", "/")):
-            transport = httpx.AsyncHTTPTransport(uds=host.removeprefix("unix://"))
-            base = "http://docker"
+            path = host.removeprefix("unix://")
+            transport = httpx.AsyncHTTPTransport(uds=path)
+            authority = "docker"
+            connect = functools.partial(anyio.connect_unix, path)
         elif host.startswith("tcp://"):
             transport = httpx.AsyncHTTPTransport()
-            base = "http://" + host.removeprefix("tcp://")
+            authority = host.removeprefix("tcp://")
+            name, _, port = authority.rpartition(":")
+            if not name or not port.isdigit():
+                raise errors.InvalidParameter(f"invalid host {host!r}: expected tcp://HOST:PORT")
+            connect = functools.partial(anyio.connect_tcp, name.strip("[]"), int(port))
         else:
             raise errors.InvalidParameter(f"invalid host {host!r}: expected unix:// or tcp://")
+        prefix = f"/v{API_VERSION}"
+        # Answers read whole go through the pool (see client_http); streams through httpx.
+        self._pool = ConnectionPool(connect, authority, prefix)
         # Operations such as stop and wait take as long as the container does: no read timeout.
         self._http = httpx.AsyncClient(
             transport=transport,
-            base_url=f"{base}/v{API_VERSION}",
+            base_url=f"http://{authority}{prefix}",
             timeout=httpx.Timeout(None, connect=10.0),
         )
 
@@ -241,12 +257,37 @@ class Client:
     async def aclose(self) -> None:
         """Close the connections (also on leaving ``async with``). Client-only: a
         :class:`~asyncstart.Daemon` lives as long as :func:`~asyncstart.open_daemon`'s block."""
+        await self._pool.aclose()
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = await self._http.request(method, path, **kwargs)
-        _raise_for(response.status_code, response.content, f"{method} {path}")
-        return response
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json: Any = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+    ) -> Answer:
+        """A request whose answer is read whole; its error raised."""
+        if content is not None and not isinstance(content, bytes):  # an upload, streamed
+            response = await self._http.request(
+                method, path, params=tuple(query_pairs(params)), content=content
+            )
+            answer = Answer(
+                response.status_code,
+                {k.lower(): v for k, v in response.headers.items()},
+                response.content,
+            )
+        elif json is not None:
+            body = _to_json(json).encode()
+            answer = await self._pool.request(
+                method, path, params=params, body=body, content_type="application/json"
+            )
+        else:
+            answer = await self._pool.request(method, path, params=params, body=content or b"")
+        _raise_for(answer.status_code, answer.content, f"{method} {path}")
+        return answer
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._request(method, path, **kwargs)).json()
@@ -540,7 +581,7 @@ class Client:
             "HEAD", f"/containers/{reference}/archive", params={"path": path}
         )
         stat: dict[str, Any] = json.loads(
-            base64.b64decode(response.headers["X-Docker-Container-Path-Stat"])
+            base64.b64decode(response.headers["x-docker-container-path-stat"])
         )
         return stat
 
@@ -577,7 +618,7 @@ class Client:
         )
 
     async def system_df(self, kinds: Sequence[str] = ()) -> dict[str, Any]:
-        params = httpx.QueryParams([("type", kind) for kind in kinds])
+        params = [("type", kind) for kind in kinds]
         result: dict[str, Any] = await self._json("GET", "/system/df", params=params)
         return result
 

@@ -11,7 +11,7 @@ alike; ``--settle`` seconds (1 on runc) pass after each batch's clean-up:
 * ``api raw``    — ``POST /v1.51/containers/{id}/start`` written as bytes on a unix socket
   connection by a client process, timed until the response head (204) is read: the server's
   cost, next to no client;
-* ``api httpx``  — the same request through :class:`asyncstart.Client` (httpx), in another
+* ``api client`` — the same request through :class:`asyncstart.Client`, in another
   client process: adds the client;
 * ``bare runc``  — ``runc create`` + ``runc start`` of a prepared bundle (runc runtime only): the
   same rootfs and spec as asyncstart's, with fresh namespaces (no network to set up), as in
@@ -20,15 +20,14 @@ alike; ``--settle`` seconds (1 on runc) pass after each batch's clean-up:
 What runs where. The daemon (``open_daemon``, in a temporary directory), its API server
 (``serve_api`` on a unix socket), the library calls and bare runc's ``runc`` invocations run in
 this process, on the chosen ``--backend``. Each API client runs in a process of its own (this
-script with ``--client-worker raw|httpx``, on asyncio, started once per run), as the docker CLI,
+script with ``--client-worker raw|client``, on asyncio, started once per run), as the docker CLI,
 docker-py or an ``asyncstart.Client`` user would: a client inside the daemon's event loop would
 charge its CPU time and wake-ups to the server, which no deployment does. A worker keeps one
 keep-alive connection per concurrent request, reused across rounds. The benchmark sends it, one
 JSON line on its stdin, ``warm`` (``--concurrency`` concurrent ``GET /_ping``, untimed, so that
-every connection is open: httpx drops connections idle for 5 s and keeps at most 20 idle, so
-above ``--concurrency 20`` some of its requests connect anew) and then the batch's container
+every connection is open) and then the batch's container
 IDs; the worker fires the starts concurrently, times each until the end of the response (204,
-no body) from its write (raw) or from the call to ``Client.container_start`` (httpx: the
+no body) from its write (raw) or from the call to ``Client.container_start`` (client: the
 request's building included), and answers with the latencies and its own CPU time (one JSON
 line on stdout). An untimed round of every mode comes first.
 
@@ -469,7 +468,7 @@ async def run(
         async with (
             asyncstart.serve_api(daemon, [f"unix://{sock}"]) as server,
             ClientWorker("raw", sock, concurrency) as raw,
-            ClientWorker("httpx", sock, concurrency) as httpx,
+            ClientWorker("client", sock, concurrency) as client,
         ):
             server.api.daemon = cast(asyncstart.Daemon, timed)
 
@@ -479,13 +478,13 @@ async def run(
             async def api_raw(ids: list[str]) -> tuple[list[float], float]:
                 return await raw.starts(ids)
 
-            async def api_httpx(ids: list[str]) -> tuple[list[float], float]:
-                return await httpx.starts(ids)
+            async def api_client(ids: list[str]) -> tuple[list[float], float]:
+                return await client.starts(ids)
 
             modes = [
                 Mode("library", library),
                 Mode("api raw", api_raw, raw.warm),
-                Mode("api httpx", api_httpx, httpx.warm),
+                Mode("api client", api_client, client.warm),
             ]
             if bare is not None:
                 runc = bare
@@ -570,7 +569,7 @@ def report(modes: list[Mode], header: str, concurrency: int) -> None:
             f"{_ms(cpu):>13} {client:>11}"
         )
     library = by_name["library"]
-    clients = ("raw", "httpx")
+    clients = ("raw", "client")
     overhead = {
         c: percentile(by_name[f"api {c}"].latencies, 50) - percentile(library.latencies, 50)
         for c in clients
@@ -592,12 +591,12 @@ def report(modes: list[Mode], header: str, concurrency: int) -> None:
             f"{c} {percentile(by_name[f'api {c}'].outside, 50) * 1000:.3f} ms" for c in clients
         )
     )
-    raw, httpx = by_name["api raw"], by_name["api httpx"]
-    latency = percentile(httpx.latencies, 50) - percentile(raw.latencies, 50)
-    beyond = percentile(httpx.outside, 50) - percentile(raw.outside, 50)
-    cpu = (statistics.fmean(httpx.client_cpu) - statistics.fmean(raw.client_cpu)) / concurrency
+    raw, client = by_name["api raw"], by_name["api client"]
+    latency = percentile(client.latencies, 50) - percentile(raw.latencies, 50)
+    beyond = percentile(client.outside, 50) - percentile(raw.outside, 50)
+    cpu = (statistics.fmean(client.client_cpu) - statistics.fmean(raw.client_cpu)) / concurrency
     print(
-        "httpx's own cost, httpx - raw:                      "
+        "the Client's own cost, client - raw:                "
         f"p50 {latency * 1000:+.3f} ms  outside p50 {beyond * 1000:+.3f} ms  "
         f"client cpu {cpu * 1000:+.3f} ms/start"
     )
@@ -614,7 +613,7 @@ def report(modes: list[Mode], header: str, concurrency: int) -> None:
     split = [c for c in clients if interval[c][0] <= target < interval[c][1]]
     print(
         f"target: API adds <= {TARGET_MS:g} ms p50 over the library call: {verdict} "
-        f"(raw {overhead['raw'] * 1000:+.3f} ms, httpx {overhead['httpx'] * 1000:+.3f} ms)"
+        f"(raw {overhead['raw'] * 1000:+.3f} ms, client {overhead['client'] * 1000:+.3f} ms)"
         + (
             f"; unresolved for {' and '.join(split)}: the target is inside the interval"
             if split
@@ -656,7 +655,7 @@ def main() -> None:
         help="put the exec root and bare runc's state and bundles on a tmpfs of the benchmark's"
         " own, as /run is on most hosts (runc only)",
     )
-    parser.add_argument("--client-worker", choices=["raw", "httpx"], help=argparse.SUPPRESS)
+    parser.add_argument("--client-worker", choices=["raw", "client"], help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client_worker is not None:  # a client process, started by the benchmark

@@ -81,7 +81,7 @@ DAEMON: Final = (
     "asyncstart.rmi",
     "asyncstart.create",
 )
-API: Final = ("asyncstart.api*", "asyncstart.client")
+API: Final = ("asyncstart.api*", "asyncstart.client", "asyncstart.client_http")
 ENTRY: Final = ("asyncstart", "asyncstart.__main__")
 
 LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
@@ -130,9 +130,9 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         "client-standalone",
-        importers=("asyncstart.client",),
+        importers=("asyncstart.client", "asyncstart.client_http"),
         why="the client speaks HTTP to the daemon; it never imports it",
-        only=("asyncstart.errors", "asyncstart._version"),
+        only=("asyncstart.errors", "asyncstart._version", "asyncstart.client_http"),
     ),
     Rule(
         "api-via-daemon",

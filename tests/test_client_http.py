@@ -1,0 +1,138 @@
+"""The client's pool of kept-alive HTTP/1.1 connections, against a server written here with h11:
+reuse, concurrency, a connection the server closed while idle, chunked answers, encoding."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import h11
+import pytest
+
+from asyncstart.client_http import ConnectionPool
+
+pytestmark = pytest.mark.anyio
+
+
+class Server:
+    """Answers each request with its target as the body; counts connections."""
+
+    def __init__(self, *, chunked: bool = False, close_after: int = 0) -> None:
+        self.connections = 0
+        self.active = 0
+        self.targets: list[str] = []
+        self.chunked = chunked
+        #: Close a connection after this many answers (0: keep it).
+        self.close_after = close_after
+
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+        self.connections += 1
+        self.active += 1
+        try:
+            await self._serve(stream)
+        finally:
+            self.active -= 1
+
+    async def _serve(self, stream: anyio.abc.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        answered = 0
+        async with stream:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    try:
+                        conn.receive_data(await stream.receive())
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                    continue
+                if isinstance(event, h11.Request):
+                    target = event.target.decode()
+                    self.targets.append(target)
+                elif isinstance(event, h11.EndOfMessage):
+                    body = target.encode()
+                    headers = (
+                        [("Transfer-Encoding", "chunked")]
+                        if self.chunked
+                        else [("Content-Length", str(len(body)))]
+                    )
+                    out = conn.send(h11.Response(status_code=200, headers=headers)) or b""
+                    if self.chunked:
+                        out += conn.send(h11.Data(data=body[:3])) or b""
+                        out += conn.send(h11.Data(data=body[3:])) or b""
+                    else:
+                        out += conn.send(h11.Data(data=body)) or b""
+                    out += conn.send(h11.EndOfMessage()) or b""
+                    await stream.send(out)
+                    answered += 1
+                    if self.close_after and answered >= self.close_after:
+                        return  # closed while the client keeps it idle
+                    conn.start_next_cycle()
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, server: Server) -> AsyncIterator[ConnectionPool]:
+    path = tmp_path / "s.sock"
+    async with await anyio.create_unix_listener(path) as listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, server.handle)
+        pool = ConnectionPool(functools.partial(anyio.connect_unix, path), "docker", "/v1.51")
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+            with anyio.fail_after(5):  # each handler sees its client leave, then ends
+                while server.active:
+                    await anyio.sleep(0.001)
+            tg.cancel_scope.cancel()
+
+
+async def test_one_connection_carries_requests_made_one_after_another(tmp_path: Path) -> None:
+    server = Server()
+    async with served(tmp_path, server) as pool:
+        for n in range(5):
+            answer = await pool.request("GET", f"/containers/c{n}/json")
+            assert (answer.status_code, answer.text) == (200, f"/v1.51/containers/c{n}/json")
+    assert server.connections == 1
+
+
+async def test_concurrent_requests_get_a_connection_each_and_give_it_back(tmp_path: Path) -> None:
+    server = Server()
+    async with served(tmp_path, server) as pool:
+        answers: list[str] = []
+
+        async def one(n: int) -> None:
+            answers.append((await pool.request("POST", f"/containers/c{n}/start")).text)
+
+        for _ in range(2):
+            async with anyio.create_task_group() as tg:
+                for n in range(20):
+                    tg.start_soon(one, n)
+    assert sorted(answers) == sorted([f"/v1.51/containers/c{n}/start" for n in range(20)] * 2)
+    assert server.connections == 20, "the second batch reuses the first one's connections"
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(tmp_path: Path) -> None:
+    server = Server(close_after=1)
+    async with served(tmp_path, server) as pool:
+        for n in range(3):
+            await anyio.sleep(0.01)  # (the server's close arrives first)
+            assert (await pool.request("GET", f"/p{n}")).text == f"/v1.51/p{n}"
+    assert server.connections == 3 and server.targets == ["/v1.51/p0", "/v1.51/p1", "/v1.51/p2"]
+
+
+async def test_chunked_answers_and_an_encoded_target(tmp_path: Path) -> None:
+    server = Server(chunked=True)
+    async with served(tmp_path, server) as pool:
+        answer = await pool.request(
+            "GET", "/containers/a b?c/json", params=[("filters", '{"a": ["x y"]}'), ("all", 1)]
+        )
+    assert (
+        answer.text
+        == "/v1.51/containers/a%20b%3Fc/json?filters=%7B%22a%22%3A+%5B%22x+y%22%5D%7D&all=1"
+    )
+    assert answer.headers["transfer-encoding"] == "chunked"
