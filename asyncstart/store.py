@@ -32,7 +32,7 @@ from .record import ContainerRecord
 
 log = get_logger("asyncstart.store")
 
-__all__ = ["ContainerIndex", "RecordStore", "write_atomic"]
+__all__ = ["ContainerIndex", "RecordStore", "write_atomic", "write_in_place"]
 
 DATABASE = "containers.db"
 #: An older daemon's record file, in the container's directory (read once, then taken in).
@@ -58,6 +58,18 @@ def write_atomic(target: Path, data: bytes, *, fsync: bool = True) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, target)
+
+
+def write_in_place(target: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``target`` over its old content, keeping its inode (made with ``mode`` if new):
+    for files bind-mounted into a container, which a rename would leave behind."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 class _Batch:

@@ -61,9 +61,12 @@ class Leases:
         self._addresses: dict[str, set[str]] = {}
 
     def _save(self) -> None:
+        # Renamed into place whole, but not fsynced: what the file must survive is a daemon
+        # that dies (the page cache keeps it), not a power loss — after which no container
+        # runs and a reopened daemon frees every lease anyway (keep_only).
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps(self._leases).encode())
+            write_atomic(self.path, json.dumps(self._leases).encode(), fsync=False)
 
     def allocate(self, bridge: Bridge, container_id: str, wanted: str = "") -> str:
         """``wanted`` if free, else the next free address after the last one handed out (in
