@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from .base import RuntimeFailure
+from .spawn import run_process
 
 __all__ = [
     "RuncCli",
@@ -145,9 +144,8 @@ class RuncCli:
         argv = self.argv(*args, runtime=runtime, log_file=log_file)
         fds = fds or {}
         try:
-            return await anyio.run_process(
+            return await run_process(
                 argv,
-                check=False,
                 stdin=fds.get("stdin", subprocess.DEVNULL),
                 stdout=fds.get("stdout", subprocess.PIPE),
                 stderr=fds.get("stderr", subprocess.PIPE),

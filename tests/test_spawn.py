@@ -1,0 +1,58 @@
+"""Helper processes run to their end by pidfd: output, status, cancellation, no zombie."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncstart.runtime.spawn import run_process
+
+pytestmark = pytest.mark.anyio
+
+
+def _children() -> set[int]:
+    """This process's children, zombies included."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == os.getpid():
+                found.add(int(entry))
+    return found
+
+
+async def test_output_and_status_and_a_large_output_that_outgrows_the_pipe() -> None:
+    before = _children()
+    script = "import sys; sys.stdout.write('x' * 300000); sys.stderr.write('err'); sys.exit(3)"
+    result = await run_process([sys.executable, "-c", script])
+    assert (result.returncode, len(result.stdout), result.stderr) == (3, 300000, b"err")
+    killed = await run_process([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"])
+    assert killed.returncode == -9
+    assert _children() == before, "every child reaped"
+
+
+async def test_given_descriptors_are_the_childs_streams(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with target.open("wb") as file:
+        result = await run_process(["sh", "-c", "echo to-file; echo err >&2"], stdout=file.fileno())
+    assert target.read_bytes() == b"to-file\n"
+    assert (result.stdout, result.stderr) == (b"", b"err\n")
+
+
+async def test_a_cancelled_run_kills_and_reaps_the_process() -> None:
+    before = _children()
+    with anyio.move_on_after(0.3):
+        await run_process(["sleep", "30"])
+    assert _children() == before
+
+
+async def test_a_missing_program_is_an_oserror() -> None:
+    with pytest.raises(FileNotFoundError):
+        await run_process(["/nonexistent/runc", "state", "x"])
