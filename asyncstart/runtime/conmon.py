@@ -53,6 +53,7 @@ from .bundle import BundleDir
 from .reaper import InitProcess
 from .runc import RuncRuntime, _Container
 from .runc_cli import RuntimeChoice, create_failure, launcher
+from .spawn import run_process
 
 __all__ = ["ConmonRuntime", "conmon_binary", "monitorable"]
 
@@ -374,9 +375,8 @@ class ConmonRuntime(RuncRuntime):
         sync_read, sync_write = os.pipe2(os.O_CLOEXEC)
         try:
             try:
-                result = await anyio.run_process(
+                result = await run_process(
                     argv,
-                    check=False,
                     cwd=box.bundle.path,  # (where conmon would write an ``oom`` file without -0)
                     stdin=subprocess.DEVNULL,
                     env={**os.environ, "_OCI_SYNCPIPE": str(sync_write)},

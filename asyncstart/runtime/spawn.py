@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO
 
 import anyio
@@ -50,11 +50,17 @@ async def run_process(
     stdin: int | None = subprocess.DEVNULL,
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = subprocess.PIPE,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` to its end: its standard streams as :class:`subprocess.Popen` takes them
-    (``PIPE``: captured and returned). Cancelled, the process is killed and reaped first."""
+    """Run ``argv`` to its end: its standard streams, ``cwd``, ``env`` and ``pass_fds`` as
+    :class:`subprocess.Popen` takes them (``PIPE``: captured and returned). Cancelled, the
+    process is killed and reaped first."""
     # vfork + exec: returns as soon as the child has exec'd (what anyio's runner does too).
-    process = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr)  # noqa: ASYNC220
+    process = subprocess.Popen(  # noqa: ASYNC220
+        argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, pass_fds=pass_fds
+    )
     out: list[bytes] = []
     err: list[bytes] = []
     try:
