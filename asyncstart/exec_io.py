@@ -11,7 +11,6 @@ through a bounded stream; detached, it is dropped, as dockerd's.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import struct
@@ -23,6 +22,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .attach import DetachMatcher
+from .fdio import chunks
 
 __all__ = ["ExecIO"]
 
@@ -148,18 +148,7 @@ class ExecIO:
             self._send.close()
 
     async def _read(self, stream: str, fd: int) -> None:
-        while True:
-            await anyio.wait_readable(fd)
-            try:
-                data = os.read(fd, _CHUNK)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EIO:  # a terminal whose last slave closed
-                    return
-                raise
-            if not data:
-                return
+        async for data in chunks(fd, _CHUNK):
             if self._send is not None and stream in self._streams:
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                     await self._send.send((stream, data))

@@ -61,6 +61,7 @@ SUPPORT: Final = (
     "asyncstart.attach",
     "asyncstart.execs",  # docker exec: config, OCI process, inspect (pure)
     "asyncstart.exec_io",  # a started exec's stdio
+    "asyncstart.fdio",  # reading a non-blocking descriptor as it becomes readable
     "asyncstart.filters",
     "asyncstart.names",
 )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +92,11 @@ async def clocked(open_engine: OpenEngine) -> AsyncIterator[Engine]:
     """An engine whose time moves only when the test advances ``engine.fake_clock``."""
     async with open_engine(fake_clock=True) as opened:
         yield opened
+
+
+@pytest.fixture
+def sock() -> Iterator[Path]:
+    """A path for a served API's unix socket: short, as a socket path is at most 108 bytes
+    (pytest's ``tmp_path`` can be longer)."""
+    with tempfile.TemporaryDirectory(prefix="as-", dir="/tmp") as short:
+        yield Path(short) / "api.sock"

@@ -150,3 +150,17 @@ def lose_record(data_root: Any, container_id: str) -> None:
     with contextlib.closing(sqlite3.connect(root / "containers.db")) as database, database:
         database.execute("DELETE FROM records WHERE id = ?", (container_id,))
     shutil.rmtree(root / "containers" / container_id)
+
+
+def tar_of(*members: tuple[str, bytes]) -> bytes:
+    """An uncompressed tar of regular files: (name, content) each."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

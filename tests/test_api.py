@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import struct
-import tarfile
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +26,9 @@ from asyncstart.api import ApiServer, parse_host
 from asyncstart.views import format_time
 
 from .conftest import Engine, OpenEngine
+from .helpers import tar_of
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def sock() -> Iterator[Path]:
-    # Unix socket paths are limited to 108 bytes; pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="as-", dir="/tmp") as short:
-        yield Path(short) / "api.sock"
 
 
 @dataclass
@@ -535,16 +526,6 @@ async def test_events_since_until_and_filters(api: Api) -> None:
 # -- images -------------------------------------------------------------------------------
 
 
-def _tar(*members: tuple[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 async def _chunks(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
     for at in range(0, len(data), size):
         yield data[at : at + size]
@@ -552,7 +533,7 @@ async def _chunks(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
 
 async def test_images_import_chunked_list_tag_inspect_remove(api: Api) -> None:
     client = api.client
-    layer = _tar(("etc/hostname", b"img\n"), ("bin/tool", b"#!/bin/sh\n"))
+    layer = tar_of(("etc/hostname", b"img\n"), ("bin/tool", b"#!/bin/sh\n"))
     image_id = await client.image_import(
         _chunks(layer), repo="tools:1", changes=["CMD /bin/tool", "ENV A=b"]
     )
@@ -570,7 +551,7 @@ async def test_images_import_chunked_list_tag_inspect_remove(api: Api) -> None:
 
 
 async def test_an_upload_that_expects_100_continue_gets_it(api: Api) -> None:
-    layer = _tar(("etc/hostname", b"img\n"))
+    layer = tar_of(("etc/hostname", b"img\n"))
     with anyio.fail_after(10):
         async with await anyio.connect_unix(api.sock) as stream:
             head = http(
@@ -591,7 +572,7 @@ async def test_an_upload_that_expects_100_continue_gets_it(api: Api) -> None:
 
 async def test_a_hostile_tar_is_refused_and_the_daemon_serves_on(api: Api) -> None:
     with pytest.raises(errors.InvalidParameter, match="refusing to extract"):
-        await api.client.image_import(_chunks(_tar(("../escape", b"x"))), repo="evil")
+        await api.client.image_import(_chunks(tar_of(("../escape", b"x"))), repo="evil")
     assert await api.client.images_list() == []
     assert not (api.engine.root / "escape").exists()
     assert await api.client.ping() == "OK"

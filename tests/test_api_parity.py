@@ -13,10 +13,9 @@ import contextlib
 import inspect
 import io
 import tarfile
-import tempfile
 import time
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 from asyncstart import Client, Daemon, FakeMounter, errors, serve_api
 
 from .conftest import Engine, OpenEngine
+from .helpers import tar_of
 
 # -- the allow-lists ------------------------------------------------------------------------
 
@@ -211,13 +211,6 @@ def test_every_public_method_is_fully_annotated(cls: type, name: str) -> None:
 # -- both sides of a served daemon ----------------------------------------------------------
 
 
-@pytest.fixture
-def sock() -> Iterator[Path]:
-    # Unix socket paths are limited to 108 bytes; pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="as-", dir="/tmp") as short:
-        yield Path(short) / "api.sock"
-
-
 @dataclass
 class Both:
     engine: Engine
@@ -245,16 +238,6 @@ async def _sleeper(both: Both, name: str = "web") -> str:
 
 async def _read(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in chunks])
-
-
-def _tar(*files: tuple[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 async def _bytes(data: bytes) -> AsyncIterator[bytes]:
@@ -360,7 +343,7 @@ async def test_archive_gives_the_stat_and_the_tar_on_both(both: Both) -> None:
 @pytest.mark.anyio
 async def test_images_prune_gives_the_same_lines(both: Both) -> None:
     for side, content in ((both.client, b"one\n"), (both.daemon, b"two\n")):
-        image_id = await both.client.image_import(_bytes(_tar(("etc/x", content))))
+        image_id = await both.client.image_import(_bytes(tar_of(("etc/x", content))))
         lines = await side.images_prune()
         assert f"Deleted: {image_id}" in lines
         assert all(line.startswith(("Untagged: ", "Deleted: sha256:")) for line in lines)

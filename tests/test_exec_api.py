@@ -13,10 +13,9 @@ import fcntl
 import json
 import re
 import struct
-import tempfile
 import termios
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,6 @@ pytestmark = pytest.mark.anyio
 
 RAW_STREAM = "application/vnd.docker.raw-stream"
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
-
-
-@pytest.fixture
-def sock() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="as-", dir="/tmp") as short:
-        yield Path(short) / "api.sock"
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import tempfile
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,6 @@ from .conftest import OpenEngine
 from .test_api import Api, Raw, http, open_api, raw, sleeper
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def sock() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="as-", dir="/tmp") as short:
-        yield Path(short) / "api.sock"
 
 
 @pytest.fixture

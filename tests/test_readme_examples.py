@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,13 +69,6 @@ def in_order(wanted: list[str], got: list[str]) -> bool:
     """``wanted`` appear in ``got`` in this order (others may come between)."""
     rest = iter(got)
     return all(item in rest for item in wanted)
-
-
-@pytest.fixture
-def sock() -> Iterator[Path]:
-    # Unix socket paths are limited to 108 bytes; pytest's tmp_path can be longer.
-    with tempfile.TemporaryDirectory(prefix="as-", dir="/tmp") as short:
-        yield Path(short) / "api.sock"
 
 
 def test_the_examples_are_found() -> None:

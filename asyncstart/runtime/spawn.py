@@ -18,22 +18,14 @@ from typing import IO
 
 import anyio
 
-__all__ = ["run_process"]
+from ..fdio import chunks
 
-_CHUNK = 65536
+__all__ = ["run_process"]
 
 
 async def _drain(stream: IO[bytes], into: list[bytes]) -> None:
-    fd = stream.fileno()
-    os.set_blocking(fd, False)
-    while True:
-        await anyio.wait_readable(fd)
-        try:
-            chunk = os.read(fd, _CHUNK)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            return
+    os.set_blocking(stream.fileno(), False)
+    async for chunk in chunks(stream.fileno()):
         into.append(chunk)
 
 

@@ -9,7 +9,6 @@ single stream and input is written to the master.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import shutil
@@ -25,6 +24,7 @@ from types import TracebackType
 import anyio
 import anyio.abc
 
+from ..fdio import chunks
 from ..logs import JsonFileWriter
 from .base import RuntimeFailure, Stdio
 from .bundle import BundleDir
@@ -197,18 +197,7 @@ class ContainerStdio:
             if self.wanted.log_path and self.log is None:
                 self.log = JsonFileWriter(self.wanted.log_path, self.wanted.log_options)
             log_file = self.log
-            while True:
-                await anyio.wait_readable(fd)
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EIO:  # a pty whose other side is closed: the end
-                        break
-                    raise
-                if not chunk:
-                    break
+            async for chunk in chunks(fd):  # (to the end: EOF, or a pty's other side closed)
                 if self.wanted.on_output is not None:
                     self.wanted.on_output(stream, chunk)
                 if log_file is not None:

@@ -1,0 +1,29 @@
+"""Reading a non-blocking descriptor (a pipe, a FIFO, a pty) as it becomes readable."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+
+import anyio
+
+__all__ = ["chunks"]
+
+
+async def chunks(fd: int, size: int = 65536) -> AsyncIterator[bytes]:
+    """What ``fd`` gives, chunk by chunk, until its end: end of file, or ``EIO`` (a pty whose
+    other side has closed). The descriptor must be non-blocking."""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, size)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return
+            raise
+        if not chunk:
+            return
+        yield chunk
