@@ -13,6 +13,7 @@ import pytest
 from asyncstart import errors
 
 from .conftest import OpenEngine
+from .helpers import tar_of
 from .test_api import Api, http, open_api, raw, sleeper
 
 pytestmark = pytest.mark.anyio
@@ -130,14 +131,14 @@ def test_diff_reads_the_upper_layer_as_dockerd(tmp_path: Path) -> None:
 
 
 async def test_images_list_filters_as_dockerd(api: Api) -> None:
-    from .test_api import _chunks, _tar
+    from .test_api import _chunks
 
     client = api.client
-    old = await client.image_import(_chunks(_tar(("a", b"1"))), repo="tools", tag="1")
+    old = await client.image_import(_chunks(tar_of(("a", b"1"))), repo="tools", tag="1")
     await anyio.sleep(1.1)  # (creation times in seconds)
-    new = await client.image_import(_chunks(_tar(("a", b"2"))), repo="other", tag="2")
+    new = await client.image_import(_chunks(tar_of(("a", b"2"))), repo="other", tag="2")
     await anyio.sleep(1.1)
-    await client.image_import(_chunks(_tar(("a", b"3"))), repo="other", tag="2")  # new dangles
+    await client.image_import(_chunks(tar_of(("a", b"3"))), repo="other", tag="2")  # new dangles
 
     async def ids(**filters: list[str]) -> list[str]:
         return sorted(row["Id"] for row in await client.images_list(filters))
@@ -158,9 +159,9 @@ async def test_images_list_filters_as_dockerd(api: Api) -> None:
 
 
 async def test_system_df_counts_images_and_containers(api: Api) -> None:
-    from .test_api import _chunks, _tar
+    from .test_api import _chunks
 
-    await api.client.image_import(_chunks(_tar(("a", b"1"))), repo="tools", tag="1")
+    await api.client.image_import(_chunks(tar_of(("a", b"1"))), repo="tools", tag="1")
     await sleeper(api, "user")
     document = (await raw(api.sock, http("GET", "/system/df"))).json()
     assert set(document) == {"LayersSize", "Images", "Containers", "Volumes", "BuildCache"}
@@ -336,10 +337,10 @@ def test_platform_specifiers_refused_with_containerds_words(specifier: str, mess
 
 
 async def test_platform_is_checked_before_the_pull_and_the_create(api: Api) -> None:
-    from .test_api import _chunks, _tar
+    from .test_api import _chunks
 
     client = api.client
-    await client.image_import(_chunks(_tar(("a", b"1"))), repo="busybox")
+    await client.image_import(_chunks(tar_of(("a", b"1"))), repo="busybox")
     with pytest.raises(errors.InvalidParameter, match="unknown operating system or architecture"):
         await client.image_pull("busybox", platform="foo")
     with pytest.raises(errors.InvalidParameter, match="^invalid reference format"):
