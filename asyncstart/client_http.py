@@ -6,13 +6,16 @@ in one event loop queues each request behind the others' tens of milliseconds. H
 costs h11's encoding and parsing and one write and read on a connection taken from the pool
 (or opened), given back once the answer is complete and h11 says it can carry another.
 
-A kept connection the server has closed meanwhile fails at once (end of stream before any
-answer): the request is sent again on a new connection, once.
+An idle connection the server has closed meanwhile is seen before it is used (readable while
+idle) and dropped; one that fails as the request is written (the server closed it just then,
+so it read nothing) is dropped and the request written on another. A request written whose
+answer never comes is an error, never sent twice.
 """
 
 from __future__ import annotations
 
 import json
+import select
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,8 @@ __all__ = ["Answer", "ConnectionPool", "Params", "query_pairs"]
 
 #: Bytes read from the socket at a time.
 _CHUNK = 65536
+#: Seconds to wait for a connection to be made.
+_CONNECT_TIMEOUT = 10.0
 #: Idle connections kept for reuse (more are closed when given back).
 _MAX_IDLE = 64
 #: What may appear unencoded in a request target's path (RFC 3986 pchar and "/").
@@ -51,7 +56,7 @@ class Answer:
 
 
 class _Stale(Exception):
-    """A kept connection ended before any answer: the server had closed it."""
+    """A kept connection the server had closed: the request could not be sent on it."""
 
 
 class _Connection:
@@ -77,8 +82,8 @@ class _Connection:
                     received = await self.stream.receive(_CHUNK)
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     received = b""
-                if not received and response is None and not chunks:
-                    raise _Stale
+                if not received and response is None:
+                    raise ConnectionResetError("the server closed the connection unanswered")
                 self.h11.receive_data(received)
             elif isinstance(event, h11.Response):
                 response = event
@@ -90,6 +95,15 @@ class _Connection:
                 return Answer(response.status_code, headers, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
                 raise h11.RemoteProtocolError("the server closed the connection mid-answer")
+
+    def closed_by_peer(self) -> bool:
+        """Whether the server has closed this idle connection (or sent what no request asked
+        for): readable while idle means either."""
+        sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
 
     def reusable(self) -> bool:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
@@ -140,6 +154,9 @@ class ConnectionPool:
         request = h11.Request(method=method, target=self.target(path, params), headers=headers)
         while self._idle:
             connection = self._idle.pop()
+            if connection.closed_by_peer():
+                await anyio.aclose_forcefully(connection.stream)
+                continue
             try:
                 answer = await connection.exchange(request, body)
             except _Stale:
@@ -150,12 +167,13 @@ class ConnectionPool:
                 raise
             await self._give_back(connection)
             return answer
-        connection = _Connection(await self._connect())
+        with anyio.fail_after(_CONNECT_TIMEOUT):
+            connection = _Connection(await self._connect())
         try:
             answer = await connection.exchange(request, body)
         except _Stale:
             await connection.stream.aclose()
-            raise ConnectionResetError("the server closed the connection unanswered") from None
+            raise ConnectionResetError("the server closed the connection unsent") from None
         except BaseException:
             await anyio.aclose_forcefully(connection.stream)
             raise

@@ -16,6 +16,7 @@ prefix.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -102,7 +103,7 @@ class RecordStore:
         self.commits = 0
         self._connection: sqlite3.Connection | None = None
         self._open: _Batch | None = None
-        self._busy = False
+        self._writing: _Batch | None = None  # the batch a worker thread is writing
         self._directories: set[str] = set()  # containers whose directory exists
 
     def path(self, container_id: str) -> Path:
@@ -146,49 +147,57 @@ class RecordStore:
                 "DELETE FROM records WHERE id = ?",
                 [(key,) for key, data in ops.items() if data is None],
             )
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # (A failed COMMIT may leave the transaction open: the next BEGIN would fail.)
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
         self.commits += 1
 
     async def aclose(self) -> None:
-        """Write what savers that were cancelled left in the open batch; close the database."""
+        """Once the transaction being written (if any) is done: write what is still open,
+        close the database."""
         with anyio.CancelScope(shield=True):
-            if self._open is not None and not self._busy:
+            while self._writing is not None:
+                await self._writing.wake.wait()
+            if self._open is not None:
                 await self._write_open_batch()
-            if self._connection is not None and not self._busy:
+            if self._connection is not None:
                 await anyio.to_thread.run_sync(self._connection.close)
                 self._connection = None
 
     # --- group commit ------------------------------------------------------------------------
 
     async def _commit(self, container_id: str, data: bytes | None) -> None:
-        """Have the change written; return once its transaction is on disk."""
+        """Have the change written; return once its transaction is on disk. All or nothing,
+        as a single write would be: shielded, a caller cancelled meanwhile learns of it once
+        the transaction is written (it takes milliseconds)."""
         if self._open is None:
             self._open = _Batch()
         batch = self._open
         batch.ops[container_id] = data
-        while not batch.done:
-            if self._busy:
-                await batch.wake.wait()
-            else:
-                await self._write_open_batch()
+        with anyio.CancelScope(shield=True):
+            while not batch.done:
+                if self._writing is not None:
+                    await batch.wake.wait()
+                else:
+                    await self._write_open_batch()
         if batch.error is not None:
             raise batch.error
 
     async def _write_open_batch(self) -> None:
         batch, self._open = self._open, None
         assert batch is not None
-        self._busy = True
+        self._writing = batch
         batch.wake = anyio.Event()  # (those who woke to lead it wait again)
         try:
             await anyio.to_thread.run_sync(self.write, batch.ops)
-        except (OSError, sqlite3.Error) as exc:
-            batch.error = exc
+        except Exception as exc:
+            batch.error = exc  # (every saver of the batch is told)
         finally:
             batch.done = True
-            self._busy = False
+            self._writing = None
             batch.wake.set()
             if self._open is not None:
                 self._open.wake.set()  # its savers wait: one of them writes it
@@ -212,9 +221,8 @@ class RecordStore:
         try:
             await self._commit(container_id, None)
             self._directories.discard(container_id)
-            await anyio.to_thread.run_sync(shutil.rmtree, directory)
-        except FileNotFoundError:
-            pass
+            with contextlib.suppress(FileNotFoundError):
+                await anyio.to_thread.run_sync(shutil.rmtree, directory)
         except (OSError, sqlite3.Error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise errors.SystemError(
@@ -224,6 +232,7 @@ class RecordStore:
     # --- loading -----------------------------------------------------------------------------
 
     def _load_all(self) -> list[ContainerRecord]:
+        had_database = self.database.exists()
         self._take_in_legacy_records()
         stored = self._connect().execute("SELECT id, data FROM records ORDER BY id").fetchall()
         records: list[ContainerRecord] = []
@@ -239,9 +248,15 @@ class RecordStore:
         known = {record.id for record in records}
         if self.root.is_dir():
             for entry in self.root.iterdir():
-                if entry.name not in known:
+                if entry.name in known or not entry.is_dir():
+                    continue
+                if had_database:
                     # A create killed before its first save, or a removal after its delete.
                     shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    # Containers' directories and no database (deleted, or a partial restore
+                    # of the data root): their logs and files are kept for a person.
+                    self._quarantine(entry.name, None, "no record: the records database is new")
         self._directories = known
         return records
 
@@ -260,11 +275,12 @@ class RecordStore:
             for container_id in found:
                 (self.root / container_id / LEGACY_RECORD_FILE).unlink()
 
-    def _quarantine(self, container_id: str, data: bytes, error: str) -> None:
+    def _quarantine(self, container_id: str, data: bytes | None, error: str) -> None:
         """A record that does not decode (a full disk, a database edited by hand, a file
-        system that lies about fsync) is moved aside for a person to look at, as dockerd skips
-        such a container: one bad record must not keep the daemon from serving the others.
-        The container's directory goes with it, the record as ``container.json`` inside."""
+        system that lies about fsync), or a directory no record claims when the database is
+        new, is moved aside for a person to look at, as dockerd skips such a container: one
+        bad record must not keep the daemon from serving the others. The container's
+        directory goes with it, the record (if any) as ``container.json`` inside."""
         target = self.quarantine / f"{container_id}.{time.time_ns()}"
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         directory = self.root / container_id
@@ -272,7 +288,8 @@ class RecordStore:
             os.rename(directory, target)
         else:
             target.mkdir(mode=0o700)
-        write_atomic(target / LEGACY_RECORD_FILE, data)
+        if data is not None:
+            write_atomic(target / LEGACY_RECORD_FILE, data)
         self.quarantined.add(container_id)
         log.error(
             "container.record_unreadable",

@@ -21,13 +21,17 @@ pytestmark = pytest.mark.anyio
 class Server:
     """Answers each request with its target as the body; counts connections."""
 
-    def __init__(self, *, chunked: bool = False, close_after: int = 0) -> None:
+    def __init__(
+        self, *, chunked: bool = False, close_after: int = 0, hang_up: bool = False
+    ) -> None:
         self.connections = 0
         self.active = 0
         self.targets: list[str] = []
         self.chunked = chunked
         #: Close a connection after this many answers (0: keep it).
         self.close_after = close_after
+        #: Read each request, then close without an answer.
+        self.hang_up = hang_up
 
     async def handle(self, stream: anyio.abc.SocketStream) -> None:
         self.connections += 1
@@ -53,6 +57,8 @@ class Server:
                     target = event.target.decode()
                     self.targets.append(target)
                 elif isinstance(event, h11.EndOfMessage):
+                    if self.hang_up:
+                        return
                     body = target.encode()
                     headers = (
                         [("Transfer-Encoding", "chunked")]
@@ -136,3 +142,13 @@ async def test_chunked_answers_and_an_encoded_target(tmp_path: Path) -> None:
         == "/v1.51/containers/a%20b%3Fc/json?filters=%7B%22a%22%3A+%5B%22x+y%22%5D%7D&all=1"
     )
     assert answer.headers["transfer-encoding"] == "chunked"
+
+
+async def test_a_request_read_but_never_answered_is_an_error_and_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    server = Server(hang_up=True)
+    async with served(tmp_path, server) as pool:
+        with pytest.raises(ConnectionResetError):
+            await pool.request("POST", "/containers/create")
+    assert server.targets == ["/v1.51/containers/create"]

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -180,3 +181,33 @@ def test_index_resolution_order() -> None:
             index.resolve(gone)
     assert index.resolve("ab0") == a
     assert len(index) == 2
+
+
+async def test_saves_cancelled_while_they_wait_are_written_whole(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "containers")
+    records = [_record(new_id(), restart_count=n) for n in range(30)]
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            for record in records:
+                tg.start_soon(store.save, record)
+            await anyio.lowlevel.checkpoint()  # each is in a transaction, or waits for the next
+            scope.cancel()
+    await store.aclose()
+    loaded = await RecordStore(tmp_path / "containers").load_all()
+    assert sorted(loaded, key=lambda r: r.restart_count) == records
+
+
+async def test_directories_without_a_database_are_kept_for_a_person(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "containers")
+    record = _record(new_id())
+    await store.save(record)
+    (tmp_path / "containers" / record.id / "log").write_text("kept")
+    await store.aclose()
+    for leftover in tmp_path.glob("containers.db*"):
+        leftover.unlink()  # (a partial restore of the data root)
+    reopened = RecordStore(tmp_path / "containers")
+    assert await reopened.load_all() == []
+    assert reopened.quarantined == {record.id}
+    (kept,) = (tmp_path / "quarantine").iterdir()
+    assert (kept / "log").read_text() == "kept"
+    await reopened.aclose()

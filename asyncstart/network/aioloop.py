@@ -13,6 +13,10 @@ leave puts back what the import found and takes trio-asyncio out of ``sys.module
 later ``import trio_asyncio`` by the program patches afresh. A program that had imported
 trio-asyncio itself owns its changes: they are used as they are and never undone. A daemon
 under asyncio needs none of this and never imports trio-asyncio.
+
+What this cannot cover: an asyncio loop made in another thread *while* a trio daemon runs gets
+trio-asyncio's loop, and loses its patches when the daemon leaves. A program that runs asyncio
+and trio in threads side by side imports trio-asyncio itself first.
 """
 
 from __future__ import annotations
