@@ -49,6 +49,7 @@ from .execs import (
     parse_exec_config,
     ps_table,
 )
+from .fdio import write_all
 from .filters import (
     container_filters,
     event_filters,
@@ -626,7 +627,7 @@ class Daemon:
             async def feed() -> None:
                 try:
                     async for chunk in body:
-                        await anyio.to_thread.run_sync(_write_all, write, chunk)
+                        await anyio.to_thread.run_sync(write_all, write, chunk)
                 except OSError:  # the extraction ended first: its answer is the one
                     pass
                 finally:
@@ -1556,8 +1557,8 @@ class Daemon:
             **self.system_info(),
             "Images": len(images),
             "KernelVersion": platform.release(),
-            "OperatingSystem": _os_release("PRETTY_NAME") or platform.system(),
-            "OSVersion": _os_release("VERSION_ID"),
+            "OperatingSystem": _os_release().get("PRETTY_NAME") or platform.system(),
+            "OSVersion": _os_release().get("VERSION_ID", ""),
             "OSType": "linux",
             "Architecture": platform.machine(),
             # No registry is reached (pulls are not supported); dockerd's defaults.
@@ -1617,18 +1618,18 @@ class Daemon:
         return "OK"
 
 
-def _os_release(key: str) -> str:
-    """A field of the host's ``os-release`` (dockerd's ``OperatingSystem``, ``OSVersion``)."""
+@functools.cache
+def _os_release() -> dict[str, str]:
+    """The host's ``os-release`` fields (dockerd's ``OperatingSystem``, ``OSVersion``), read
+    once."""
     for candidate in ("/etc/os-release", "/usr/lib/os-release"):
         try:
             with open(candidate, encoding="utf-8") as file:
-                for line in file:
-                    name, _, value = line.strip().partition("=")
-                    if name == key:
-                        return value.strip().strip('"')
+                fields = (line.strip().partition("=") for line in file)
+                return {name: value.strip().strip('"') for name, _, value in fields if name}
         except OSError:
             continue
-    return ""
+    return {}
 
 
 def _ip_forwarding() -> bool:
@@ -1705,12 +1706,6 @@ def _make_directory(path: str, userns: tuple[int, int, int] | None) -> None:
 def _check_archive_path(path: str) -> None:
     if not path:
         raise errors.InvalidParameter("bad parameter: path cannot be empty")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class PipeReader:

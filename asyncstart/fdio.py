@@ -1,4 +1,5 @@
-"""Reading a non-blocking descriptor (a pipe, a FIFO, a pty) as it becomes readable."""
+"""Descriptors: reading a non-blocking one (a pipe, a FIFO, a pty) as it becomes readable;
+writing all of some bytes to a blocking one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 
-__all__ = ["chunks"]
+__all__ = ["chunks", "write_all"]
 
 
 async def chunks(fd: int, size: int = 65536) -> AsyncIterator[bytes]:
@@ -27,3 +28,10 @@ async def chunks(fd: int, size: int = 65536) -> AsyncIterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the blocking descriptor ``fd`` (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

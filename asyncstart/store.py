@@ -29,6 +29,7 @@ import msgspec
 
 from . import errors
 from ._log import get_logger
+from .fdio import write_all
 from .record import ContainerRecord
 
 log = get_logger("asyncstart.store")
@@ -51,9 +52,7 @@ def write_atomic(target: Path, data: bytes, *, fsync: bool = True) -> None:
     tmp = target.with_name(target.name + _TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if fsync:
             os.fsync(fd)
     finally:
@@ -66,9 +65,7 @@ def write_in_place(target: Path, data: bytes, mode: int = 0o644) -> None:
     for files bind-mounted into a container, which a rename would leave behind."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -13,10 +13,11 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -285,67 +286,78 @@ async def test_cli_events(tmp_path: Path, busybox_tar: Path) -> None:
         assert everything.split() == ["live"] * 4 + ["ev"] * 4
 
 
-async def test_docker_py(tmp_path: Path, busybox_tar: Path) -> None:
+async def _with_docker_py(tmp_path: Path, busybox_tar: Path, work: Callable[[Any], None]) -> None:
+    """Run ``work(client)`` with a docker-py client of a served daemon (in a worker thread:
+    docker-py blocks), closing the client after."""
     import docker
 
-    def work(host: str) -> None:
+    def run(host: str) -> None:
         client = docker.DockerClient(base_url=host, version="auto")
         try:
-            assert client.api.api_version == "1.51" and client.ping() is True
-            assert client.images.get("busybox").tags == ["busybox:latest"]
-            both = ["sh", "-c", "echo hi; echo err >&2"]
-            out = client.containers.run("busybox", both, remove=True, stderr=True)
-            # Two pipes: the order between stdout and stderr is not defined (nor in dockerd).
-            assert sorted(out.splitlines()) == [b"err", b"hi"]
-            assert client.containers.run("busybox", both, remove=True) == b"hi\n"
-            with pytest.raises(docker.errors.ContainerError) as failed:
-                client.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 2"], remove=True)
-            assert (failed.value.exit_status, failed.value.stderr) == (2, b"bad\n")
-            assert client.containers.list(all=True) == []
-
-            # Attached before the start, the stream has all the output and ends with the exit.
-            script = "for i in 1 2 3; do echo line$i; done; echo e >&2"
-            container = client.containers.create("busybox", ["sh", "-c", script], name="pyc")
-            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
-            container.start()
-            frames = list(stream)
-            stdout = b"".join(out for out, _ in frames if out)
-            assert stdout == b"line1\nline2\nline3\n"
-            assert b"".join(err for _, err in frames if err) == b"e\n"
-            assert container.wait() == {"StatusCode": 0}
-            assert container.logs(stderr=False) == stdout
-            assert container.logs(stdout=False) == b"e\n"
-            assert sorted(container.logs().splitlines()) == [b"e", b"line1", b"line2", b"line3"]
-            container.reload()
-            assert (container.status, container.name) == ("exited", "pyc")
-            assert container.attrs["State"]["ExitCode"] == 0
-            container.remove()
-            with pytest.raises(docker.errors.NotFound):
-                client.containers.get("pyc")
-
-            # A detached one: pause, unpause, stop.
-            sleeper = client.containers.run("busybox", ["sleep", "100"], detach=True)
-            sleeper.pause()
-            sleeper.reload()
-            assert sleeper.status == "paused"
-            sleeper.unpause()
-            sleeper.reload()
-            assert sleeper.status == "running"
-            sleeper.stop(timeout=1)
-            assert sleeper.wait() == {"StatusCode": 137}
-            sleeper.remove()
-
-            with pytest.raises(docker.errors.NotFound) as missing:
-                client.containers.get("nosuch")
-            assert missing.value.status_code == 404
-            assert missing.value.explanation == "No such container: nosuch"
-            assert client.containers.list(all=True) == []
+            work(client)
         finally:
             client.close()
 
     async with served(tmp_path, busybox_tar) as cli:
         with anyio.fail_after(60):
-            await anyio.to_thread.run_sync(work, cli.host)
+            await anyio.to_thread.run_sync(run, cli.host)
+
+
+async def test_docker_py(tmp_path: Path, busybox_tar: Path) -> None:
+    import docker
+
+    def work(client: docker.DockerClient) -> None:
+        assert client.api.api_version == "1.51" and client.ping() is True
+        assert client.images.get("busybox").tags == ["busybox:latest"]
+        both = ["sh", "-c", "echo hi; echo err >&2"]
+        out = client.containers.run("busybox", both, remove=True, stderr=True)
+        # Two pipes: the order between stdout and stderr is not defined (nor in dockerd).
+        assert sorted(out.splitlines()) == [b"err", b"hi"]
+        assert client.containers.run("busybox", both, remove=True) == b"hi\n"
+        with pytest.raises(docker.errors.ContainerError) as failed:
+            client.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 2"], remove=True)
+        assert (failed.value.exit_status, failed.value.stderr) == (2, b"bad\n")
+        assert client.containers.list(all=True) == []
+
+        # Attached before the start, the stream has all the output and ends with the exit.
+        script = "for i in 1 2 3; do echo line$i; done; echo e >&2"
+        container = client.containers.create("busybox", ["sh", "-c", script], name="pyc")
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        container.start()
+        frames = list(stream)
+        stdout = b"".join(out for out, _ in frames if out)
+        assert stdout == b"line1\nline2\nline3\n"
+        assert b"".join(err for _, err in frames if err) == b"e\n"
+        assert container.wait() == {"StatusCode": 0}
+        assert container.logs(stderr=False) == stdout
+        assert container.logs(stdout=False) == b"e\n"
+        assert sorted(container.logs().splitlines()) == [b"e", b"line1", b"line2", b"line3"]
+        container.reload()
+        assert (container.status, container.name) == ("exited", "pyc")
+        assert container.attrs["State"]["ExitCode"] == 0
+        container.remove()
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get("pyc")
+
+        # A detached one: pause, unpause, stop.
+        sleeper = client.containers.run("busybox", ["sleep", "100"], detach=True)
+        sleeper.pause()
+        sleeper.reload()
+        assert sleeper.status == "paused"
+        sleeper.unpause()
+        sleeper.reload()
+        assert sleeper.status == "running"
+        sleeper.stop(timeout=1)
+        assert sleeper.wait() == {"StatusCode": 137}
+        sleeper.remove()
+
+        with pytest.raises(docker.errors.NotFound) as missing:
+            client.containers.get("nosuch")
+        assert missing.value.status_code == 404
+        assert missing.value.explanation == "No such container: nosuch"
+        assert client.containers.list(all=True) == []
+
+    await _with_docker_py(tmp_path, busybox_tar, work)
 
 
 async def test_cli_errors(tmp_path: Path, busybox_tar: Path) -> None:
@@ -782,46 +794,40 @@ async def test_docker_py_everyday_api(tmp_path: Path, busybox_tar: Path) -> None
 
     import docker
 
-    def work(host: str) -> None:
-        client = docker.DockerClient(base_url=host, version="auto")
-        try:
-            volume = client.volumes.create("pydata", labels={"k": "v"})
-            box = client.containers.run(
-                "busybox", ["sleep", "100"], detach=True, name="pybox",
-                volumes={"pydata": {"bind": "/data", "mode": "rw"}},
-            )  # fmt: skip
-            result = box.exec_run(["sh", "-c", "echo hi > /data/f; cat /data/f; exit 3"])
-            assert (result.exit_code, result.output) == (3, b"hi\n")
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as archive:
-                info = tarfile.TarInfo("put.txt")
-                info.size = 4
-                archive.addfile(info, io.BytesIO(b"put\n"))
-            assert box.put_archive("/tmp", buffer.getvalue()) is True
-            chunks, stat = box.get_archive("/tmp/put.txt")
-            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
-                member = archive.extractfile("put.txt")
-                assert member is not None and member.read() == b"put\n"
-            assert stat["name"] == "put.txt" and stat["size"] == 4
-            stats = box.stats(stream=False)
-            assert stats["id"] == box.id and stats["memory_stats"]["usage"] > 0
-            assert stats["precpu_stats"]["cpu_usage"]["total_usage"] > 0  # two samples
-            top = box.top()
-            assert "PID" in top["Titles"] and any("sleep" in row[-1] for row in top["Processes"])
-            assert [v.name for v in client.volumes.list(filters={"label": "k=v"})] == ["pydata"]
-            box.remove(force=True)
-            done = client.containers.run("busybox", ["true"], name="pydone", detach=True)
-            assert done.wait() == {"StatusCode": 0}
-            assert client.containers.prune()["ContainersDeleted"] == [done.id]
-            volume.remove()
-            assert client.volumes.list() == []
-            assert client.images.prune()["ImagesDeleted"] is None  # busybox has no dangling twin
-        finally:
-            client.close()
+    def work(client: docker.DockerClient) -> None:
+        volume = client.volumes.create("pydata", labels={"k": "v"})
+        box = client.containers.run(
+            "busybox", ["sleep", "100"], detach=True, name="pybox",
+            volumes={"pydata": {"bind": "/data", "mode": "rw"}},
+        )  # fmt: skip
+        result = box.exec_run(["sh", "-c", "echo hi > /data/f; cat /data/f; exit 3"])
+        assert (result.exit_code, result.output) == (3, b"hi\n")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            info = tarfile.TarInfo("put.txt")
+            info.size = 4
+            archive.addfile(info, io.BytesIO(b"put\n"))
+        assert box.put_archive("/tmp", buffer.getvalue()) is True
+        chunks, stat = box.get_archive("/tmp/put.txt")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+            member = archive.extractfile("put.txt")
+            assert member is not None and member.read() == b"put\n"
+        assert stat["name"] == "put.txt" and stat["size"] == 4
+        stats = box.stats(stream=False)
+        assert stats["id"] == box.id and stats["memory_stats"]["usage"] > 0
+        assert stats["precpu_stats"]["cpu_usage"]["total_usage"] > 0  # two samples
+        top = box.top()
+        assert "PID" in top["Titles"] and any("sleep" in row[-1] for row in top["Processes"])
+        assert [v.name for v in client.volumes.list(filters={"label": "k=v"})] == ["pydata"]
+        box.remove(force=True)
+        done = client.containers.run("busybox", ["true"], name="pydone", detach=True)
+        assert done.wait() == {"StatusCode": 0}
+        assert client.containers.prune()["ContainersDeleted"] == [done.id]
+        volume.remove()
+        assert client.volumes.list() == []
+        assert client.images.prune()["ImagesDeleted"] is None  # busybox has no dangling twin
 
-    async with served(tmp_path, busybox_tar) as cli:
-        with anyio.fail_after(60):
-            await anyio.to_thread.run_sync(work, cli.host)
+    await _with_docker_py(tmp_path, busybox_tar, work)
 
 
 async def test_aiodocker_everyday_api(tmp_path: Path, busybox_tar: Path) -> None:

@@ -33,6 +33,7 @@ import msgspec
 
 from .. import errors
 from .._log import get_logger
+from ..fdio import write_all
 from .options import LogOptions
 
 __all__ = [
@@ -120,10 +121,9 @@ class JsonFileWriter:
         self._size += len(entry)
 
     def _flush(self) -> None:
-        view = memoryview(b"".join(self._out))
+        data = b"".join(self._out)
         self._out.clear()
-        while view:
-            view = view[os.write(self._fd, view) :]
+        write_all(self._fd, data)
 
     def _rotate(self) -> None:
         """dockerd's ``LogFile.rotate``: the files move up by one, the oldest kept goes, and
