@@ -30,6 +30,7 @@ from .names import generate_name
 from .record import ContainerRecord, new_id
 from .settings import HostFacts, fill_defaults, refuse_health_check, validate_platform
 from .spec import MASKED_PATHS, READONLY_PATHS
+from .store import encode_json
 from .views import format_time
 
 __all__ = ["new_record"]
@@ -53,6 +54,8 @@ def new_record(
     daemon finds); its volumes are the daemon's to make."""
     parsed = parse_config(dict(config) if isinstance(config, Mapping) else config)
     host = parse_host_config(dict(host_config) if isinstance(host_config, Mapping) else host_config)
+    # Before any check reads a string of it: one no JSON can hold is the request's fault.
+    encode_json((parsed, host))
     validate_config(parsed)
     validate_host_config(host)
     check_log_options(host.log_config.config)

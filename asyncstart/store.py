@@ -34,7 +34,7 @@ from .record import ContainerRecord
 
 log = get_logger("asyncstart.store")
 
-__all__ = ["ContainerIndex", "RecordStore", "write_atomic", "write_in_place"]
+__all__ = ["ContainerIndex", "RecordStore", "encode_json", "write_atomic", "write_in_place"]
 
 DATABASE = "containers.db"
 #: An older daemon's record file, in the container's directory (read once, then taken in).
@@ -58,6 +58,15 @@ def write_atomic(target: Path, data: bytes, *, fsync: bool = True) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, target)
+
+
+def encode_json(value: object) -> bytes:
+    """``value`` as JSON; dockerd's 400 if a client's string in it is one no JSON can hold (a
+    lone surrogate): the request is at fault."""
+    try:
+        return _encoder.encode(value)
+    except (msgspec.EncodeError, UnicodeEncodeError) as exc:
+        raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
 
 
 def write_in_place(target: Path, data: bytes, mode: int = 0o644) -> None:
@@ -201,11 +210,7 @@ class RecordStore:
 
     async def save(self, record: ContainerRecord) -> None:
         """Write ``record`` durably (in a worker thread: the event loop never waits on disk)."""
-        try:
-            data = _encoder.encode(record)
-        except (msgspec.EncodeError, UnicodeEncodeError) as exc:
-            # A client's string no JSON can hold (a lone surrogate): its request is at fault.
-            raise errors.InvalidParameter(f"invalid JSON: {exc}") from None
+        data = encode_json(record)
         try:
             await self._commit(record.id, data)
         except (OSError, sqlite3.Error) as exc:

@@ -625,6 +625,12 @@ _HOSTILE = [
         400,
         "invalid JSON",
     ),
+    (
+        "lone surrogate in the hostname",
+        http("POST", _CREATE, b'{"Image":"busybox","Cmd":["true"],"Hostname":"\\ud800"}'),
+        400,
+        "invalid JSON",
+    ),
     ("endless tail", http("GET", "/containers/web/logs?stdout=1&tail=" + "9" * 5000), 400, "tail"),
     ("tag with dots", http("POST", "/images/web/tag?repo=a..b&tag=1"), 400, "reference format"),
     ("upper-case repo", http("POST", "/images/web/tag?repo=Web&tag=1"), 400, "lowercase"),
