@@ -633,9 +633,15 @@ class Daemon:
                 finally:
                     os.close(write)
 
+            refused: errors.DockerError | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(feed)
-                await anyio.to_thread.run_sync(extract)
+                try:
+                    await anyio.to_thread.run_sync(extract)
+                except errors.DockerError as exc:
+                    refused = exc  # (raised as itself, not in the task group's group)
+            if refused is not None:
+                raise refused
         record = self._snapshot(reference).record
         container_event(self._events, record, "extract-to-dir")
 

@@ -737,7 +737,7 @@ async def test_cli_cp(tmp_path: Path, busybox_tar: Path) -> None:
 
                 with pytest.raises(asyncstart.errors.DockerError) as refused:
                     await client.container_extract("box", "/tmp", body())
-                assert refused.value.status in (400, 500)
+                assert refused.value.status == 400, refused.value.message
         assert not list(tmp_path.rglob("escaped.txt"))
         await cli.out("rm", "-f", "box", "idle")
 
