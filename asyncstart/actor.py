@@ -19,7 +19,7 @@ import signal as _signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -32,7 +32,7 @@ from .container import ActorServices, ContainerState
 from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
 from .logs import ContainerLogs, LogQuery, read_log_chunks
-from .mailbox import Call, Handler, Pending, Reply, RuntimeReport
+from .mailbox import Call, Pending, Reply, RuntimeReport
 from .network.files import embed_resolver
 from .networks import NetworkSpec, attachment_of, dns_names, refuse_shared_namespace
 from .record import ContainerRecord, wait_result
@@ -53,27 +53,29 @@ _E = LifecycleEvent
 class ContainerActor(ContainerState):
     """A container's task and mailbox; see the module docstring."""
 
+    #: The method that answers each request: ``handler(reply, *args)``. (Named, not bound
+    #: per actor: thousands of idle actors keep no more objects than they need.)
+    _HANDLERS: ClassVar[dict[Request, str]] = {
+        Request.START: "_h_start",
+        Request.STOP: "_h_stop",
+        Request.KILL: "_h_kill",
+        Request.PAUSE: "_h_pause",
+        Request.UNPAUSE: "_h_unpause",
+        Request.REMOVE: "_h_remove",
+        Request.WAIT: "_h_wait",
+        Request.ADOPT: "_h_adopt",
+        Request.RENAME: "_h_rename",
+        Request.UPDATE: "_h_update",
+        Request.CONNECT: "_h_connect",
+        Request.DISCONNECT: "_h_disconnect",
+    }
+
     def __init__(
         self, record: ContainerRecord, services: ActorServices, *, new: bool = False
     ) -> None:
         super().__init__(record, services)
         #: Just created (not reopened): the actor announces it.
         self._new = new
-        #: One handler per request: ``handler(reply, *args)``.
-        self._handlers: dict[Request, Handler] = {
-            Request.START: self._h_start,
-            Request.STOP: self._h_stop,
-            Request.KILL: self._h_kill,
-            Request.PAUSE: self._h_pause,
-            Request.UNPAUSE: self._h_unpause,
-            Request.REMOVE: self._h_remove,
-            Request.WAIT: self._h_wait,
-            Request.ADOPT: self._h_adopt,
-            Request.RENAME: self._h_rename,
-            Request.UPDATE: self._h_update,
-            Request.CONNECT: self._h_connect,
-            Request.DISCONNECT: self._h_disconnect,
-        }
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The actor's task: handle messages until the container is removed."""
@@ -110,7 +112,8 @@ class ContainerActor(ContainerState):
         elif self._lifecycle.state is State.SPEC_READY and message.request is not Request.START:
             self._mailbox.defer(message)  # as dockerd's lock: after the start is decided
         else:
-            await self._mailbox.answer(message, self._handlers[message.request], self.id)
+            handler = getattr(self, self._HANDLERS[message.request])
+            await self._mailbox.answer(message, handler, self.id)
 
     def state_changed(self, info: StateInfo) -> None:
         """The runtime's report, queued (never blocks the runtime)."""

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-class _Docker(msgspec.Struct, rename="pascal", omit_defaults=False, kw_only=True):
+class _Docker(msgspec.Struct, rename="pascal", omit_defaults=False, kw_only=True, gc=False):
     """Base: Docker's PascalCase keys, unknown keys ignored (newer clients send more)."""
 
 

@@ -113,9 +113,10 @@ class ContainerState:
         )
 
     def running_spec(self) -> dict[str, Any] | None:
-        """The OCI spec the running process was started with, if this daemon started it."""
+        """The ``process`` and ``root`` of the OCI spec the running process was started with,
+        if this daemon started it."""
         ctx = self._ctx
-        return ctx.spec if ctx is not None and self._lifecycle.running else None
+        return ctx.running if ctx is not None and self._lifecycle.running else None
 
     @property
     def last_start(self) -> dict[str, float]:

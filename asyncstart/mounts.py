@@ -42,7 +42,7 @@ _MODE_KINDS: Final = {
 VOLUME_NAME: Final = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 
 
-class MountPoint(msgspec.Struct, frozen=True, kw_only=True):
+class MountPoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One mount of a container, as dockerd's ``volume/mounts.MountPoint`` keeps it.
 
     ``source``: a bind's host path, a volume's ``_data`` once the store made it ("" before, and

@@ -34,7 +34,7 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 EXIT_UNKNOWN = 128
 
 
-class ContainerRecord(msgspec.Struct, kw_only=True):
+class ContainerRecord(msgspec.Struct, kw_only=True, gc=False):
     """Everything the daemon persists about one container."""
 
     id: str

@@ -61,7 +61,11 @@ class StartContext:
     stdio: StdioHub = field(default_factory=StdioHub)
     rootfs: str | None = None
     network: dict[str, Any] | None = None
+    #: The OCI spec, from the spec step until the runtime has it (its own copy on disk).
     spec: dict[str, Any] | None = None
+    #: The spec's ``process`` and ``root``, kept while the process runs: what an exec starts
+    #: from. (Not the whole spec: a running container keeps no more than it needs.)
+    running: dict[str, Any] | None = None
     pid: int = 0
     #: Set by a step that knows better than dockerd's default 128 (e.g. 127: not found).
     exit_code: int = 0
@@ -525,6 +529,8 @@ class RuntimeStep:
         except RuntimeFailure as exc:
             ctx.exit_code, error = translate_start_error(exc.message)
             raise error from exc
+        spec = ctx.spec or {}
+        ctx.spec, ctx.running = None, {"process": spec.get("process"), "root": spec.get("root")}
         # A step that fails leaves nothing behind: from here on the process exists.
         try:
             await self.runtime.start(record.id)
@@ -539,3 +545,4 @@ class RuntimeStep:
     async def undo(self, ctx: StartContext) -> None:
         await self.runtime.delete(ctx.record.id, force=True)
         ctx.pid = 0
+        ctx.running = None
