@@ -185,7 +185,8 @@ def build_drivers(
     owner = userns[:2] if userns else None
     if network is None and config.network == "bridge":
         network = BridgeNetwork(
-            state=data_root / "network" / "ipam.json",
+            state=exec_root / "network" / "ipam.json",
+            legacy_state=data_root / "network" / "ipam.json",
             netns_dir=exec_root / "netns",
             bridge=config.bridge,
             subnet=config.bridge_ip or config.bridge_subnet,

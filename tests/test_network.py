@@ -119,7 +119,10 @@ async def test_start_stop_cycles_leave_nothing(net: asyncstart.Daemon, tmp_path:
         await net.container_start(cid)
         await net.container_kill(cid)
     await net.container_remove(cid)
-    assert json.loads((tmp_path / "d" / "network" / "ipam.json").read_text()) == {BRIDGE: {}}
+    # (The lease file is in the exec root: it lives as long as the containers it names.)
+    assert json.loads((_Roots(tmp_path).exec / "network" / "ipam.json").read_text()) == {
+        BRIDGE: {}
+    }
     # The kernel drops each veth with its namespace, shortly after: there is no event to wait
     # on for that, so this polls (bounded) — the engine itself never waits for it.
     with anyio.fail_after(10):
@@ -232,7 +235,7 @@ def json_leases(roots: _Roots) -> dict[str, str]:
     import json
 
     leases: dict[str, dict[str, str]] = json.loads(
-        (roots.data / "network" / "ipam.json").read_text()
+        (roots.exec / "network" / "ipam.json").read_text()
     )
     return {cid: address for per_bridge in leases.values() for cid, address in per_bridge.items()}
 

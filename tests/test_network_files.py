@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from asyncstart import errors
 from asyncstart.network.files import hostname_file, hosts_file, resolv_conf
 
 HOST = """# generated
@@ -93,6 +97,30 @@ def test_leases_of_an_older_daemon_are_the_default_bridges(tmp_path) -> None:  #
     assert Leases(tmp_path / "ipam.json", legacy_bridge="asyncstart0").leases("asyncstart0") == {
         "abc": "10.213.0.7"
     }
+
+
+def test_an_older_daemons_lease_file_in_the_data_root_is_taken_in_once(tmp_path: Path) -> None:
+    from asyncstart.network.base import Bridge
+    from asyncstart.network.ipam import Leases
+
+    legacy = tmp_path / "data" / "ipam.json"
+    legacy.parent.mkdir()
+    legacy.write_text('{"astest9": {"keeps": "10.213.99.7"}}')
+    leases = Leases(tmp_path / "run" / "ipam.json", legacy_path=legacy)
+    assert leases.leases("astest9") == {"keeps": "10.213.99.7"}
+    assert not legacy.exists()
+    assert json.loads((tmp_path / "run" / "ipam.json").read_text()) == {
+        "astest9": {"keeps": "10.213.99.7"}
+    }
+    bridge = Bridge("astest9", "10.213.99.0/24", "10.213.99.1")
+    with pytest.raises(errors.Forbidden, match="Address already in use"):
+        leases.allocate(bridge, "new", "10.213.99.7")  # (still taken)
+    # Once moved, the exec root's file is the one read (a stale legacy one is dropped).
+    legacy.write_text('{"astest9": {"stale": "10.213.99.9"}}')
+    assert "stale" not in Leases(tmp_path / "run" / "ipam.json", legacy_path=legacy).leases(
+        "astest9"
+    )
+    assert not legacy.exists()
 
 
 def test_a_link_gives_dockerds_environment_and_hosts_line() -> None:

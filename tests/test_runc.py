@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,9 +85,13 @@ def conmons_of(exec_root: Path) -> list[int]:
 def assert_nothing_left(roots: _Roots) -> None:
     assert _mounts_under(roots.data) == []
     assert _runc_list(roots) == []
-    kept = ("runc", "netns", "conmon-exits", "conmon-attach")
+    kept = ("runc", "netns", "conmon-exits", "conmon-attach", "network")
     bundles = [p.name for p in roots.exec.iterdir() if p.name not in kept]
     assert bundles == []
+    assert [p.name for p in (roots.exec / "network").glob("*")] in ([], ["ipam.json"])
+    if (roots.exec / "network" / "ipam.json").exists():  # no address leased
+        leases = json.loads((roots.exec / "network" / "ipam.json").read_text())
+        assert {bridge: {} for bridge in leases} == leases
     for monitor in ("conmon-exits", "conmon-attach"):
         files = roots.exec / monitor
         assert not files.exists() or list(files.iterdir()) == [], monitor
@@ -693,4 +698,54 @@ async def test_a_tty_container_runs_on_a_terminal(
             assert await runc_daemon.container_wait(partial) == {"StatusCode": 0}
     for container in (cid, cat, partial):
         await runc_daemon.container_remove(container)
+    assert_nothing_left(roots)
+
+
+def _busybox_variant(busybox_tar: Path, target: Path, etc: tarfile.TarInfo) -> Path:
+    """The busybox image with its ``etc`` entry replaced by ``etc``."""
+    with tarfile.open(busybox_tar) as source, tarfile.open(target, "w") as out:
+        for member in source.getmembers():
+            if member.name.rstrip("/") == "etc":
+                out.addfile(etc)
+                if etc.issym():
+                    out.addfile(_dir("etc.d", 0o755))
+            else:
+                out.addfile(member, source.extractfile(member) if member.isfile() else None)
+    return target
+
+
+def _dir(name: str, mode: int, uid: int = 0, gid: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, mode, uid, gid
+    return info
+
+
+async def test_a_start_writes_nothing_into_the_containers_layer(
+    runc_daemon: asyncstart.Daemon, roots: _Roots, busybox_tar: Path, tmp_path: Path
+) -> None:
+    """The engine's mount points come from the init layer made at create: the container's own
+    layer stays empty, /etc keeps the image's owner and mode (as a copy-up would), and an
+    image whose /etc is a link keeps it (its mount points resolved inside the root)."""
+    link = tarfile.TarInfo("etc")
+    link.type, link.linkname = tarfile.SYMTYPE, "etc.d"
+    for name, etc in (("etcdir", _dir("etc", 0o750, 7, 8)), ("etclink", link)):
+        variant = _busybox_variant(busybox_tar, tmp_path / f"{name}.tar", etc)
+        await runc_daemon.image_import(str(variant), repo=name, tag="1")
+    show = "stat -c '%a %u:%g' /etc /etc/hosts; cat /etc/hostname"
+    cid = await _run(runc_daemon, "sh", "-c", show, Image="etcdir:1", Hostname="inited")
+    assert await runc_daemon.container_wait(cid) == {"StatusCode": 0}
+    out = b"".join([d async for _, d in runc_daemon.container_logs(cid)]).decode()
+    assert out.splitlines() == ["750 7:8", "644 0:0", "inited"]
+    assert list((roots.data / "overlay" / cid / "upper").iterdir()) == []
+    assert await runc_daemon.container_changes(cid) == []
+    show = "readlink /etc; cat /etc/hostname"
+    linked = await _run(runc_daemon, "sh", "-c", show, Image="etclink:1", Hostname="linked")
+    assert await runc_daemon.container_wait(linked) == {"StatusCode": 0}
+    out = b"".join([d async for _, d in runc_daemon.container_logs(linked)]).decode()
+    assert out.splitlines() == ["etc.d", "linked"]
+    assert not (roots.data / "overlay" / linked / "init" / "etc").exists()
+    for container in (cid, linked):
+        await runc_daemon.container_remove(container)
+    for image in ("etcdir:1", "etclink:1"):
+        await runc_daemon.image_remove(image)
     assert_nothing_left(roots)

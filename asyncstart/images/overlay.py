@@ -1,5 +1,11 @@
 """Overlay root filesystems: the image's layers read-only, the container's upper and work dirs.
 
+Between the image's layers and the container's own sits its init layer (``init``, read-only,
+as dockerd's ``<id>-init``): the mount points the engine needs in every container,
+``/etc/{hostname,hosts,resolv.conf}``, made at create. A start then writes nothing into the
+container's layer (no copy-up of ``/etc``, no new inode on the start path), and the
+container's changes (``docker diff``, ``commit``) never see them.
+
 Created with the container, mounted on start (reference counted, dockerd's
 ``conditionalMountOnStart``), unmounted on exit, stop and failed start, deleted on remove.
 """
@@ -71,8 +77,10 @@ class OverlayMounter:
                 (directory / sub).mkdir(parents=True, exist_ok=True)
                 if self.owner is not None and sub != "merged":
                     os.chown(directory / sub, *self.owner)
+            _make_init_layer(directory / "init", layers, self.owner)
             # overlayfs lists the top layer first.
-            (directory / "lower").write_text(":".join(str(p) for p in reversed(layers)))
+            lower = [directory / "init", *reversed(layers)]
+            (directory / "lower").write_text(":".join(str(p) for p in lower))
 
         await anyio.to_thread.run_sync(make)
 
@@ -156,8 +164,50 @@ class OverlayMounter:
         return os.path.ismount(self._dir(container_id) / "merged")
 
 
-#: What the engine itself puts in a container's layer: the mount points of the files that name
-#: it on its network (dockerd keeps them in an init layer below: not the container's changes).
+#: The mount points in ``/etc`` that the init layer holds.
+_INIT_FILES = ("hostname", "hosts", "resolv.conf")
+
+
+def _image_entry(layers: list[Path], name: str) -> os.stat_result | None:
+    """The image's top-level ``name`` as overlayfs shows it (the top-most layer's): None if
+    no layer has it or a whiteout hides it."""
+    for layer in reversed(layers):
+        try:
+            info = os.lstat(layer / name)
+        except FileNotFoundError:
+            continue
+        return None if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0 else info
+    return None
+
+
+def _make_init_layer(init: Path, layers: list[Path], owner: tuple[int, int] | None) -> None:
+    """The container's init layer: ``etc`` with the engine's empty mount points. ``etc`` gets
+    the image's owner and mode, as a copy-up would give it; the files belong to the
+    container's root (``owner`` under user-namespace remapping). An image whose ``/etc`` is
+    not a directory (a link) gets none: a directory here would hide it; the runtime makes
+    its mount points, resolving the link inside the root."""
+    init.mkdir(exist_ok=True)
+    image_etc = _image_entry(layers, "etc")
+    if image_etc is not None and not stat.S_ISDIR(image_etc.st_mode):
+        return
+    etc = init / "etc"
+    etc.mkdir(mode=0o755, exist_ok=True)
+    if image_etc is not None:
+        os.chown(etc, image_etc.st_uid, image_etc.st_gid)
+        os.chmod(etc, stat.S_IMODE(image_etc.st_mode))
+    elif owner is not None:
+        os.chown(etc, *owner)
+    for name in _INIT_FILES:
+        fd = os.open(etc / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+        finally:
+            os.close(fd)
+
+
+#: What a start put in the layer of a container made before init layers (the mount points of
+#: the files that name it on its network): not the container's changes either.
 _ENGINE_FILES = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
 
 

@@ -62,6 +62,7 @@ class BridgeNetwork:
         bridge: str = DEFAULT_BRIDGE,
         subnet: str = DEFAULT_SUBNET,
         gateway: str = "",
+        legacy_state: Path | None = None,
     ) -> None:
         try:
             network = ipaddress.IPv4Network(subnet, strict=False)
@@ -73,7 +74,7 @@ class BridgeNetwork:
             raise errors.InvalidParameter(f"gateway {gateway} is not in {network}")
         #: The default bridge network's (dockerd's ``bridge``).
         self.default = Bridge(bridge, str(network), gateway)
-        self.leases = Leases(state, legacy_bridge=bridge)
+        self.leases = Leases(state, legacy_bridge=bridge, legacy_path=legacy_state)
         self.netns_dir = netns_dir
         #: Bridges made or checked by this daemon: name -> interface index.
         self._indexes: dict[str, int] = {}

@@ -1,5 +1,9 @@
 """Address leases on bridge networks (libnetwork's default IPAM, IPv4): handed out in rotation,
-kept in one file across restarts (in memory only for the fake driver).
+kept in one file across daemon restarts (in memory only for the fake driver).
+
+The file lives in the exec root (``/run`` on most hosts: memory), not the data root: a lease
+matters only while its container runs, and no container outlives a reboot. So changing it
+costs no disk inode per start; an older daemon's file in the data root is taken in once.
 
 Addresses are reckoned as integers: an allocation looks at the addresses after the last one
 handed out until one is free, without building the subnet's list of hosts.
@@ -40,14 +44,25 @@ class Leases:
     """The addresses handed out on every bridge network (``{bridge: {container ID: address}}``),
     saved to ``path`` on each change (``None``: kept in memory)."""
 
-    def __init__(self, path: Path | None, *, legacy_bridge: str = "asyncstart0") -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        legacy_bridge: str = "asyncstart0",
+        legacy_path: Path | None = None,
+    ) -> None:
+        """``legacy_path``: where an older daemon kept the file; taken in (when ``path`` has
+        none yet) and removed."""
         self.path = path
         stored: object = {}
-        if path is not None:
+        for source in (path, legacy_path):
+            if source is None:
+                continue
             try:
-                stored = json.loads(path.read_text())
+                stored = json.loads(source.read_text())
             except (FileNotFoundError, ValueError):
-                stored = {}
+                continue
+            break
         if not isinstance(stored, dict):
             stored = {}
         if stored and all(isinstance(value, str) for value in stored.values()):
@@ -59,6 +74,9 @@ class Leases:
         self._last: dict[str, int] = {}
         #: Per bridge, the addresses leased (what ``_leases`` holds, as sets).
         self._addresses: dict[str, set[str]] = {}
+        if legacy_path is not None and legacy_path.exists():
+            self._save()
+            legacy_path.unlink()
 
     def _save(self) -> None:
         # Renamed into place whole, but not fsynced: what the file must survive is a daemon
