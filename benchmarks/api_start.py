@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start over the Engine API socket beside the library call and bare runc, in one run.
+"""Start over the Engine API socket beside the library call and the bare runtime, in one run.
 
 Per round, ``--concurrency`` (20) containers running ``sleep infinity`` are started at once in
 each of these modes, then removed (force). The modes take turns within a round, in an order
@@ -15,7 +15,12 @@ alike; ``--settle`` seconds (1 on runc) pass after each batch's clean-up:
   client process: adds the client;
 * ``bare runc``  — ``runc create`` + ``runc start`` of a prepared bundle (runc runtime only): the
   same rootfs and spec as asyncstart's, with fresh namespaces (no network to set up), as in
-  ``runc_start.py``.
+  ``runc_start.py``; ``bare crun`` when the daemon's OCI runtime is crun (``--oci``), run as
+  this host needs any crun run (``runtime.runc_cli.launcher``: on a hybrid cgroup layout, in a
+  mount namespace without the cgroup2 half).
+
+The exec root and the bare runtime's state and bundles are on a tmpfs of the benchmark's own
+(``--no-run-tmpfs``: the temporary directory's file system), as ``/run`` is on most hosts.
 
 What runs where. The daemon (``open_daemon``, in a temporary directory), its API server
 (``serve_api`` on a unix socket), the library calls and bare runc's ``runc`` invocations run in
@@ -38,7 +43,10 @@ with the worker for the API modes). ``lib p50`` is the time spent inside
 per request, its latency less its own library time (matched by container ID), so the API's
 overhead without the start's own variance. ``cpu ms/start`` is this process's CPU time over a
 batch, per start: the engine and, in the API modes, the server (runc's own processes not
-included); ``client cpu`` is the client process's, for the API modes. The target line compares
+included); ``client cpu`` is the client process's, for the API modes; ``host cpu`` the whole
+machine's busy CPU time over a batch, per start (every process: the runtime's, conmon's, the
+kernel's threads). ``throughput / bare`` sets each engine mode's throughput beside the bare
+runtime's (the concurrent-start target: at least 0.8x). The target line compares
 API p50 with library p50, as the requirement reads: the API adds at most 2 ms p50 over the
 library call; it says "unresolved" when the 90% interval of that difference (bootstrap,
 resampling rounds) contains the target, i.e. when the run's noise is larger than what it is
@@ -84,6 +92,7 @@ from asyncstart.__main__ import choose_runtime
 from asyncstart._version import API_VERSION
 from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.logconfig import configure_logging
+from asyncstart.runtime.runc_cli import launcher
 
 CMD = ["sleep", "infinity"]
 #: Longest a batch of starts (or its clean-up) may take before the run is called a failure.
@@ -310,11 +319,13 @@ class TimedStarts:
 
 
 class BareRunc:
-    """Prepared bundles, one per concurrent start, reused round after round."""
+    """Prepared bundles, one per concurrent start, reused round after round; ``binary`` is
+    runc or crun (crun run as this host needs any crun run: see ``launcher``)."""
 
-    def __init__(self, root: Path, count: int) -> None:
+    def __init__(self, root: Path, count: int, binary: str = "runc") -> None:
         self.root = root
         self.state = root / "state"
+        self.binary = binary
         self.names = [f"api-bench-{os.getpid()}-{i}" for i in range(count)]
 
     def prepare(self, spec: dict[str, Any], rootfs: Path) -> None:
@@ -328,16 +339,17 @@ class BareRunc:
     async def _runc(self, name: str, *args: str) -> None:
         # The container inherits create's stdio: no pipe, or the call would wait for its EOF.
         log = self.root / f"{name}.log"
+        wrapper = launcher(self.binary) if args[0] == "create" else ()
         with log.open("ab") as stderr:
             result = await anyio.run_process(
-                ["runc", "--root", str(self.state), *args],
+                [*wrapper, self.binary, "--root", str(self.state), *args],
                 check=False,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
         if result.returncode != 0:
-            raise RuntimeError(f"runc {args[0]} {name} failed: {log.read_text().strip()}")
+            raise RuntimeError(f"{self.binary} {args[0]} {name} failed: {log.read_text().strip()}")
 
     async def start(self, index: int) -> None:
         name = self.names[index]
@@ -348,7 +360,7 @@ class BareRunc:
         """Delete every container in this state root (also those a failed round left)."""
         if not self.state.is_dir():
             return
-        listed = await anyio.run_process(["runc", "--root", str(self.state), "list", "-q"])
+        listed = await anyio.run_process([self.binary, "--root", str(self.state), "list", "-q"])
         async with anyio.create_task_group() as tg:
             for name in listed.stdout.decode().split():
                 tg.start_soon(self._runc, name, "delete", "--force", name)
@@ -375,6 +387,8 @@ class Mode:
     cpu: list[float] = field(default_factory=list)
     #: The client process's CPU time per batch, in the API modes.
     client_cpu: list[float] = field(default_factory=list)
+    #: The whole machine's busy CPU time per batch (every process, the kernel's threads).
+    host_cpu: list[float] = field(default_factory=list)
 
     @property
     def latencies(self) -> list[float]:
@@ -399,16 +413,19 @@ class Bench:
             if mode.warm is not None:
                 await mode.warm()
             keys = ids or [""] * self.concurrency
+            host_cpu = _host_busy()
             cpu = time.process_time()
             began = time.perf_counter()
             latencies, client_cpu = await mode.start(keys)
             wall = time.perf_counter() - began
             cpu = time.process_time() - cpu
+            host_cpu = _host_busy() - host_cpu
             inside = [self.timed.inside.pop(cid) for cid in ids]
             if record:
                 mode.rounds.append(latencies)
                 mode.walls.append(wall)
                 mode.cpu.append(cpu)
+                mode.host_cpu.append(host_cpu)
                 if client_cpu is not None:
                     mode.client_cpu.append(client_cpu)
                 if ids:
@@ -463,7 +480,8 @@ async def run(
         bare = None
         if runtime == "runc":
             await daemon.image_import(str(root / "busybox.tar"), repo="busybox")
-            bare = BareRunc(run_dir / "bare", concurrency)
+            binary = config.runtime_table()[config.runtime_name()][0]
+            bare = BareRunc(run_dir / "bare", concurrency, binary)
             bare.prepare(await _asyncstart_spec(daemon, run_dir / "exec"), root / "rootfs")
         async with (
             asyncstart.serve_api(daemon, [f"unix://{sock}"]) as server,
@@ -492,7 +510,7 @@ async def run(
                 async def bare_runc(ids: list[str]) -> tuple[list[float], None]:
                     return await _batch([partial(runc.start, i) for i in range(len(ids))]), None
 
-                modes.append(Mode("bare runc", bare_runc, engine=False))
+                modes.append(Mode(f"bare {bare.binary}", bare_runc, engine=False))
             bench = Bench(daemon, timed, bare, concurrency)
             try:
                 order = random.Random(0)  # the same sequence of orders every run
@@ -546,6 +564,15 @@ def _interval(api: list[list[float]], library: list[list[float]]) -> tuple[float
     return percentile(diffs, 5), percentile(diffs, 95)
 
 
+def _host_busy() -> float:
+    """Seconds of CPU the machine has spent busy since boot (/proc/stat: all but idle and
+    iowait), on every core."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # (guest time is in user already)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}"
 
@@ -554,7 +581,8 @@ def report(modes: list[Mode], header: str, concurrency: int) -> None:
     print(header)
     print(
         f"{'mode':<10} {'p50 ms':>9} {'p90 ms':>9} {'starts/s':>9} "
-        f"{'lib p50 ms':>11} {'outside p50 ms':>15} {'cpu ms/start':>13} {'client cpu':>11}"
+        f"{'lib p50 ms':>11} {'outside p50 ms':>15} {'cpu ms/start':>13} {'client cpu':>11} "
+        f"{'host cpu':>9}"
     )
     by_name = {m.name: m for m in modes}
     for m in modes:
@@ -563,10 +591,11 @@ def report(modes: list[Mode], header: str, concurrency: int) -> None:
         throughput = concurrency / statistics.fmean(m.walls)
         cpu = statistics.fmean(m.cpu) / concurrency
         client = _ms(statistics.fmean(m.client_cpu) / concurrency) if m.client_cpu else "-"
+        host = statistics.fmean(m.host_cpu) / concurrency
         print(
             f"{m.name:<10} {_ms(percentile(m.latencies, 50)):>9} "
             f"{_ms(percentile(m.latencies, 90)):>9} {throughput:>9.1f} {inside:>11} {outside:>15} "
-            f"{_ms(cpu):>13} {client:>11}"
+            f"{_ms(cpu):>13} {client:>11} {host * 1000:>9.1f}"
         )
     library = by_name["library"]
     clients = ("raw", "client")
@@ -600,9 +629,18 @@ def report(modes: list[Mode], header: str, concurrency: int) -> None:
         f"p50 {latency * 1000:+.3f} ms  outside p50 {beyond * 1000:+.3f} ms  "
         f"client cpu {cpu * 1000:+.3f} ms/start"
     )
-    if "bare runc" in by_name:
-        ratio = percentile(library.latencies, 50) / percentile(by_name["bare runc"].latencies, 50)
-        print(f"library p50 / bare runc p50 = {ratio:.2f}x")
+    for bare in (m for m in modes if not m.engine):
+        ratio = percentile(library.latencies, 50) / percentile(bare.latencies, 50)
+        print(f"library p50 / {bare.name} p50 = {ratio:.2f}x")
+        bare_rate = concurrency / statistics.fmean(bare.walls)
+        print(
+            f"throughput / {bare.name}'s (target >= 0.8x):     "
+            + "  ".join(
+                f"{m.name} {concurrency / statistics.fmean(m.walls) / bare_rate:.2f}x"
+                for m in modes
+                if m.engine
+            )
+        )
     target = TARGET_MS / 1000
     met = {c: v <= target for c, v in overhead.items()}
     if all(met.values()) or not any(met.values()):
@@ -651,9 +689,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--run-tmpfs",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="put the exec root and bare runc's state and bundles on a tmpfs of the benchmark's"
-        " own, as /run is on most hosts (runc only)",
+        " own, as /run is on most hosts (runc only; the default)",
     )
     parser.add_argument("--client-worker", choices=["raw", "client"], help=argparse.SUPPRESS)
     parser.add_argument("--socket", help=argparse.SUPPRESS)
