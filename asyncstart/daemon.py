@@ -67,7 +67,7 @@ from .images.platform import check_image_platform, parse_platform
 from .images.reference import check_pull_reference
 from .images.store import ImageSource
 from .lifecycle import STARTING_STATES, Request, State
-from .logs import ContainerLogs, LogQuery
+from .logs import LOG_MODE, ContainerLogs, LogQuery
 from .mounts import MountPoint, inherit_mounts, parse_volumes_from
 from .network import NetworkDriver
 from .network.base import Attachment
@@ -96,8 +96,8 @@ from .runtime import Runtime, StateInfo, translate_start_error
 from .runtime.stats import read_cgroup_stats, read_network_stats, stats_document
 from .settings import apply_update
 from .signals import parse_signal
-from .steps import read_users
-from .store import ContainerIndex, RecordStore
+from .steps import NETWORK_FILES, read_users
+from .store import LOG_FILE, ContainerIndex, RecordStore
 from .views import (
     ContainerSnapshot,
     DaemonStatistics,
@@ -148,7 +148,12 @@ class Daemon:
         self._drivers = drivers
         self._images = drivers.images
         self._events = EventBus()
-        self._records = RecordStore(self.data_root / "containers", fsync=config.fsync)
+        self._records = RecordStore(
+            self.data_root / "containers",
+            fsync=config.fsync,
+            # The files each start writes, made with the container: no start allocates them.
+            placeholders={**NETWORK_FILES, LOG_FILE: LOG_MODE} if drivers.network_files else None,
+        )
         userns = config.userns()
         self._volumes = VolumeStore(
             self.data_root / "volumes",

@@ -41,6 +41,7 @@ from .store import write_in_place
 from .views import endpoint_view, joined_networks, network_files
 
 __all__ = [
+    "NETWORK_FILES",
     "MountStep",
     "NamesStep",
     "NetworkStep",
@@ -49,6 +50,12 @@ __all__ = [
     "StartContext",
     "Step",
 ]
+
+
+#: The files that name a container on its network, in its directory, each with its mode:
+#: written at every start, made empty with the directory at create (the record store's
+#: ``placeholders``).
+NETWORK_FILES: Mapping[str, int] = {"hostname": 0o644, "hosts": 0o644, "resolv.conf": 0o644}
 
 
 @dataclass(slots=True)
@@ -249,9 +256,10 @@ class NetworkStep:
         }
         for name, text in files.items():
             # Rewritten in place, as dockerd's (the container is not running yet, and a bind
-            # mount follows the file's inode): no new inode per start, which on ext4 costs an
+            # mount follows the file's inode): no new inode per start (the record store made
+            # them with the container's directory: NETWORK_FILES), which on ext4 costs an
             # inode-table search among the recently deleted ones.
-            write_in_place(directory / name, text.encode())
+            write_in_place(directory / name, text.encode(), NETWORK_FILES[name])
         return {
             "HostnamePath": str(directory / "hostname"),
             "HostsPath": str(directory / "hosts"),

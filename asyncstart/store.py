@@ -6,7 +6,9 @@ daemon reopened after being killed mid-write — sees the old record or the new 
 one. Saves made while a transaction is being written are gathered into the next one (group
 commit): whoever saves while no writer is busy writes the batch in a worker thread, one thread
 hand-off and one fsync for every save in it, and wakes the others. Each container keeps its
-directory ``data_root/containers/<id>/`` for its log, network files and checkpoints. Records of
+directory ``data_root/containers/<id>/`` for its log, network files and checkpoints; the files
+a start writes there (``placeholders``) are made, empty, with the directory at create, so that a
+start rewrites them in place and allocates no inode on the data root's file system. Records of
 an older daemon (``<id>/container.json`` files) are taken into the database when it opens.
 
 The index resolves a reference as dockerd does: exact full ID, then exact name, then unique ID
@@ -34,9 +36,18 @@ from .record import ContainerRecord
 
 log = get_logger("asyncstart.store")
 
-__all__ = ["ContainerIndex", "RecordStore", "encode_json", "write_atomic", "write_in_place"]
+__all__ = [
+    "LOG_FILE",
+    "ContainerIndex",
+    "RecordStore",
+    "encode_json",
+    "write_atomic",
+    "write_in_place",
+]
 
 DATABASE = "containers.db"
+#: A container's json-file log, in its directory (``{id}``: its ID).
+LOG_FILE = "{id}-json.log"
 #: An older daemon's record file, in the container's directory (read once, then taken in).
 LEGACY_RECORD_FILE = "container.json"
 _TMP_SUFFIX = ".tmp"
@@ -96,9 +107,14 @@ class RecordStore:
     """Durable :class:`ContainerRecord`\\s (see the module docstring); ``root`` holds the
     containers' directories, the database sits beside it."""
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool = True, placeholders: Mapping[str, int] | None = None
+    ) -> None:
+        """``placeholders``: file name (``{id}`` stands for the container's ID) -> mode, made
+        empty in each new container's directory."""
         self.root = root
         self.fsync = fsync
+        self.placeholders = dict(placeholders or {})
         self.database = root.parent / DATABASE
         #: Where records that do not decode are moved (``data_root/quarantine``).
         self.quarantine = root.parent / "quarantine"
@@ -117,7 +133,7 @@ class RecordStore:
 
     def log_path(self, container_id: str) -> Path:
         """The container's json-file log (dockerd's ``<id>-json.log`` beside its record)."""
-        return self.root / container_id / f"{container_id}-json.log"
+        return self.root / container_id / LOG_FILE.replace("{id}", container_id)
 
     # --- the database (worker threads, one at a time) ----------------------------------------
 
@@ -136,11 +152,19 @@ class RecordStore:
             self._connection = connection
         return self._connection
 
+    def _make_directory(self, container_id: str) -> None:
+        directory = self.root / container_id
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, mode in self.placeholders.items():
+            path = directory / name.replace("{id}", container_id)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(path, flags, mode))
+
     def write(self, ops: Mapping[str, bytes | None]) -> None:
         """Apply saves (bytes) and deletions (``None``) in one transaction (blocking)."""
         for container_id, data in ops.items():
             if data is not None and container_id not in self._directories:
-                (self.root / container_id).mkdir(parents=True, exist_ok=True)
+                self._make_directory(container_id)
                 self._directories.add(container_id)
         connection = self._connect()
         connection.execute("BEGIN IMMEDIATE")

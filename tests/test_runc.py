@@ -720,7 +720,7 @@ def _dir(name: str, mode: int, uid: int = 0, gid: int = 0) -> tarfile.TarInfo:
     return info
 
 
-async def test_a_start_writes_nothing_into_the_containers_layer(
+async def test_a_start_makes_no_file_in_the_containers_layer_or_directory(
     runc_daemon: asyncstart.Daemon, roots: _Roots, busybox_tar: Path, tmp_path: Path
 ) -> None:
     """The engine's mount points come from the init layer made at create: the container's own
@@ -732,8 +732,22 @@ async def test_a_start_writes_nothing_into_the_containers_layer(
         variant = _busybox_variant(busybox_tar, tmp_path / f"{name}.tar", etc)
         await runc_daemon.image_import(str(variant), repo=name, tag="1")
     show = "stat -c '%a %u:%g' /etc /etc/hosts; cat /etc/hostname"
-    cid = await _run(runc_daemon, "sh", "-c", show, Image="etcdir:1", Hostname="inited")
+    cid = await runc_daemon.container_create(
+        config={"Image": "etcdir:1", "Cmd": ["sh", "-c", show], "Hostname": "inited"}
+    )
+    # The files a start writes in the container's directory are there since its create, and
+    # the start rewrites them in place (no new inode).
+    directory = roots.data / "containers" / cid
+    written = ("hostname", "hosts", "resolv.conf", f"{cid}-json.log")
+    made = {name: (directory / name).stat() for name in written}
+    assert {name: st.st_size for name, st in made.items()} == dict.fromkeys(written, 0)
+    assert (directory / f"{cid}-json.log").stat().st_mode & 0o777 == 0o640
+    await runc_daemon.container_start(cid)
     assert await runc_daemon.container_wait(cid) == {"StatusCode": 0}
+    assert {name: (directory / name).stat().st_ino for name in written} == {
+        name: st.st_ino for name, st in made.items()
+    }
+    assert (directory / "hostname").read_text() == "inited\n"
     out = b"".join([d async for _, d in runc_daemon.container_logs(cid)]).decode()
     assert out.splitlines() == ["750 7:8", "644 0:0", "inited"]
     assert list((roots.data / "overlay" / cid / "upper").iterdir()) == []

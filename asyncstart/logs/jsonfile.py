@@ -37,6 +37,7 @@ from ..fdio import write_all
 from .options import LogOptions
 
 __all__ = [
+    "LOG_MODE",
     "MAX_LINE",
     "ContainerLogs",
     "JsonFileWriter",
@@ -47,6 +48,9 @@ __all__ = [
 
 log = get_logger("asyncstart.logs")
 
+#: A log file's mode: readable by the daemon's user and group only (a container's output is
+#: its own).
+LOG_MODE = 0o640
 #: As dockerd: a longer line is logged in parts of this size, so memory stays bounded whatever
 #: the container prints.
 MAX_LINE = 16 * 1024
@@ -108,9 +112,8 @@ class JsonFileWriter:
 
     def _open(self, flags: int) -> int:
         # A local append-only file: writes of a few lines never stall the event loop noticeably.
-        # Readable by the daemon's user and group only: a container's output is its own.
         flags |= os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        return os.open(self._path, flags, 0o640)
+        return os.open(self._path, flags, LOG_MODE)
 
     def _log(self, data: bytes, stream: str) -> None:
         entry = _entry(data, stream, self._attrs)
