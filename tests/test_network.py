@@ -120,9 +120,7 @@ async def test_start_stop_cycles_leave_nothing(net: asyncstart.Daemon, tmp_path:
         await net.container_kill(cid)
     await net.container_remove(cid)
     # (The lease file is in the exec root: it lives as long as the containers it names.)
-    assert json.loads((_Roots(tmp_path).exec / "network" / "ipam.json").read_text()) == {
-        BRIDGE: {}
-    }
+    assert json.loads((_Roots(tmp_path).exec / "network" / "ipam.json").read_text()) == {BRIDGE: {}}
     # The kernel drops each veth with its namespace, shortly after: there is no event to wait
     # on for that, so this polls (bounded) — the engine itself never waits for it.
     with anyio.fail_after(10):

@@ -750,6 +750,15 @@ async def test_a_start_makes_no_file_in_the_containers_layer_or_directory(
     assert (directory / "hostname").read_text() == "inited\n"
     out = b"".join([d async for _, d in runc_daemon.container_logs(cid)]).decode()
     assert out.splitlines() == ["750 7:8", "644 0:0", "inited"]
+    # While it runs, the host's mount table names its overlay's directories by descriptor:
+    # short options, which every runtime invocation reads (and the kernel escapes) again.
+    running = await _run(runc_daemon, "sleep", "1000", Image="etcdir:1")
+    merged = str(roots.data / "overlay" / running / "merged")
+    with open("/proc/self/mountinfo") as info:
+        (line,) = [line for line in info if line.split()[4] == merged]
+    options = line.split(" - ")[1].split()[2]
+    assert "upperdir=/proc/self/fd/" in options and len(options) < 160, options
+    await runc_daemon.container_remove(running, force=True)
     assert list((roots.data / "overlay" / cid / "upper").iterdir()) == []
     assert await runc_daemon.container_changes(cid) == []
     show = "readlink /etc; cat /etc/hostname"

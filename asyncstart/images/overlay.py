@@ -36,10 +36,26 @@ _MNT_DETACH = 2
 
 
 def _mount(lower: str, upper: str, work: str, target: str) -> None:
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
-    if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options) != 0:
-        code = ctypes.get_errno()
-        raise errors.SystemError(f"error mounting overlay on {target}: {os.strerror(code)}")
+    """Mount the overlay. Its directories are named in the options by descriptor
+    (``/proc/self/fd/N``), not by path: the kernel shows the options as given in every
+    ``/proc/*/mountinfo``, which runc and crun read several times per container they create,
+    escaping each character — with paths, hundreds of characters per running container."""
+    fds: list[int] = []
+    try:
+        for path in (*lower.split(":"), upper, work):
+            fds.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        *lowers, upper_fd, work_fd = (f"/proc/self/fd/{fd}" for fd in fds)
+        options = f"lowerdir={':'.join(lowers)},upperdir={upper_fd},workdir={work_fd}".encode()
+        if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options) != 0:
+            code = ctypes.get_errno()
+            raise errors.SystemError(f"error mounting overlay on {target}: {os.strerror(code)}")
+    except OSError as exc:
+        raise errors.SystemError(
+            f"error mounting overlay on {target}: {exc.filename}: {exc.strerror}"
+        ) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _umount(target: str) -> None:
