@@ -379,7 +379,8 @@ class ConmonRuntime(RuncRuntime):
                     argv,
                     cwd=box.bundle.path,  # (where conmon would write an ``oom`` file without -0)
                     stdin=subprocess.DEVNULL,
-                    env={**os.environ, "_OCI_SYNCPIPE": str(sync_write)},
+                    # (As bytes: no decoding and encoding of the whole environment again.)
+                    env={**os.environb, b"_OCI_SYNCPIPE": b"%d" % sync_write},
                     pass_fds=(sync_write,),
                 )
             except OSError as exc:

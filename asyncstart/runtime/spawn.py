@@ -43,7 +43,7 @@ async def run_process(
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = subprocess.PIPE,
     cwd: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | Mapping[bytes, bytes] | None = None,
     pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to its end: its standard streams, ``cwd``, ``env`` and ``pass_fds`` as
