@@ -77,20 +77,30 @@ class ContainerActor(ContainerState):
         #: Just created (not reopened): the actor announces it.
         self._new = new
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """The actor's task: handle messages until the container is removed."""
+    def open(self) -> None:
+        """Before its task runs: announce a new container (before the create is answered),
+        and re-arm a restart that was pending when an older daemon stopped."""
         if self._new:
             self._emit("create")
         if self._lifecycle.state is State.RESTARTING:
             # Reopened while a restart was pending: its timer died with the old daemon.
             self._timers.arm("restart", self._restart.should_restart_again())
-        task_status.started()
+
+    async def run(self) -> None:
+        """The actor's task (after :meth:`open`): handle messages until the container is
+        removed."""
         await self._mailbox.serve(
             self._dispatch,
-            holding=lambda: self._lifecycle.state is State.SPEC_READY,
-            finished=lambda: self._lifecycle.state is State.REMOVED,
+            holding=self._holding,
+            finished=self._finished,
             answer=self._answer_when_gone,  # whatever is still queued: never silence
         )
+
+    def _holding(self) -> bool:
+        return self._lifecycle.state is State.SPEC_READY
+
+    def _finished(self) -> bool:
+        return self._lifecycle.state is State.REMOVED
 
     def _answer_when_gone(self, call: Call) -> dict[str, Any] | None:
         if call.request is Request.WAIT and call.args == ("removed",):

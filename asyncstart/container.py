@@ -116,7 +116,10 @@ class ContainerState:
         """The ``process`` and ``root`` of the OCI spec the running process was started with,
         if this daemon started it."""
         ctx = self._ctx
-        return ctx.running if ctx is not None and self._lifecycle.running else None
+        if ctx is None or ctx.running is None or not self._lifecycle.running:
+            return None
+        spec: dict[str, Any] = msgspec.json.decode(ctx.running)
+        return spec
 
     @property
     def last_start(self) -> dict[str, float]:

@@ -122,6 +122,9 @@ __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_
 
 log = get_logger("asyncstart.daemon")
 
+#: Every actor's task has this name (given: not derived anew from its function per actor).
+_ACTOR_TASK = "asyncstart.actor"
+
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
 
@@ -236,7 +239,8 @@ class Daemon:
         if not new:
             self._index.add(record.id, record.name)
         actor = ContainerActor(record, self._services, new=new)
-        await self._task_group.start(actor.run)
+        actor.open()
+        self._task_group.start_soon(actor.run, name=_ACTOR_TASK)
         self._actors[record.id] = actor
         return actor
 

@@ -11,8 +11,6 @@ is still queued: a caller is never left waiting.
 from __future__ import annotations
 
 import collections
-import contextlib
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -133,32 +131,58 @@ class Waiters:
 
 
 class Mailbox:
-    """The actor's queue (unbounded: senders never block), and requests deferred for later."""
+    """The actor's queue (unbounded: senders never block), and requests deferred for later.
+
+    A deque and, while the actor waits on an empty queue, one event to wake it: an idle
+    actor (thousands of them in a daemon) keeps a handful of objects, not a memory stream's."""
+
+    __slots__ = ("_container_id", "_deferred", "_open", "_queue", "_wake")
 
     def __init__(self, container_id: str) -> None:
         self._container_id = container_id
-        self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
+        self._queue: collections.deque[Message] = collections.deque()
         self._deferred: collections.deque[Call] = collections.deque()
+        self._wake: anyio.Event | None = None
+        self._open = True
 
     def _gone(self) -> errors.NotFound:
         return errors.NotFound(f"No such container: {self._container_id}")
 
+    def _put(self, message: Message) -> bool:
+        if not self._open:
+            return False
+        self._queue.append(message)
+        if self._wake is not None:
+            self._wake.set()
+        return True
+
     def request(self, request: Request, *args: Any) -> Reply:
         """Queue a request; the actor takes it after every message queued before."""
         reply = Reply()
-        try:
-            self._send.send_nowait(Call(request, args, reply))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise self._gone() from None
+        if not self._put(Call(request, args, reply)):
+            raise self._gone()
         return reply
 
     def post(self, message: RuntimeReport | TimerFired) -> bool:
         """Queue a report or a timer's expiry; False once the mailbox is closed."""
-        try:
-            self._send.send_nowait(message)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return False
-        return True
+        return self._put(message)
+
+    def take_nowait(self) -> Message | None:
+        """The oldest queued message, or None if there is none now."""
+        return self._queue.popleft() if self._queue else None
+
+    async def _take(self) -> Message | None:
+        """The oldest queued message, waiting for one; None once the queue is empty and no
+        more will come."""
+        while not self._queue:
+            if not self._open:
+                return None
+            self._wake = wake = anyio.Event()
+            try:
+                await wake.wait()
+            finally:
+                self._wake = None
+        return self._queue.popleft()
 
     def defer(self, call: Call) -> None:
         """Keep a request for later (:meth:`next_deferred`), as dockerd's container lock would
@@ -170,8 +194,11 @@ class Mailbox:
         return self._deferred.popleft() if self._deferred else None
 
     def stop_taking(self) -> None:
-        """No more messages are accepted (the daemon is closing, or the container is gone)."""
-        self._send.close()
+        """No more messages are accepted (the daemon is closing, or the container is gone);
+        those queued are still taken."""
+        self._open = False
+        if self._wake is not None:
+            self._wake.set()
 
     async def serve(
         self,
@@ -185,11 +212,11 @@ class Mailbox:
         is closed); after each, the deferred requests while not ``holding()``. Then
         :meth:`close` with ``answer``."""
         while not finished():
-            try:
-                message = await self._receive.receive()
-            except anyio.EndOfStream:
+            message = await self._take()
+            if message is None:
                 break
             await handle(message)
+            del message  # (an idle actor keeps nothing of the last one)
             while not holding() and (call := self.next_deferred()) is not None:
                 await handle(call)
         self.close(answer)
@@ -210,15 +237,10 @@ class Mailbox:
     def close(self, answer: Callable[[Call], Any | None]) -> None:
         """The container is gone: every request still queued or deferred gets an answer —
         ``answer(call)`` if it gives one (not None), else 404 — never silence."""
-        self._send.close()
-        while True:
-            try:
-                message = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
+        self.stop_taking()
+        while (message := self.take_nowait()) is not None:
             if isinstance(message, Call):
                 self._deferred.append(message)
-        self._receive.close()
         while (call := self.next_deferred()) is not None:
             value = answer(call)
             if value is None:
@@ -262,5 +284,4 @@ class Timers:
     async def _run(self, kind: str, scope: anyio.CancelScope, deadline: float) -> None:
         with scope:
             await self._clock.sleep_until(deadline)
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._mailbox.post(TimerFired(kind, scope))
+            self._mailbox.post(TimerFired(kind, scope))  # (dropped if the mailbox is closed)

@@ -1,12 +1,13 @@
 """The start saga: run the steps in order; on failure, undo the done ones in reverse order.
 
 A :class:`Saga` knows the steps, each with the lifecycle state it runs in, and times and logs
-every phase (``phase.started/complete/failed``). It never changes the container's state itself:
-before each step it calls the actor's ``enter(state)``, which moves the lifecycle. A failure is
-raised as :class:`StartFailed`, carrying the steps done so far, so the actor can settle the
-container first and then have them undone (:meth:`Saga.undo`) — the same undo as at the
-process's exit. A foreign exception that a driver let through is still a failed start (500),
-never a wedged container; a cancellation undoes what was done before it propagates.
+every phase (``phase.complete`` at debug, ``phase.failed`` at warning). It never changes the
+container's state itself: before each step it calls the actor's ``enter(state)``, which moves
+the lifecycle. A failure is raised as :class:`StartFailed`, carrying the steps done so far, so
+the actor can settle the container first and then have them undone (:meth:`Saga.undo`) — the
+same undo as at the process's exit. A foreign exception that a driver let through is still a
+failed start (500), never a wedged container; a cancellation undoes what was done before it
+propagates.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ class Saga:
     async def _run_step(self, step: Step, phase: State, ctx: StartContext) -> None:
         container_id = ctx.record.id
         began = time.perf_counter()
-        log.debug("phase.started", container_id=container_id, phase=step.name, state=phase.value)
         try:
             await step.do(ctx)
         except errors.DockerError as exc:

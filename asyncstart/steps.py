@@ -70,9 +70,10 @@ class StartContext:
     network: dict[str, Any] | None = None
     #: The OCI spec, from the spec step until the runtime has it (its own copy on disk).
     spec: dict[str, Any] | None = None
-    #: The spec's ``process`` and ``root``, kept while the process runs: what an exec starts
-    #: from. (Not the whole spec: a running container keeps no more than it needs.)
-    running: dict[str, Any] | None = None
+    #: The spec's ``process`` and ``root`` as JSON, kept while the process runs: what an exec
+    #: starts from. (Not the whole spec, and bytes, not dicts and lists: a running container
+    #: keeps no more than it needs, and nothing the cycle collector must walk.)
+    running: bytes | None = None
     pid: int = 0
     #: Set by a step that knows better than dockerd's default 128 (e.g. 127: not found).
     exit_code: int = 0
@@ -538,7 +539,8 @@ class RuntimeStep:
             ctx.exit_code, error = translate_start_error(exc.message)
             raise error from exc
         spec = ctx.spec or {}
-        ctx.spec, ctx.running = None, {"process": spec.get("process"), "root": spec.get("root")}
+        ctx.running = msgspec.json.encode({k: spec.get(k) for k in ("process", "root")})
+        ctx.spec = None
         # A step that fails leaves nothing behind: from here on the process exists.
         try:
             await self.runtime.start(record.id)

@@ -41,7 +41,7 @@ def test_the_standard_logging_module_governs_the_asyncstart_loggers(tmp_path: Pa
     """,
     )
     assert "asyncstart.daemon event='daemon.ready'" in result.stdout
-    assert "phase.started" not in result.stdout  # (asyncstart.saga held at warning)
+    assert "phase.complete" not in result.stdout  # (asyncstart.saga held at warning)
 
 
 def test_a_structlog_program_keeps_its_processors(tmp_path: Path) -> None:
@@ -56,4 +56,4 @@ def test_a_structlog_program_keeps_its_processors(tmp_path: Path) -> None:
     """,
     )
     assert "MINE info daemon.ready" in result.stdout
-    assert "MINE debug phase.started" in result.stdout
+    assert "MINE debug phase.complete" in result.stdout

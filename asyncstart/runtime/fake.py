@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
+import msgspec
 
 from ..clock import Clock, SystemClock
 from ..faults import FaultPlan
@@ -45,7 +46,11 @@ class FakeProcess:
     pid: int
     args: list[str]
     stdio: Stdio
-    spec: dict[str, object]
+    #: Its ``config.json`` as the runtime would be given it, encoded (bytes, not the spec's
+    #: dicts and lists: thousands of fake containers keep no objects the collector must walk),
+    #: but for the seccomp filter: the one every start shares, kept by reference.
+    config: bytes
+    seccomp: object = None
     status: Literal["created", "running", "paused", "stopped"] = "created"
     exit_code: int | None = None
     stdin_closes: int = 0
@@ -57,6 +62,14 @@ class FakeProcess:
     log: JsonFileWriter | None = None
     #: The limits of each ``update``, in order.
     updates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The OCI spec it was created with (decoded anew at each use)."""
+        spec: dict[str, Any] = msgspec.json.decode(self.config)
+        if self.seccomp is not None:
+            spec["linux"]["seccomp"] = self.seccomp
+        return spec
 
     def close_log(self) -> None:
         log, self.log = self.log, None
@@ -222,8 +235,15 @@ class FakeRuntime:
         process_spec = bundle.spec.get("process", {})
         args = list(process_spec.get("args", [])) if isinstance(process_spec, dict) else []
         self._next_pid += 1
+        linux = dict(bundle.spec.get("linux") or {})
+        seccomp = linux.pop("seccomp", None)
         self.processes[container_id] = FakeProcess(
-            container_id, self._next_pid, args, stdio, bundle.spec
+            container_id,
+            self._next_pid,
+            args,
+            stdio,
+            msgspec.json.encode({**bundle.spec, "linux": linux}),
+            seccomp,
         )
         self.creates[container_id] += 1
         return self._next_pid
