@@ -18,6 +18,7 @@ import pytest
 import asyncstart
 from asyncstart import errors
 from asyncstart.images.busybox import build_busybox_tar, find_static_busybox
+from asyncstart.network import rtnl
 
 from .helpers import real_containers, remove_bridge
 from .test_runc import _Roots, assert_nothing_left, open_clean
@@ -126,6 +127,37 @@ async def test_start_stop_cycles_leave_nothing(net: asyncstart.Daemon, tmp_path:
     with anyio.fail_after(10):
         while [v for v in _veths() if _master(v) == BRIDGE]:
             await anyio.sleep(0.05)
+
+
+async def test_a_refusal_halfway_through_the_netlink_writes_leaves_nothing(
+    net: asyncstart.Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel refuses the address (no IPv4 prefix is 33 bits long) after the veth pair is
+    # made and inside the batch that brings loopback up: the start fails as dockerd's 500, the
+    # namespace, its veths and the lease go.
+    add_address = rtnl.add_address
+    monkeypatch.setattr(
+        rtnl, "add_address", lambda index, address, _: add_address(index, address, 33)
+    )
+    cid = await net.container_create(config={"Image": "busybox", "Cmd": ["sleep", "1000"]})
+    with pytest.raises(
+        errors.SystemError,
+        match="^failed to set up container networking: .*configure the container's interfaces: "
+        "Invalid argument$",
+    ):
+        await net.container_start(cid)
+    assert list((_Roots(tmp_path).exec / "netns").glob("*")) == []
+    leases = json.loads((_Roots(tmp_path).exec / "network" / "ipam.json").read_text())
+    assert leases == {BRIDGE: {}}
+    with anyio.fail_after(10):
+        while [v for v in _veths() if _master(v) == BRIDGE]:
+            await anyio.sleep(0.05)
+    monkeypatch.undo()
+    await net.container_start(cid)  # (and the next start is whole)
+    assert (await net.container_inspect(cid))["NetworkSettings"]["IPAddress"].startswith(
+        "10.213.77."
+    )
+    await net.container_remove(cid, force=True)
 
 
 def _master(link: str) -> str:

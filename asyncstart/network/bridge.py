@@ -12,7 +12,6 @@ deletes it (and its peer).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import os
@@ -20,6 +19,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -27,6 +27,7 @@ import anyio
 
 from .. import errors
 from .._log import get_logger
+from . import rtnl
 from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
 from .ipam import Leases
@@ -154,41 +155,6 @@ class BridgeNetwork:
                     f"host routes elsewhere: choose another with --bip"
                 )
 
-    async def _configure(
-        self, fd: int, path: Path, plan: list[_Veth], gateway: str | None, handed: list[bool]
-    ) -> None:
-        """In the new namespace: lo up, a veth per network (made from the host's side, its
-        inner end born inside), addresses, and the default route."""
-        from pyroute2 import AsyncIPRoute
-
-        inside = AsyncIPRoute(fileno=fd, groups=0)
-        handed[0] = True
-        try:
-            lo_up = inside.link("set", index=1, state="up")  # lo is ifindex 1 in a new netns
-            if not plan:
-                await lo_up
-                return
-            host = AsyncIPRoute(groups=0)
-            try:
-                # Two sockets, two namespaces: lo comes up while the veth pairs are made (all
-                # finish before anything is closed; the first failure is raised).
-                results = await asyncio.gather(
-                    lo_up,
-                    *(self._veth(host, path, veth) for veth in plan),
-                    return_exceptions=True,
-                )
-            finally:
-                host.close()
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            for veth in plan:
-                await self._address(inside, veth)
-            if gateway is not None:
-                await inside.route("add", dst="0.0.0.0/0", gateway=gateway)
-        finally:
-            inside.close()
-
     async def _veth(self, host: Any, path: Path, veth: _Veth) -> None:
         await host.link(
             "add",
@@ -238,24 +204,21 @@ class BridgeNetwork:
             attachments = ()
         path = self.sandbox(container_id)
         plan: list[_Veth] = []
-        fd: int | None = None
-        handed = [False]  # whether pyroute2 took the socket (it then closes it)
+        made = False
         try:
             for attachment in attachments:
                 await self._ensure(attachment.bridge)
-            fd = await create_netns(path)
             for number, attachment in enumerate(attachments):
                 address = self.leases.allocate(attachment.bridge, container_id, attachment.ipv4)
                 plan.append(_Veth(attachment.bridge, address, f"eth{number}", _host_if()))
+            masters = [self._indexes[veth.bridge.name] for veth in plan]
             gateway = next((v.bridge.gateway for v in plan if not v.bridge.internal), None)
-            await netlink(lambda: self._configure(fd, path, plan, gateway, handed))
+            made = True  # (from here a cancellation may come once the namespace is made)
+            await create_netns(path, partial(_configure, plan, masters, gateway))
         except BaseException as exc:
-            # Nothing stays: the socket (it would keep the namespace alive), the namespace
-            # (and the veths in it), the addresses.
+            # Nothing stays: the namespace (and the veths in it), the addresses.
             with anyio.CancelScope(shield=True):
-                if fd is not None and not handed[0]:
-                    os.close(fd)
-                if fd is not None:
+                if made:
                     await delete_netns(path)
                 self.leases.release(container_id)
             self._indexes.clear()  # re-read: a bridge may have been removed under us
@@ -438,6 +401,34 @@ def _host_if() -> str:
     """A fresh host-side name each time: a last run's veth may still be on its way out (the
     kernel drops it with the namespace, a little later)."""
     return "veth" + secrets.token_hex(4)[:7]
+
+
+def _configure(
+    plan: Sequence[_Veth],
+    masters: Sequence[int],
+    gateway: str | None,
+    inside: socket.socket,
+    netns: int,
+) -> None:
+    """In the namespace-making thread: the veths, made from the host's side (their inner ends
+    born in ``netns``), then inside loopback, the addresses, the links up and the default
+    route: one write per side, and one to learn the inner ends' indexes."""
+    if plan:
+        with rtnl.Batch() as host:  # (this thread is in the daemon's namespace)
+            veths = [
+                rtnl.add_veth(veth.host_if, master, veth.ifname, netns, _mac(veth.address))
+                for veth, master in zip(plan, masters, strict=True)
+            ]
+            host.send(veths, "add veth")
+    batch = rtnl.Batch(inside)
+    links = batch.send([rtnl.get_link(veth.ifname) for veth in plan], "find veth") if plan else []
+    messages = [rtnl.up(rtnl.LOOPBACK)]
+    for veth, reply in zip(plan, links, strict=True):
+        index = rtnl.link_index(reply)
+        messages += [rtnl.add_address(index, veth.address, veth.bridge.prefixlen), rtnl.up(index)]
+    if gateway is not None:
+        messages.append(rtnl.add_default_route(gateway))
+    batch.send(messages, "configure the container's interfaces")
 
 
 async def _routes(ipr: Any) -> list[tuple[ipaddress.IPv4Network, int | None]]:

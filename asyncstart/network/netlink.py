@@ -8,7 +8,9 @@ runs on the trio-asyncio loop that :func:`asyncio_loop` opens around the daemon 
 pyroute2's own namespace helpers fork a process and block in ``poll``, so namespaces are made
 here instead: a worker thread ``unshare``\\s its network namespace, bind-mounts
 ``/proc/thread-self/ns/net`` onto the file and opens a netlink socket in it (a socket stays in
-the namespace it was created in), then ``setns``\\es back.
+the namespace it was created in), then ``setns``\\es back. A start's interfaces are then made
+in the same thread, with blocking batches of pyroute2's messages (:mod:`.rtnl`): no event-loop
+round trip per request.
 """
 
 from __future__ import annotations
@@ -70,28 +72,40 @@ async def netlink(call: Callable[[], Awaitable[T]]) -> T:
     return await call()
 
 
-def _create(path: Path) -> int:
-    """Make a network namespace file at ``path``; return a netlink socket fd inside it."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    path.touch(mode=0o444)
+def _create(path: Path, configure: Callable[[socket.socket, int], None]) -> None:
+    """Make a network namespace file at ``path``, then ``configure(inside, netns)`` it with a
+    netlink socket in it and a descriptor of it, this thread back in the daemon's namespace.
+    Nothing stays if either fails."""
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    netns: int | None = None
+    inside: socket.socket | None = None
     try:
-        _check(_libc.unshare(_CLONE_NEWNET), "unshare")
         try:
-            _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none",
-                               _MS_BIND, None), f"bind {path}")  # fmt: skip
-            sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
-            )
-            return sock.detach()
-        finally:
-            _back(original)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            path.touch(mode=0o444)
+            _check(_libc.unshare(_CLONE_NEWNET), "unshare")
+            try:
+                _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none",
+                                   _MS_BIND, None), f"bind {path}")  # fmt: skip
+                netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                inside = socket.socket(
+                    socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
+                )
+            finally:
+                _back(original)
+        except OSError as exc:
+            raise errors.SystemError(f"failed to create network namespace {path}: {exc}") from exc
+        configure(inside, netns)
     except BaseException:
         _libc.umount2(str(path).encode(), _MNT_DETACH)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         raise
     finally:
+        if inside is not None:
+            inside.close()
+        if netns is not None:
+            os.close(netns)
         os.close(original)
 
 
@@ -129,12 +143,12 @@ def _delete(path: Path) -> None:
         path.unlink()
 
 
-async def create_netns(path: Path) -> int:
-    """A new network namespace kept as the file ``path``; returns a netlink socket in it."""
-    try:
-        return await anyio.to_thread.run_sync(_create, path)
-    except OSError as exc:
-        raise errors.SystemError(f"failed to create network namespace {path}: {exc}") from exc
+async def create_netns(path: Path, configure: Callable[[socket.socket, int], None]) -> None:
+    """A new network namespace kept as the file ``path``, and ``configure(inside, netns)`` run
+    with a netlink socket in it and a descriptor of it (blocking, in the same worker thread):
+    nothing of it stays if that fails. A namespace that cannot be made is a SystemError;
+    ``configure``'s errors are raised as they are."""
+    await anyio.to_thread.run_sync(_create, path, configure)
 
 
 async def netns_socket(path: Path) -> int:
