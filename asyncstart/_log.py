@@ -46,6 +46,14 @@ class EngineLogger:
     def _target(self) -> Any:
         return self._structlog if structlog.is_configured() else self._stdlib
 
+    def debug_enabled(self) -> bool:
+        """Whether a debug event would go anywhere now: a caller with several to log may skip
+        making them (True where the program's logger cannot tell)."""
+        if structlog.is_configured():
+            check = getattr(self._structlog.bind(), "is_enabled_for", None)
+            return True if check is None else bool(check(logging.DEBUG))
+        return bool(self._stdlib.isEnabledFor(logging.DEBUG))
+
     def debug(self, event: str, **kw: Any) -> None:
         self._target().debug(event, **kw)
 

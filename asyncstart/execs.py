@@ -10,7 +10,6 @@ privileged), AppArmor profile and ``noNewPrivileges``.
 from __future__ import annotations
 
 import copy
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from . import errors
 from .attach import detach_sequence
 from .config import CAPABILITIES
+from .ids import random_hex
 from .spec import user_ids
 
 __all__ = [
@@ -139,7 +139,7 @@ class ExecInstance:
 
     container_id: str
     config: ExecConfig
-    id: str = field(default_factory=lambda: secrets.token_hex(32))
+    id: str = field(default_factory=lambda: random_hex(32))
     running: bool = False
     started: bool = False
     exit_code: int | None = None

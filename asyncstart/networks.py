@@ -18,7 +18,6 @@ import ipaddress
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from . import errors
 from ._log import get_logger
 from .filters import Filters, has_label, normalise
+from .ids import random_hex
 from .network.base import Attachment, Bridge
 from .network.firewall import valid_bridge_name
 from .record import ContainerRecord
@@ -201,7 +201,7 @@ def _strings(value: Any, what: str) -> dict[str, str]:
 
 def _new_id(taken: set[str]) -> str:
     while True:
-        candidate = secrets.token_hex(32)
+        candidate = random_hex(32)
         if candidate not in taken and not candidate[:12].isdigit():
             return candidate
 

@@ -7,12 +7,12 @@ leaves, what an exit clears) read in one place and are tested without an engine.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import msgspec
 
 from .config import Config, HostConfig
+from .ids import random_hex
 from .lifecycle import Lifecycle, State, docker_status
 from .mounts import MountPoint
 
@@ -67,7 +67,7 @@ class ContainerRecord(msgspec.Struct, kw_only=True, gc=False):
 def new_id() -> str:
     """64 random hex digits whose short form is not all digits (it would read as a number)."""
     while True:
-        candidate = secrets.token_hex(32)
+        candidate = random_hex(32)
         if not candidate[:12].isdigit():
             return candidate
 

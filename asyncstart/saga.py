@@ -44,10 +44,11 @@ class Saga:
     async def run(self, ctx: StartContext, enter: Callable[[State], None]) -> list[Step]:
         """Run every step; return them (all done) or raise :class:`StartFailed`."""
         done: list[Step] = []
+        debug = log.debug_enabled()  # (asked once a start, not once a phase)
         try:
             for phase, step in self.steps:
                 enter(phase)
-                await self._run_step(step, phase, ctx)
+                await self._run_step(step, phase, ctx, debug)
                 done.append(step)
         except errors.DockerError as exc:
             raise StartFailed(exc, done) from exc
@@ -62,7 +63,7 @@ class Saga:
             raise
         return done
 
-    async def _run_step(self, step: Step, phase: State, ctx: StartContext) -> None:
+    async def _run_step(self, step: Step, phase: State, ctx: StartContext, debug: bool) -> None:
         container_id = ctx.record.id
         began = time.perf_counter()
         try:
@@ -79,13 +80,14 @@ class Saga:
             raise
         duration = time.perf_counter() - began
         ctx.durations[phase.value] = ctx.durations.get(phase.value, 0.0) + duration
-        log.debug(
-            "phase.complete",
-            container_id=container_id,
-            phase=step.name,
-            state=phase.value,
-            duration_ms=round(duration * 1000, 3),
-        )
+        if debug:
+            log.debug(
+                "phase.complete",
+                container_id=container_id,
+                phase=step.name,
+                state=phase.value,
+                duration_ms=round(duration * 1000, 3),
+            )
 
     async def undo(self, ctx: StartContext, done: list[Step]) -> None:
         """Undo ``done`` in reverse order; a failing undo is logged and the rest still run."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import shutil
 import stat
 import time
@@ -31,6 +30,7 @@ import msgspec
 from . import errors
 from ._log import get_logger
 from .filters import Filters, has_label, normalise
+from .ids import random_hex
 from .mounts import VOLUME_NAME, check_volume_name
 from .store import write_atomic
 
@@ -190,7 +190,7 @@ class VolumeStore:
         ``com.docker.volume.anonymous``). Another driver is dockerd's 404 for a plugin not
         found; a bad name or option its 400."""
         if not name:
-            name, anonymous = secrets.token_hex(32), True
+            name, anonymous = random_hex(32), True
         if anonymous:
             labels = {**(labels or {}), ANONYMOUS_LABEL: ""}
         if driver not in ("", "local"):
@@ -358,7 +358,7 @@ class VolumeStore:
 
     def _delete(self, name: str) -> None:
         """Out of sight at once (renamed into the trash), then deleted, never through a link."""
-        trash = self.root / f"{_TRASH}{name}-{secrets.token_hex(4)}"
+        trash = self.root / f"{_TRASH}{name}-{random_hex(4)}"
         try:
             (self.root / name).rename(trash)
             shutil.rmtree(trash)

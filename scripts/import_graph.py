@@ -37,6 +37,7 @@ CORE: Final = (  # pure, no I/O
     "asyncstart._version",
     "asyncstart._log",  # the engine's loggers: silent unless the program asks
     "asyncstart.errors",
+    "asyncstart.ids",  # random IDs: secrets.token_hex's randomness, read a page at a time
     "asyncstart.lifecycle",
     "asyncstart.stdin",
     "asyncstart.signals",

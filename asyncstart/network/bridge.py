@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import anyio
 
 from .. import errors
 from .._log import get_logger
+from ..ids import random_hex
 from . import rtnl
 from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
@@ -389,7 +389,7 @@ _TOP_LEVEL = ("IPAddress", "IPPrefixLen", "Gateway", "MacAddress", "EndpointID")
 
 def _endpoint(veth: _Veth) -> dict[str, Any]:
     return {
-        "EndpointID": secrets.token_hex(32),
+        "EndpointID": random_hex(32),
         "Gateway": veth.bridge.gateway,
         "IPAddress": veth.address,
         "IPPrefixLen": veth.bridge.prefixlen,
@@ -400,7 +400,7 @@ def _endpoint(veth: _Veth) -> dict[str, Any]:
 def _host_if() -> str:
     """A fresh host-side name each time: a last run's veth may still be on its way out (the
     kernel drops it with the namespace, a little later)."""
-    return "veth" + secrets.token_hex(4)[:7]
+    return "veth" + random_hex(4)[:7]
 
 
 def _configure(

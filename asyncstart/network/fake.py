@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
 from .. import errors
 from ..faults import FaultPlan
+from ..ids import random_hex
 from .base import Attachment, Bridge
 from .ipam import Leases
 
@@ -35,7 +35,7 @@ class FakeNetwork:
 
     def _endpoint(self, attachment: Attachment, address: str) -> dict[str, Any]:
         return {
-            "EndpointID": secrets.token_hex(32),
+            "EndpointID": random_hex(32),
             "Gateway": attachment.bridge.gateway,
             "IPAddress": address,
             "IPPrefixLen": attachment.bridge.prefixlen,
