@@ -50,7 +50,8 @@ class EngineLogger:
         """Whether a debug event would go anywhere now: a caller with several to log may skip
         making them (True where the program's logger cannot tell)."""
         if structlog.is_configured():
-            check = getattr(self._structlog.bind(), "is_enabled_for", None)
+            bound = self._structlog.bind()
+            check = getattr(bound, "is_enabled_for", None) or getattr(bound, "isEnabledFor", None)
             return True if check is None else bool(check(logging.DEBUG))
         return bool(self._stdlib.isEnabledFor(logging.DEBUG))
 

@@ -44,4 +44,6 @@ os.register_at_fork(after_in_child=_buffer.forget)
 def random_hex(count: int) -> str:
     """``count`` random bytes from the kernel, in hex (as ``secrets.token_hex(count)``); no
     byte is ever handed out twice."""
+    if count < 0:
+        raise ValueError(f"a negative count of random bytes: {count}")
     return _buffer.take(count).hex()

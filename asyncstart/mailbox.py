@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from . import errors
 from ._log import get_logger
@@ -173,7 +174,8 @@ class Mailbox:
 
     async def _take(self) -> Message | None:
         """The oldest queued message, waiting for one; None once the queue is empty and no
-        more will come."""
+        more will come. A checkpoint first: a cancelled actor takes nothing more."""
+        await anyio.lowlevel.checkpoint_if_cancelled()
         while not self._queue:
             if not self._open:
                 return None
@@ -211,15 +213,17 @@ class Mailbox:
         """Take the messages one at a time with ``handle`` until ``finished()`` (or the mailbox
         is closed); after each, the deferred requests while not ``holding()``. Then
         :meth:`close` with ``answer``."""
-        while not finished():
-            message = await self._take()
-            if message is None:
-                break
-            await handle(message)
-            del message  # (an idle actor keeps nothing of the last one)
-            while not holding() and (call := self.next_deferred()) is not None:
-                await handle(call)
-        self.close(answer)
+        try:
+            while not finished():
+                message = await self._take()
+                if message is None:
+                    break
+                await handle(message)
+                del message  # (an idle actor keeps nothing of the last one)
+                while not holding() and (call := self.next_deferred()) is not None:
+                    await handle(call)
+        finally:
+            self.close(answer)  # (cancelled too: no caller is left waiting)
 
     @staticmethod
     async def answer(

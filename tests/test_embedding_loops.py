@@ -147,3 +147,13 @@ def test_a_program_importing_trio_asyncio_after_a_daemon_gets_it_whole(tmp_path:
     assert out["statuses"] == ["running", "running"]
     assert out["installed"]["loop"] == "SyncTrioEventLoop"
     assert out["after"] == out["installed"]
+
+
+def test_importing_asyncstart_loads_no_netlink_or_trio_asyncio() -> None:
+    # An embedder that never starts a bridge-networked container pays for neither.
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, asyncstart; print(sorted(m for m in "
+         "('pyroute2', 'trio_asyncio') if m in sys.modules))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "[]"

@@ -155,6 +155,34 @@ async def test_a_closed_mailbox_answers_what_is_still_queued() -> None:
         mailbox.request(Request.START)
 
 
+async def test_a_cancelled_actor_takes_nothing_more_and_answers_what_is_queued() -> None:
+    mailbox = Mailbox("c" * 64)
+    handled: list[Request] = []
+    busy = anyio.Event()
+
+    async def handle(message: object) -> None:
+        assert isinstance(message, Call)
+        handled.append(message.request)
+        busy.set()
+        await anyio.sleep_forever()  # (a handler the daemon's closing cancels)
+
+    first = mailbox.request(Request.STOP)
+    queued = mailbox.request(Request.KILL, 9, "web")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: mailbox.serve(handle, holding=lambda: False, finished=lambda: False,
+                                  answer=lambda call: None)
+        )  # fmt: skip
+        await busy.wait()
+        tg.cancel_scope.cancel()
+    assert handled == [Request.STOP], "the queued request was not taken after the cancel"
+    assert not first.done  # (the request being handled is the handler's to answer)
+    with pytest.raises(errors.NotFound, match="No such container"), anyio.fail_after(5):
+        await queued.wait()  # what was still queued: no caller is left waiting
+    with pytest.raises(errors.NotFound):
+        mailbox.request(Request.START)
+
+
 async def test_only_the_armed_timers_expiry_counts() -> None:
     clock = FakeClock()
     mailbox = Mailbox("c" * 64)

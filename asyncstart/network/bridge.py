@@ -27,7 +27,6 @@ import anyio
 from .. import errors
 from .._log import get_logger
 from ..ids import random_hex
-from . import rtnl
 from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
 from .ipam import Leases
@@ -206,12 +205,13 @@ class BridgeNetwork:
         plan: list[_Veth] = []
         made = False
         try:
+            masters = []
             for attachment in attachments:
                 await self._ensure(attachment.bridge)
+                masters.append(self._indexes[attachment.bridge.name])  # (read before any await)
             for number, attachment in enumerate(attachments):
                 address = self.leases.allocate(attachment.bridge, container_id, attachment.ipv4)
                 plan.append(_Veth(attachment.bridge, address, f"eth{number}", _host_if()))
-            masters = [self._indexes[veth.bridge.name] for veth in plan]
             gateway = next((v.bridge.gateway for v in plan if not v.bridge.internal), None)
             made = True  # (from here a cancellation may come once the namespace is made)
             await create_netns(path, partial(_configure, plan, masters, gateway))
@@ -413,6 +413,8 @@ def _configure(
     """In the namespace-making thread: the veths, made from the host's side (their inner ends
     born in ``netns``), then inside loopback, the addresses, the links up and the default
     route: one write per side, and one to learn the inner ends' indexes."""
+    from . import rtnl  # (pyroute2: imported by the first start, not by ``import asyncstart``)
+
     if plan:
         with rtnl.Batch() as host:  # (this thread is in the daemon's namespace)
             veths = [

@@ -36,8 +36,8 @@ _STATIC = 4  # the route's protocol (RTPROT_STATIC), as pyroute2's route("add") 
 _UNICAST = 1
 _CREATE = NLM_F_CREATE | NLM_F_EXCL
 #: How long the kernel may take to answer one batch (it answers in microseconds to
-#: milliseconds; a thread is never left waiting for ever).
-_TIMEOUT = 30.0
+#: milliseconds; a thread, which a cancellation cannot abandon, never waits for ever).
+_TIMEOUT = 5.0
 
 
 def add_veth(host_if: str, master: int, ifname: str, netns_fd: int, mac: str) -> Any:
@@ -122,7 +122,10 @@ class Batch:
     def send(self, messages: Sequence[Any], what: str) -> list[bytes]:
         """Send ``messages`` in one write; once the kernel answered each, return their replies
         (a message's own reply, b"" for a bare acknowledgement), or raise the first refusal as
-        OSError (``what`` failed). The kernel applies every message, even after a refusal."""
+        OSError (``what`` failed). The kernel applies every message, even after a refusal.
+        (Requests only, each answered once: no dump.)"""
+        if not messages:
+            return []
         data = bytearray()
         first = self._sequence + 1
         for message in messages:

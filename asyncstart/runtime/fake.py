@@ -65,7 +65,8 @@ class FakeProcess:
 
     @property
     def spec(self) -> dict[str, Any]:
-        """The OCI spec it was created with (decoded anew at each use)."""
+        """The OCI spec it was created with (decoded anew at each use; its seccomp filter is
+        the one every start shares: read it, never edit it)."""
         spec: dict[str, Any] = msgspec.json.decode(self.config)
         if self.seccomp is not None:
             spec["linux"]["seccomp"] = self.seccomp
@@ -235,14 +236,17 @@ class FakeRuntime:
         process_spec = bundle.spec.get("process", {})
         args = list(process_spec.get("args", [])) if isinstance(process_spec, dict) else []
         self._next_pid += 1
-        linux = dict(bundle.spec.get("linux") or {})
-        seccomp = linux.pop("seccomp", None)
+        spec, seccomp = bundle.spec, None
+        if "seccomp" in spec.get("linux", {}):
+            linux = dict(spec["linux"])
+            seccomp = linux.pop("seccomp")
+            spec = {**spec, "linux": linux}
         self.processes[container_id] = FakeProcess(
             container_id,
             self._next_pid,
             args,
             stdio,
-            msgspec.json.encode({**bundle.spec, "linux": linux}),
+            msgspec.json.encode(spec),
             seccomp,
         )
         self.creates[container_id] += 1
