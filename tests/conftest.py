@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -13,6 +16,33 @@ import pytest
 
 import asyncstart
 from asyncstart import Daemon, FakeClock, FakeMounter, FakeNetwork, FakeRuntime
+from asyncstart.network.bridge import DEFAULT_BRIDGE
+
+
+def _firewall_table() -> bool:
+    if shutil.which("nft") is None:
+        return False
+    listed = subprocess.run(["nft", "list", "table", "ip", "asyncstart"], capture_output=True,
+                            check=False)  # fmt: skip
+    return listed.returncode == 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_as_found() -> Iterator[None]:
+    """The default bridge and asyncstart's firewall table stay after a daemon, as docker0 and
+    its rules do; the tests whose daemons made them leave the host as they found it. (Never
+    one that was there before: a host's own daemon may be using it.)"""
+    root = os.geteuid() == 0
+    had_bridge = os.path.exists(f"/sys/class/net/{DEFAULT_BRIDGE}")
+    had_table = root and _firewall_table()
+    yield
+    if not root:
+        return
+    if not had_bridge:
+        subprocess.run(["ip", "link", "del", DEFAULT_BRIDGE], capture_output=True, check=False)
+    if not had_table and _firewall_table():
+        subprocess.run(["nft", "delete", "table", "ip", "asyncstart"], capture_output=True,
+                       check=False)  # fmt: skip
 
 
 @pytest.fixture(params=["asyncio", "trio"])
