@@ -30,7 +30,14 @@ from ..ids import random_hex
 from .base import Attachment, Bridge
 from .firewall import Firewall, nft_installed
 from .ipam import Leases
-from .netlink import create_netns, delete_netns, netlink, netns_socket
+from .netlink import (
+    configure_netns,
+    create_netns,
+    delete_netns,
+    netlink,
+    netlink_socket,
+    netns_socket,
+)
 
 __all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "BridgeNetwork", "Leases"]
 
@@ -154,22 +161,6 @@ class BridgeNetwork:
                     f"host routes elsewhere: choose another with --bip"
                 )
 
-    async def _veth(self, host: Any, path: Path, veth: _Veth) -> None:
-        await host.link(
-            "add",
-            ifname=veth.host_if,
-            kind="veth",
-            master=self._indexes[veth.bridge.name],
-            state="up",
-            peer={"ifname": veth.ifname, "net_ns_fd": str(path), "address": _mac(veth.address)},
-        )
-
-    @staticmethod
-    async def _address(inside: Any, veth: _Veth) -> None:
-        index = int((await inside.link("get", ifname=veth.ifname))[0]["index"])
-        await inside.addr("add", index=index, address=veth.address, prefixlen=veth.bridge.prefixlen)
-        await inside.link("set", index=index, state="up")
-
     async def _bridge_once(self, bridge: Bridge) -> tuple[int, bool]:
         from pyroute2 import AsyncIPRoute
 
@@ -203,7 +194,7 @@ class BridgeNetwork:
             attachments = ()
         path = self.sandbox(container_id)
         plan: list[_Veth] = []
-        made = False
+        creating = False
         try:
             masters = []
             for attachment in attachments:
@@ -213,12 +204,12 @@ class BridgeNetwork:
                 address = self.leases.allocate(attachment.bridge, container_id, attachment.ipv4)
                 plan.append(_Veth(attachment.bridge, address, f"eth{number}", _host_if()))
             gateway = next((v.bridge.gateway for v in plan if not v.bridge.internal), None)
-            made = True  # (from here a cancellation may come once the namespace is made)
-            await create_netns(path, partial(_configure, plan, masters, gateway))
+            creating = True  # (a cancellation may come once the namespace is made)
+            await create_netns(path, partial(_configure, plan, masters, gateway, True))
         except BaseException as exc:
             # Nothing stays: the namespace (and the veths in it), the addresses.
             with anyio.CancelScope(shield=True):
-                if made:
+                if creating:
                     await delete_netns(path)
                 self.leases.release(container_id)
             self._indexes.clear()  # re-read: a bridge may have been removed under us
@@ -238,32 +229,19 @@ class BridgeNetwork:
     ) -> dict[str, Any]:
         try:
             await self._ensure(attachment.bridge)
+            master = self._indexes[attachment.bridge.name]  # (read before any await)
             address = self.leases.allocate(attachment.bridge, container_id, attachment.ipv4)
         except BaseException as exc:
             _raise(exc, "failed to connect the container to the network")
         try:
-            return await self._inside(
-                sandbox, lambda ipr: self._plug(ipr, sandbox, attachment, address)
-            )
+            names = await self._inside(sandbox, _link_names)
+            number = next(n for n in range(len(names) + 1) if f"eth{n}" not in names)
+            veth = _Veth(attachment.bridge, address, f"eth{number}", _host_if())
+            await configure_netns(Path(sandbox), partial(_configure, [veth], [master], None, False))
+            return _endpoint(veth)
         except BaseException as exc:
             self.leases.release(container_id, attachment.bridge.name)
             _raise(exc, "failed to connect the container to the network")
-
-    async def _plug(
-        self, inner: Any, sandbox: str, attachment: Attachment, address: str
-    ) -> dict[str, Any]:
-        from pyroute2 import AsyncIPRoute
-
-        names = {str(link.get("ifname")) async for link in await inner.link("dump")}
-        number = next(n for n in range(len(names) + 1) if f"eth{n}" not in names)
-        veth = _Veth(attachment.bridge, address, f"eth{number}", _host_if())
-        host = AsyncIPRoute(groups=0)
-        try:
-            await self._veth(host, Path(sandbox), veth)
-        finally:
-            host.close()
-        await self._address(inner, veth)
-        return _endpoint(veth)
 
     async def disconnect(
         self, container_id: str, sandbox: str, attachment: Attachment, address: str
@@ -403,20 +381,26 @@ def _host_if() -> str:
     return "veth" + random_hex(4)[:7]
 
 
+async def _link_names(inner: Any) -> set[str]:
+    return {str(link.get("ifname")) async for link in await inner.link("dump")}
+
+
 def _configure(
     plan: Sequence[_Veth],
     masters: Sequence[int],
     gateway: str | None,
+    loopback: bool,
     inside: socket.socket,
     netns: int,
 ) -> None:
-    """In the namespace-making thread: the veths, made from the host's side (their inner ends
-    born in ``netns``), then inside loopback, the addresses, the links up and the default
-    route: one write per side, and one to learn the inner ends' indexes."""
+    """In a worker thread (the one that made the namespace, at a start): the veths, made from
+    the host's side (their inner ends born in ``netns``), then inside the addresses, the links
+    up, and loopback up and the default route if asked: one write per side, and one to learn
+    the inner ends' indexes. (A start and ``docker network connect`` alike.)"""
     from . import rtnl  # (pyroute2: imported by the first start, not by ``import asyncstart``)
 
     if plan:
-        with rtnl.Batch() as host:  # (this thread is in the daemon's namespace)
+        with rtnl.Batch(netlink_socket()) as host:  # (this thread is in the daemon's namespace)
             veths = [
                 rtnl.add_veth(veth.host_if, master, veth.ifname, netns, _mac(veth.address))
                 for veth, master in zip(plan, masters, strict=True)
@@ -424,7 +408,7 @@ def _configure(
             host.send(veths, "add veth")
     batch = rtnl.Batch(inside)
     links = batch.send([rtnl.get_link(veth.ifname) for veth in plan], "find veth") if plan else []
-    messages = [rtnl.up(rtnl.LOOPBACK)]
+    messages = [rtnl.up(rtnl.LOOPBACK)] if loopback else []
     for veth, reply in zip(plan, links, strict=True):
         index = rtnl.link_index(reply)
         messages += [rtnl.add_address(index, veth.address, veth.bridge.prefixlen), rtnl.up(index)]

@@ -33,9 +33,11 @@ from .aioloop import open_trio_asyncio_loop, run_asyncio
 
 __all__ = [
     "asyncio_loop",
+    "configure_netns",
     "create_netns",
     "delete_netns",
     "netlink",
+    "netlink_socket",
     "netns_socket",
     "socket_in",
 ]
@@ -88,9 +90,7 @@ def _create(path: Path, configure: Callable[[socket.socket, int], None]) -> None
                 _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none",
                                    _MS_BIND, None), f"bind {path}")  # fmt: skip
                 netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-                inside = socket.socket(
-                    socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
-                )
+                inside = netlink_socket()
             finally:
                 _back(original)
         except OSError as exc:
@@ -151,16 +151,30 @@ async def create_netns(path: Path, configure: Callable[[socket.socket, int], Non
     await anyio.to_thread.run_sync(_create, path, configure)
 
 
+def netlink_socket() -> socket.socket:
+    """A route netlink socket in the calling thread's network namespace (it stays there)."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE)
+
+
+def _configure_existing(path: Path, configure: Callable[[socket.socket, int], None]) -> None:
+    netns = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _entered(path, netlink_socket) as inside:
+            configure(inside, netns)
+    finally:
+        os.close(netns)
+
+
+async def configure_netns(path: Path, configure: Callable[[socket.socket, int], None]) -> None:
+    """``configure(inside, netns)`` the existing namespace file ``path``, as
+    :func:`create_netns` does a new one (blocking, in a worker thread)."""
+    await anyio.to_thread.run_sync(_configure_existing, path, configure)
+
+
 async def netns_socket(path: Path) -> int:
     """A netlink socket inside the existing namespace file ``path`` (for pyroute2)."""
-
-    def make() -> socket.socket:
-        return socket.socket(
-            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
-        )
-
     try:
-        sock = await anyio.to_thread.run_sync(_entered, path, make)
+        sock = await anyio.to_thread.run_sync(_entered, path, netlink_socket)
     except OSError as exc:
         raise errors.SystemError(f"failed to enter network namespace {path}: {exc}") from exc
     return sock.detach()

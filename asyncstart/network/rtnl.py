@@ -27,7 +27,6 @@ __all__ = ["LOOPBACK", "Batch", "add_address", "add_default_route", "add_veth", 
 
 #: Loopback's index in every network namespace (the kernel's LOOPBACK_IFINDEX).
 LOOPBACK = 1
-_NETLINK_ROUTE = 0
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _ERROR = struct.Struct("=i")  # nlmsgerr's error, after its header
 _INDEX = struct.Struct("=i")  # ifinfmsg's index, 4 bytes into it
@@ -97,15 +96,11 @@ def _request(message: Any, kind: int, flags: int = 0) -> Any:
 
 
 class Batch:
-    """A blocking rtnetlink socket of the namespace it was made in, one batch at a time."""
+    """Batches of requests on a blocking rtnetlink socket, one batch at a time."""
 
-    def __init__(self, sock: socket.socket | None = None) -> None:
-        """``sock``: a netlink socket made elsewhere (in another namespace); else a new one
-        in the calling thread's."""
-        if sock is None:
-            sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_ROUTE
-            )
+    def __init__(self, sock: socket.socket) -> None:
+        """``sock``: a route netlink socket (``netlink.netlink_socket``), of the namespace it
+        was made in; closed with the batch."""
         sock.settimeout(_TIMEOUT)
         self._sock = sock
         self._sequence = 0
