@@ -24,6 +24,7 @@ import pytest
 import asyncstart
 from asyncstart import Client
 from asyncstart.network.bridge import DEFAULT_BRIDGE
+from asyncstart.runtime.conmon import _RUN_DETACHED
 
 from . import test_runc
 from .helpers import daemon_process, real_containers
@@ -44,6 +45,8 @@ def _ender(code: int) -> str:
 
 
 NO_NETWORK = {"NetworkMode": "none"}
+#: The OCI runtimes conmon runs here: runc creates and starts in one call when it can.
+OCI_RUNTIMES = ["runc", *(["crun"] if shutil.which("crun") else [])]
 #: Exits 7 on SIGTERM.
 TRAPS_TERM = 'trap "exit 7" TERM; while :; do usleep 10000; done'
 
@@ -214,10 +217,11 @@ async def test_a_terminal_container_under_conmon_resizes(roots: _Roots, busybox_
     assert_nothing_left(roots)
 
 
+@pytest.mark.parametrize("oci", OCI_RUNTIMES)
 async def test_a_failed_create_under_conmon_leaves_nothing(
-    roots: _Roots, busybox_tar: Path
+    roots: _Roots, busybox_tar: Path, oci: str
 ) -> None:
-    async with _library(roots, busybox_tar, network="loopback") as daemon:
+    async with _library(roots, busybox_tar, network="loopback", default_runtime=oci) as daemon:
         cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["/nope"]})
         with pytest.raises(asyncstart.errors.InvalidParameter, match="nope"):
             await daemon.container_start(cid)
@@ -264,3 +268,65 @@ async def test_attaching_to_a_running_container_connects_then_lets_go(
                         break
         await daemon.container_remove(cid, force=True)
     assert_nothing_left(roots)
+
+
+@pytest.mark.parametrize("oci", OCI_RUNTIMES)
+async def test_a_start_nobody_waits_on_and_one_they_do_under_conmon(
+    roots: _Roots, busybox_tar: Path, oci: str
+) -> None:
+    """Unattached, a container under conmon is reported started, then ended with its code, its
+    output logged, even when it ends at once (runc creates and starts it in one call). A client
+    attached before the start gets the run's output from its first line."""
+    script = "echo out; echo err >&2; exit 3"
+    async with _library(roots, busybox_tar, network="loopback", default_runtime=oci) as daemon:
+        since = time.time() - 1
+        alone = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", script]}
+        )
+        await daemon.container_start(alone)
+        with anyio.fail_after(10):
+            assert (await daemon.container_wait(alone))["StatusCode"] == 3
+        logged = {stream: data async for stream, data in daemon.container_logs(alone)}
+        assert logged == {"stdout": b"out\n", "stderr": b"err\n"}
+        state = (await daemon.container_inspect(alone))["State"]
+        assert (state["Status"], state["ExitCode"], state["Pid"]) == ("exited", 3, 0)
+        assert _time(state["FinishedAt"]) >= _time(state["StartedAt"]) > since
+        filters = {"container": [alone], "event": ["start", "die"]}
+        async with daemon.events(since=since, until=time.time() + 0.5, filters=filters) as events:
+            said = [(e["Action"], e["Actor"]["Attributes"].get("exitCode")) async for e in events]
+        assert said == [("start", None), ("die", "3")]
+
+        watched = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", script]}
+        )
+        got: list[tuple[str, bytes]] = []
+        async with daemon.container_attach(watched) as session:
+            await daemon.container_start(watched)
+            with anyio.fail_after(10):
+                got = [item async for item in session]
+        assert sorted(got) == [("stderr", b"err\n"), ("stdout", b"out\n")]
+        assert (await daemon.container_inspect(watched))["State"]["ExitCode"] == 3
+        for cid in (alone, watched):
+            await daemon.container_remove(cid)
+        assert conmons_of(roots.exec) == []
+    assert_nothing_left(roots)
+
+
+@pytest.mark.parametrize(
+    "runtime_args",
+    [["--root", "/r"], ["--root", "create", "--log", "create"], []],
+    ids=["plain", "an-argument-named-create", "none"],
+)
+def test_the_line_that_turns_create_into_run_detach(runtime_args: list[str]) -> None:
+    """conmon's ``<runtime> <runtime args> create <options> <id>`` becomes
+    ``<runtime> <runtime args> run --detach <options> <id>``: only the subcommand changes,
+    whatever the other arguments say, and each argument stays one argument."""
+    tail = ["--bundle", "/b with space", "--pid-file", "create", "the-id"]
+    n = str(len(runtime_args) + 2)  # printf's format is one more argument before create
+    argv = ["sh", "-c", _RUN_DETACHED, "printf", n, "%s|", *runtime_args, "create", *tail]
+    said = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    # (printf repeats its format for each argument: the first, "%s|", is that format.)
+    assert said.split("|")[:-1] == [*runtime_args, "run", "--detach", *tail]
+    restore = ["sh", "-c", _RUN_DETACHED, "printf", n, "%s|", *runtime_args, "restore", "x"]
+    said = subprocess.run(restore, capture_output=True, text=True, check=True).stdout
+    assert said.split("|")[:-1] == [*runtime_args, "restore", "x"]

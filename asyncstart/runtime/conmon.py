@@ -2,8 +2,11 @@
 process per container that outlives the engine (podman's and CRI-O's ``conmon``).
 
 The engine runs ``conmon``, which runs the OCI runtime's ``create`` and reports the init's pid
-on a sync pipe; the engine then runs ``start`` itself. From then on conmon, not the engine,
-holds the container's standard streams:
+on a sync pipe; the engine then runs ``start`` itself. On runc, a container that no one needs
+connected before its process runs (no stdin, no attached client) is created and started by one
+``runc run --detach``, as without a monitor: conmon's ``create`` is turned into it by a shell
+line (:data:`_RUN_DETACHED`), which costs far less than a second runc. From then on conmon, not
+the engine, holds the container's standard streams:
 
 - it writes stdout and stderr to the container's log in the ``k8s-file`` format (read by
   :mod:`asyncstart.logs.reader`), so output written while no engine runs is kept;
@@ -52,7 +55,7 @@ from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess
 from .runc import RuncRuntime, _Container
-from .runc_cli import RuntimeChoice, create_failure, launcher
+from .runc_cli import RuntimeChoice, create_failure, launcher, starts_in_one_call
 from .spawn import run_process
 
 __all__ = ["ConmonRuntime", "conmon_binary", "monitorable"]
@@ -65,6 +68,14 @@ _STREAMS = {2: "stdout", 3: "stderr"}
 _MESSAGE = 32768
 #: conmon's control FIFO message for a terminal resize.
 _RESIZE = 1
+#: The runtime conmon runs, as ``sh -c _RUN_DETACHED <runtime> <n> <runtime args> create ...``:
+#: the runtime with its subcommand, the n-th argument after n, turned from ``create`` into
+#: ``run --detach`` (conmon has no other way to say it; every other argument goes as it came).
+_RUN_DETACHED = (
+    'n=$1; shift; i=0; for arg do shift; i=$((i + 1)); '
+    'if [ "$i" = "$n" ] && [ "$arg" = create ]; then set -- "$@" run --detach; '
+    'else set -- "$@" "$arg"; fi; done; exec "$0" "$@"'
+)  # fmt: skip
 
 
 def monitorable(stdio: Stdio) -> bool:
@@ -221,6 +232,10 @@ class _Monitored:
     pid: int = 0
     #: Its process runs (a restore, or ``start`` has run).
     running: bool = False
+    #: The create started its process too (``run --detach``): ``start`` only reports it.
+    detached: bool = False
+    #: When its start was reported: no exit is reported earlier than that.
+    started_at: float = 0.0
     #: A task waits for conmon's end (only that task waits on its pidfd, and reaps it).
     watched: bool = False
     #: An exec ran in it: a helper of the runtime's may have been orphaned to the daemon.
@@ -371,6 +386,13 @@ class ConmonRuntime(RuncRuntime):
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(log_path).st_size >= options.max_size:
                     os.truncate(log_path, 0)
+        # Nothing to connect before the process runs: one runc creates and starts it.
+        box.detached = (
+            not checkpoint
+            and starts_in_one_call(self._cli.binary_of(box.runtime))
+            and not box.attach.needed
+            and container_id not in self._watched
+        )
         argv = self._argv(container_id, box, checkpoint, checkpoint_dir)
         sync_read, sync_write = os.pipe2(os.O_CLOEXEC)
         try:
@@ -416,14 +438,22 @@ class ConmonRuntime(RuncRuntime):
         """conmon's command line: the runtime (through its launcher, as runtime arguments),
         the bundle, where the pids, exit code, log and sockets go, and the stdio asked for."""
         binary = self._cli.binary_of(box.runtime)
-        prefix = launcher(binary)
         runtime_args = [
-            *prefix[1:],
-            *((binary,) if prefix else ()),
             "--root", str(self.state_root),
             "--log", str(box.bundle.runc_log), "--log-format", "json",
             *self.runtime_args, *box.runtime.flags,
         ]  # fmt: skip
+        if box.detached:
+            prefix: tuple[str, ...] = (
+                "sh",
+                "-c",
+                _RUN_DETACHED,
+                binary,
+                str(len(runtime_args) + 1),
+            )
+        else:
+            prefix = (*launcher(binary), binary) if launcher(binary) else ()
+        runtime_args[:0] = prefix[1:]
         executable = _executable(prefix[0] if prefix else binary)
         wanted = box.attach.wanted
         options = wanted.log_options
@@ -456,17 +486,21 @@ class ConmonRuntime(RuncRuntime):
     # -- the running process ---------------------------------------------------------------
 
     async def start(self, container_id: str) -> None:
-        """``start`` (unless the create started it: a restore), then the start is reported,
-        and conmon is watched for the exit."""
+        """``start`` (unless the create started it: a restore, a ``run --detach``), then the
+        start is reported, and conmon is watched for the exit."""
         box = self._monitored(container_id)
         if box is None:
             await super().start(container_id)
             return
         if not box.running:
-            await self._cli.checked("start", container_id, runtime=box.runtime)
+            if not box.detached:
+                await self._cli.checked("start", container_id, runtime=box.runtime)
             self._watch_exit(container_id, box)
         assert self._backend is not None
-        self._backend.state_changed(container_id, StateInfo("start", pid=box.pid, at=time.time()))
+        box.started_at = time.time()
+        self._backend.state_changed(
+            container_id, StateInfo("start", pid=box.pid, at=box.started_at)
+        )
 
     async def _watch_conmon(self, container_id: str, box: _Monitored) -> None:
         """conmon ends once the container has ended and its output is logged: the exit is
@@ -491,12 +525,14 @@ class ConmonRuntime(RuncRuntime):
     def _ended(self, container_id: str, box: _Monitored) -> StateInfo:
         """The exit as conmon recorded it: the code it wrote and when, and whether the
         memory cgroup killed a process (its ``oom`` file); 255 and now if it wrote no code
-        (it was killed)."""
+        (it was killed). A process that ended before its start was reported (it may end at
+        once) is said to end when it was reported started, as dockerd's never ends earlier."""
         path = self.exit_dir / container_id
         try:
             code, at = int(path.read_text().strip()), path.stat().st_mtime
         except (OSError, ValueError):
             code, at = 255, time.time()
+        at = max(at, box.started_at)
         oom = (box.bundle.path / "oom").exists()
         return StateInfo("exit", pid=box.pid, exit_code=code, at=at, oom_killed=oom)
 
