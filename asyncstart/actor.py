@@ -88,13 +88,20 @@ class ContainerActor(ContainerState):
 
     async def run(self) -> None:
         """The actor's task (after :meth:`open`): handle messages until the container is
-        removed."""
-        await self._mailbox.serve(
-            self._dispatch,
-            holding=self._holding,
-            finished=self._finished,
-            answer=self._answer_when_gone,  # whatever is still queued: never silence
-        )
+        removed, or the daemon closes. Replies still parked then (a ``wait`` for an exit that
+        has not come) are answered: no caller is left waiting on an actor that is gone."""
+        try:
+            await self._mailbox.serve(
+                self._dispatch,
+                holding=self._holding,
+                finished=self._finished,
+                answer=self._answer_when_gone,  # whatever is still queued: never silence
+            )
+        finally:
+            if self._finished():
+                self._waiters.fail_all(errors.NotFound(f"No such container: {self.id}"))
+            else:
+                self._waiters.fail_all(errors.Unavailable("the daemon is shutting down"))
 
     def _holding(self) -> bool:
         return self._lifecycle.state is State.SPEC_READY

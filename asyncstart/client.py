@@ -45,6 +45,7 @@ _ERRORS: dict[int, type[errors.DockerError]] = {
     409: errors.Conflict,
     500: errors.SystemError,
     501: errors.NotImplementedYet,
+    503: errors.Unavailable,
 }
 _STREAMS = {0: "stdin", 1: "stdout", 2: "stderr"}
 _HEADER = struct.Struct(">BxxxL")

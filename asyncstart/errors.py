@@ -19,6 +19,7 @@ __all__ = [
     "NotImplementedYet",
     "NotModified",
     "SystemError",
+    "Unavailable",
 ]
 
 
@@ -78,3 +79,9 @@ class SystemError(DockerError):
     """500: the daemon failed for a reason that is not the caller's fault."""
 
     status = 500
+
+
+class Unavailable(DockerError):
+    """503: the daemon cannot answer now (errdefs' unavailable): it is shutting down."""
+
+    status = 503

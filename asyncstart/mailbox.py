@@ -5,7 +5,8 @@ carries a :class:`Reply` its caller awaits; the actor may answer at once, or *pa
 its :class:`Waiters` under a condition (``"exit"``, ``"stop"``, ...) and answer every reply parked
 there when the condition comes. :class:`Timers` deliver their expiry as a message, so a timer is
 handled in turn like anything else. When the actor ends, :meth:`Mailbox.close` answers whatever
-is still queued: a caller is never left waiting.
+is still queued: a caller is never left waiting. An actor cancelled with its daemon answers
+the request it was handling and those still queued that the daemon is shutting down (503).
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ class Waiters:
         for reply in self._table.pop(condition, ()):
             reply.fail(error)
 
+    def fail_all(self, error: errors.DockerError) -> None:
+        """Answer every parked reply with ``error`` (the actor ends)."""
+        for condition in list(self._table):
+            self.fail(condition, error)
+
 
 class Mailbox:
     """The actor's queue (unbounded: senders never block), and requests deferred for later.
@@ -212,18 +218,25 @@ class Mailbox:
     ) -> None:
         """Take the messages one at a time with ``handle`` until ``finished()`` (or the mailbox
         is closed); after each, the deferred requests while not ``holding()``. Then
-        :meth:`close` with ``answer``."""
+        :meth:`close` with ``answer``; cancelled, the request being handled and those queued
+        are answered that the daemon is shutting down."""
+        current: Message | None = None
         try:
             while not finished():
-                message = await self._take()
-                if message is None:
+                current = await self._take()
+                if current is None:
                     break
-                await handle(message)
-                del message  # (an idle actor keeps nothing of the last one)
-                while not holding() and (call := self.next_deferred()) is not None:
-                    await handle(call)
-        finally:
-            self.close(answer)  # (cancelled too: no caller is left waiting)
+                await handle(current)
+                while not holding() and (current := self.next_deferred()) is not None:
+                    await handle(current)
+                current = None  # (an idle actor keeps nothing of the last one)
+        except BaseException:
+            shutting_down = errors.Unavailable("the daemon is shutting down")
+            if isinstance(current, Call):
+                current.reply.fail(shutting_down)  # (unless its handler answered it)
+            self.close(lambda call: shutting_down)
+            raise
+        self.close(answer)
 
     @staticmethod
     async def answer(
@@ -239,8 +252,9 @@ class Mailbox:
             call.reply.fail(errors.SystemError(f"{type(exc).__name__}: {exc}"))
 
     def close(self, answer: Callable[[Call], Any | None]) -> None:
-        """The container is gone: every request still queued or deferred gets an answer —
-        ``answer(call)`` if it gives one (not None), else 404 — never silence."""
+        """The actor ends: every request still queued or deferred gets an answer —
+        ``answer(call)`` if it gives one (not None; an error is raised to the caller), else
+        404 — never silence."""
         self.stop_taking()
         while (message := self.take_nowait()) is not None:
             if isinstance(message, Call):
@@ -249,6 +263,8 @@ class Mailbox:
             value = answer(call)
             if value is None:
                 call.reply.fail(self._gone())
+            elif isinstance(value, errors.DockerError):
+                call.reply.fail(value)
             else:
                 call.reply.set(value)
 
