@@ -1,10 +1,21 @@
-"""Shared by the benchmarks: percentiles, a result line, bare runc's spec."""
+"""Shared by the benchmarks: percentiles, a result line, bare runc's spec, and the host left
+as it was found."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import statistics
+import subprocess
+from collections.abc import Iterator
 from typing import Any
+
+import anyio
+
+from asyncstart.network.bridge import DEFAULT_BRIDGE
+from asyncstart.network.firewall import TABLE, Firewall
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -37,3 +48,36 @@ def bare_spec(
     if cgroups_path is not None:
         bare["linux"]["cgroupsPath"] = cgroups_path
     return bare
+
+
+def _firewall_table() -> bool:
+    listed = subprocess.run(["nft", "list", "table", "ip", TABLE], capture_output=True,
+                            check=False)  # fmt: skip
+    return listed.returncode == 0
+
+
+@contextlib.contextmanager
+def host_as_found(own_bridge: tuple[str, str] | None = None) -> Iterator[None]:
+    """A daemon leaves its default bridge and asyncstart's firewall table behind, as dockerd
+    leaves docker0 and its rules; a benchmark does not. At the end: ``own_bridge`` (name,
+    subnet: one the benchmark chose for itself) and its rules go; the default bridge and the
+    table go if they were not there before (never one that was: a host's daemon may use it)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    nft = shutil.which("nft") is not None
+    had_default = os.path.exists(f"/sys/class/net/{DEFAULT_BRIDGE}")
+    had_table = nft and _firewall_table()
+    try:
+        yield
+    finally:
+        bridges = [own_bridge[0]] if own_bridge else []
+        if not had_default:
+            bridges.append(DEFAULT_BRIDGE)
+        for name in bridges:
+            if os.path.exists(f"/sys/class/net/{name}"):
+                subprocess.run(["ip", "link", "del", name], check=False)
+        if nft and own_bridge and had_table:
+            anyio.run(Firewall(*own_bridge).remove)  # (the table stays: it was there)
+        if nft and not had_table and _firewall_table():
+            subprocess.run(["nft", "delete", "table", "ip", TABLE], check=False)

@@ -55,7 +55,8 @@ asked to tell apart. The clients and the daemon share the machine's cores (and r
 Nothing is left behind: containers are removed, the client processes exit when their stdin
 closes (killed after 5 s otherwise), the daemon's directories are temporary, and with
 ``--network bridge`` the benchmark creates its own bridge (an unused 10.213.X.0/24) and deletes
-it at the end. ``--runtime fake`` needs no root and shows the engine and API alone.
+it, and its firewall rules, at the end (asyncstart's firewall table too if the run made it:
+``_common.host_as_found``). ``--runtime fake`` needs no root and shows the engine and API alone.
 
     sudo .venv/bin/python benchmarks/api_start.py --backend asyncio --rounds 5
     .venv/bin/python benchmarks/api_start.py --runtime fake --backend trio --rounds 20
@@ -84,7 +85,7 @@ from typing import Any, BinaryIO, Self, cast
 
 import anyio
 import anyio.abc
-from _common import bare_spec, percentile
+from _common import bare_spec, host_as_found, percentile
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import asyncstart
@@ -706,32 +707,26 @@ def main() -> None:
     runtime = choose_runtime(args.runtime)
     settle = args.settle if args.settle is not None else 1.0 if runtime == "runc" else 0.0
     bridge = _free_bridge() if runtime == "runc" and args.network == "bridge" else None
-    try:
-        with tempfile.TemporaryDirectory(prefix="asyncstart-api-bench-") as tmp:
-            root = Path(tmp)
-            if runtime == "runc":
-                tar = build_busybox_tar(root / "busybox.tar")
-                (root / "rootfs").mkdir()
-                subprocess.run(["tar", "-xf", str(tar), "-C", str(root / "rootfs")], check=True)
-            run_dir = None
-            if args.run_tmpfs and runtime == "runc":
-                run_dir = root / "run"
-                run_dir.mkdir(mode=0o700)
-                subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=1g", "tmpfs",
-                                str(run_dir)], check=True)  # fmt: skip
-            try:
-                modes = anyio.run(
-                    run, root, runtime, args.network, bridge, args.rounds, args.concurrency,
-                    settle, args.oci, args.monitor, run_dir, backend=args.backend,
-                )  # fmt: skip
-            finally:
-                if run_dir is not None:
-                    subprocess.run(["umount", "-l", str(run_dir)], check=False)
-    finally:
-        if bridge is not None and Path("/sys/class/net", bridge[0]).exists():
-            subprocess.run(["ip", "link", "del", bridge[0]], check=False)
-            subprocess.run(["nft", "delete", "table", "ip", f"asyncstart-{bridge[0]}"],
-                           check=False, capture_output=True)  # fmt: skip
+    with host_as_found(bridge), tempfile.TemporaryDirectory(prefix="asyncstart-api-bench-") as tmp:
+        root = Path(tmp)
+        if runtime == "runc":
+            tar = build_busybox_tar(root / "busybox.tar")
+            (root / "rootfs").mkdir()
+            subprocess.run(["tar", "-xf", str(tar), "-C", str(root / "rootfs")], check=True)
+        run_dir = None
+        if args.run_tmpfs and runtime == "runc":
+            run_dir = root / "run"
+            run_dir.mkdir(mode=0o700)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=1g", "tmpfs",
+                            str(run_dir)], check=True)  # fmt: skip
+        try:
+            modes = anyio.run(
+                run, root, runtime, args.network, bridge, args.rounds, args.concurrency,
+                settle, args.oci, args.monitor, run_dir, backend=args.backend,
+            )  # fmt: skip
+        finally:
+            if run_dir is not None:
+                subprocess.run(["umount", "-l", str(run_dir)], check=False)
     header = f"api_start backend={args.backend} runtime={runtime} "
     if runtime == "runc":
         header += f"network={args.network} " + (f"({bridge[0]} {bridge[1]}) " if bridge else "")

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import summary_ms
+from _common import host_as_found, summary_ms
 
 from asyncstart.images.busybox import build_busybox_tar
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--dockerd", default="", help="a dockerd socket to compare with")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="asyncstart-compose-bench-") as tmp:
+    with host_as_found(), tempfile.TemporaryDirectory(prefix="asyncstart-compose-bench-") as tmp:
         root = Path(tmp)
         project = root / "proj"
         (project / "cfg").mkdir(parents=True)

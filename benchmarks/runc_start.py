@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _common import bare_spec, summary_ms
+from _common import bare_spec, host_as_found, summary_ms
 
 import asyncstart
 from asyncstart.images.busybox import build_busybox_tar
@@ -122,7 +122,7 @@ def main() -> None:
                         "bridge")  # fmt: skip
     args = parser.parse_args()
     configure_logging("warning")
-    with tempfile.TemporaryDirectory(prefix="asyncstart-runc-bench-") as tmp:
+    with host_as_found(), tempfile.TemporaryDirectory(prefix="asyncstart-runc-bench-") as tmp:
         root = Path(tmp)
         tar = build_busybox_tar(root / "busybox.tar")
         samples, elapsed, spec, phases = anyio.run(
