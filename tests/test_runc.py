@@ -617,6 +617,50 @@ async def test_a_failed_start_at_each_real_phase_leaves_nothing(
     assert_nothing_left(roots)
 
 
+@pytest.mark.parametrize("monitor", ["none", "conmon"])
+async def test_a_removal_deletes_in_the_runtime_once(
+    roots: _Roots, busybox_tar: Path, tmp_path: Path, monitor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime is asked to delete a container once: at its exit (the start's clean-up),
+    not again when it is removed; ``rm -f`` of a running one deletes it once too. (Every runc
+    the daemon runs is found on PATH: here, one that notes its arguments first.)"""
+    if monitor == "conmon" and shutil.which("conmon") is None:
+        pytest.skip("needs conmon")
+    real = shutil.which("runc")
+    assert real is not None
+    calls, bin_dir = tmp_path / "calls", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "runc").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    (bin_dir / "runc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", network="none",
+        default_runtime="runc", monitor=monitor,
+    )  # fmt: skip
+
+    def deletes() -> int:
+        said = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return sum(1 for line in said if " delete " in f" {line} ")
+
+    async with open_clean(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox")
+        ended = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        await daemon.container_start(ended)
+        with anyio.fail_after(10):
+            await daemon.container_wait(ended)
+            while deletes() == 0:  # (the exit's clean-up runs just after the wait is answered)
+                await anyio.sleep(0.05)
+        await daemon.container_remove(ended)
+        assert deletes() == 0, "removed after its exit: nothing left for the runtime to delete"
+        running = await daemon.container_create(config={"Image": "busybox", "Cmd": ["sleep", "60"]})
+        await daemon.container_start(running)
+        deletes()
+        await daemon.container_remove(running, force=True)
+        assert deletes() == 1
+    assert_nothing_left(roots)
+
+
 async def test_a_stale_runc_container_with_the_same_id_is_replaced(
     runc_daemon: asyncstart.Daemon, roots: _Roots, tmp_path: Path, busybox_tar: Path
 ) -> None:

@@ -215,8 +215,17 @@ class RuncCli:
         entries: list[dict[str, Any]] = json.loads(result.stdout or b"null") or []
         return entries
 
+    def has_state(self, container_id: str) -> bool:
+        """Whether the runtime may know the container: runc and crun keep a directory per
+        container in their root (a stat of the exec root, which is not worth a thread)."""
+        return os.path.lexists(self.state_root / container_id)
+
     async def delete(self, container_id: str, *, runtime: RuntimeChoice, force: bool) -> None:
-        """``runc delete``; a container runc does not know is already deleted."""
+        """``runc delete``; a container runc does not know is already deleted, and one with
+        no state (:meth:`has_state`) is not asked about: no runtime is run for a removal after
+        the exit's clean-up."""
+        if not self.has_state(container_id):
+            return
         args = ["delete", *(["--force"] if force else []), container_id]
         result = await self.run(*args, runtime=runtime)
         if result.returncode != 0:
