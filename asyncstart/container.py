@@ -266,11 +266,13 @@ class ContainerState:
         await self._process.kill(self.id, signal)
         self._emit("kill", signal=str(signal))
         if resume:
-            # A frozen process cannot act on the signal: thaw it, as dockerd does.
+            # A frozen process cannot act on the signal: thaw it, as dockerd does (its
+            # resumed task announces the unpause).
             await self._process.resume(self.id)
-            if self._lifecycle.state is State.PAUSED:
+            if self._lifecycle.state is State.PAUSED:  # (a stop has moved it on already)
                 self._lifecycle.handle(_E.UNPAUSE)
                 await self._save_quietly()
+            self._emit(_E.UNPAUSE.value)
 
     async def _pause_or_resume(
         self, call: Callable[[str], Awaitable[None]], event: LifecycleEvent

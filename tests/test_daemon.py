@@ -356,10 +356,19 @@ async def test_pause_unpause(engine: Engine) -> None:
     await daemon.container_unpause("web")
     with pytest.raises(errors.SystemError, match=f"^Container {cid} is not paused$"):
         await daemon.container_unpause("web")
-    # A paused container can be stopped: the signal is delivered once it is thawed.
+    # A paused container can be stopped: the signal is delivered once it is thawed, and the
+    # thaw is announced (dockerd's resumed task: unpause), as is the kill of a paused one.
     await daemon.container_pause("web")
-    await daemon.container_stop("web")
+    async with daemon.subscribe_events() as events:
+        await daemon.container_stop("web")
+        assert actions(events) == ["kill", "unpause", "die", "stop"]
     assert (await daemon.container_inspect("web"))["State"]["ExitCode"] == 143
+    await daemon.container_start("web")
+    await daemon.container_pause("web")
+    async with daemon.subscribe_events() as events:
+        await daemon.container_kill("web")
+        assert actions(events) == ["kill", "unpause", "die"]
+    assert (await daemon.container_inspect("web"))["State"]["ExitCode"] == 137
 
 
 async def test_remove(engine: Engine) -> None:
