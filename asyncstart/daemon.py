@@ -124,6 +124,8 @@ log = get_logger("asyncstart.daemon")
 
 #: Every actor's task has this name (given: not derived anew from its function per actor).
 _ACTOR_TASK = "asyncstart.actor"
+#: How many containers a daemon that opens starts at once (their restart policies say so).
+_BOOT_STARTS = 16
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
@@ -260,6 +262,26 @@ class Daemon:
             self.exec_root,
             self._resolver,
         )
+        await self._start_with_the_daemon()
+
+    async def _start_with_the_daemon(self) -> None:
+        """dockerd's restore: the stopped containers whose restart policy says so are started,
+        as by ``docker start`` (a fresh restart manager), a few at a time; one that fails to
+        start is logged, as dockerd logs it, and stays stopped."""
+        due = [s.id for s in self._snapshots() if s.starts_with_the_daemon]
+        limiter = anyio.CapacityLimiter(_BOOT_STARTS)
+
+        async def start(container_id: str) -> None:
+            async with limiter:
+                try:
+                    await self.container_start(container_id)
+                except errors.DockerError as exc:
+                    log.error("container.boot_start_failed", container_id=container_id,
+                              error=exc.message)  # fmt: skip
+
+        async with anyio.create_task_group() as tg:
+            for container_id in due:
+                tg.start_soon(start, container_id)
 
     def _actor(self, reference: str) -> ContainerActor:
         container_id = self._index.resolve(reference)

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from .config import RestartPolicy
 from .signals import parse_signal
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_START", "RESET_AFTER", "RestartManager", "exits_on_next"]
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_START",
+    "RESET_AFTER",
+    "RestartManager",
+    "exits_on_next",
+    "starts_with_the_daemon",
+]
 
 BACKOFF_START = 0.1
 BACKOFF_MAX = 60.0
@@ -72,6 +79,19 @@ class RestartManager:
     def cancel(self) -> None:
         """No restart from now on (a user stop or kill); only a user start undoes it."""
         self.cancelled = True
+
+
+def starts_with_the_daemon(
+    policy: RestartPolicy, exit_code: int, *, manually_stopped: bool, restart_count: int
+) -> bool:
+    """dockerd's restore: a stopped container that has run before is started when the daemon
+    opens if a fresh restart manager would restart it now (dockerd's ``ShouldRestart``; a
+    user's stop cancelled the manager that was, not this one): ``always`` even after a user's
+    stop, ``unless-stopped`` unless a user stopped it, ``on-failure`` after a failure with
+    retries left."""
+    manager = RestartManager(policy, restart_count=restart_count)
+    verdict = manager.should_restart(exit_code, manually_stopped=manually_stopped, ran_for=0)
+    return verdict is not None
 
 
 def exits_on_next(signal: int, stop_signal: str) -> bool:

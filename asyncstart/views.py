@@ -14,6 +14,7 @@ from .filters import Filters, container_matches
 from .lifecycle import PROCESS_STATES, Lifecycle, State
 from .mounts import inspect_entry
 from .record import ZERO_TIME, ContainerRecord
+from .restart import starts_with_the_daemon
 from .security import parse_security_opt
 from .spec import process_args
 
@@ -246,6 +247,21 @@ class ContainerSnapshot:
     def process_exists(self) -> bool:
         """Whether the container's process lives (running, paused or stopping)."""
         return self.lifecycle.state in PROCESS_STATES
+
+    @property
+    def starts_with_the_daemon(self) -> bool:
+        """Stopped after it ran, with a restart policy that starts it when a daemon opens."""
+        record = self.record
+        return (
+            self.lifecycle.state is State.EXITED
+            and self.lifecycle.ran_before
+            and starts_with_the_daemon(
+                record.host_config.restart_policy,
+                record.exit_code,
+                manually_stopped=record.has_been_manually_stopped,
+                restart_count=record.restart_count,
+            )
+        )
 
     def inspect(self) -> dict[str, Any]:
         """dockerd's inspect document."""

@@ -12,7 +12,8 @@ The restart rules are dockerd's, as ``asyncstart.restart`` implements them: a st
 cancels the policy until the next user start (in memory only: a reopened daemon's manager is a
 fresh one); ``unless-stopped`` does not restart a container a user stopped or signalled;
 ``on-failure`` restarts a non-zero exit while fewer than ``MaximumRetryCount`` restarts were
-made (0: no limit); a user start resets the count.
+made (0: no limit); a user start resets the count. A daemon that opens starts, as a user would,
+the stopped containers its fresh managers would restart (dockerd's restore).
 
 Hypothesis rules are synchronous, so the engine runs in an anyio blocking portal kept open for
 the whole run — once on asyncio, once on trio. ``ASYNCSTART_PROPERTY_EXAMPLES`` sets the number
@@ -380,6 +381,12 @@ class EngineMachine(RuleBasedStateMachine):
             model.cancelled = False  # the manager is not persisted (nor is it by dockerd)
         for name in lost:
             self.model[name].exits(255)  # its exit code is lost: dockerd's 255
+        for model in self.model.values():
+            # dockerd's restore: a stopped container that ran is started, as by a user, if its
+            # (fresh) restart manager would restart it now.
+            if model.status == "exited" and model.restarts_after(model.exit_code):
+                model.user_start()
+                model.status, model.exit_code = "running", 0
 
     # -- invariants -------------------------------------------------------------------------
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from asyncstart import errors
+from asyncstart import FakeMounter, FakeNetwork, FakeRuntime, errors
 from asyncstart.config import RestartPolicy
 from asyncstart.restart import RestartManager
 
-from .conftest import Engine
+from .conftest import Engine, OpenEngine
 from .helpers import create, next_action
 
 pytestmark = pytest.mark.anyio
@@ -158,3 +158,47 @@ async def test_remove_force_cancels_a_pending_restart(clocked: Engine) -> None:
     await daemon.container_remove("web", force=True)
     with pytest.raises(errors.NotFound):
         await daemon.container_inspect(cid)
+
+
+async def test_a_daemon_that_opens_starts_what_the_restart_policies_say(
+    open_engine: OpenEngine,
+) -> None:
+    """dockerd's restore: ``always`` is started again even after a user's stop,
+    ``unless-stopped`` is not, ``on-failure`` is after a non-zero exit (a stop's 143 too);
+    ``no``, and a container that never ran, stay as they are."""
+    policies = {"always": "always", "unless": "unless-stopped", "failing": "on-failure", "no": "no"}
+    drivers = {"runtime": FakeRuntime(), "mounter": FakeMounter(), "network": FakeNetwork()}
+    async with open_engine(**drivers) as engine:
+        daemon = engine.daemon
+        for name, policy in policies.items():
+            await create(daemon, name, RestartPolicy={"Name": policy})
+            await daemon.container_start(name)
+            await daemon.container_stop(name)
+        await create(daemon, "never", RestartPolicy={"Name": "always"})
+    async with open_engine(**drivers) as engine:
+        daemon = engine.daemon
+        states = {
+            name: (await daemon.container_inspect(name))["State"]["Status"]
+            for name in [*policies, "never"]
+        }
+        assert states == {"always": "running", "unless": "exited", "failing": "running",
+                          "no": "exited", "never": "created"}  # fmt: skip
+        inspected = await daemon.container_inspect("always")
+        assert inspected["RestartCount"] == 0 and inspected["State"]["Pid"] > 0
+        # As a user's start: its next stop is a user's stop again, and it stays stopped.
+        await daemon.container_stop("always")
+        assert (await daemon.container_inspect("always"))["State"]["Status"] == "exited"
+
+
+async def test_a_container_that_fails_to_start_with_the_daemon_stays_stopped(
+    open_engine: OpenEngine,
+) -> None:
+    runtime, mounter, network = FakeRuntime(), FakeMounter(), FakeNetwork()
+    async with open_engine(runtime=runtime, mounter=mounter, network=network) as engine:
+        await create(engine.daemon, "web", RestartPolicy={"Name": "always"})
+        await engine.daemon.container_start("web")
+        await engine.daemon.container_stop("web")
+    runtime.faults.inject("create", "exec: no such file")
+    async with open_engine(runtime=runtime, mounter=mounter, network=network) as engine:
+        state = (await engine.daemon.container_inspect("web"))["State"]
+        assert state["Status"] == "exited" and "no such file" in state["Error"]
