@@ -33,6 +33,7 @@ from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
 from .logs import ContainerLogs, LogQuery, read_log_chunks
 from .mailbox import Call, Pending, Reply, RuntimeReport
+from .network.base import default_route
 from .network.files import embed_resolver
 from .networks import NetworkSpec, attachment_of, dns_names, refuse_shared_namespace
 from .record import ContainerRecord, wait_result
@@ -409,7 +410,8 @@ class ContainerActor(ContainerState):
         ipv4 = (config.get("IPAMConfig") or {}).get("IPv4Address", "")
         attachment = attachment_of(spec, ipv4)
         sandbox = record.network_settings["SandboxKey"]
-        live = await network.connect(self.id, sandbox, attachment)
+        route = self._default_route({spec.name: attachment.bridge.endpoint_gateway})
+        live = await network.connect(self.id, sandbox, attachment, route=route)
         names = dns_names(spec, record, config)
         endpoint = endpoint_view(config, live, names)
         networks = {**record.network_settings.get("Networks", {}), spec.name: endpoint}
@@ -455,15 +457,22 @@ class ContainerActor(ContainerState):
         record, network = self._record, self.services.network
         if network is not None and spec.bridge:
             sandbox = record.network_settings.get("SandboxKey", "")
-            await network.disconnect(
-                self.id, sandbox, attachment_of(spec), live.get("IPAddress", "")
-            )
+            route = self._default_route({spec.name: ""})  # (as if it had no gateway: it goes)
+            address = live.get("IPAddress", "")
+            await network.disconnect(self.id, sandbox, attachment_of(spec), address, route=route)
         if self.services.resolver is not None:
             self.services.resolver.unregister(self.id, spec.id)
         networks = dict(record.network_settings.get("Networks", {}))
         networks.pop(spec.name, None)
         record.network_settings = {**record.network_settings, "Networks": networks}
         network_event(self.services.bus, spec.id, spec.name, self.id, "disconnect")
+
+    def _default_route(self, changed: dict[str, str]) -> str | None:
+        """The gateway of the running container's default route once its networks are those
+        it is on with ``changed`` (network name -> endpoint gateway, "" for none)."""
+        live = self._record.network_settings.get("Networks", {})
+        gateways = {name: str(endpoint.get("Gateway") or "") for name, endpoint in live.items()}
+        return default_route({**gateways, **changed}.items())
 
     def _endpoints(self) -> dict[str, dict[str, Any]]:
         record = self._record

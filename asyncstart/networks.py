@@ -464,7 +464,7 @@ def endpoint_config(spec: NetworkSpec | None, body: Any, *, key: str = "") -> di
     if body.get("GwPriority"):
         raise errors.InvalidParameter(
             "an endpoint's GwPriority is not supported by asyncstart: the default route is "
-            "the first network's"
+            "through the first network by name that is not internal"
         )
     if body.get("Links"):
         raise errors.InvalidParameter(

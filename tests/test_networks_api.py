@@ -646,6 +646,34 @@ async def test_connect_a_stopped_container(api: Api) -> None:
     assert list((await api.client.network_inspect("n1"))["Containers"]) == [cid]
 
 
+async def test_the_default_route_follows_the_first_network_by_name(api: Api) -> None:
+    """libnetwork's gateway choice among a running container's networks — the first by name
+    that is not internal — moves with connects and disconnects (what the driver is told)."""
+    subnets = {"aa": "10.31.1", "a0": "10.31.2", "zz": "10.31.3"}
+    for name, prefix in subnets.items():
+        await create_net(api, name, Internal=name == "a0",
+                         IPAM={"Config": [{"Subnet": f"{prefix}.0/24"}]})  # fmt: skip
+    cid = await sleeper(api)
+    await api.client.container_start("web")
+    routes = api.engine.network.routes
+    bridge_gateway = (await api.client.container_inspect("web"))["NetworkSettings"]["Gateway"]
+    assert routes[cid] == bridge_gateway != ""
+    steps = [
+        ("connect", "zz", bridge_gateway),  # "bridge" < "zz"
+        ("connect", "a0", bridge_gateway),  # internal: no gateway
+        ("connect", "aa", "10.31.1.1"),  # "aa" < "bridge"
+        ("disconnect", "bridge", "10.31.1.1"),
+        ("disconnect", "aa", "10.31.3.1"),
+        ("disconnect", "zz", None),  # only the internal one left
+    ]
+    for action, network, expected in steps:
+        reply = await post(api, f"/networks/{network}/{action}", {"Container": "web"})
+        assert (reply.status, reply.body) == (200, b""), (action, network)
+        assert routes[cid] == expected, (action, network)
+    live = (await api.client.container_inspect("web"))["NetworkSettings"]["Networks"]
+    assert list(live) == ["a0"] and live["a0"]["Gateway"] == ""
+
+
 async def test_connect_and_disconnect_a_running_container(api: Api) -> None:
     network_id = await create_net(api, "n1", IPAM={"Config": [{"Subnet": "10.31.0.0/24"}]})
     cid = await sleeper(api)
@@ -905,8 +933,8 @@ async def test_a_gateway_priority_is_refused_not_ignored(api: Api) -> None:
         await post(api, "/networks/n1/connect",
                    {"Container": "web", "EndpointConfig": {"GwPriority": 5}}),
         400,
-        "an endpoint's GwPriority is not supported by asyncstart: the default route is the "
-        "first network's",
+        "an endpoint's GwPriority is not supported by asyncstart: the default route is "
+        "through the first network by name that is not internal",
     )  # fmt: skip
 
 

@@ -218,6 +218,55 @@ async def test_containers_find_each_other_by_name_on_their_networks_only(
         assert (await cli.out("network", "ls", "-q", "--filter", "type=custom")) == ""
 
 
+async def test_the_default_route_goes_through_the_first_network_by_name(
+    tmp_path: Path, busybox_tar: Path
+) -> None:
+    """libnetwork's choice of the gateway among a container's networks: the first by name that
+    is not internal. A connect or a disconnect that changes the choice moves the route; an
+    internal network's endpoint has no gateway."""
+    subnets = {"astest-zz": "10.213.94", "astest-aa": "10.213.95", "astest-a0": "10.213.96"}
+    async with served(tmp_path, busybox_tar, bridge=BRIDGE, subnet=SUBNET) as cli:
+        bridges = [
+            await _network(cli, name, "--subnet", f"{prefix}.0/24",
+                           *(["--internal"] if name == "astest-a0" else []))
+            for name, prefix in subnets.items()
+        ]  # fmt: skip
+
+        async def via(container: str) -> str:
+            """The gateway of its default route, as the container sees it ("" for none)."""
+            routes = await cli.out("exec", container, "ip", "route")
+            default = [line.split() for line in routes.splitlines() if line.startswith("default")]
+            assert len(default) <= 1, routes
+            return default[0][2] if default else ""
+
+        await cli.out("run", "-d", "--name", "rr", "--network", "astest-zz", "busybox",
+                      "sleep", "600")  # fmt: skip
+        assert await via("rr") == "10.213.94.1"
+        await cli.out("network", "connect", "astest-a0", "rr")  # internal: no gateway
+        assert await via("rr") == "10.213.94.1"
+        await cli.out("network", "connect", "astest-aa", "rr")  # before astest-zz by name
+        assert await via("rr") == "10.213.95.1"
+        networks = json.loads(await cli.out("inspect", "rr"))[0]["NetworkSettings"]["Networks"]
+        gateways = {name: endpoint["Gateway"] for name, endpoint in networks.items()}
+        assert gateways == {"astest-zz": "10.213.94.1", "astest-aa": "10.213.95.1",
+                            "astest-a0": ""}  # fmt: skip
+        await cli.out("network", "disconnect", "astest-aa", "rr")
+        assert await via("rr") == "10.213.94.1"
+        await cli.out("network", "disconnect", "astest-zz", "rr")  # only an internal one left
+        assert await via("rr") == ""
+        await cli.out("rm", "-f", "rr")
+        # Two networks at the start: the same choice, whichever is the NetworkMode.
+        await cli.out("create", "--name", "ss", "--network", "astest-zz", "busybox",
+                      "sleep", "600")  # fmt: skip
+        await cli.out("network", "connect", "astest-aa", "ss")
+        await cli.out("start", "ss")
+        assert await via("ss") == "10.213.95.1"
+        await cli.out("rm", "-f", "ss")
+        for name, bridge in zip(subnets, bridges, strict=True):
+            await cli.out("network", "rm", name)
+            _assert_network_gone(bridge)
+
+
 async def test_a_restarted_daemon_keeps_its_networks_rules_and_names(
     tmp_path: Path, busybox_tar: Path
 ) -> None:

@@ -4,11 +4,11 @@ libnetwork's network create/delete and endpoint join/leave)."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Attachment", "Bridge", "NetworkDriver"]
+__all__ = ["Attachment", "Bridge", "NetworkDriver", "default_route"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,20 @@ class Bridge:
     @property
     def prefixlen(self) -> int:
         return ipaddress.IPv4Network(self.subnet).prefixlen
+
+    @property
+    def endpoint_gateway(self) -> str:
+        """An endpoint's ``Gateway``: the bridge's, none on an internal network (dockerd's
+        bridge driver gives it none there)."""
+        return "" if self.internal else self.gateway
+
+
+def default_route(networks: Iterable[tuple[str, str]]) -> str | None:
+    """The gateway of a container's default route among its networks (name, endpoint
+    ``Gateway``, "" on an internal one): that of the first by name that has one, as
+    libnetwork orders a sandbox's endpoints (internal ones last, then by network name); None
+    if none has one."""
+    return min(((name, gateway) for name, gateway in networks if gateway), default=("", None))[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +58,8 @@ class NetworkDriver(Protocol):
         self, container_id: str, network_mode: str, attachments: Sequence[Attachment]
     ) -> dict[str, Any]:
         """Give the container its network: a namespace (none for ``host``) with one interface
-        per attachment (``eth0`` the first, whose gateway is the default route). Return
+        per attachment (``eth0`` the first), the default route through :func:`default_route`'s
+        choice. Return
         dockerd's ``NetworkSettings`` with an endpoint per attachment in ``Networks``.
 
         ``NetworkSettings["SandboxKey"]`` is the namespace path the OCI spec joins ("" for host).
@@ -52,16 +67,24 @@ class NetworkDriver(Protocol):
         ...
 
     async def connect(
-        self, container_id: str, sandbox: str, attachment: Attachment
+        self, container_id: str, sandbox: str, attachment: Attachment, *, route: str | None
     ) -> dict[str, Any]:
-        """Join a running container's namespace to one more network; return the endpoint."""
+        """Join a running container's namespace to one more network; return the endpoint.
+        ``route``: the gateway of its default route from now on (:func:`default_route`)."""
         ...
 
     async def disconnect(
-        self, container_id: str, sandbox: str, attachment: Attachment, address: str
+        self,
+        container_id: str,
+        sandbox: str,
+        attachment: Attachment,
+        address: str,
+        *,
+        route: str | None,
     ) -> None:
         """Take the container's address on one network back, and its interface there if it
-        runs (``sandbox`` and ``address``: its namespace and the endpoint's address)."""
+        runs (``sandbox`` and ``address``: its namespace and the endpoint's address); its
+        default route goes through ``route`` from now on, if given."""
         ...
 
     async def teardown(self, container_id: str) -> None:

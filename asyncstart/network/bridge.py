@@ -3,7 +3,9 @@ and one per user-defined network), a namespace per container with a veth per net
 whose container end (``eth0``, ``eth1``...) is born inside it, and addresses from persisted
 leases.
 
-Modes: a list of bridge networks (the first one's gateway is the default route), ``none`` (a
+Modes: a list of bridge networks (the default route through the first by name that is not
+internal, as libnetwork orders endpoints: ``base.default_route``; moved when a connect or a
+disconnect changes that choice), ``none`` (a
 namespace with loopback only) and ``host`` (no namespace). Teardown only deletes the namespace:
 the kernel drops the veths with it (deleting veths one by one holds the kernel's netlink lock
 ~30 ms each). Connecting a running container adds a veth to its namespace; disconnecting
@@ -27,7 +29,7 @@ import anyio
 from .. import errors
 from .._log import get_logger
 from ..ids import random_hex
-from .base import Attachment, Bridge
+from .base import Attachment, Bridge, default_route
 from .firewall import Firewall, nft_installed
 from .ipam import Leases
 from .netlink import (
@@ -203,7 +205,7 @@ class BridgeNetwork:
             for number, attachment in enumerate(attachments):
                 address = self.leases.allocate(attachment.bridge, container_id, attachment.ipv4)
                 plan.append(_Veth(attachment.bridge, address, f"eth{number}", _host_if()))
-            gateway = next((v.bridge.gateway for v in plan if not v.bridge.internal), None)
+            gateway = default_route((a.network, a.bridge.endpoint_gateway) for a in attachments)
             creating = True  # (a cancellation may come once the namespace is made)
             await create_netns(path, partial(_configure, plan, masters, gateway, True))
         except BaseException as exc:
@@ -225,7 +227,7 @@ class BridgeNetwork:
         return settings
 
     async def connect(
-        self, container_id: str, sandbox: str, attachment: Attachment
+        self, container_id: str, sandbox: str, attachment: Attachment, *, route: str | None
     ) -> dict[str, Any]:
         try:
             await self._ensure(attachment.bridge)
@@ -237,14 +239,21 @@ class BridgeNetwork:
             names = await self._inside(sandbox, _link_names)
             number = next(n for n in range(len(names) + 1) if f"eth{n}" not in names)
             veth = _Veth(attachment.bridge, address, f"eth{number}", _host_if())
-            await configure_netns(Path(sandbox), partial(_configure, [veth], [master], None, False))
+            configure = partial(_configure, [veth], [master], route, False)
+            await configure_netns(Path(sandbox), configure)
             return _endpoint(veth)
         except BaseException as exc:
             self.leases.release(container_id, attachment.bridge.name)
             _raise(exc, "failed to connect the container to the network")
 
     async def disconnect(
-        self, container_id: str, sandbox: str, attachment: Attachment, address: str
+        self,
+        container_id: str,
+        sandbox: str,
+        attachment: Attachment,
+        address: str,
+        *,
+        route: str | None,
     ) -> None:
         async def unplug(inner: Any) -> None:
             async for entry in await inner.addr("dump", family=socket.AF_INET):
@@ -259,6 +268,8 @@ class BridgeNetwork:
         # DNAT may still name it, and must never reach another container.
         try:
             await self._inside(sandbox, unplug)
+            if route is not None:  # (the one there was may have gone with the interface)
+                await configure_netns(Path(sandbox), partial(_configure, [], [], route, False))
         except BaseException as exc:
             _raise(exc, "failed to disconnect the container from the network")
 
@@ -368,7 +379,7 @@ _TOP_LEVEL = ("IPAddress", "IPPrefixLen", "Gateway", "MacAddress", "EndpointID")
 def _endpoint(veth: _Veth) -> dict[str, Any]:
     return {
         "EndpointID": random_hex(32),
-        "Gateway": veth.bridge.gateway,
+        "Gateway": veth.bridge.endpoint_gateway,
         "IPAddress": veth.address,
         "IPPrefixLen": veth.bridge.prefixlen,
         "MacAddress": _mac(veth.address),
@@ -413,7 +424,7 @@ def _configure(
         index = rtnl.link_index(reply)
         messages += [rtnl.add_address(index, veth.address, veth.bridge.prefixlen), rtnl.up(index)]
     if gateway is not None:
-        messages.append(rtnl.add_default_route(gateway))
+        messages.append(rtnl.default_route(gateway))
     batch.send(messages, "configure the container's interfaces")
 
 

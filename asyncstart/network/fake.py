@@ -9,7 +9,7 @@ from typing import Any
 from .. import errors
 from ..faults import FaultPlan
 from ..ids import random_hex
-from .base import Attachment, Bridge
+from .base import Attachment, Bridge, default_route
 from .ipam import Leases
 
 __all__ = ["FakeNetwork"]
@@ -32,11 +32,13 @@ class FakeNetwork:
         self.bridges: set[str] = set()
         #: What ``routed_subnets`` answers (a test may claim a host route).
         self.routed: list[ipaddress.IPv4Network] = []
+        #: container ID -> the gateway of its default route (None: it has none).
+        self.routes: dict[str, str | None] = {}
 
     def _endpoint(self, attachment: Attachment, address: str) -> dict[str, Any]:
         return {
             "EndpointID": random_hex(32),
-            "Gateway": attachment.bridge.gateway,
+            "Gateway": attachment.bridge.endpoint_gateway,
             "IPAddress": address,
             "IPPrefixLen": attachment.bridge.prefixlen,
             "MacAddress": "",
@@ -68,19 +70,30 @@ class FakeNetwork:
             self._release(container_id)
             raise
         self.sandboxes[container_id] = sandbox
+        routes = ((a.network, a.bridge.endpoint_gateway) for a in attachments)
+        self.routes[container_id] = default_route(routes)
         return settings
 
     async def connect(
-        self, container_id: str, sandbox: str, attachment: Attachment
+        self, container_id: str, sandbox: str, attachment: Attachment, *, route: str | None
     ) -> dict[str, Any]:
         self.faults.check("connect", container_id)
         address = self._leases.allocate(attachment.bridge, container_id, attachment.ipv4)
+        self.routes[container_id] = route
         return self._endpoint(attachment, address)
 
     async def disconnect(
-        self, container_id: str, sandbox: str, attachment: Attachment, address: str
+        self,
+        container_id: str,
+        sandbox: str,
+        attachment: Attachment,
+        address: str,
+        *,
+        route: str | None,
     ) -> None:
         self._leases.release(container_id, attachment.bridge.name)
+        if sandbox and address:
+            self.routes[container_id] = route
 
     def _release(self, container_id: str) -> None:
         self._leases.release(container_id)
@@ -88,6 +101,7 @@ class FakeNetwork:
     async def teardown(self, container_id: str) -> None:
         self.faults.check("teardown", container_id)
         self.sandboxes.pop(container_id, None)
+        self.routes.pop(container_id, None)
         self._release(container_id)
 
     async def cleanup(self, keep: set[str]) -> None:

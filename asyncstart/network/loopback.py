@@ -23,12 +23,18 @@ class LoopbackNetwork:
         return {"SandboxKey": "", "Networks": {"none": {}}}
 
     async def connect(
-        self, container_id: str, sandbox: str, attachment: Attachment
+        self, container_id: str, sandbox: str, attachment: Attachment, *, route: str | None
     ) -> dict[str, Any]:
         raise _unsupported()
 
     async def disconnect(
-        self, container_id: str, sandbox: str, attachment: Attachment, address: str
+        self,
+        container_id: str,
+        sandbox: str,
+        attachment: Attachment,
+        address: str,
+        *,
+        route: str | None,
     ) -> None:
         return None
 

@@ -17,13 +17,20 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+)
 from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-__all__ = ["LOOPBACK", "Batch", "add_address", "add_default_route", "add_veth", "get_link", "up"]
+__all__ = ["LOOPBACK", "Batch", "add_address", "add_veth", "default_route", "get_link", "up"]
 
 #: Loopback's index in every network namespace (the kernel's LOOPBACK_IFINDEX).
 LOOPBACK = 1
@@ -79,14 +86,15 @@ def add_address(index: int, address: str, prefixlen: int) -> Any:
     return _request(message, RTM_NEWADDR, _CREATE)
 
 
-def add_default_route(gateway: str) -> Any:
+def default_route(gateway: str) -> Any:
+    """The default route through ``gateway``, made or put in place of the one there is."""
     message = rtmsg()
     message["family"] = socket.AF_INET
     message["table"] = _MAIN_TABLE
     message["proto"] = _STATIC
     message["type"] = _UNICAST
     message["attrs"] = [("RTA_GATEWAY", gateway)]
-    return _request(message, RTM_NEWROUTE, _CREATE)
+    return _request(message, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
 
 
 def _request(message: Any, kind: int, flags: int = 0) -> Any:
