@@ -26,9 +26,10 @@ import anyio.abc
 
 from . import errors
 from ._log import get_logger
-from .attach import AttachSession, ContainerIO, detach_keys_for
+from .attach import AttachSession, ContainerIO
 from .config import HostConfig
 from .container import ActorServices, ContainerState
+from .detach import detach_keys_for
 from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
 from .logs import ContainerLogs, LogQuery, read_log_chunks

@@ -18,16 +18,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import errors
 from ._log import get_logger
+from .detach import DetachMatcher
 from .stdin import StdinCloser
 
 __all__ = [
     "AttachSession",
     "ContainerIO",
-    "DetachMatcher",
     "StdinSink",
     "StdioHub",
-    "detach_keys_for",
-    "detach_sequence",
 ]
 
 log = get_logger("asyncstart.attach")
@@ -180,69 +178,6 @@ class ContainerIO:
         """The process is gone: the next run gets a fresh stdin; attached streams end."""
         self._closer = StdinCloser()
         self.hub.run_ended()
-
-
-class DetachMatcher:
-    """Finds the detach sequence in an attached client's input: what comes before it goes on;
-    a partial match is held until it is known (then let through if it was not the sequence)."""
-
-    def __init__(self, keys: bytes) -> None:
-        self.keys = keys
-        self._held = b""
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """The input to pass on, and whether the client detached (the rest is dropped)."""
-        out = bytearray()
-        for value in data:
-            byte = bytes([value])
-            if self.keys.startswith(self._held + byte):
-                self._held += byte
-                if self._held == self.keys:
-                    self._held = b""
-                    return bytes(out), True
-                continue
-            out += self._held
-            self._held = b""
-            if self.keys.startswith(byte):
-                self._held = byte
-            else:
-                out += byte
-        return bytes(out), False
-
-
-#: dockerd's ``defaultEscapeSequence``: ctrl-p, ctrl-q.
-DEFAULT_DETACH_SEQUENCE = b"\x10\x11"
-
-
-def detach_keys_for(keys: bytes | str, tty: bool) -> bytes:
-    """The sequence that detaches an attached client, as dockerd's ``copyEscapable``: only
-    with a terminal (without one, input goes through untouched), the client's keys, else
-    ctrl-p ctrl-q. ``keys`` as given (checked by the caller) or already parsed."""
-    if not tty:
-        return b""
-    if isinstance(keys, str):
-        keys = detach_sequence(keys) if keys else b""
-    return keys or DEFAULT_DETACH_SEQUENCE
-
-
-def detach_sequence(keys: str) -> bytes:
-    """dockerd's ``term.ToBytes``: ``ctrl-<letter>``... or single characters, comma-separated."""
-    out = bytearray()
-    for key in keys.split(","):
-        key = key.strip()
-        if len(key) == 1:
-            out.append(ord(key))
-        elif key.startswith("ctrl-") and len(key) == 6:
-            char = key[5].lower()
-            if "a" <= char <= "z":
-                out.append(ord(char) - ord("a") + 1)
-            elif char in "@[\\]^_":
-                out.append(ord(char.upper()) - ord("@"))
-            else:
-                raise errors.InvalidParameter(f"Unknown character: '{key}'")
-        else:
-            raise errors.InvalidParameter(f"Unknown character: '{key}'")
-    return bytes(out)
 
 
 class AttachSession:

@@ -32,6 +32,7 @@ import httpx
 from . import errors
 from ._version import API_VERSION
 from .client_http import Answer, ConnectionPool, Params, query_pairs
+from .detach import DetachMatcher, detach_keys_for, detach_sequence
 
 if TYPE_CHECKING:
     from httpcore import AsyncNetworkStream
@@ -111,22 +112,56 @@ class _Frames:
 
 
 class ClientAttachSession:
-    """An attach over the socket: ``send``, ``send_eof`` and ``async for stream, data``."""
+    """An attach over the socket, as the daemon's ``AttachSession``: ``send``, ``send_eof``,
+    ``end_of_input`` and ``async for stream, data``; ``tty``: the output is one raw stream (a
+    terminal's), not stdout and stderr apart."""
 
-    def __init__(self, stream: AsyncNetworkStream, raw: bool) -> None:
+    def __init__(
+        self,
+        stream: AsyncNetworkStream,
+        raw: bool,
+        *,
+        stdin: bool = True,
+        stdin_once: bool = False,
+        detach_keys: bytes = b"",
+    ) -> None:
         self._stream = stream
-        self._raw = raw
+        self.tty = raw
+        self._stdin = stdin
+        self._once = stdin_once
+        self._keys = DetachMatcher(detach_keys) if detach_keys else None
+        #: The detach keys were sent: the attachment ends, the process runs on.
+        self.detached = False
 
-    async def send(self, data: bytes) -> None:
-        await self._stream.write(data)
+    async def send(self, data: bytes) -> bool:
+        """Input for the process; True once the detach keys have been sent (the daemon ends
+        the attachment there; nothing after them is sent)."""
+        if not self._stdin:
+            raise errors.InvalidParameter("attached without stdin")
+        if self.detached:
+            return True
+        if self._keys is not None:
+            data, self.detached = self._keys.feed(data)
+            if self.detached:
+                data += self._keys.keys  # (for the daemon, which detaches on them)
+        if data:
+            await self._stream.write(data)
+        return self.detached
 
     async def send_eof(self) -> None:
         """Half-close: the end of the input. With ``StdinOnce`` (and no TTY) the container's
         stdin closes and its output goes on; otherwise the attach ends, as with dockerd."""
         self._stream.get_extra_info("socket").shutdown(socket.SHUT_WR)
 
+    async def end_of_input(self) -> bool:
+        """The input ended (a half-close), and the daemon applies dockerd's rule: with
+        ``StdinOnce`` and no TTY the container's stdin closes and the output goes on (True);
+        otherwise the attach ends (False)."""
+        await self.send_eof()
+        return self._once and not self.tty
+
     async def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
-        frames = _Frames(self._raw)
+        frames = _Frames(self.tty)
         while data := await self._stream.read(_CHUNK):
             for item in frames.feed(data):
                 yield item
@@ -433,24 +468,47 @@ class Client:
         logs: bool = False,
         detach_keys: str = "",
     ) -> AsyncIterator[ClientAttachSession]:
-        """The connection is upgraded (``101 UPGRADED``) and then carries raw frames."""
+        """The connection is upgraded (``101 UPGRADED``) and then carries raw frames. With
+        ``stdin``, the container is inspected first (as the docker CLI does): its ``StdinOnce``
+        says what the end of the input does, its ``Tty`` whether detach keys count."""
+        try:
+            keys = detach_sequence(detach_keys) if detach_keys else b""
+        except errors.InvalidParameter:
+            raise errors.InvalidParameter(f"Invalid detach keys ({detach_keys}) provided") from None
+        config: dict[str, Any] = {}
+        if stdin:
+            config = (await self.container_inspect(reference)).get("Config") or {}
         params = _params(stdin=stdin, stdout=stdout, stderr=stderr, stream=True, logs=logs,
                          detachKeys=detach_keys or None)  # fmt: skip
-        async with self._upgraded(f"/containers/{reference}/attach", "attach", params=params) as s:
-            yield s
+        once = bool(config.get("StdinOnce"))
+
+        def session(stream: AsyncNetworkStream, raw: bool) -> ClientAttachSession:
+            wanted = detach_keys_for(keys, raw) if stdin else b""
+            return ClientAttachSession(
+                stream, raw, stdin=stdin, stdin_once=once, detach_keys=wanted
+            )
+
+        path = f"/containers/{reference}/attach"
+        async with self._upgraded(path, "attach", session, params=params) as attached:
+            yield attached
 
     @asynccontextmanager
     async def _upgraded(
-        self, path: str, what: str, **request: Any
+        self,
+        path: str,
+        what: str,
+        session: Callable[[AsyncNetworkStream, bool], ClientAttachSession] = ClientAttachSession,
+        **request: Any,
     ) -> AsyncIterator[ClientAttachSession]:
-        """A POST upgraded to a raw stream (``101 UPGRADED``), as a session of frames."""
+        """A POST upgraded to a raw stream (``101 UPGRADED``), as a session of frames
+        (``session(stream, raw)``)."""
         headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
         async with self._http.stream("POST", path, headers=headers, **request) as response:
             if response.status_code != 101:
                 _raise_for(response.status_code, await response.aread(), what)
             stream = response.extensions["network_stream"]
             try:
-                yield ClientAttachSession(stream, _is_raw(response))
+                yield session(stream, _is_raw(response))
             finally:
                 await stream.aclose()
 

@@ -36,10 +36,11 @@ from . import errors, rmi
 from ._log import get_logger
 from ._version import API_VERSION, MIN_API_VERSION, __version__
 from .actor import ActorServices, ContainerActor, Pending
-from .attach import AttachSession, detach_keys_for, detach_sequence
+from .attach import AttachSession
 from .clock import Clock, SystemClock
 from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
+from .detach import detach_keys_for, detach_sequence
 from .events import EventBus, container_event
 from .exec_io import ExecIO
 from .execs import (

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .attach import DetachMatcher
+from .detach import DetachMatcher
 from .fdio import chunks
 
 __all__ = ["ExecIO"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors
-from .attach import detach_sequence
 from .config import CAPABILITIES
+from .detach import detach_sequence
 from .ids import random_hex
 from .spec import user_ids
 

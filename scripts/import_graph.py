@@ -60,6 +60,7 @@ SUPPORT: Final = (
     "asyncstart.store",
     "asyncstart.events",
     "asyncstart.attach",
+    "asyncstart.detach",
     "asyncstart.execs",  # docker exec: config, OCI process, inspect (pure)
     "asyncstart.exec_io",  # a started exec's stdio
     "asyncstart.fdio",  # reading a non-blocking descriptor as it becomes readable
@@ -134,7 +135,12 @@ RULES: Final[tuple[Rule, ...]] = (
         "client-standalone",
         importers=("asyncstart.client", "asyncstart.client_http"),
         why="the client speaks HTTP to the daemon; it never imports it",
-        only=("asyncstart.errors", "asyncstart._version", "asyncstart.client_http"),
+        only=(
+            "asyncstart.errors",
+            "asyncstart._version",
+            "asyncstart.client_http",
+            "asyncstart.detach",
+        ),
     ),
     Rule(
         "api-via-daemon",

@@ -357,3 +357,35 @@ async def test_logs_with_details_on_both(both: Both) -> None:
     ours = [item async for item in both.daemon.container_logs("web", details=True)]
     theirs = [item async for item in both.client.container_logs("web", details=True)]
     assert ours == theirs and ours[-1][1].endswith(b"line\n")
+
+
+@pytest.mark.anyio
+async def test_an_attach_session_is_the_same_on_both(both: Both) -> None:
+    """``tty``, ``send`` (True once the detach keys went), ``detached`` and ``end_of_input``
+    (dockerd's rule: with StdinOnce and no TTY the stdin closes and the output goes on)."""
+    once = {"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True, "StdinOnce": True}
+    terminal = {**once, "Tty": True, "StdinOnce": False}
+    for side, engine in (("daemon", both.daemon), ("client", both.client)):
+        await both.daemon.container_create(f"once-{side}", once)
+        await both.daemon.container_create(f"tty-{side}", terminal)
+        await both.daemon.container_start(f"once-{side}")
+        await both.daemon.container_start(f"tty-{side}")
+        with anyio.fail_after(10):
+            async with engine.container_attach(f"once-{side}", stdin=True) as session:
+                assert (session.tty, session.detached) == (False, False), side
+                assert await session.send(b"hello\n") is False
+                output = session.__aiter__()
+                assert await output.__anext__() == ("stdout", b"hello\n"), side
+                assert await session.end_of_input() is True, side
+                assert [item async for item in output] == [], side  # (cat ended)
+            assert (await both.daemon.container_wait(f"once-{side}"))["StatusCode"] == 0
+            async with engine.container_attach(f"tty-{side}", stdin=True) as session:
+                assert session.tty is True, side
+                assert await session.send(b"a\x10") is False  # (half a sequence: held)
+                assert await session.send(b"\x11 never sent") is True, side
+                assert session.detached and await session.send(b"more") is True, side
+            async with engine.container_attach(f"tty-{side}") as session:
+                with pytest.raises(errors.InvalidParameter, match="attached without stdin"):
+                    await session.send(b"x")
+        info = await both.daemon.container_inspect(f"tty-{side}")
+        assert info["State"]["Running"] is True, side  # detached: it runs on

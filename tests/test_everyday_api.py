@@ -249,7 +249,7 @@ async def test_update_refuses_as_dockerd_and_changes_nothing(api: Api) -> None:
 
 
 def test_the_detach_sequence_is_found_across_chunks() -> None:
-    from asyncstart.attach import DetachMatcher, detach_sequence
+    from asyncstart.detach import DetachMatcher, detach_sequence
 
     keys = DetachMatcher(detach_sequence("ctrl-p,ctrl-q"))
     assert keys.feed(b"ab\x10") == (b"ab", False)  # held: it may begin the sequence
