@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import errors
 from ._log import get_logger
-from .detach import DetachMatcher
+from .detach import DetachableInput
 from .stdin import StdinCloser
 
 __all__ = [
@@ -201,22 +201,21 @@ class AttachSession:
         self._stdin = stdin
         self._once = once
         self.tty = tty
-        self._keys = DetachMatcher(detach_keys) if detach_keys else None
-        #: The client sent its detach keys: its attachment ends, the process runs on.
-        self.detached = False
+        self._input = DetachableInput(detach_keys)
+
+    @property
+    def detached(self) -> bool:
+        """The client sent its detach keys: its attachment ends, the process runs on."""
+        return self._input.detached
 
     async def send(self, data: bytes) -> bool:
         """Input for the process; True once the client's detach keys came (what follows them
         is dropped, what came before goes on)."""
         if not self._stdin:
             raise errors.InvalidParameter("attached without stdin")
-        if self.detached:
-            return True
-        if self._keys is not None:
-            data, self.detached = self._keys.feed(data)
-        if data:
+        if data := self._input.take(data):
             await self._io.write_stdin(data)
-        return self.detached
+        return self._input.detached
 
     async def send_eof(self) -> None:
         """Close the container's stdin — now, or once its process is ready."""

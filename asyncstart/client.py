@@ -32,7 +32,7 @@ import httpx
 from . import errors
 from ._version import API_VERSION
 from .client_http import Answer, ConnectionPool, Params, query_pairs
-from .detach import DetachMatcher, detach_keys_for, detach_sequence
+from .detach import DetachableInput, detach_keys_for, detach_sequence
 
 if TYPE_CHECKING:
     from httpcore import AsyncNetworkStream
@@ -129,24 +129,26 @@ class ClientAttachSession:
         self.tty = raw
         self._stdin = stdin
         self._once = stdin_once
-        self._keys = DetachMatcher(detach_keys) if detach_keys else None
-        #: The detach keys were sent: the attachment ends, the process runs on.
-        self.detached = False
+        self._input = DetachableInput(detach_keys)
+
+    @property
+    def detached(self) -> bool:
+        """The detach keys were sent: the attachment ends, the process runs on."""
+        return self._input.detached
 
     async def send(self, data: bytes) -> bool:
         """Input for the process; True once the detach keys have been sent (the daemon ends
         the attachment there; nothing after them is sent)."""
         if not self._stdin:
             raise errors.InvalidParameter("attached without stdin")
-        if self.detached:
+        if self._input.detached:
             return True
-        if self._keys is not None:
-            data, self.detached = self._keys.feed(data)
-            if self.detached:
-                data += self._keys.keys  # (for the daemon, which detaches on them)
+        data = self._input.take(data)
+        if self._input.detached:
+            data += self._input.keys  # (for the daemon, which detaches on them)
         if data:
             await self._stream.write(data)
-        return self.detached
+        return self._input.detached
 
     async def send_eof(self) -> None:
         """Half-close: the end of the input. With ``StdinOnce`` (and no TTY) the container's

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from . import errors
 
-__all__ = ["DEFAULT_DETACH_SEQUENCE", "DetachMatcher", "detach_keys_for", "detach_sequence"]
+__all__ = [
+    "DEFAULT_DETACH_SEQUENCE",
+    "DetachMatcher",
+    "DetachableInput",
+    "detach_keys_for",
+    "detach_sequence",
+]
 
 
 class DetachMatcher:
@@ -35,6 +41,29 @@ class DetachMatcher:
             else:
                 out += byte
         return bytes(out), False
+
+
+class DetachableInput:
+    """An attached client's input as dockerd's ``copyEscapable`` passes it on: what comes
+    before the detach keys goes on (a partial sequence held until it is known), nothing once
+    they came. ``keys``: b"" for none."""
+
+    def __init__(self, keys: bytes) -> None:
+        self._matcher = DetachMatcher(keys) if keys else None
+        #: The detach keys came: the attachment ends, the process runs on.
+        self.detached = False
+
+    @property
+    def keys(self) -> bytes:
+        return self._matcher.keys if self._matcher is not None else b""
+
+    def take(self, data: bytes) -> bytes:
+        """What of ``data`` goes on to the process."""
+        if self.detached:
+            return b""
+        if self._matcher is not None:
+            data, self.detached = self._matcher.feed(data)
+        return data
 
 
 #: dockerd's ``defaultEscapeSequence``: ctrl-p, ctrl-q.

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .detach import DetachMatcher
+from .detach import DetachableInput
 from .fdio import chunks
 
 __all__ = ["ExecIO"]
@@ -44,9 +44,8 @@ class ExecIO:
         self.tty = tty
         #: The outputs the client attached (a terminal's is stdout); the others are dropped.
         self._streams = streams if not tty or not streams else frozenset({"stdout"})
-        #: The client's sequence that ends its attachment (the process runs on); b"": none.
-        self._keys = DetachMatcher(detach_keys) if detach_keys else None
-        self.detached = False
+        #: The client's input; its detach keys end its attachment (the process runs on).
+        self._input = DetachableInput(detach_keys)
         #: Called when the client detaches (the daemon's event).
         self.on_detach: Callable[[], None] | None = None
         self._fds: list[int] = []  # the daemon's ends, closed by close()
@@ -160,17 +159,20 @@ class ExecIO:
             async for item in self._receive:
                 yield item
 
+    @property
+    def detached(self) -> bool:
+        return self._input.detached
+
     async def send(self, data: bytes) -> bool:
         """Input for the process (nothing if its stdin is not attached, or closed); True once
         the client's detach keys came (the rest is dropped; ``on_detach`` is called once)."""
-        if self.detached:
+        if self._input.detached:
             return True
-        if self._keys is not None:
-            data, self.detached = self._keys.feed(data)
-            if self.detached and self.on_detach is not None:
-                self.on_detach()
+        data = self._input.take(data)
+        if self._input.detached and self.on_detach is not None:
+            self.on_detach()
         await self._write(data)
-        return self.detached
+        return self._input.detached
 
     async def _write(self, data: bytes) -> None:
         if self.tty:
