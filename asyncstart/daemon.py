@@ -125,7 +125,7 @@ log = get_logger("asyncstart.daemon")
 
 #: Every actor's task has this name (given: not derived anew from its function per actor).
 _ACTOR_TASK = "asyncstart.actor"
-#: How many containers a daemon that opens starts at once (their restart policies say so).
+#: How many containers a daemon that opens starts (or removes) at once.
 _BOOT_STARTS = 16
 
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
@@ -263,26 +263,38 @@ class Daemon:
             self.exec_root,
             self._resolver,
         )
-        await self._start_with_the_daemon()
+        await self._start_or_remove_with_the_daemon()
 
-    async def _start_with_the_daemon(self) -> None:
-        """dockerd's restore: the stopped containers whose restart policy says so are started,
-        as by ``docker start`` (a fresh restart manager), a few at a time; one that fails to
-        start is logged, as dockerd logs it, and stays stopped."""
-        due = [s.id for s in self._snapshots() if s.starts_with_the_daemon]
+    async def _start_or_remove_with_the_daemon(self) -> None:
+        """dockerd's restore, for the containers whose process does not run: those whose
+        restart policy says so are started, as by ``docker start`` (a fresh restart manager);
+        of the others, those created with ``AutoRemove`` (``--rm``) are removed, never-started
+        ones too (with their anonymous volumes, as at an exit). A few at a time; a failure is
+        logged, as dockerd logs it, and the container stays as it was."""
+        work = []
+        for snapshot in self._snapshots():
+            if snapshot.process_exists:
+                continue
+            if snapshot.starts_with_the_daemon:
+                work.append(("start", snapshot.id))
+            elif snapshot.record.host_config.auto_remove:
+                work.append(("remove", snapshot.id))
         limiter = anyio.CapacityLimiter(_BOOT_STARTS)
 
-        async def start(container_id: str) -> None:
+        async def carry_out(action: str, container_id: str) -> None:
             async with limiter:
                 try:
-                    await self.container_start(container_id)
+                    if action == "start":
+                        await self.container_start(container_id)
+                    else:
+                        await self.container_remove(container_id, force=True)
                 except errors.DockerError as exc:
-                    log.error("container.boot_start_failed", container_id=container_id,
+                    log.error(f"container.boot_{action}_failed", container_id=container_id,
                               error=exc.message)  # fmt: skip
 
         async with anyio.create_task_group() as tg:
-            for container_id in due:
-                tg.start_soon(start, container_id)
+            for action, container_id in work:
+                tg.start_soon(carry_out, action, container_id)
 
     def _actor(self, reference: str) -> ContainerActor:
         container_id = self._index.resolve(reference)

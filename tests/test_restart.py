@@ -202,3 +202,21 @@ async def test_a_container_that_fails_to_start_with_the_daemon_stays_stopped(
     async with open_engine(runtime=runtime, mounter=mounter, network=network) as engine:
         state = (await engine.daemon.container_inspect("web"))["State"]
         assert state["Status"] == "exited" and "no such file" in state["Error"]
+
+
+async def test_a_daemon_that_opens_removes_its_stopped_auto_remove_containers(
+    open_engine: OpenEngine,
+) -> None:
+    """dockerd's restore: a ``--rm`` container whose process does not run is removed, one
+    never started too; one that runs stays."""
+    runtime, mounter, network = FakeRuntime(), FakeMounter(), FakeNetwork()
+    async with open_engine(runtime=runtime, mounter=mounter, network=network) as engine:
+        created = await create(engine.daemon, "created", AutoRemove=True)
+        running = await create(engine.daemon, "running", AutoRemove=True)
+        await engine.daemon.container_start("running")
+        kept = await create(engine.daemon, "kept")
+    async with open_engine(runtime=runtime, mounter=mounter, network=network) as engine:
+        listed = {c["Id"] for c in await engine.daemon.containers_list(all=True)}
+        assert listed == {running, kept}, "the created --rm container is gone"
+        assert created not in mounter.layers
+        assert (await engine.daemon.container_inspect("running"))["State"]["Running"] is True
