@@ -368,10 +368,17 @@ async def test_an_import_under_a_name_dockerd_refuses_is_a_400(
     assert await engine.daemon.images_list() == []
 
 
-async def test_a_tail_too_long_for_a_number_is_a_400(engine: Engine) -> None:
-    await create(engine.daemon, "web")
-    with pytest.raises(errors.InvalidParameter, match="invalid value for tail"):
-        engine.daemon.container_logs("web", tail="9" * 5000)
+async def test_a_tail_that_is_no_number_means_all_as_with_dockerd(engine: Engine) -> None:
+    """dockerd reads ``tail`` with Go's Atoi and takes what it refuses as all: a number too
+    long to convert is no failure half-way through the read, nor a 400."""
+    cid = await create(engine.daemon, "web")
+    await engine.daemon.container_start("web")
+    for line in (b"one\n", b"two\n"):
+        engine.runtime.output(cid, "stdout", line)
+    for tail in ("9" * 5000, "9" * 20, "ten", "-1", "+٣"):
+        lines = [data async for _, data in engine.daemon.container_logs("web", tail=tail)]
+        assert lines == [b"one\n", b"two\n"], tail
+    assert [d async for _, d in engine.daemon.container_logs("web", tail="+1")] == [b"two\n"]
 
 
 async def test_an_import_beyond_the_limits_is_a_400_and_leaves_nothing(

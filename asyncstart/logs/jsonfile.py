@@ -344,7 +344,8 @@ class Selection:
 class LogQuery:
     """What ``docker logs`` asks for, checked as it is made (dockerd's 400s, before anything
     is read). ``since``/``until`` are seconds since the epoch (0: unbounded); ``tail`` keeps
-    the last N entries (``"all"``, ``""`` or a negative number: all); ``timestamps`` puts each
+    the last N entries, read as dockerd reads it (``reader.tail_lines``: anything that is not a
+    number in Go's int range, or a negative one, means all); ``timestamps`` puts each
     entry's time before it, ``details`` its attributes; ``follow`` goes on while the container
     runs."""
 
@@ -359,10 +360,6 @@ class LogQuery:
     def __post_init__(self) -> None:
         if not self.streams:
             raise errors.InvalidParameter("Bad parameters: you must choose at least one stream")
-        text = str(self.tail)
-        # (A number too long to convert would fail the read half-way, after the headers.)
-        if self.tail not in ("all", "") and (not text.lstrip("-").isdigit() or len(text) > 19):
-            raise errors.InvalidParameter(f"invalid value for tail: {text[:40]}")
 
 
 class ContainerLogs:

@@ -371,11 +371,22 @@ class _Cursor:
         self.file = self.snapshot = None
 
 
-def _wanted(tail: str | int) -> int:
-    text = str(tail)
-    if text in ("all", ""):
-        return -1
-    return max(-1, int(text))
+#: Go's int on the machines dockerd runs on: the range ``strconv.Atoi`` takes.
+_INT64 = range(-(2**63), 2**63)
+
+
+def tail_lines(tail: str | int) -> int:
+    """dockerd's reading of ``tail``: Go's ``strconv.Atoi`` (a sign, ASCII digits, in int64's
+    range), and anything it refuses (``all``, "", a word, a number too long) or a negative
+    number means all the entries (-1)."""
+    if isinstance(tail, int):
+        value = tail
+    else:
+        digits = tail[1:] if tail[:1] in ("+", "-") else tail
+        if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+            return -1
+        value = int(tail)
+    return value if value in _INT64 and value >= 0 else -1
 
 
 async def read_log_chunks(
@@ -400,7 +411,7 @@ async def read_log_chunks(
     )
     cursor = _Cursor(path)
     try:
-        chosen, done = await anyio.to_thread.run_sync(cursor.begin, _wanted(query.tail), select)
+        chosen, done = await anyio.to_thread.run_sync(cursor.begin, tail_lines(query.tail), select)
         while True:
             if chosen:
                 yield chosen
