@@ -32,7 +32,7 @@ import httpx
 from . import errors
 from ._version import API_VERSION
 from .client_http import Answer, ConnectionPool, Params, query_pairs
-from .detach import DetachableInput, detach_keys_for, detach_sequence
+from .detach import DetachableInput, attach_detach_keys, detach_keys_for
 
 if TYPE_CHECKING:
     from httpcore import AsyncNetworkStream
@@ -473,10 +473,7 @@ class Client:
         """The connection is upgraded (``101 UPGRADED``) and then carries raw frames. With
         ``stdin``, the container is inspected first (as the docker CLI does): its ``StdinOnce``
         says what the end of the input does, its ``Tty`` whether detach keys count."""
-        try:
-            keys = detach_sequence(detach_keys) if detach_keys else b""
-        except errors.InvalidParameter:
-            raise errors.InvalidParameter(f"Invalid detach keys ({detach_keys}) provided") from None
+        keys = attach_detach_keys(detach_keys)
         config: dict[str, Any] = {}
         if stdin:
             config = (await self.container_inspect(reference)).get("Config") or {}

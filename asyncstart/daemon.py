@@ -22,7 +22,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .attach import AttachSession
 from .clock import Clock, SystemClock
 from .config import Config, HostConfig, validate_host_config, validate_name
 from .create import new_record
-from .detach import detach_keys_for, detach_sequence
+from .detach import attach_detach_keys, detach_keys_for
 from .events import EventBus, container_event
 from .exec_io import ExecIO
 from .execs import (
@@ -271,30 +271,27 @@ class Daemon:
         of the others, those created with ``AutoRemove`` (``--rm``) are removed, never-started
         ones too (with their anonymous volumes, as at an exit). A few at a time; a failure is
         logged, as dockerd logs it, and the container stays as it was."""
-        work = []
-        for snapshot in self._snapshots():
-            if snapshot.process_exists:
-                continue
-            if snapshot.starts_with_the_daemon:
-                work.append(("start", snapshot.id))
-            elif snapshot.record.host_config.auto_remove:
-                work.append(("remove", snapshot.id))
         limiter = anyio.CapacityLimiter(_BOOT_STARTS)
 
-        async def carry_out(action: str, container_id: str) -> None:
+        async def carry_out(action: str, call: Callable[[], Awaitable[None]], cid: str) -> None:
             async with limiter:
                 try:
-                    if action == "start":
-                        await self.container_start(container_id)
-                    else:
-                        await self.container_remove(container_id, force=True)
+                    await call()
                 except errors.DockerError as exc:
-                    log.error(f"container.boot_{action}_failed", container_id=container_id,
+                    log.error(f"container.boot_{action}_failed", container_id=cid,
                               error=exc.message)  # fmt: skip
 
         async with anyio.create_task_group() as tg:
-            for action, container_id in work:
-                tg.start_soon(carry_out, action, container_id)
+            for snapshot in self._snapshots():
+                cid = snapshot.id
+                if snapshot.process_exists:
+                    continue
+                if snapshot.starts_with_the_daemon:
+                    start = functools.partial(self.container_start, cid)
+                    tg.start_soon(carry_out, "start", start, cid)
+                elif snapshot.record.host_config.auto_remove:
+                    remove = functools.partial(self.container_remove, cid, force=True)
+                    tg.start_soon(carry_out, "remove", remove, cid)
 
     def _actor(self, reference: str) -> ContainerActor:
         container_id = self._index.resolve(reference)
@@ -835,10 +832,7 @@ class Daemon:
         terminal only, ctrl-p ctrl-q when none is given; dockerd's 400 for a bad one); the
         session's ``send`` then says so, and a ``detach`` event follows.
         """
-        try:
-            keys = detach_sequence(detach_keys) if detach_keys else b""
-        except errors.InvalidParameter:
-            raise errors.InvalidParameter(f"Invalid detach keys ({detach_keys}) provided") from None
+        keys = attach_detach_keys(detach_keys)
         streams = frozenset(n for n, on in (("stdout", stdout), ("stderr", stderr)) if on)
         return self._actor(reference).attach(reference, streams, stdin, keys)
 

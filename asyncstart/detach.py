@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_DETACH_SEQUENCE",
     "DetachMatcher",
     "DetachableInput",
+    "attach_detach_keys",
     "detach_keys_for",
     "detach_sequence",
 ]
@@ -99,3 +100,11 @@ def detach_sequence(keys: str) -> bytes:
         else:
             raise errors.InvalidParameter(f"Unknown character: '{key}'")
     return bytes(out)
+
+
+def attach_detach_keys(keys: str) -> bytes:
+    """An attach's ``detachKeys`` parsed (b"" for none), with dockerd's 400 for a bad one."""
+    try:
+        return detach_sequence(keys) if keys else b""
+    except errors.InvalidParameter:
+        raise errors.InvalidParameter(f"Invalid detach keys ({keys}) provided") from None

@@ -371,10 +371,6 @@ class _Cursor:
         self.file = self.snapshot = None
 
 
-#: Go's int on the machines dockerd runs on: the range ``strconv.Atoi`` takes.
-_INT64 = range(-(2**63), 2**63)
-
-
 def tail_lines(tail: str | int) -> int:
     """dockerd's reading of ``tail``: Go's ``strconv.Atoi`` (a sign, ASCII digits, in int64's
     range), and anything it refuses (``all``, "", a word, a number too long) or a negative
@@ -386,7 +382,7 @@ def tail_lines(tail: str | int) -> int:
         if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > 19:
             return -1
         value = int(tail)
-    return value if value in _INT64 and value >= 0 else -1
+    return value if 0 <= value < 2**63 else -1  # (Go's int on dockerd's machines: int64)
 
 
 async def read_log_chunks(

@@ -443,16 +443,12 @@ class ConmonRuntime(RuncRuntime):
             "--log", str(box.bundle.runc_log), "--log-format", "json",
             *self.runtime_args, *box.runtime.flags,
         ]  # fmt: skip
-        if box.detached:
-            prefix: tuple[str, ...] = (
-                "sh",
-                "-c",
-                _RUN_DETACHED,
-                binary,
-                str(len(runtime_args) + 1),
-            )
+        prefix: tuple[str, ...]
+        if box.detached:  # (the subcommand comes right after the runtime arguments)
+            prefix = ("sh", "-c", _RUN_DETACHED, binary, str(len(runtime_args) + 1))
         else:
-            prefix = (*launcher(binary), binary) if launcher(binary) else ()
+            wrapper = launcher(binary)
+            prefix = (*wrapper, binary) if wrapper else ()
         runtime_args[:0] = prefix[1:]
         executable = _executable(prefix[0] if prefix else binary)
         wanted = box.attach.wanted
