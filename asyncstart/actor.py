@@ -1,7 +1,8 @@
 """One actor per container: the only place that changes a container's state.
 
-An actor is a task with a :class:`~asyncstart.mailbox.Mailbox`: requests, the runtime's
-``StateChanged`` reports and its timers are handled one at a time (dockerd's per-container lock,
+An actor is a :class:`~asyncstart.mailbox.Mailbox` and the state behind it, served by a task
+while it has messages (an idle actor has none): requests, the runtime's ``StateChanged`` reports
+and its timers are handled one at a time (dockerd's per-container lock,
 without a lock), each request by the handler of its :class:`~asyncstart.lifecycle.Request`. A
 reply may be *parked* until its condition comes (a start until the runtime reports the process
 started, a stop until the exit); while a start waits for that report, other requests are
@@ -33,7 +34,7 @@ from .detach import detach_keys_for
 from .events import network_event
 from .lifecycle import PROCESS_STATES, LifecycleEvent, Request, State
 from .logs import ContainerLogs, LogQuery, read_log_chunks
-from .mailbox import Call, Pending, Reply, RuntimeReport
+from .mailbox import Call, Message, Pending, Reply, RuntimeReport
 from .network.base import default_route
 from .network.files import embed_resolver
 from .networks import NetworkSpec, attachment_of, dns_names, refuse_shared_namespace
@@ -80,43 +81,38 @@ class ContainerActor(ContainerState):
         self._new = new
 
     def open(self) -> None:
-        """Before its task runs: announce a new container (before the create is answered),
-        and re-arm a restart that was pending when an older daemon stopped."""
+        """Announce a new container (before the create is answered), re-arm a restart that
+        was pending when an older daemon stopped, and take messages from now on."""
         if self._new:
             self._emit("create")
         if self._lifecycle.state is State.RESTARTING:
             # Reopened while a restart was pending: its timer died with the old daemon.
             self._timers.arm("restart", self._restart.should_restart_again())
+        self._mailbox.serve_on(self.services.task_group, self)
 
-    async def run(self) -> None:
-        """The actor's task (after :meth:`open`): handle messages until the container is
-        removed, or the daemon closes. Replies still parked then (a ``wait`` for an exit that
-        has not come) are answered: no caller is left waiting on an actor that is gone."""
-        try:
-            await self._mailbox.serve(
-                self._dispatch,
-                holding=self._holding,
-                finished=self._finished,
-                answer=self._answer_when_gone,  # whatever is still queued: never silence
-            )
-        finally:
-            if self._finished():
-                self._waiters.fail_all(errors.NotFound(f"No such container: {self.id}"))
-            else:
-                self._waiters.fail_all(errors.Unavailable("the daemon is shutting down"))
+    def shut_down(self) -> None:
+        """The daemon closes: what is queued, deferred and parked is answered with 503."""
+        self._mailbox.shut_down()
 
-    def _holding(self) -> bool:
+    # -- the mailbox's side (:class:`~asyncstart.mailbox.Owner`) ---------------------------
+
+    def holding(self) -> bool:
         return self._lifecycle.state is State.SPEC_READY
 
-    def _finished(self) -> bool:
+    def finished(self) -> bool:
         return self._lifecycle.state is State.REMOVED
 
-    def _answer_when_gone(self, call: Call) -> dict[str, Any] | None:
+    def answer_when_gone(self, call: Call) -> dict[str, Any] | None:
         if call.request is Request.WAIT and call.args == ("removed",):
             return wait_result(self._record)
         return None  # 404
 
-    async def _dispatch(self, message: Call | RuntimeReport | Any) -> None:
+    def mailbox_closed(self, error: errors.DockerError) -> None:
+        # No caller is left waiting on an actor that is gone (a ``wait`` for an exit that
+        # will not come): 404 once removed, 503 when the daemon closes.
+        self._waiters.fail_all(error)
+
+    async def handle(self, message: Message) -> None:
         if not isinstance(message, Call):
             # Nobody waits on a report or a timer: a failure is logged, and the actor goes on.
             try:
@@ -138,10 +134,6 @@ class ContainerActor(ContainerState):
         """The runtime's report, queued (never blocks the runtime)."""
         if not self._mailbox.post(RuntimeReport(info)):
             log.debug("actor.report_after_remove", container_id=self.id, state=info.state)
-
-    def close(self) -> None:
-        """Stop taking messages (daemon shutdown)."""
-        self._mailbox.stop_taking()
 
     async def request(self, request: Request, *args: Any) -> Any:
         """Ask, through the mailbox, and wait for the answer (dockerd's error if refused)."""

@@ -123,8 +123,6 @@ __all__ = ["AttachSession", "Daemon", "DaemonConfig", "DaemonStatistics", "open_
 
 log = get_logger("asyncstart.daemon")
 
-#: Every actor's task has this name (given: not derived anew from its function per actor).
-_ACTOR_TASK = "asyncstart.actor"
 #: How many containers a daemon that opens starts (or removes) at once.
 _BOOT_STARTS = 16
 
@@ -243,7 +241,6 @@ class Daemon:
             self._index.add(record.id, record.name)
         actor = ContainerActor(record, self._services, new=new)
         actor.open()
-        self._task_group.start_soon(actor.run, name=_ACTOR_TASK)
         self._actors[record.id] = actor
         return actor
 
@@ -1731,6 +1728,8 @@ async def open_daemon(
                     tg.cancel_scope.cancel()
         finally:
             if daemon is not None:
+                for actor in daemon._actors.values():
+                    actor.shut_down()  # (an idle actor has no task the cancel would reach)
                 await daemon._records.aclose()
 
 

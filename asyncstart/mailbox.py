@@ -4,9 +4,11 @@ Everything an actor is asked or told arrives here and is taken one message at a 
 carries a :class:`Reply` its caller awaits; the actor may answer at once, or *park* the reply in
 its :class:`Waiters` under a condition (``"exit"``, ``"stop"``, ...) and answer every reply parked
 there when the condition comes. :class:`Timers` deliver their expiry as a message, so a timer is
-handled in turn like anything else. When the actor ends, :meth:`Mailbox.close` answers whatever
-is still queued: a caller is never left waiting. An actor cancelled with its daemon answers
-the request it was handling and those still queued that the daemon is shutting down (503).
+handled in turn like anything else. A mailbox is served on demand: a task takes its messages
+while there are any, and an idle actor has none. When the actor ends, :meth:`Mailbox.close`
+answers whatever is still queued: a caller is never left waiting. When its daemon closes, the
+request being handled, those still queued and the replies parked are answered that the daemon
+is shutting down (503).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ __all__ = [
     "Call",
     "Handler",
     "Mailbox",
+    "Message",
+    "Owner",
     "Pending",
     "Reply",
     "RuntimeReport",
@@ -40,6 +44,9 @@ __all__ = [
 
 
 log = get_logger("asyncstart.actor")
+
+#: The name of the task that takes an actor's messages (anyio names it by its callable else).
+SERVING_TASK = "asyncstart.actor"
 
 
 class Pending(Protocol):
@@ -137,30 +144,66 @@ class Waiters:
             self.fail(condition, error)
 
 
+class Owner(Protocol):
+    """The actor a mailbox serves (:meth:`Mailbox.serve_on`)."""
+
+    async def handle(self, message: Message) -> None:
+        """Handle one message (a request is answered through its reply)."""
+
+    def holding(self) -> bool:
+        """Whether deferred requests must keep waiting."""
+
+    def finished(self) -> bool:
+        """Whether the actor has ended (its container is gone): nothing more is taken."""
+
+    def answer_when_gone(self, call: Call) -> Any | None:
+        """The answer to a request still queued once finished (None: 404)."""
+
+    def mailbox_closed(self, error: errors.DockerError) -> None:
+        """The mailbox is closed (finished, or cancelled with its daemon): answer whatever the
+        actor still keeps parked with ``error``."""
+
+
 class Mailbox:
     """The actor's queue (unbounded: senders never block), and requests deferred for later.
 
-    A deque and, while the actor waits on an empty queue, one event to wake it: an idle
-    actor (thousands of them in a daemon) keeps a handful of objects, not a memory stream's."""
+    Served on demand (:meth:`serve_on`): a message that finds the mailbox idle starts a task
+    in the daemon's task group that takes messages until none is left, then ends. An idle
+    actor (thousands of them in a daemon) has no task at all, and keeps a handful of objects
+    that the garbage collector walks at every full collection."""
 
-    __slots__ = ("_container_id", "_deferred", "_open", "_queue", "_wake")
+    __slots__ = ("_container_id", "_deferred", "_open", "_owner", "_queue", "_serving", "_tg")
 
     def __init__(self, container_id: str) -> None:
         self._container_id = container_id
         self._queue: collections.deque[Message] = collections.deque()
         self._deferred: collections.deque[Call] = collections.deque()
-        self._wake: anyio.Event | None = None
         self._open = True
+        self._owner: Owner | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._serving = False
 
     def _gone(self) -> errors.NotFound:
         return errors.NotFound(f"No such container: {self._container_id}")
+
+    def serve_on(self, task_group: anyio.abc.TaskGroup, owner: Owner) -> None:
+        """From now on, messages are taken one at a time by ``owner`` in tasks of
+        ``task_group`` (see the class docstring); those already queued first."""
+        self._owner = owner
+        self._tg = task_group
+        if self._queue:
+            self._wake()
+
+    def _wake(self) -> None:
+        if not self._serving and self._tg is not None:
+            self._serving = True
+            self._tg.start_soon(self._serve, name=SERVING_TASK)
 
     def _put(self, message: Message) -> bool:
         if not self._open:
             return False
         self._queue.append(message)
-        if self._wake is not None:
-            self._wake.set()
+        self._wake()
         return True
 
     def request(self, request: Request, *args: Any) -> Reply:
@@ -178,23 +221,9 @@ class Mailbox:
         """The oldest queued message, or None if there is none now."""
         return self._queue.popleft() if self._queue else None
 
-    async def _take(self) -> Message | None:
-        """The oldest queued message, waiting for one; None once the queue is empty and no
-        more will come. A checkpoint first: a cancelled actor takes nothing more."""
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        while not self._queue:
-            if not self._open:
-                return None
-            self._wake = wake = anyio.Event()
-            try:
-                await wake.wait()
-            finally:
-                self._wake = None
-        return self._queue.popleft()
-
     def defer(self, call: Call) -> None:
-        """Keep a request for later (:meth:`next_deferred`), as dockerd's container lock would
-        make it wait."""
+        """Keep a request for later (taken after each message while the owner is not
+        holding), as dockerd's container lock would make it wait."""
         self._deferred.append(call)
 
     def next_deferred(self) -> Call | None:
@@ -202,41 +231,49 @@ class Mailbox:
         return self._deferred.popleft() if self._deferred else None
 
     def stop_taking(self) -> None:
-        """No more messages are accepted (the daemon is closing, or the container is gone);
-        those queued are still taken."""
+        """No more messages are accepted (the container is gone); those queued are still
+        taken."""
         self._open = False
-        if self._wake is not None:
-            self._wake.set()
 
-    async def serve(
-        self,
-        handle: Callable[[Message], Awaitable[None]],
-        *,
-        holding: Callable[[], bool],
-        finished: Callable[[], bool],
-        answer: Callable[[Call], Any | None],
-    ) -> None:
-        """Take the messages one at a time with ``handle`` until ``finished()`` (or the mailbox
-        is closed); after each, the deferred requests while not ``holding()``. Then
-        :meth:`close` with ``answer``; cancelled, the request being handled and those queued
-        are answered that the daemon is shutting down."""
+    async def _serve(self) -> None:
+        """Take the queued messages one at a time, each followed by the deferred requests
+        while the owner is not holding, until none is left (the task ends; the next message
+        starts another) or the owner has finished: then :meth:`close`. Cancelled with the
+        daemon, the request being handled and those queued are answered that the daemon is
+        shutting down. A checkpoint before each: a cancelled actor takes nothing more."""
+        owner = self._owner
+        assert owner is not None
         current: Message | None = None
         try:
-            while not finished():
-                current = await self._take()
+            while not owner.finished():
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                current = self.take_nowait()
                 if current is None:
+                    if self._open:
+                        self._serving = False  # (idle: no await between this and the end)
+                        return
                     break
-                await handle(current)
-                while not holding() and (current := self.next_deferred()) is not None:
-                    await handle(current)
-                current = None  # (an idle actor keeps nothing of the last one)
+                await owner.handle(current)
+                while not owner.holding() and (current := self.next_deferred()) is not None:
+                    await owner.handle(current)
+                current = None
         except BaseException:
             shutting_down = errors.Unavailable("the daemon is shutting down")
             if isinstance(current, Call):
                 current.reply.fail(shutting_down)  # (unless its handler answered it)
-            self.close(lambda call: shutting_down)
+            self.shut_down()
             raise
-        self.close(answer)
+        self._serving = False
+        self.close(owner.answer_when_gone)
+        owner.mailbox_closed(self._gone())
+
+    def shut_down(self) -> None:
+        """The daemon closes: whatever is queued, deferred or parked by the owner is answered
+        that the daemon is shutting down (503); no message is taken after this."""
+        shutting_down = errors.Unavailable("the daemon is shutting down")
+        self.close(lambda call: shutting_down)
+        if self._owner is not None:
+            self._owner.mailbox_closed(shutting_down)
 
     @staticmethod
     async def answer(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import anyio
 import pytest
 
 from asyncstart import FakeMounter, FakeNetwork, FakeRuntime, errors
+from asyncstart.mailbox import SERVING_TASK
 from asyncstart.runtime.fake import FakeProcess
 
 from .conftest import Engine, OpenEngine
@@ -182,3 +185,47 @@ async def test_a_failed_start_keeps_an_earlier_non_zero_exit_code(engine: Engine
         await daemon.container_start("job")
     state = (await daemon.container_inspect("job"))["State"]
     assert (state["ExitCode"], state["Error"]) == (1, "no space left on device")
+
+
+async def test_an_idle_container_has_no_task_and_a_busy_one_a_single_one(
+    clocked: Engine,
+) -> None:
+    daemon = clocked.daemon
+    outcomes: list[str] = []
+    ids = [await create(daemon, f"c{n}") for n in range(6)]
+    for cid in ids[:3]:
+        await daemon.container_start(cid)
+    await daemon.container_stop(ids[0], timeout=0)
+    await anyio.wait_all_tasks_blocked()
+    assert _serving_tasks() == 0, "created, running and exited containers alike: no task"
+    clocked.runtime.delays["delete"] = 1.0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: daemon.container_remove(ids[3]))
+        await clocked.fake_clock.wait_sleepers(1)  # the remove waits in the runtime's delete
+        assert _serving_tasks() == 1
+        # Queued behind the remove: taken by the same task, in turn (404: it is gone).
+        late = daemon.container_rename(ids[3], "late")
+        tg.start_soon(lambda: _outcome(late, outcomes))
+        # Another container's request does not wait behind it.
+        await daemon.container_rename(ids[4], "renamed")
+        await anyio.wait_all_tasks_blocked()
+        assert _serving_tasks() == 1
+        clocked.fake_clock.advance(1.0)
+    await anyio.wait_all_tasks_blocked()
+    assert _serving_tasks() == 0
+    assert outcomes == ["NotFound"]
+    assert (await daemon.container_inspect("renamed"))["Id"] == ids[4]
+    with pytest.raises(errors.NotFound):
+        await daemon.container_inspect(ids[3])
+
+
+async def _outcome(call: Awaitable[object], into: list[str]) -> None:
+    try:
+        await call
+        into.append("ok")
+    except errors.DockerError as exc:
+        into.append(type(exc).__name__)
+
+
+def _serving_tasks() -> int:
+    return sum(1 for task in anyio.get_running_tasks() if task.name == SERVING_TASK)

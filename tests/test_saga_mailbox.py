@@ -8,7 +8,15 @@ import pytest
 from asyncstart import FakeClock, errors
 from asyncstart.config import Config, HostConfig
 from asyncstart.lifecycle import Lifecycle, LifecycleEvent, Request, State
-from asyncstart.mailbox import Call, Mailbox, Reply, TimerFired, Timers, Waiters
+from asyncstart.mailbox import (
+    SERVING_TASK,
+    Call,
+    Mailbox,
+    Reply,
+    TimerFired,
+    Timers,
+    Waiters,
+)
 from asyncstart.record import ContainerRecord
 from asyncstart.saga import Saga, StartFailed
 from asyncstart.steps import StartContext
@@ -126,60 +134,136 @@ async def test_waiters_answer_every_reply_parked_under_a_condition() -> None:
     assert not waiters.waiting("stop"), "answered replies leave the table"
 
 
-async def test_a_closed_mailbox_answers_what_is_still_queued() -> None:
+class _Owner:
+    """An actor reduced to what its mailbox asks of it: handled messages are recorded; one
+    request may be made to block (as a handler the daemon's closing cancels)."""
+
+    def __init__(self, *, holding: bool = False, finish_after: int | None = None) -> None:
+        self.handled: list[Request] = []
+        self.parked: list[Reply] = []
+        self.closed_with: errors.DockerError | None = None
+        self.busy = anyio.Event()
+        self.block_on: Request | None = None
+        self._holding = holding
+        self._finish_after = finish_after
+
+    async def handle(self, message: object) -> None:
+        assert isinstance(message, Call)
+        self.handled.append(message.request)
+        if message.request is Request.WAIT and message.args == ("exit",):
+            self.parked.append(message.reply)
+            return
+        if message.request is self.block_on:
+            self.busy.set()
+            await anyio.sleep_forever()
+        message.reply.set(message.request.name)
+
+    def holding(self) -> bool:
+        return self._holding
+
+    def finished(self) -> bool:
+        return self._finish_after is not None and len(self.handled) >= self._finish_after
+
+    def answer_when_gone(self, call: Call) -> object | None:
+        return {"StatusCode": 0} if call.request is Request.WAIT else None
+
+    def mailbox_closed(self, error: errors.DockerError) -> None:
+        self.closed_with = error
+        for reply in self.parked:
+            reply.fail(error)
+
+
+def _actor_tasks() -> int:
+    return sum(1 for task in anyio.get_running_tasks() if task.name == SERVING_TASK)
+
+
+async def test_a_mailbox_is_served_on_demand_and_an_idle_one_has_no_task() -> None:
     mailbox = Mailbox("c" * 64)
-    deferred = mailbox.request(Request.STOP)
+    owner = _Owner()
+    early = mailbox.request(Request.STOP)  # queued before it is served: taken first
+    async with anyio.create_task_group() as tg:
+        mailbox.serve_on(tg, owner)
+        mailbox.request(Request.KILL, 9, "web")
+        assert await early.wait() == "STOP"
+        await anyio.wait_all_tasks_blocked()
+        assert _actor_tasks() == 0, "an idle mailbox keeps no task"
+        assert await mailbox.request(Request.PAUSE).wait() == "PAUSE"
+        replies = [mailbox.request(Request.UNPAUSE), mailbox.request(Request.RENAME, "x")]
+        assert _actor_tasks() == 1, "one task serves a burst"
+        assert [await reply.wait() for reply in replies] == ["UNPAUSE", "RENAME"]
+    assert owner.handled == [Request.STOP, Request.KILL, Request.PAUSE, Request.UNPAUSE,
+                             Request.RENAME]  # fmt: skip
+    assert owner.closed_with is None
+
+
+async def test_deferred_requests_wait_while_the_owner_holds() -> None:
+    mailbox = Mailbox("c" * 64)
+    owner = _Owner(holding=True)
+    async with anyio.create_task_group() as tg:
+        mailbox.serve_on(tg, owner)
+        deferred = Reply()
+        mailbox.defer(Call(Request.STOP, (), deferred))
+        await mailbox.request(Request.KILL, 9, "web").wait()
+        assert not deferred.done, "held: the deferred request waits"
+        owner._holding = False
+        assert await mailbox.request(Request.PAUSE).wait() == "PAUSE"
+        assert await deferred.wait() == "STOP"
+    assert owner.handled == [Request.KILL, Request.PAUSE, Request.STOP]
+
+
+async def test_a_finished_actors_mailbox_answers_what_is_still_queued() -> None:
+    mailbox = Mailbox("c" * 64)
+    owner = _Owner(holding=True, finish_after=1)
+    first = mailbox.request(Request.STOP)
+    deferred = Reply()
     mailbox.defer(Call(Request.STOP, (), deferred))
     wait = mailbox.request(Request.WAIT, "removed")
     kill = mailbox.request(Request.KILL, 9, "web")
-    # Take the first message as an actor would, and defer it.
-    taken: list[Call] = []
-
-    async def handle(message: object) -> None:
-        assert isinstance(message, Call)
-        taken.append(message)
-
-    mailbox.stop_taking()
-    await mailbox.serve(
-        handle,
-        holding=lambda: True,
-        finished=lambda: bool(taken),
-        answer=lambda call: {"StatusCode": 0} if call.request is Request.WAIT else None,
-    )
-    assert [call.request for call in taken] == [Request.STOP]
+    async with anyio.create_task_group() as tg:
+        mailbox.serve_on(tg, owner)
+    assert owner.handled == [Request.STOP]
+    assert await first.wait() == "STOP"
     assert await wait.wait() == {"StatusCode": 0}
     for reply in (deferred, kill):
         with pytest.raises(errors.NotFound, match="No such container"):
             await reply.wait()
+    assert isinstance(owner.closed_with, errors.NotFound)
     with pytest.raises(errors.NotFound):
         mailbox.request(Request.START)
 
 
 async def test_a_cancelled_actor_takes_nothing_more_and_answers_every_caller() -> None:
     mailbox = Mailbox("c" * 64)
-    handled: list[Request] = []
-    busy = anyio.Event()
-
-    async def handle(message: object) -> None:
-        assert isinstance(message, Call)
-        handled.append(message.request)
-        busy.set()
-        await anyio.sleep_forever()  # (a handler the daemon's closing cancels)
-
+    owner = _Owner()
+    owner.block_on = Request.STOP
+    parked = mailbox.request(Request.WAIT, "exit")
     first = mailbox.request(Request.STOP)
     queued = mailbox.request(Request.KILL, 9, "web")
     async with anyio.create_task_group() as tg:
-        tg.start_soon(
-            lambda: mailbox.serve(handle, holding=lambda: False, finished=lambda: False,
-                                  answer=lambda call: None)
-        )  # fmt: skip
-        await busy.wait()
+        mailbox.serve_on(tg, owner)
+        await owner.busy.wait()
         tg.cancel_scope.cancel()
-    assert handled == [Request.STOP], "the queued request was not taken after the cancel"
-    # The request being handled and what was still queued: no caller is left waiting.
-    for reply in (first, queued):
+    assert owner.handled == [Request.WAIT, Request.STOP], "nothing taken after the cancel"
+    # The request being handled, what was still queued and what was parked: no caller is
+    # left waiting.
+    for reply in (parked, first, queued):
         with pytest.raises(errors.Unavailable, match="shutting down"), anyio.fail_after(5):
             await reply.wait()
+    with pytest.raises(errors.NotFound):
+        mailbox.request(Request.START)
+
+
+async def test_shutting_down_an_idle_mailbox_answers_what_its_owner_parked() -> None:
+    mailbox = Mailbox("c" * 64)
+    owner = _Owner()
+    async with anyio.create_task_group() as tg:
+        mailbox.serve_on(tg, owner)
+        parked = mailbox.request(Request.WAIT, "exit")
+        await anyio.wait_all_tasks_blocked()
+        assert _actor_tasks() == 0 and not parked.done
+    mailbox.shut_down()  # (what the daemon does for each actor once its task group is done)
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        await parked.wait()
     with pytest.raises(errors.NotFound):
         mailbox.request(Request.START)
 
