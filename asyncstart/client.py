@@ -516,14 +516,12 @@ class Client:
         params = {"h": height, "w": width}
         await self._request("POST", f"/containers/{reference}/resize", params=params)
 
-    async def container_export(self, reference: str) -> AsyncIterator[bytes]:
-        """``docker export``: the container's filesystem as a tar stream."""
+    async def container_export(self, reference: str) -> ClientByteStream:
+        """``docker export``, as the library's: ``async for chunk in await
+        client.container_export(reference)`` gives the tar's bytes; errors (404, 409) come
+        before, at the ``await``."""
         target = f"/containers/{reference}/export"
-        async with self._http.stream("GET", target) as response:
-            if response.status_code != 200:
-                _raise_for(response.status_code, await response.aread(), f"GET {target}")
-            async for chunk in response.aiter_bytes():
-                yield chunk
+        return ClientByteStream(await self._streamed("GET", target, f"GET {target}"))
 
     async def container_top(self, reference: str, ps_args: str = "") -> dict[str, Any]:
         params = {"ps_args": ps_args} if ps_args else {}

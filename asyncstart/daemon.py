@@ -22,7 +22,15 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -560,9 +568,35 @@ class Daemon:
     async def container_unpause(self, reference: str) -> None:
         await self._actor(reference).request(Request.UNPAUSE)
 
-    def container_export(self, reference: str) -> AsyncIterator[bytes]:
-        """``docker export``: the container's filesystem as a tar stream (404 raised here)."""
-        return self._drivers.mounter.export(self._actor(reference).id)
+    async def container_export(self, reference: str) -> AsyncIterator[bytes]:
+        """``docker export``: the container's filesystem as a tar stream, ``async for chunk
+        in await daemon.container_export(reference)``. Its errors come at the ``await``, as
+        dockerd answers them before the stream: 404, 409 while the container is being
+        removed, 500 ``Error exporting container ...`` when its filesystem cannot be mounted
+        or read. An ``export`` event once the stream has been read to its end."""
+        actor = self._actor(reference)
+        actor.check(Request.EXPORT, reference)
+        record = actor.snapshot().record
+        chunks = self._drivers.mounter.export(record.id)
+        try:
+            first = await anext(chunks, b"")  # (mounted and the tar begun)
+        except errors.DockerError as exc:
+            raise errors.SystemError(
+                f"Error exporting container {reference}: {exc.message}"
+            ) from exc
+        return self._exported(record, first, chunks)
+
+    async def _exported(
+        self, record: ContainerRecord, first: bytes, chunks: AsyncGenerator[bytes, None]
+    ) -> AsyncIterator[bytes]:
+        try:
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # (unmounted even when the reader stops early)
+        container_event(self._events, record, "export")
 
     # -- docker cp ------------------------------------------------------------------------
 

@@ -259,6 +259,8 @@ class Request(enum.Enum):
     RENAME = "rename"
     #: ``docker top``.
     TOP = "top"
+    #: ``docker export``.
+    EXPORT = "export"
     #: ``docker update``.
     UPDATE = "update"
     #: ``docker network connect`` / ``disconnect``.
@@ -342,6 +344,12 @@ REFUSALS: Mapping[Request, Mapping[State, Refusal]] = {
         ),
     },
     Request.FORCE_REMOVE: {State.REMOVING: _REMOVAL_IN_PROGRESS},
+    Request.EXPORT: {
+        State.REMOVING: Refusal(
+            errors.Conflict, "You cannot export container {id} which is being removed"
+        ),
+        State.DEAD: Refusal(errors.Conflict, "You cannot export container {id} which is Dead"),
+    },
     Request.ATTACH: {
         State.PAUSED: Refusal(
             errors.Conflict, "container {reference} is paused, unpause the container before attach"

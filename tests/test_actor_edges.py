@@ -229,3 +229,15 @@ async def _outcome(call: Awaitable[object], into: list[str]) -> None:
 
 def _serving_tasks() -> int:
     return sum(1 for task in anyio.get_running_tasks() if task.name == SERVING_TASK)
+
+
+async def test_an_export_while_the_container_is_being_removed_is_refused(clocked: Engine) -> None:
+    daemon = clocked.daemon
+    cid = await create(daemon, "web")
+    clocked.runtime.delays["delete"] = 1.0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: daemon.container_remove("web"))
+        await clocked.fake_clock.wait_sleepers(1)  # the remove waits in the runtime's delete
+        with pytest.raises(errors.Conflict, match=f"^You cannot export container {cid} which"):
+            await daemon.container_export("web")
+        clocked.fake_clock.advance(1.0)

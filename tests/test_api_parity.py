@@ -272,12 +272,8 @@ async def test_resize_export_and_a_detached_exec_on_both(both: Both) -> None:
     await client.container_resize("web", 33, 101)
     assert both.engine.runtime.processes[cid].size == (33, 101)
 
-    exported = await _read(daemon.container_export("web"))
-    assert exported and await _read(client.container_export("web")) == exported
-    with pytest.raises(errors.NotFound, match="No such container: nothing"):
-        await _read(daemon.container_export("nothing"))
-    with pytest.raises(errors.NotFound, match="No such container: nothing"):
-        await _read(client.container_export("nothing"))
+    exported = await _read(await daemon.container_export("web"))
+    assert exported and await _read(await client.container_export("web")) == exported
 
     for side in (daemon, client):
         exec_id = await side.exec_create("web", {"Cmd": ["true"]})
@@ -286,6 +282,31 @@ async def test_resize_export_and_a_detached_exec_on_both(both: Both) -> None:
             while (await side.exec_inspect(exec_id))["Running"]:
                 await anyio.sleep(0.01)
         assert (await side.exec_inspect(exec_id))["ExitCode"] == 0
+
+
+@pytest.mark.anyio
+async def test_export_answers_its_errors_at_the_await_and_announces_itself(both: Both) -> None:
+    """As dockerd: refusals before the stream (so at the ``await`` on both sides: nothing to
+    iterate), and an ``export`` event once the tar has been read to its end."""
+    cid = await _sleeper(both)
+    for side in (both.daemon, both.client):
+        with pytest.raises(errors.NotFound, match="No such container: nothing"):
+            await side.container_export("nothing")
+    with anyio.fail_after(10):
+        async with (
+            both.daemon.events(filters={"event": ["export"]}) as events,
+            contextlib.aclosing(events),
+        ):
+            for side in (both.daemon, both.client):
+                stream = await side.container_export("web")
+                assert await _read(stream)
+                event = await anext(events)
+                assert (event["Action"], event["Actor"]["ID"]) == ("export", cid)
+    # A layer that is gone: dockerd's wrapped 500, at the await on both sides.
+    del both.engine.mounter.layers[cid]
+    for side in (both.daemon, both.client):
+        with pytest.raises(errors.SystemError, match="^Error exporting container web: layer"):
+            await side.container_export("web")
 
 
 @pytest.mark.anyio

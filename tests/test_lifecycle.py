@@ -177,6 +177,14 @@ _REFUSED = {
         "container web is paused, unpause the container before attach",
     ),
     (Request.RESIZE, State.EXITED): (errors.Conflict, "Container c0ffee is not running"),
+    (Request.EXPORT, State.REMOVING): (
+        errors.Conflict,
+        "You cannot export container c0ffee which is being removed",
+    ),
+    (Request.EXPORT, State.DEAD): (
+        errors.Conflict,
+        "You cannot export container c0ffee which is Dead",
+    ),
 }
 _LET_THROUGH = [
     (Request.START, State.CREATED),
@@ -191,6 +199,8 @@ _LET_THROUGH = [
     (Request.ATTACH, State.CREATED),
     (Request.RESIZE, State.STOPPING),
     (Request.WAIT, State.RUNNING),
+    (Request.EXPORT, State.RUNNING),
+    (Request.EXPORT, State.EXITED),
 ]
 
 

@@ -342,16 +342,7 @@ class EngineAPI:
         return json_reply({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
 
     async def container_export(self, request: Request, name: str) -> Reply:
-        chunks = self.daemon.container_export(name)
-
-        async def body() -> AsyncIterator[bytes]:
-            first = await anext(chunks, b"")  # (mounted and tar started: errors before the head)
-            yield b""
-            yield first
-            async for chunk in chunks:
-                yield chunk
-
-        return Streaming(200, await primed(body()), [("Content-Type", "application/x-tar")])
+        return _tar(await self.daemon.container_export(name))  # (errors before the head)
 
     async def container_stats(self, request: Request, name: str) -> Reply:
         stream = arg_bool(request, "stream", True)
@@ -422,14 +413,7 @@ class EngineAPI:
         return await self._save([name])
 
     async def _save(self, names: list[str]) -> Reply:
-        chunks = await self.daemon.image_save(names)
-
-        async def body() -> AsyncIterator[bytes]:
-            yield b""
-            async for chunk in chunks:
-                yield chunk
-
-        return Streaming(200, await primed(body()), [("Content-Type", "application/x-tar")])
+        return _tar(await self.daemon.image_save(names))  # (errors before the head)
 
     async def container_changes(self, request: Request, name: str) -> Reply:
         return json_reply(await self.daemon.container_changes(name) or None)
@@ -742,3 +726,7 @@ def _hijack_head(request: Request, tty: bool) -> bytes:
             "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
         ).encode()
     return f"HTTP/1.1 200 OK\r\nContent-Type: {stdio_type(True)}\r\n\r\n".encode()
+
+
+def _tar(chunks: AsyncIterator[bytes]) -> Streaming:
+    return Streaming(200, chunks, [("Content-Type", "application/x-tar")])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Protocol
 
@@ -44,7 +44,7 @@ class MountDriver(Protocol):
         ``Kind`` (0 changed, 1 added, 2 deleted), sorted by path."""
         ...
 
-    def export(self, container_id: str) -> AsyncIterator[bytes]:
+    def export(self, container_id: str) -> AsyncGenerator[bytes, None]:
         """``docker export``: the container's root filesystem as a tar stream (mounted for the
         while if it is not)."""
         ...

@@ -4,7 +4,7 @@ engine-overhead benchmark) and an image store that lets containers name unknown 
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ class FakeMounter:
             raise errors.SystemError(f"layer of container {container_id} does not exist")
         return []  # (no files)
 
-    async def export(self, container_id: str) -> AsyncIterator[bytes]:
+    async def export(self, container_id: str) -> AsyncGenerator[bytes, None]:
         if container_id not in self.layers:
             raise errors.SystemError(f"layer of container {container_id} does not exist")
         yield bytes(1024)  # (an empty tar: its two zero blocks)

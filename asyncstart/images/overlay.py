@@ -21,7 +21,7 @@ import posixpath
 import shutil
 import stat
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -147,7 +147,7 @@ class OverlayMounter:
         layers = [Path(p) for p in lower.split(":") if p]
         return await anyio.to_thread.run_sync(overlay_changes, directory / "upper", layers)
 
-    async def export(self, container_id: str) -> AsyncIterator[bytes]:
+    async def export(self, container_id: str) -> AsyncGenerator[bytes, None]:
         root = await self.mount(container_id)
         try:
             argv = ["tar", "--numeric-owner", "--xattrs", "--transform", r"s,^\./,,",
