@@ -19,23 +19,29 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import anyio
 import anyio.abc
+import httpcore
 import httpx
 
 from . import errors
 from ._version import API_VERSION
 from .client_http import Answer, ConnectionPool, Params, query_pairs
 from .detach import DetachableInput, attach_detach_keys, detach_keys_for
-
-if TYPE_CHECKING:
-    from httpcore import AsyncNetworkStream
 
 __all__ = ["Client", "ClientAttachSession", "ClientByteStream", "ClientEventStream"]
 
@@ -68,6 +74,24 @@ def _raise_for(status: int, body: bytes, what: str) -> None:
     error = _ERRORS.get(status, errors.DockerError)(message)
     error.status = status
     raise error
+
+
+@contextmanager
+def _connection_errors() -> Iterator[None]:
+    """httpx's transport errors (httpcore's, on an upgraded connection) raised as the
+    connection pool raises its own: ``TimeoutError``, else the ``OSError`` beneath
+    (``FileNotFoundError``, ``ConnectionRefusedError``, ...) or a ``ConnectionError``."""
+    try:
+        yield
+    except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
+        raise TimeoutError(str(exc) or "timed out") from exc
+    except (httpx.TransportError, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror) from exc  # (its subclass, by errno)
+        raise ConnectionError(str(exc) or type(exc).__name__) from exc
 
 
 def _params(**values: Any) -> dict[str, str]:
@@ -118,7 +142,7 @@ class ClientAttachSession:
 
     def __init__(
         self,
-        stream: AsyncNetworkStream,
+        stream: httpcore.AsyncNetworkStream,
         raw: bool,
         *,
         stdin: bool = True,
@@ -147,7 +171,8 @@ class ClientAttachSession:
         if self._input.detached:
             data += self._input.keys  # (for the daemon, which detaches on them)
         if data:
-            await self._stream.write(data)
+            with _connection_errors():
+                await self._stream.write(data)
         return self._input.detached
 
     async def send_eof(self) -> None:
@@ -164,7 +189,11 @@ class ClientAttachSession:
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
         frames = _Frames(self.tty)
-        while data := await self._stream.read(_CHUNK):
+        while True:
+            with _connection_errors():
+                data = await self._stream.read(_CHUNK)
+            if not data:
+                return
             for item in frames.feed(data):
                 yield item
 
@@ -184,7 +213,8 @@ class ClientByteStream:
         if self._chunks is None:
             raise StopAsyncIteration
         try:
-            return await anext(self._chunks)
+            with _connection_errors():
+                return await anext(self._chunks)
         except StopAsyncIteration:
             await self.aclose()
             raise
@@ -209,7 +239,8 @@ class ClientEventStream:
 
     async def _open(self) -> AsyncIterator[str]:
         if self._lines is None:
-            self._response = await self._open_response()
+            with _connection_errors():
+                self._response = await self._open_response()
             self._lines = self._response.aiter_lines()
         return self._lines
 
@@ -231,7 +262,8 @@ class ClientEventStream:
         lines = await self._open()
         while True:
             try:
-                line = await anext(lines)
+                with _connection_errors():
+                    line = await anext(lines)
             except StopAsyncIteration:
                 await self.aclose()
                 raise
@@ -309,9 +341,10 @@ class Client:
     ) -> Answer:
         """A request whose answer is read whole; its error raised."""
         if content is not None and not isinstance(content, bytes):  # an upload, streamed
-            response = await self._http.request(
-                method, path, params=tuple(query_pairs(params)), content=content
-            )
+            with _connection_errors():
+                response = await self._http.request(
+                    method, path, params=tuple(query_pairs(params)), content=content
+                )
             answer = Answer(
                 response.status_code,
                 {k.lower(): v for k, v in response.headers.items()},
@@ -334,10 +367,12 @@ class Client:
         """A request whose answer is read as it comes: the open response once its status is
         a success (else its error raised, the response closed); the caller closes it."""
         request = self._http.build_request(method, path, **kwargs)
-        response = await self._http.send(request, stream=True)
+        with _connection_errors():
+            response = await self._http.send(request, stream=True)
         if response.status_code >= 300:
             try:
-                body = await response.aread()
+                with _connection_errors():
+                    body = await response.aread()
             finally:
                 await response.aclose()
             _raise_for(response.status_code, body, what)
@@ -450,15 +485,16 @@ class Client:
             timestamps=timestamps,
             details=details or None,
         )
-        async with self._http.stream(
-            "GET", f"/containers/{reference}/logs", params=params
-        ) as response:
-            if response.status_code != 200:
-                _raise_for(response.status_code, await response.aread(), "logs")
-            frames = _Frames(_is_raw(response))
-            async for data in response.aiter_raw():
-                for item in frames.feed(data):
-                    yield item
+        with _connection_errors():
+            async with self._http.stream(
+                "GET", f"/containers/{reference}/logs", params=params
+            ) as response:
+                if response.status_code != 200:
+                    _raise_for(response.status_code, await response.aread(), "logs")
+                frames = _Frames(_is_raw(response))
+                async for data in response.aiter_raw():
+                    for item in frames.feed(data):
+                        yield item
 
     @asynccontextmanager
     async def container_attach(
@@ -481,7 +517,7 @@ class Client:
                          detachKeys=detach_keys or None)  # fmt: skip
         once = bool(config.get("StdinOnce"))
 
-        def session(stream: AsyncNetworkStream, raw: bool) -> ClientAttachSession:
+        def session(stream: httpcore.AsyncNetworkStream, raw: bool) -> ClientAttachSession:
             wanted = detach_keys_for(keys, raw) if stdin else b""
             return ClientAttachSession(
                 stream, raw, stdin=stdin, stdin_once=once, detach_keys=wanted
@@ -496,15 +532,20 @@ class Client:
         self,
         path: str,
         what: str,
-        session: Callable[[AsyncNetworkStream, bool], ClientAttachSession] = ClientAttachSession,
+        session: Callable[
+            [httpcore.AsyncNetworkStream, bool], ClientAttachSession
+        ] = ClientAttachSession,
         **request: Any,
     ) -> AsyncIterator[ClientAttachSession]:
         """A POST upgraded to a raw stream (``101 UPGRADED``), as a session of frames
         (``session(stream, raw)``)."""
         headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
-        async with self._http.stream("POST", path, headers=headers, **request) as response:
-            if response.status_code != 101:
-                _raise_for(response.status_code, await response.aread(), what)
+        async with AsyncExitStack() as stack:
+            with _connection_errors():  # (only here: not around the caller's block)
+                opening = self._http.stream("POST", path, headers=headers, **request)
+                response = await stack.enter_async_context(opening)
+                if response.status_code != 101:
+                    _raise_for(response.status_code, await response.aread(), what)
             stream = response.extensions["network_stream"]
             try:
                 yield session(stream, _is_raw(response))
@@ -591,12 +632,13 @@ class Client:
         """dockerd's ``StatsResponse`` documents, as the library's ``container_stats``."""
         params = _params(stream=stream, **{"one-shot": one_shot})
         path = f"/containers/{reference}/stats"
-        async with self._http.stream("GET", path, params=params) as response:
-            if response.status_code != 200:
-                _raise_for(response.status_code, await response.aread(), f"GET {path}")
-            async for line in response.aiter_lines():
-                if line.strip():
-                    yield json.loads(line)
+        with _connection_errors():
+            async with self._http.stream("GET", path, params=params) as response:
+                if response.status_code != 200:
+                    _raise_for(response.status_code, await response.aread(), f"GET {path}")
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
 
     def events(
         self,

@@ -9,7 +9,10 @@ costs h11's encoding and parsing and one write and read on a connection taken fr
 An idle connection the server has closed meanwhile is seen before it is used (readable while
 idle) and dropped; one that fails as the request is written (the server closed it just then,
 so it read nothing) is dropped and the request written on another. A request written whose
-answer never comes is an error, never sent twice.
+answer never comes is an error, never sent twice. Failures are ``OSError``s, as the Client's
+streams raise them: the socket's own (``FileNotFoundError``, ``ConnectionRefusedError``...), a
+``ConnectionError`` when the server closes the connection before the end of its answer or
+answers what is not HTTP/1.1, ``TimeoutError`` when connecting takes too long.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class Answer:
         return json.loads(self.content)
 
 
+_MID_ANSWER = "the server closed the connection mid-answer"
+
+
 class _Stale(Exception):
     """A kept connection the server had closed: the request could not be sent on it."""
 
@@ -75,8 +81,14 @@ class _Connection:
             raise _Stale from None
         response: h11.Response | None = None
         chunks: list[bytes] = []
+        closed = False
         while True:
-            event = self.h11.next_event()
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                if closed:
+                    raise ConnectionResetError(_MID_ANSWER) from None
+                raise ConnectionError(f"the server's answer is not HTTP/1.1: {exc}") from exc
             if event is h11.NEED_DATA:
                 try:
                     received = await self.stream.receive(_CHUNK)
@@ -84,6 +96,7 @@ class _Connection:
                     received = b""
                 if not received and response is None:
                     raise ConnectionResetError("the server closed the connection unanswered")
+                closed = not received  # (the end of an answer read until the close, or not)
                 self.h11.receive_data(received)
             elif isinstance(event, h11.Response):
                 response = event
@@ -94,7 +107,7 @@ class _Connection:
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in response.headers}
                 return Answer(response.status_code, headers, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
-                raise h11.RemoteProtocolError("the server closed the connection mid-answer")
+                raise ConnectionResetError(_MID_ANSWER)
 
     def closed_by_peer(self) -> bool:
         """Whether the server has closed this idle connection (or sent what no request asked

@@ -1,10 +1,12 @@
 """The client's pool of kept-alive HTTP/1.1 connections, against a server written here with h11:
-reuse, concurrency, a connection the server closed while idle, chunked answers, encoding."""
+reuse, concurrency, a connection the server closed while idle, chunked answers, encoding; and
+the Client's failures, one kind whichever way its methods talk."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import anyio.abc
 import h11
 import pytest
 
+from asyncstart import Client
 from asyncstart.client_http import ConnectionPool
 
 pytestmark = pytest.mark.anyio
@@ -152,3 +155,79 @@ async def test_a_request_read_but_never_answered_is_an_error_and_not_sent_again(
         with pytest.raises(ConnectionResetError):
             await pool.request("POST", "/containers/create")
     assert server.targets == ["/v1.51/containers/create"]
+
+
+# -- the Client's failures: one kind whichever way a method talks ----------------------------
+
+
+async def _upload() -> AsyncIterator[bytes]:
+    yield b"not a tar"
+
+
+def _calls(client: Client) -> dict[str, Callable[[], Awaitable[object]]]:
+    """A method of each way the Client talks: pooled requests, streamed answers (httpx),
+    an upload, an upgraded connection, an event stream."""
+
+    async def attach() -> None:
+        async with client.container_attach("web"):
+            pass
+
+    async def events() -> None:
+        async with client.events() as events:
+            await anext(events)
+
+    async def export() -> None:
+        async for _ in await client.container_export("web"):
+            pass
+
+    return {
+        "ping": client.ping,
+        "inspect": lambda: client.container_inspect("web"),
+        "logs": lambda: anext(client.container_logs("web")),
+        "stats": lambda: anext(client.container_stats("web")),
+        "export": export,
+        "upload": lambda: client.image_import(_upload()),
+        "attach": attach,
+        "events": events,
+    }
+
+
+async def test_every_kind_of_call_to_no_daemon_raises_the_sockets_own_error(
+    tmp_path: Path,
+) -> None:
+    async with Client(f"unix://{tmp_path / 'nothing.sock'}") as client:
+        for name, call in _calls(client).items():
+            with pytest.raises(FileNotFoundError) as raised:
+                await call()
+            assert raised.type is FileNotFoundError, name
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhalf", b"\x00nonsense\r\n\r\n"],
+    ids=["nothing", "half-an-answer", "not-http"],
+)
+async def test_a_server_that_drops_or_garbles_the_answer_is_a_connection_error(
+    tmp_path: Path, answer: bytes
+) -> None:
+    """Nothing, half an answer or no HTTP at all: ``ConnectionError`` from every kind of
+    call, never an HTTP library's own exception."""
+    path = tmp_path / "s.sock"
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await stream.receive()  # (the request's head)
+                await stream.send(answer) if answer else None
+
+    async with await anyio.create_unix_listener(path) as listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        async with Client(f"unix://{path}") as client:
+            for name, call in _calls(client).items():
+                with anyio.fail_after(10), pytest.raises(ConnectionError):
+                    try:
+                        await call()
+                    except BaseException as exc:
+                        assert isinstance(exc, ConnectionError), (name, repr(exc))
+                        raise
+        tg.cancel_scope.cancel()
