@@ -88,7 +88,7 @@ class ContainerActor(ContainerState):
         if self._lifecycle.state is State.RESTARTING:
             # Reopened while a restart was pending: its timer died with the old daemon.
             self._timers.arm("restart", self._restart.should_restart_again())
-        self._mailbox.serve_on(self.services.task_group, self)
+        self._mailbox.serve_on(self.services.dispatcher, self)
 
     def shut_down(self) -> None:
         """The daemon closes: what is queued, deferred and parked is answered with 503."""

@@ -30,7 +30,7 @@ from .clock import Clock
 from .events import EventBus, container_event, network_events
 from .images import MountDriver
 from .lifecycle import PROCESS_STATES, Lifecycle, LifecycleEvent, Request, State, refusal
-from .mailbox import Mailbox, Timers, Waiters
+from .mailbox import Dispatcher, Mailbox, Timers, Waiters
 from .network import NetworkDriver
 from .network.resolver import Resolver
 from .record import (
@@ -67,6 +67,8 @@ class ActorServices:
     bus: EventBus
     clock: Clock
     task_group: anyio.abc.TaskGroup
+    #: The tasks that serve the actors' mailboxes.
+    dispatcher: Dispatcher
     #: Called once the container is removed, so the daemon drops it from its index.
     forget: Callable[[ContainerRecord], None]
     stop_timeout: float = 10.0

@@ -77,6 +77,7 @@ from .images.reference import check_pull_reference
 from .images.store import ImageSource
 from .lifecycle import STARTING_STATES, Request, State
 from .logs import LOG_MODE, ContainerLogs, LogQuery
+from .mailbox import Dispatcher
 from .mounts import MountPoint, inherit_mounts, parse_volumes_from
 from .network import NetworkDriver
 from .network.base import Attachment
@@ -206,6 +207,7 @@ class Daemon:
             bus=self._events,
             clock=clock,
             task_group=task_group,
+            dispatcher=Dispatcher(task_group),
             forget=self._forget,
             stop_timeout=config.stop_timeout,
             network=drivers.network,

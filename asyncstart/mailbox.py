@@ -4,8 +4,8 @@ Everything an actor is asked or told arrives here and is taken one message at a 
 carries a :class:`Reply` its caller awaits; the actor may answer at once, or *park* the reply in
 its :class:`Waiters` under a condition (``"exit"``, ``"stop"``, ...) and answer every reply parked
 there when the condition comes. :class:`Timers` deliver their expiry as a message, so a timer is
-handled in turn like anything else. A mailbox is served on demand: a task takes its messages
-while there are any, and an idle actor has none. When the actor ends, :meth:`Mailbox.close`
+handled in turn like anything else. A mailbox is served on demand by a :class:`Dispatcher`'s
+tasks while it has messages; an idle actor has no task. When the actor ends, :meth:`Mailbox.close`
 answers whatever is still queued: a caller is never left waiting. When its daemon closes, the
 request being handled, those still queued and the replies parked are answered that the daemon
 is shutting down (503).
@@ -29,7 +29,10 @@ from .lifecycle import Request
 from .runtime import StateInfo
 
 __all__ = [
+    "KEEP_IDLE",
+    "SERVING_TASK",
     "Call",
+    "Dispatcher",
     "Handler",
     "Mailbox",
     "Message",
@@ -45,8 +48,10 @@ __all__ = [
 
 log = get_logger("asyncstart.actor")
 
-#: The name of the task that takes an actor's messages (anyio names it by its callable else).
+#: The name of the tasks that take actors' messages (anyio names a task by its callable else).
 SERVING_TASK = "asyncstart.actor"
+#: How many of a dispatcher's tasks may wait for a ready mailbox; any more end.
+KEEP_IDLE = 128
 
 
 class Pending(Protocol):
@@ -164,15 +169,62 @@ class Owner(Protocol):
         actor still keeps parked with ``error``."""
 
 
+class Dispatcher:
+    """The tasks that serve the mailboxes with messages, for a whole daemon.
+
+    A mailbox that gets a message while idle is put in the ready queue; a serving task takes
+    it and handles its messages until none is left, then takes the next ready one. A task
+    with nothing to take waits (at most ``keep_idle`` of them; any more end), and is woken
+    for the next ready mailbox; when every task is busy, one more is started. Under load a
+    task goes from mailbox to mailbox without a wait or a spawn (a spawn costs 27-37 µs
+    here, waking a waiting task about a third of it), and an idle actor has no task."""
+
+    __slots__ = ("_idle", "_keep_idle", "_ready", "_tg")
+
+    def __init__(self, task_group: anyio.abc.TaskGroup, *, keep_idle: int = KEEP_IDLE) -> None:
+        self._tg = task_group
+        self._keep_idle = keep_idle
+        self._ready: collections.deque[Mailbox] = collections.deque()
+        self._idle: list[anyio.Event] = []  # the waiting tasks' wake-ups
+
+    @property
+    def waiting(self) -> int:
+        """How many serving tasks wait for a ready mailbox."""
+        return len(self._idle)
+
+    def schedule(self, mailbox: Mailbox) -> None:
+        self._ready.append(mailbox)
+        if self._idle:
+            self._idle.pop().set()
+        else:
+            self._tg.start_soon(self._work, name=SERVING_TASK)
+
+    async def _work(self) -> None:
+        while True:
+            while self._ready:
+                await self._ready.popleft().serve()
+            if len(self._idle) >= self._keep_idle:
+                return
+            wake = anyio.Event()
+            self._idle.append(wake)
+            try:
+                await wake.wait()
+            finally:
+                if not wake.is_set():  # (cancelled while waiting: no longer to be woken)
+                    self._idle.remove(wake)
+
+
 class Mailbox:
     """The actor's queue (unbounded: senders never block), and requests deferred for later.
 
-    Served on demand (:meth:`serve_on`): a message that finds the mailbox idle starts a task
-    in the daemon's task group that takes messages until none is left, then ends. An idle
-    actor (thousands of them in a daemon) has no task at all, and keeps a handful of objects
-    that the garbage collector walks at every full collection."""
+    Served on demand (:meth:`serve_on`): a message that finds the mailbox idle has it
+    scheduled on the daemon's :class:`Dispatcher`, whose task takes its messages until none
+    is left. An idle actor (thousands of them in a daemon) has no task, and keeps a handful
+    of objects that the garbage collector walks at every full collection."""
 
-    __slots__ = ("_container_id", "_deferred", "_open", "_owner", "_queue", "_serving", "_tg")
+    __slots__ = (
+        "_container_id", "_deferred", "_dispatcher", "_open", "_owner", "_queue", "_serving",
+    )  # fmt: skip
 
     def __init__(self, container_id: str) -> None:
         self._container_id = container_id
@@ -180,24 +232,24 @@ class Mailbox:
         self._deferred: collections.deque[Call] = collections.deque()
         self._open = True
         self._owner: Owner | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._serving = False
+        self._dispatcher: Dispatcher | None = None
+        self._serving = False  # (scheduled, or being served)
 
     def _gone(self) -> errors.NotFound:
         return errors.NotFound(f"No such container: {self._container_id}")
 
-    def serve_on(self, task_group: anyio.abc.TaskGroup, owner: Owner) -> None:
-        """From now on, messages are taken one at a time by ``owner`` in tasks of
-        ``task_group`` (see the class docstring); those already queued first."""
+    def serve_on(self, dispatcher: Dispatcher, owner: Owner) -> None:
+        """From now on, messages are taken one at a time by ``owner`` in ``dispatcher``'s
+        tasks (see the class docstring); those already queued first."""
         self._owner = owner
-        self._tg = task_group
+        self._dispatcher = dispatcher
         if self._queue:
             self._wake()
 
     def _wake(self) -> None:
-        if not self._serving and self._tg is not None:
+        if not self._serving and self._dispatcher is not None:
             self._serving = True
-            self._tg.start_soon(self._serve, name=SERVING_TASK)
+            self._dispatcher.schedule(self)
 
     def _put(self, message: Message) -> bool:
         if not self._open:
@@ -235,10 +287,10 @@ class Mailbox:
         taken."""
         self._open = False
 
-    async def _serve(self) -> None:
+    async def serve(self) -> None:
         """Take the queued messages one at a time, each followed by the deferred requests
-        while the owner is not holding, until none is left (the task ends; the next message
-        starts another) or the owner has finished: then :meth:`close`. Cancelled with the
+        while the owner is not holding, until none is left (the next message schedules the
+        mailbox again) or the owner has finished: then :meth:`close`. Cancelled with the
         daemon, the request being handled and those queued are answered that the daemon is
         shutting down. A checkpoint before each: a cancelled actor takes nothing more."""
         owner = self._owner

@@ -11,6 +11,7 @@ from asyncstart.lifecycle import Lifecycle, LifecycleEvent, Request, State
 from asyncstart.mailbox import (
     SERVING_TASK,
     Call,
+    Dispatcher,
     Mailbox,
     Reply,
     TimerFired,
@@ -182,7 +183,7 @@ async def test_a_mailbox_is_served_on_demand_and_an_idle_one_has_no_task() -> No
     owner = _Owner()
     early = mailbox.request(Request.STOP)  # queued before it is served: taken first
     async with anyio.create_task_group() as tg:
-        mailbox.serve_on(tg, owner)
+        mailbox.serve_on(Dispatcher(tg, keep_idle=0), owner)
         mailbox.request(Request.KILL, 9, "web")
         assert await early.wait() == "STOP"
         await anyio.wait_all_tasks_blocked()
@@ -196,11 +197,42 @@ async def test_a_mailbox_is_served_on_demand_and_an_idle_one_has_no_task() -> No
     assert owner.closed_with is None
 
 
+async def test_the_dispatchers_tasks_serve_busy_mailboxes_and_few_wait_idle() -> None:
+    """As many tasks as mailboxes busy at once; after, at most ``keep_idle`` wait, and the
+    next message is taken by one of them (no task started)."""
+    owners = [_Owner() for _ in range(5)]
+    mailboxes = [Mailbox(f"{n:064x}") for n in range(5)]
+    release = anyio.Event()
+
+    async def blocked(message: object) -> None:
+        await release.wait()
+        assert isinstance(message, Call)
+        message.reply.set("done")
+
+    async with anyio.create_task_group() as tg:
+        dispatcher = Dispatcher(tg, keep_idle=2)
+        for mailbox, owner in zip(mailboxes, owners, strict=True):
+            owner.handle = blocked  # type: ignore[method-assign]
+            mailbox.serve_on(dispatcher, owner)
+        replies = [mailbox.request(Request.STOP) for mailbox in mailboxes]
+        await anyio.wait_all_tasks_blocked()
+        assert _actor_tasks() == 5, "one task per busy mailbox: none waits behind another"
+        release.set()
+        assert [await reply.wait() for reply in replies] == ["done"] * 5
+        await anyio.wait_all_tasks_blocked()
+        assert (_actor_tasks(), dispatcher.waiting) == (2, 2), "the others ended"
+        assert await mailboxes[0].request(Request.KILL).wait() == "done"
+        await anyio.wait_all_tasks_blocked()
+        assert (_actor_tasks(), dispatcher.waiting) == (2, 2), "taken by a waiting task"
+        tg.cancel_scope.cancel()
+    assert dispatcher.waiting == 0, "cancelled: no task left to wake"
+
+
 async def test_deferred_requests_wait_while_the_owner_holds() -> None:
     mailbox = Mailbox("c" * 64)
     owner = _Owner(holding=True)
     async with anyio.create_task_group() as tg:
-        mailbox.serve_on(tg, owner)
+        mailbox.serve_on(Dispatcher(tg, keep_idle=0), owner)
         deferred = Reply()
         mailbox.defer(Call(Request.STOP, (), deferred))
         await mailbox.request(Request.KILL, 9, "web").wait()
@@ -220,7 +252,7 @@ async def test_a_finished_actors_mailbox_answers_what_is_still_queued() -> None:
     wait = mailbox.request(Request.WAIT, "removed")
     kill = mailbox.request(Request.KILL, 9, "web")
     async with anyio.create_task_group() as tg:
-        mailbox.serve_on(tg, owner)
+        mailbox.serve_on(Dispatcher(tg, keep_idle=0), owner)
     assert owner.handled == [Request.STOP]
     assert await first.wait() == "STOP"
     assert await wait.wait() == {"StatusCode": 0}
@@ -240,7 +272,7 @@ async def test_a_cancelled_actor_takes_nothing_more_and_answers_every_caller() -
     first = mailbox.request(Request.STOP)
     queued = mailbox.request(Request.KILL, 9, "web")
     async with anyio.create_task_group() as tg:
-        mailbox.serve_on(tg, owner)
+        mailbox.serve_on(Dispatcher(tg, keep_idle=0), owner)
         await owner.busy.wait()
         tg.cancel_scope.cancel()
     assert owner.handled == [Request.WAIT, Request.STOP], "nothing taken after the cancel"
@@ -257,7 +289,7 @@ async def test_shutting_down_an_idle_mailbox_answers_what_its_owner_parked() -> 
     mailbox = Mailbox("c" * 64)
     owner = _Owner()
     async with anyio.create_task_group() as tg:
-        mailbox.serve_on(tg, owner)
+        mailbox.serve_on(Dispatcher(tg, keep_idle=0), owner)
         parked = mailbox.request(Request.WAIT, "exit")
         await anyio.wait_all_tasks_blocked()
         assert _actor_tasks() == 0 and not parked.done
