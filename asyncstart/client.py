@@ -31,17 +31,19 @@ from collections.abc import (
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.abc
-import httpcore
 import httpx
 
 from . import errors
 from ._version import API_VERSION
 from .client_http import Answer, ConnectionPool, Params, query_pairs
 from .detach import DetachableInput, attach_detach_keys, detach_keys_for
+
+if TYPE_CHECKING:
+    from httpcore import AsyncNetworkStream
 
 __all__ = ["Client", "ClientAttachSession", "ClientByteStream", "ClientEventStream"]
 
@@ -83,15 +85,31 @@ def _connection_errors() -> Iterator[None]:
     (``FileNotFoundError``, ``ConnectionRefusedError``, ...) or a ``ConnectionError``."""
     try:
         yield
-    except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
+    except httpx.TimeoutException as exc:
         raise TimeoutError(str(exc) or "timed out") from exc
-    except (httpx.TransportError, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-        cause: BaseException | None = exc
-        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, OSError):
-            raise OSError(cause.errno, cause.strerror) from exc  # (its subclass, by errno)
-        raise ConnectionError(str(exc) or type(exc).__name__) from exc
+    except httpx.TransportError as exc:
+        raise _connection_error(exc) from exc
+    except Exception as exc:
+        # Loaded by then (httpx's transport raised it). Not imported at the top: importing
+        # httpcore imports trio too, which an asyncio program has no use for.
+        import httpcore
+
+        if isinstance(exc, httpcore.TimeoutException):
+            raise TimeoutError(str(exc) or "timed out") from exc
+        if isinstance(exc, httpcore.NetworkError | httpcore.ProtocolError):
+            raise _connection_error(exc) from exc
+        raise
+
+
+def _connection_error(exc: Exception) -> OSError:
+    """The ``OSError`` beneath a transport error (its subclass, by errno), else a
+    ``ConnectionError`` saying what it was."""
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        return OSError(cause.errno, cause.strerror)
+    return ConnectionError(str(exc) or type(exc).__name__)
 
 
 def _params(**values: Any) -> dict[str, str]:
@@ -142,7 +160,7 @@ class ClientAttachSession:
 
     def __init__(
         self,
-        stream: httpcore.AsyncNetworkStream,
+        stream: AsyncNetworkStream,
         raw: bool,
         *,
         stdin: bool = True,
@@ -517,7 +535,7 @@ class Client:
                          detachKeys=detach_keys or None)  # fmt: skip
         once = bool(config.get("StdinOnce"))
 
-        def session(stream: httpcore.AsyncNetworkStream, raw: bool) -> ClientAttachSession:
+        def session(stream: AsyncNetworkStream, raw: bool) -> ClientAttachSession:
             wanted = detach_keys_for(keys, raw) if stdin else b""
             return ClientAttachSession(
                 stream, raw, stdin=stdin, stdin_once=once, detach_keys=wanted
@@ -532,9 +550,7 @@ class Client:
         self,
         path: str,
         what: str,
-        session: Callable[
-            [httpcore.AsyncNetworkStream, bool], ClientAttachSession
-        ] = ClientAttachSession,
+        session: Callable[[AsyncNetworkStream, bool], ClientAttachSession] = ClientAttachSession,
         **request: Any,
     ) -> AsyncIterator[ClientAttachSession]:
         """A POST upgraded to a raw stream (``101 UPGRADED``), as a session of frames

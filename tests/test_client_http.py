@@ -231,3 +231,46 @@ async def test_a_server_that_drops_or_garbles_the_answer_is_a_connection_error(
                         assert isinstance(exc, ConnectionError), (name, repr(exc))
                         raise
         tg.cancel_scope.cancel()
+
+
+async def test_an_attach_the_server_hung_up_on_raises_the_sockets_error(tmp_path: Path) -> None:
+    """On the upgraded connection (httpcore's stream, not httpx's): writing after the server
+    closed it is the socket's own ``OSError``."""
+    path = tmp_path / "s.sock"
+    hung_up = anyio.Event()
+    inspected = b'{"Config": {"StdinOnce": false, "Tty": true}}'  # (an attach with stdin asks)
+    answers = {
+        b"GET": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(inspected), inspected),
+        b"POST": b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+        b"Content-Type: application/vnd.docker.raw-stream\r\n\r\n",
+    }
+    active = 0
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        nonlocal active
+        active += 1
+        async with stream:
+            head = await stream.receive()
+            await stream.send(answers[head.split(b" ", 1)[0]])
+            if head.startswith(b"GET"):
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    await stream.receive()  # (kept alive until the client leaves)
+        hung_up.set()
+        active -= 1
+
+    async with await anyio.create_unix_listener(path) as listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        async with (
+            Client(f"unix://{path}") as client,
+            client.container_attach("web", stdin=True) as session,
+        ):
+            await hung_up.wait()
+            with anyio.fail_after(10), pytest.raises(OSError) as raised:
+                for _ in range(100):  # (the first writes may still find room in the buffer)
+                    await session.send(b"x" * 65536)
+            assert type(raised.value).__module__ == "builtins", repr(raised.value)
+        with anyio.fail_after(5):  # each handler sees its client leave, then ends
+            while active:
+                await anyio.sleep(0.001)
+        tg.cancel_scope.cancel()
