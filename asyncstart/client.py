@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import struct
+import sys
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -83,12 +84,15 @@ def _connection_errors() -> Iterator[None]:
     """httpx's transport errors (httpcore's, on an upgraded connection) raised as the
     connection pool raises its own: ``TimeoutError``, else the ``OSError`` beneath
     (``FileNotFoundError``, ``ConnectionRefusedError``, ...) or a ``ConnectionError``."""
+    # What the caller is handling now, if anything: the context of whatever is raised in
+    # here, never to be taken for the connection's own error.
+    handled = sys.exc_info()[1]
     try:
         yield
     except httpx.TimeoutException as exc:
         raise TimeoutError(str(exc) or "timed out") from exc
     except httpx.TransportError as exc:
-        raise _connection_error(exc) from exc
+        raise _connection_error(exc, handled) from exc
     except Exception as exc:
         # Loaded by then (httpx's transport raised it). Not imported at the top: importing
         # httpcore imports trio too, which an asyncio program has no use for.
@@ -97,18 +101,18 @@ def _connection_errors() -> Iterator[None]:
         if isinstance(exc, httpcore.TimeoutException):
             raise TimeoutError(str(exc) or "timed out") from exc
         if isinstance(exc, httpcore.NetworkError | httpcore.ProtocolError):
-            raise _connection_error(exc) from exc
+            raise _connection_error(exc, handled) from exc
         raise
 
 
-def _connection_error(exc: Exception) -> OSError:
+def _connection_error(exc: Exception, handled: BaseException | None) -> OSError:
     """The ``OSError`` beneath a transport error (its subclass, by errno), else a
-    ``ConnectionError`` saying what it was."""
+    ``ConnectionError`` saying what it was; the chain is read down to ``handled``."""
     cause: BaseException | None = exc
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+    while cause is not None and cause is not handled:
+        if isinstance(cause, OSError) and cause.errno:
+            return OSError(cause.errno, cause.strerror)
         cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, OSError):
-        return OSError(cause.errno, cause.strerror)
     return ConnectionError(str(exc) or type(exc).__name__)
 
 

@@ -570,7 +570,7 @@ class Daemon:
     async def container_unpause(self, reference: str) -> None:
         await self._actor(reference).request(Request.UNPAUSE)
 
-    async def container_export(self, reference: str) -> AsyncIterator[bytes]:
+    async def container_export(self, reference: str) -> AsyncGenerator[bytes, None]:
         """``docker export``: the container's filesystem as a tar stream, ``async for chunk
         in await daemon.container_export(reference)``. Its errors come at the ``await``, as
         dockerd answers them before the stream: 404, 409 while the container is being
@@ -586,12 +586,15 @@ class Daemon:
             raise errors.SystemError(
                 f"Error exporting container {reference}: {exc.message}"
             ) from exc
-        return self._exported(record, first, chunks)
+        stream = self._exported(record, first, chunks)
+        await anext(stream)  # (started: closed unread, it still unmounts)
+        return stream
 
     async def _exported(
         self, record: ContainerRecord, first: bytes, chunks: AsyncGenerator[bytes, None]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         try:
+            yield b""
             if first:
                 yield first
             async for chunk in chunks:

@@ -208,6 +208,7 @@ async def test_idle_containers_keep_no_task_and_one_busy_holds_up_no_other(
         # Queued behind the remove: taken after it, in turn (404: the container is gone).
         late = daemon.container_rename(ids[41], "late")
         tg.start_soon(lambda: _outcome(late, outcomes))
+        await anyio.wait_all_tasks_blocked()  # (asked: queued behind the remove)
         # Another container's request does not wait behind it.
         with anyio.fail_after(5):
             await daemon.container_rename(ids[42], "renamed")

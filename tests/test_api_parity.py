@@ -302,6 +302,12 @@ async def test_export_answers_its_errors_at_the_await_and_announces_itself(both:
                 assert await _read(stream)
                 event = await anext(events)
                 assert (event["Action"], event["Actor"]["ID"]) == ("export", cid)
+    # Closed unread (the library's caller, or the API's when the client has gone): the
+    # filesystem mounted for it is unmounted at once, not when the stream is collected.
+    stream = await both.daemon.container_export("web")
+    assert both.engine.mounter.mounted(cid)
+    await stream.aclose()
+    assert not both.engine.mounter.mounted(cid)
     # A layer that is gone: dockerd's wrapped 500, at the await on both sides.
     del both.engine.mounter.layers[cid]
     for side in (both.daemon, both.client):

@@ -203,8 +203,10 @@ async def test_the_dispatchers_tasks_serve_busy_mailboxes_and_few_wait_idle() ->
     owners = [_Owner() for _ in range(5)]
     mailboxes = [Mailbox(f"{n:064x}") for n in range(5)]
     release = anyio.Event()
+    served_by: list[int] = []  # the task that handled each message
 
     async def blocked(message: object) -> None:
+        served_by.append(anyio.get_current_task().id)
         await release.wait()
         assert isinstance(message, Call)
         message.reply.set("done")
@@ -217,13 +219,16 @@ async def test_the_dispatchers_tasks_serve_busy_mailboxes_and_few_wait_idle() ->
         replies = [mailbox.request(Request.STOP) for mailbox in mailboxes]
         await anyio.wait_all_tasks_blocked()
         assert _actor_tasks() == 5, "one task per busy mailbox: none waits behind another"
+        assert len(set(served_by)) == 5
         release.set()
         assert [await reply.wait() for reply in replies] == ["done"] * 5
         await anyio.wait_all_tasks_blocked()
         assert (_actor_tasks(), dispatcher.waiting) == (2, 2), "the others ended"
+        waiting = {task.id for task in anyio.get_running_tasks() if task.name == SERVING_TASK}
         assert await mailboxes[0].request(Request.KILL).wait() == "done"
+        assert served_by[-1] in waiting, "taken by a task that was waiting, none started"
         await anyio.wait_all_tasks_blocked()
-        assert (_actor_tasks(), dispatcher.waiting) == (2, 2), "taken by a waiting task"
+        assert (_actor_tasks(), dispatcher.waiting) == (2, 2)
         tg.cancel_scope.cancel()
     assert dispatcher.waiting == 0, "cancelled: no task left to wake"
 
