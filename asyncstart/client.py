@@ -91,6 +91,8 @@ def _connection_errors() -> Iterator[None]:
         yield
     except httpx.TimeoutException as exc:
         raise TimeoutError(str(exc) or "timed out") from exc
+    except httpx.LocalProtocolError:
+        raise  # (the request this client built is at fault, not the connection)
     except httpx.TransportError as exc:
         raise _connection_error(exc, handled) from exc
     except Exception as exc:
@@ -100,7 +102,7 @@ def _connection_errors() -> Iterator[None]:
 
         if isinstance(exc, httpcore.TimeoutException):
             raise TimeoutError(str(exc) or "timed out") from exc
-        if isinstance(exc, httpcore.NetworkError | httpcore.ProtocolError):
+        if isinstance(exc, httpcore.NetworkError | httpcore.RemoteProtocolError):
             raise _connection_error(exc, handled) from exc
         raise
 
