@@ -224,6 +224,7 @@ class Mailbox:
 
     __slots__ = (
         "_container_id", "_deferred", "_dispatcher", "_open", "_owner", "_queue", "_serving",
+        "_shut_down",
     )  # fmt: skip
 
     def __init__(self, container_id: str) -> None:
@@ -234,6 +235,7 @@ class Mailbox:
         self._owner: Owner | None = None
         self._dispatcher: Dispatcher | None = None
         self._serving = False  # (scheduled, or being served)
+        self._shut_down = False
 
     def _gone(self) -> errors.NotFound:
         return errors.NotFound(f"No such container: {self._container_id}")
@@ -262,6 +264,8 @@ class Mailbox:
         """Queue a request; the actor takes it after every message queued before."""
         reply = Reply()
         if not self._put(Call(request, args, reply)):
+            if self._shut_down:
+                raise errors.Unavailable("the daemon is shutting down")
             raise self._gone()
         return reply
 
@@ -321,7 +325,8 @@ class Mailbox:
 
     def shut_down(self) -> None:
         """The daemon closes: whatever is queued, deferred or parked by the owner is answered
-        that the daemon is shutting down (503); no message is taken after this."""
+        that the daemon is shutting down (503), as is any request made after this."""
+        self._shut_down = True
         shutting_down = errors.Unavailable("the daemon is shutting down")
         self.close(lambda call: shutting_down)
         if self._owner is not None:

@@ -60,3 +60,10 @@ async def test_a_request_in_flight_when_the_daemon_is_cancelled_is_answered(
             await done.wait()
     assert len(got) == 1 and isinstance(got[0], errors.Unavailable), got
     assert (got[0].status, str(got[0])) == (503, "the daemon is shutting down")
+
+
+async def test_a_request_after_the_daemon_closed_is_told_so(open_engine: OpenEngine) -> None:
+    async with open_engine() as engine:
+        cid = await engine.daemon.container_create(config=SLEEPER)
+    with pytest.raises(errors.Unavailable, match="^the daemon is shutting down$"):
+        await engine.daemon.container_start(cid)
