@@ -475,6 +475,26 @@ async def test_a_container_created_on_a_user_network(api: Api) -> None:
     ]
 
 
+async def test_before_api_1_45_the_short_id_and_hostname_are_aliases(api: Api) -> None:
+    """As dockerd's inspect for older clients (docker-compose 1.29 asks for 1.41): on a
+    user-defined network, ``Aliases`` also holds the short ID and the hostname; never on
+    the default bridge."""
+    await create_net(api, "n1")
+    cid = await on_network(api, "web", "n1", Aliases=["db", "web"])
+    await post(api, f"/containers/{cid}/start")
+    await post(api, "/networks/bridge/connect", {"Container": cid})
+
+    def aliases(reply: Raw) -> dict[str, Any]:
+        assert reply.status == 200, reply.body
+        networks = json.loads(reply.body)["NetworkSettings"]["Networks"]
+        return {name: endpoint["Aliases"] for name, endpoint in networks.items()}
+
+    old = aliases(await raw(api.sock, http("GET", f"/v1.44/containers/{cid}/json")))
+    assert old == {"n1": ["db", "web", cid[:12]], "bridge": None}  # (hostname: the short ID)
+    new = aliases(await raw(api.sock, http("GET", f"/v1.45/containers/{cid}/json")))
+    assert new == {"n1": ["db", "web"], "bridge": None}
+
+
 async def test_a_pool_network_gives_the_next_free_address(api: Api) -> None:
     network_id = await create_net(api, "n1")
     await on_network(api, "one", "n1")

@@ -285,7 +285,10 @@ class EngineAPI:
         return Response(200)
 
     async def container_inspect(self, request: Request, name: str) -> Reply:
-        return json_reply(await self.daemon.container_inspect(name))
+        inspected = await self.daemon.container_inspect(name)
+        if api_version(request) < (1, 45):
+            _short_id_aliases(inspected)
+        return json_reply(inspected)
 
     async def container_start(self, request: Request, name: str) -> Reply:
         # As dockerd: a body of unknown length (chunked) or longer than "{}" plus padding.
@@ -726,6 +729,22 @@ def _hijack_head(request: Request, tty: bool) -> bytes:
             "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
         ).encode()
     return f"HTTP/1.1 200 OK\r\nContent-Type: {stdio_type(True)}\r\n\r\n".encode()
+
+
+#: The networks that are not user-defined (dockerd's ``NetworkMode.IsUserDefined``).
+_PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
+
+
+def _short_id_aliases(inspected: dict[str, Any]) -> None:
+    """dockerd before API 1.45: on each user-defined network, the container's short ID and
+    hostname are among its ``Aliases`` (since 1.45 they are in ``DNSNames`` only)."""
+    extra = [inspected["Id"][:12], (inspected.get("Config") or {}).get("Hostname") or ""]
+    networks = (inspected.get("NetworkSettings") or {}).get("Networks") or {}
+    for name, endpoint in networks.items():
+        if name in _PREDEFINED_NETWORKS or name.startswith("container:"):
+            continue
+        aliases = [*(endpoint.get("Aliases") or ()), *(alias for alias in extra if alias)]
+        endpoint["Aliases"] = list(dict.fromkeys(aliases))
 
 
 def _tar(chunks: AsyncIterator[bytes]) -> Streaming:
