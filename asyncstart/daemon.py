@@ -578,23 +578,22 @@ class Daemon:
         or read. An ``export`` event once the stream has been read to its end."""
         actor = self._actor(reference)
         actor.check(Request.EXPORT, reference)
-        record = actor.snapshot().record
-        chunks = self._drivers.mounter.export(record.id)
-        try:
-            first = await anext(chunks, b"")  # (mounted and the tar begun)
-        except errors.DockerError as exc:
-            raise errors.SystemError(
-                f"Error exporting container {reference}: {exc.message}"
-            ) from exc
-        stream = self._exported(record, first, chunks)
-        await anext(stream)  # (started: closed unread, it still unmounts)
+        stream = self._exported(actor.snapshot().record, reference)
+        await anext(stream)  # (mounted and the tar begun; started, closed unread it unmounts)
         return stream
 
     async def _exported(
-        self, record: ContainerRecord, first: bytes, chunks: AsyncGenerator[bytes, None]
+        self, record: ContainerRecord, reference: str
     ) -> AsyncGenerator[bytes, None]:
+        chunks = self._drivers.mounter.export(record.id)
         try:
-            yield b""
+            try:
+                first = await anext(chunks, b"")
+            except errors.DockerError as exc:
+                raise errors.SystemError(
+                    f"Error exporting container {reference}: {exc.message}"
+                ) from exc
+            yield b""  # (the caller's first step ends here: errors above come before it)
             if first:
                 yield first
             async for chunk in chunks:

@@ -223,19 +223,18 @@ class Mailbox:
     of objects that the garbage collector walks at every full collection."""
 
     __slots__ = (
-        "_container_id", "_deferred", "_dispatcher", "_open", "_owner", "_queue", "_serving",
-        "_shut_down",
+        "_container_id", "_deferred", "_dispatcher", "_owner", "_queue", "_refusal", "_serving",
     )  # fmt: skip
 
     def __init__(self, container_id: str) -> None:
         self._container_id = container_id
         self._queue: collections.deque[Message] = collections.deque()
         self._deferred: collections.deque[Call] = collections.deque()
-        self._open = True
+        #: What a request gets once no more are taken (None: they are): 404, or 503.
+        self._refusal: errors.DockerError | None = None
         self._owner: Owner | None = None
         self._dispatcher: Dispatcher | None = None
         self._serving = False  # (scheduled, or being served)
-        self._shut_down = False
 
     def _gone(self) -> errors.NotFound:
         return errors.NotFound(f"No such container: {self._container_id}")
@@ -254,7 +253,7 @@ class Mailbox:
             self._dispatcher.schedule(self)
 
     def _put(self, message: Message) -> bool:
-        if not self._open:
+        if self._refusal is not None:
             return False
         self._queue.append(message)
         self._wake()
@@ -264,9 +263,8 @@ class Mailbox:
         """Queue a request; the actor takes it after every message queued before."""
         reply = Reply()
         if not self._put(Call(request, args, reply)):
-            if self._shut_down:
-                raise errors.Unavailable("the daemon is shutting down")
-            raise self._gone()
+            assert self._refusal is not None
+            raise type(self._refusal)(self._refusal.message)  # (a fresh one per caller)
         return reply
 
     def post(self, message: RuntimeReport | TimerFired) -> bool:
@@ -289,7 +287,8 @@ class Mailbox:
     def stop_taking(self) -> None:
         """No more messages are accepted (the container is gone); those queued are still
         taken."""
-        self._open = False
+        if self._refusal is None:
+            self._refusal = self._gone()
 
     async def serve(self) -> None:
         """Take the queued messages one at a time, each followed by the deferred requests
@@ -305,7 +304,7 @@ class Mailbox:
                 await anyio.lowlevel.checkpoint_if_cancelled()
                 current = self.take_nowait()
                 if current is None:
-                    if self._open:
+                    if self._refusal is None:
                         self._serving = False  # (idle: no await between this and the end)
                         return
                     break
@@ -314,20 +313,19 @@ class Mailbox:
                     await owner.handle(current)
                 current = None
         except BaseException:
-            shutting_down = errors.Unavailable("the daemon is shutting down")
-            if isinstance(current, Call):
-                current.reply.fail(shutting_down)  # (unless its handler answered it)
-            self.shut_down()
+            self.shut_down(current)
             raise
         self._serving = False
         self.close(owner.answer_when_gone)
         owner.mailbox_closed(self._gone())
 
-    def shut_down(self) -> None:
+    def shut_down(self, current: Message | None = None) -> None:
         """The daemon closes: whatever is queued, deferred or parked by the owner is answered
-        that the daemon is shutting down (503), as is any request made after this."""
-        self._shut_down = True
-        shutting_down = errors.Unavailable("the daemon is shutting down")
+        that the daemon is shutting down (503), as is ``current`` (the request being handled,
+        unless its handler answered it) and any request made after this."""
+        shutting_down = self._refusal = errors.Unavailable("the daemon is shutting down")
+        if isinstance(current, Call):
+            current.reply.fail(shutting_down)
         self.close(lambda call: shutting_down)
         if self._owner is not None:
             self._owner.mailbox_closed(shutting_down)

@@ -51,6 +51,13 @@ log = get_logger("asyncstart.networks")
 NETWORK_FILTERS = ("driver", "id", "label", "name", "scope", "type", "dangling")
 _TYPES = ("custom", "builtin")
 PREDEFINED = ("bridge", "host", "none")
+
+
+def predefined(name: str) -> bool:
+    """Whether ``name`` is a predefined network's, or ``default`` (the bridge)."""
+    return name in (*PREDEFINED, "default")
+
+
 #: Where user-defined networks take their subnets from, a /24 each: asyncstart's own range
 #: (the default bridge has its first /24), clear of dockerd's 172.17+/16 and podman's 10.88/16.
 POOL = ipaddress.IPv4Network("10.213.0.0/16")
@@ -127,7 +134,7 @@ def new_network(
     """``POST /networks/create``'s body checked as dockerd does, with a subnet from the pool
     when it names none (avoiding the host's routes and the other networks')."""
     name = body.get("Name")
-    if name in (*PREDEFINED, "default"):
+    if isinstance(name, str) and predefined(name):
         raise errors.Forbidden(f"operation is not permitted on predefined {name} network ")
     subnet, gateway = _ipam(body.get("IPAM") or {}, existing, routed)
     if not isinstance(name, str) or not name.strip():
@@ -429,7 +436,7 @@ def endpoint_config(spec: NetworkSpec | None, body: Any, *, key: str = "") -> di
     aliases = body.get("Aliases") or []
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise errors.InvalidParameter("invalid Aliases: expected a list of strings")
-    builtin = spec.builtin if spec is not None else key in (*PREDEFINED, "default")
+    builtin = spec.builtin if spec is not None else predefined(key)
     if builtin and ipv4:
         raise _invalid_endpoint(
             "user specified IP address is supported on user defined networks only"

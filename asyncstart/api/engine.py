@@ -731,7 +731,8 @@ def _hijack_head(request: Request, tty: bool) -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Type: {stdio_type(True)}\r\n\r\n".encode()
 
 
-#: The networks that are not user-defined (dockerd's ``NetworkMode.IsUserDefined``).
+#: The networks that are not user-defined (dockerd's ``NetworkMode.IsUserDefined``; the API
+#: may not read the networks module, whose ``predefined`` says the same).
 _PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
 
 
