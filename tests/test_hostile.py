@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -25,6 +27,7 @@ from asyncstart.logconfig import configure_logging
 from asyncstart.logs import JsonFileWriter
 from asyncstart.runtime import StateInfo
 from asyncstart.settings import format_id_list
+from asyncstart.wiring import spread_subdirectories
 
 from .conftest import Engine, OpenEngine
 from .helpers import create
@@ -285,6 +288,55 @@ async def test_the_roots_are_closed_to_other_users_and_closed_again_on_reopen(
     async with open_engine():
         assert _modes(data_root) == _CLOSED
         assert exec_root.stat().st_mode & 0o777 == 0o700
+
+
+def _file_flags(path: Path) -> int | None:
+    """A directory's ext2/3/4 flags (``lsattr -d``), or None where its file system has none."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buffer = bytearray(4)
+        fcntl.ioctl(fd, 0x80086601, buffer)  # FS_IOC_GETFLAGS
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int.from_bytes(buffer, "little")
+
+
+_TOPDIR = 0x00020000  # chattr +T
+
+
+def _spread(data_root: Path) -> set[str]:
+    return {name for name in _CLOSED if (_file_flags(data_root / name) or 0) & _TOPDIR}
+
+
+async def test_the_directories_of_containers_spread_them_over_the_file_system(
+    open_engine: OpenEngine,
+) -> None:
+    """ext4 keeps a directory's subdirectories in its own block group unless it is marked as
+    a top of hierarchies. Without a journal, each inode a start allocated there walked past
+    every inode freed there in the last minute: under a churn of starts and removals the
+    overlay mount cost 1.7 ms instead of 0.15."""
+    async with open_engine() as engine:
+        pass
+    data_root = engine.root / "data"
+    if _file_flags(data_root) is None:
+        pytest.skip("the test directory's file system keeps no such flags")
+    assert _spread(data_root) == {"containers", "overlay"}
+    for name in ("containers", "overlay"):  # as an older version left them
+        subprocess.run(["chattr", "-T", str(data_root / name)], check=True)
+    assert _spread(data_root) == set()
+    async with open_engine():
+        assert _spread(data_root) == {"containers", "overlay"}
+
+
+def test_a_directory_is_not_spread_where_the_file_system_has_no_such_hint() -> None:
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs
+    try:
+        assert spread_subdirectories(shm) is False
+        assert spread_subdirectories(shm / "missing") is False
+    finally:
+        shm.rmdir()
 
 
 def test_a_containers_log_is_not_for_other_users(tmp_path: Path) -> None:
