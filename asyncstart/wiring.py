@@ -7,10 +7,8 @@ bridge, runc) or ``fake`` (in memory) — here and nowhere else; any driver may 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from . import errors
 from .clock import Clock
+from .fsdirs import spread_subdirectories
 from .images import FakeMounter, MountDriver
 from .images.fake import FakeImageStore
 from .images.overlay import OverlayMounter
@@ -265,52 +264,17 @@ _DATA_MODES = (
     ("network", 0o700, False),
 )
 
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
-#: ``chattr +T``: ext2/3/4's Orlov allocator takes each subdirectory of such a directory for
-#: the top of a hierarchy of its own, and places it in a block group of its own (by its
-#: name's hash) rather than beside its siblings.
-_FS_TOPDIR_FL = 0x00020000
-
-
-def spread_subdirectories(path: Path) -> bool:
-    """Mark ``path`` as a top of directory hierarchies where the file system knows the hint
-    (ext2/3/4; elsewhere nothing happens and False is returned).
-
-    Without it every container's directories share their parent's block group, and so do
-    the inodes each start creates and frees: the overlay mount alone makes and deletes four
-    (its work directory's probes), the start path's files more. ext4 without a journal does
-    not reuse an inode freed less than a minute (five when its table block is unwritten)
-    before, and walks past every such inode of the group for each inode it allocates: under
-    a steady churn of starts and removals that walk made the overlay mount cost 1.7 ms
-    instead of 0.15. Spread, each container's churn stays in a group of its own.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        buffer = bytearray(4)
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buffer)
-        (flags,) = struct.unpack("i", buffer)
-        if not flags & _FS_TOPDIR_FL:
-            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", flags | _FS_TOPDIR_FL))
-    except OSError:
-        return False  # ENOTTY, EOPNOTSUPP: not ext2/3/4 (tmpfs, xfs, btrfs, overlay)
-    finally:
-        os.close(fd)
-    return True
-
 
 def secure_roots(config: DaemonConfig) -> None:
     """Make the roots and close them to other users — at every open, so that a root made
     before (0755, as this engine once made them) is closed too. Otherwise a container plus any
     local user is host root: a setuid binary the container leaves in its upper directory runs
     as root for whoever can reach it. The directories that hold one directory per container
-    spread them over the file system (:func:`spread_subdirectories`)."""
+    spread them over the file system (:func:`~asyncstart.fsdirs.spread_subdirectories`)."""
     data_root, exec_root = Path(config.data_root), Path(config.exec_root)
     exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(exec_root, 0o700)
+    spread_subdirectories(exec_root)  # each container's bundle (tmpfs, as /run is: no-op)
     userns = config.userns()
     for name, mode, per_container in _DATA_MODES:
         path = data_root / name if name else data_root

@@ -64,6 +64,7 @@ SUPPORT: Final = (
     "asyncstart.execs",  # docker exec: config, OCI process, inspect (pure)
     "asyncstart.exec_io",  # a started exec's stdio
     "asyncstart.fdio",  # reading a non-blocking descriptor as it becomes readable
+    "asyncstart.fsdirs",  # placement hints for the directories the engine makes
     "asyncstart.filters",
     "asyncstart.names",
 )

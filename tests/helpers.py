@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -144,7 +146,6 @@ def lose_record(data_root: Any, container_id: str) -> None:
     way): its row in the records database and its directory."""
     import shutil
     import sqlite3
-    from pathlib import Path
 
     root = Path(data_root)
     with contextlib.closing(sqlite3.connect(root / "containers.db")) as database, database:
@@ -164,3 +165,18 @@ def tar_of(*members: tuple[str, bytes]) -> bytes:
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def spread_mark(path: Path) -> bool | None:
+    """Whether a directory is marked as a top of hierarchies (``chattr +T``, which spreads
+    its subdirectories over ext2/3/4's block groups); None where its file system keeps no
+    such flags."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buffer = bytearray(4)
+        fcntl.ioctl(fd, 0x80086601, buffer)  # FS_IOC_GETFLAGS
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(buffer, "little") & 0x00020000)  # FS_TOPDIR_FL

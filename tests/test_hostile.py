@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import io
 import json
@@ -21,16 +20,16 @@ import structlog
 
 import asyncstart
 from asyncstart import errors
+from asyncstart.fsdirs import spread_subdirectories
 from asyncstart.hostinfo import host_facts
 from asyncstart.images.source import ImportLimits
 from asyncstart.logconfig import configure_logging
 from asyncstart.logs import JsonFileWriter
 from asyncstart.runtime import StateInfo
 from asyncstart.settings import format_id_list
-from asyncstart.wiring import spread_subdirectories
 
 from .conftest import Engine, OpenEngine
-from .helpers import create
+from .helpers import create, spread_mark
 
 pytestmark = pytest.mark.anyio
 
@@ -290,24 +289,10 @@ async def test_the_roots_are_closed_to_other_users_and_closed_again_on_reopen(
         assert exec_root.stat().st_mode & 0o777 == 0o700
 
 
-def _file_flags(path: Path) -> int | None:
-    """A directory's ext2/3/4 flags (``lsattr -d``), or None where its file system has none."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        buffer = bytearray(4)
-        fcntl.ioctl(fd, 0x80086601, buffer)  # FS_IOC_GETFLAGS
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return int.from_bytes(buffer, "little")
-
-
-_TOPDIR = 0x00020000  # chattr +T
-
-
-def _spread(data_root: Path) -> set[str]:
-    return {name for name in _CLOSED if (_file_flags(data_root / name) or 0) & _TOPDIR}
+def _spread(root: Path) -> set[str]:
+    """Which of the roots and the data root's directories are marked (``chattr +T``)."""
+    names = ["exec", "data", *(f"data/{name}" for name in _CLOSED if name)]
+    return {name for name in names if spread_mark(root / name)}
 
 
 async def test_the_directories_of_containers_spread_them_over_the_file_system(
@@ -319,15 +304,15 @@ async def test_the_directories_of_containers_spread_them_over_the_file_system(
     overlay mount cost 1.7 ms instead of 0.15."""
     async with open_engine() as engine:
         pass
-    data_root = engine.root / "data"
-    if _file_flags(data_root) is None:
+    if spread_mark(engine.root) is None:
         pytest.skip("the test directory's file system keeps no such flags")
-    assert _spread(data_root) == {"containers", "overlay"}
-    for name in ("containers", "overlay"):  # as an older version left them
-        subprocess.run(["chattr", "-T", str(data_root / name)], check=True)
-    assert _spread(data_root) == set()
+    spread = {"exec", "data/containers", "data/overlay"}  # one directory per container each
+    assert _spread(engine.root) == spread
+    for name in spread:  # as an older version left them
+        subprocess.run(["chattr", "-T", str(engine.root / name)], check=True)
+    assert _spread(engine.root) == set()
     async with open_engine():
-        assert _spread(data_root) == {"containers", "overlay"}
+        assert _spread(engine.root) == spread
 
 
 def test_a_directory_is_not_spread_where_the_file_system_has_no_such_hint() -> None:

@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 
 from .._log import get_logger
+from ..fsdirs import spread_subdirectories
 from .base import Bundle, Console, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess, reap, reap_exec_leftovers, set_subreaper
@@ -103,6 +104,7 @@ class RuncRuntime:
         """Serve until cancelled: pump the containers' output and report their exits."""
         set_subreaper()
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spread_subdirectories(self.state_root)  # the runtime's directory per container
         self._backend = backend
         try:
             async with anyio.create_task_group() as tg:
