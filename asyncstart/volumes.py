@@ -30,6 +30,7 @@ import msgspec
 from . import errors
 from ._log import get_logger
 from .filters import Filters, has_label, normalise
+from .fsdirs import spread_subdirectories
 from .ids import random_hex
 from .mounts import VOLUME_NAME, check_volume_name
 from .store import write_atomic
@@ -331,6 +332,7 @@ class VolumeStore:
 
     def _make(self, name: str, meta: _Meta) -> Volume:
         _private_dir(self.root, self._root_ids)
+        spread_subdirectories(self.root)  # a volume per container, often (anonymous ones)
         path = self.root / name
         try:
             _private_dir(path, self._root_ids)
