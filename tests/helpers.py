@@ -167,16 +167,49 @@ def tar_of(*members: tuple[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def spread_mark(path: Path) -> bool | None:
-    """Whether a directory is marked as a top of hierarchies (``chattr +T``, which spreads
-    its subdirectories over ext2/3/4's block groups); None where its file system keeps no
-    such flags."""
+#: ``FS_IOC_GETFLAGS``, ``FS_IOC_SETFLAGS``; ``chattr +T``, ``chattr +d``.
+_GETFLAGS, _SETFLAGS = 0x80086601, 0x40086602
+TOPDIR_FL, NODUMP_FL = 0x00020000, 0x00000040
+
+
+def file_flags(path: Path) -> int | None:
+    """A directory's ext2/3/4 flags (``lsattr -d``); None where its file system has none."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         buffer = bytearray(4)
-        fcntl.ioctl(fd, 0x80086601, buffer)  # FS_IOC_GETFLAGS
+        fcntl.ioctl(fd, _GETFLAGS, buffer)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return bool(int.from_bytes(buffer, "little") & 0x00020000)  # FS_TOPDIR_FL
+    return int.from_bytes(buffer, "little")
+
+
+def set_file_flags(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, _SETFLAGS, flags.to_bytes(4, "little"))
+    finally:
+        os.close(fd)
+
+
+def spread_mark(path: Path) -> bool:
+    """Whether a directory is marked as a top of hierarchies (``chattr +T``)."""
+    return bool((file_flags(path) or 0) & TOPDIR_FL)
+
+
+def skip_unless_spread_here(directory: Path) -> None:
+    """Skip unless a directory made in ``directory`` takes the mark (ext2/3/4) — tried with
+    the ioctl itself, not with the engine's function that the tests are about."""
+    probe = directory / "spread-probe"
+    probe.mkdir()
+    try:
+        flags = file_flags(probe)
+        if flags is None:
+            pytest.skip("this file system keeps no inode flags (not ext2/3/4)")
+        try:
+            set_file_flags(probe, flags | TOPDIR_FL)
+        except OSError:
+            pytest.skip("this file system spreads no directories (not ext2/3/4)")
+    finally:
+        probe.rmdir()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -19,7 +19,7 @@ import pytest
 import structlog
 
 import asyncstart
-from asyncstart import errors
+from asyncstart import errors, fsdirs
 from asyncstart.fsdirs import spread_subdirectories
 from asyncstart.hostinfo import host_facts
 from asyncstart.images.source import ImportLimits
@@ -29,7 +29,15 @@ from asyncstart.runtime import StateInfo
 from asyncstart.settings import format_id_list
 
 from .conftest import Engine, OpenEngine
-from .helpers import create, spread_mark
+from .helpers import (
+    NODUMP_FL,
+    TOPDIR_FL,
+    create,
+    file_flags,
+    set_file_flags,
+    skip_unless_spread_here,
+    spread_mark,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -303,26 +311,46 @@ async def test_the_directories_of_containers_spread_them_over_the_file_system(
     every inode freed there in the last minute: under a churn of starts and removals the
     overlay mount cost 1.7 ms instead of 0.15."""
     async with open_engine() as engine:
+        skip_unless_spread_here(engine.root)
+        cid = await create(engine.daemon, "web")
         await engine.daemon.volume_create({})  # (the volumes' directory is made with the first)
-    if spread_mark(engine.root) is None:
-        pytest.skip("the test directory's file system keeps no such flags")
     spread = {"exec", "data/containers", "data/overlay"}  # one directory per container each
     assert _spread(engine.root) == spread
-    assert spread_mark(engine.root / "data" / "volumes") is True
+    assert spread_mark(engine.root / "data" / "volumes")
+    # Not inherited: what is in a container's directory stays together.
+    assert not spread_mark(engine.root / "data" / "containers" / cid)
     for name in spread:  # as an older version left them
-        subprocess.run(["chattr", "-T", str(engine.root / name)], check=True)
+        set_file_flags(engine.root / name, (file_flags(engine.root / name) or 0) & ~TOPDIR_FL)
     assert _spread(engine.root) == set()
     async with open_engine():
         assert _spread(engine.root) == spread
 
 
-def test_a_directory_is_not_spread_where_the_file_system_has_no_such_hint() -> None:
-    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs
-    try:
-        assert spread_subdirectories(shm) is False
-        assert spread_subdirectories(shm / "missing") is False
-    finally:
-        shm.rmdir()
+def test_spreading_keeps_a_directorys_other_flags(tmp_path: Path) -> None:
+    skip_unless_spread_here(tmp_path)
+    directory = tmp_path / "d"
+    directory.mkdir()
+    set_file_flags(directory, (file_flags(directory) or 0) | NODUMP_FL)  # chattr +d
+    assert spread_subdirectories(directory) is True
+    flags = file_flags(directory) or 0
+    assert flags & TOPDIR_FL and flags & NODUMP_FL
+    assert spread_subdirectories(directory) is True  # (already marked: left as it is)
+
+
+def test_a_directory_is_not_spread_where_the_file_system_has_no_such_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert spread_subdirectories(tmp_path / "missing") is False
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert spread_subdirectories(tmp_path / "link") is False  # a link is not followed
+    assert not spread_mark(tmp_path / "target")
+
+    def unsupported(fd: int, request: int, arg: object = 0) -> None:
+        raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")  # tmpfs, xfs, btrfs
+
+    monkeypatch.setattr(fsdirs.fcntl, "ioctl", unsupported)
+    assert spread_subdirectories(tmp_path / "target") is False
 
 
 def test_a_containers_log_is_not_for_other_users(tmp_path: Path) -> None:

@@ -23,7 +23,13 @@ from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.network.loopback import LoopbackNetwork
 from asyncstart.runtime.runc_cli import launcher
 
-from .helpers import lose_record, open_clean, real_containers, spread_mark
+from .helpers import (
+    lose_record,
+    open_clean,
+    real_containers,
+    skip_unless_spread_here,
+    spread_mark,
+)
 
 pytestmark = real_containers()
 
@@ -127,9 +133,8 @@ async def test_the_runtimes_state_root_spreads_its_containers_directories(
     """runc and crun make a directory per container there at every start (chattr +T: on
     ext4 without a journal, a churn of starts in one block group made every inode allocated
     there walk past those freed in the last minute)."""
-    if spread_mark(roots.exec) is None:
-        pytest.skip("the test directory's file system keeps no such flags")
-    assert spread_mark(roots.exec / "runc") is True
+    skip_unless_spread_here(roots.exec)
+    assert spread_mark(roots.exec / "runc")
 
 
 async def test_echo_is_logged_and_exit_codes_arrive(
