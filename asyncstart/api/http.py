@@ -62,8 +62,9 @@ class Wire:
     On a unix socket the reads wait in ``wait_readable`` and then ``recv`` directly, and the
     writes try ``send`` directly, falling back to the stream when the socket buffer is full.
     Waiting in ``wait_readable`` also makes reads safe to cancel, which they are all the time
-    here (shutdown, a stream that ends while its client is watched): anyio's asyncio unix
-    ``receive`` cannot be cancelled once its wake-up is queued (``InvalidStateError``).
+    here (shutdown, a stream that ends while its client is watched): the anyio releases this
+    project accepts include some whose asyncio unix ``receive`` cannot be cancelled once its
+    wake-up is queued (``InvalidStateError`` at close; 4.16.0 has the upstream fix).
     Other streams (TCP) go through anyio as they are.
     """
 
