@@ -274,7 +274,7 @@ def secure_roots(config: DaemonConfig) -> None:
     data_root, exec_root = Path(config.data_root), Path(config.exec_root)
     exec_root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(exec_root, 0o700)
-    spread_subdirectories(exec_root)  # each container's bundle (tmpfs, as /run is: no-op)
+    spread_subdirectories(exec_root)  # each container's bundle (on tmpfs, as /run is: no-op)
     userns = config.userns()
     for name, mode, per_container in _DATA_MODES:
         path = data_root / name if name else data_root

@@ -199,17 +199,23 @@ def spread_mark(path: Path) -> bool:
 
 
 def skip_unless_spread_here(directory: Path) -> None:
-    """Skip unless a directory made in ``directory`` takes the mark (ext2/3/4) — tried with
-    the ioctl itself, not with the engine's function that the tests are about."""
+    """Skip unless directories made in ``directory`` are spread: an ext4 without a journal
+    (the ioctl itself tried on a probe: ext2/3/4 take the mark)."""
+    from asyncstart.fsdirs import walks_recently_freed
+
     probe = directory / "spread-probe"
     probe.mkdir()
+    fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        if not walks_recently_freed(fd):
+            pytest.skip("directories are spread on an ext4 without a journal only")
         flags = file_flags(probe)
         if flags is None:
-            pytest.skip("this file system keeps no inode flags (not ext2/3/4)")
+            pytest.skip("this file system keeps no inode flags")
         try:
             set_file_flags(probe, flags | TOPDIR_FL)
         except OSError:
-            pytest.skip("this file system spreads no directories (not ext2/3/4)")
+            pytest.skip("this file system takes no TOPDIR mark")
     finally:
+        os.close(fd)
         probe.rmdir()

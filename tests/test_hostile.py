@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import gzip
 import io
 import json
@@ -19,8 +18,7 @@ import pytest
 import structlog
 
 import asyncstart
-from asyncstart import errors, fsdirs
-from asyncstart.fsdirs import spread_subdirectories
+from asyncstart import errors
 from asyncstart.hostinfo import host_facts
 from asyncstart.images.source import ImportLimits
 from asyncstart.logconfig import configure_logging
@@ -30,7 +28,6 @@ from asyncstart.settings import format_id_list
 
 from .conftest import Engine, OpenEngine
 from .helpers import (
-    NODUMP_FL,
     TOPDIR_FL,
     create,
     file_flags,
@@ -324,33 +321,6 @@ async def test_the_directories_of_containers_spread_them_over_the_file_system(
     assert _spread(engine.root) == set()
     async with open_engine():
         assert _spread(engine.root) == spread
-
-
-def test_spreading_keeps_a_directorys_other_flags(tmp_path: Path) -> None:
-    skip_unless_spread_here(tmp_path)
-    directory = tmp_path / "d"
-    directory.mkdir()
-    set_file_flags(directory, (file_flags(directory) or 0) | NODUMP_FL)  # chattr +d
-    assert spread_subdirectories(directory) is True
-    flags = file_flags(directory) or 0
-    assert flags & TOPDIR_FL and flags & NODUMP_FL
-    assert spread_subdirectories(directory) is True  # (already marked: left as it is)
-
-
-def test_a_directory_is_not_spread_where_the_file_system_has_no_such_hint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert spread_subdirectories(tmp_path / "missing") is False
-    (tmp_path / "target").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "target")
-    assert spread_subdirectories(tmp_path / "link") is False  # a link is not followed
-    assert not spread_mark(tmp_path / "target")
-
-    def unsupported(fd: int, request: int, arg: object = 0) -> None:
-        raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")  # tmpfs, xfs, btrfs
-
-    monkeypatch.setattr(fsdirs.fcntl, "ioctl", unsupported)
-    assert spread_subdirectories(tmp_path / "target") is False
 
 
 def test_a_containers_log_is_not_for_other_users(tmp_path: Path) -> None:
