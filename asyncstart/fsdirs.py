@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import platform
 import struct
@@ -26,24 +27,35 @@ _GENERIC_IOCTLS = frozenset({"x86_64", "aarch64", "s390x", "riscv64", "loongarch
 #: search at the group its name hashes to and takes a less used one), rather than keeping
 #: them in their parent's group. Not inherited: what is below each subdirectory stays with it.
 _FS_TOPDIR_FL = 0x00020000
-#: What a file system that has no such flag answers (tmpfs, xfs, btrfs; overlayfs passes the
-#: request on to its upper layer's).
+#: What a file system answers that cannot take the mark: xfs, btrfs and tmpfs (6.0 on) know
+#: the request and refuse the flag, older tmpfs and others do not know the request at all.
+#: (overlayfs passes it on to its upper layer's file system.)
 _UNSUPPORTED = frozenset({errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL})
 
 
 def walks_recently_freed(fd: int) -> bool:
     """Whether the file system of the open file ``fd`` is an ext4 without a journal: one
-    whose inode allocator walks past the recently freed inodes of a group (ext4 tells, per
-    device, the journal's thread in ``/sys/fs/ext4/<device>/journal_task``: ``<none>``)."""
+    whose inode allocator walks past the recently freed inodes of a group."""
+    # (Not cached by device: a loop device, say, can carry another file system tomorrow; the
+    # few system calls here are made at a daemon's open and at a volume's create.)
     device = os.fstat(fd).st_dev
+    # ext4 names each of its file systems after its block device (sysfs's name for it) and
+    # shows the journal's thread in /sys/fs/ext4/<device>/journal_task, "<none>" without
+    # one; a kernel older than that attribute has /proc/fs/jbd2/<device>-<n> per journal.
+    # A file system without a block device (tmpfs, overlayfs, btrfs, NFS) is none of these.
     try:
         name = os.path.basename(
             os.path.realpath(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}")
         )
-        with open(f"/sys/fs/ext4/{name}/journal_task") as file:
-            return file.read().strip() == "<none>"
+        ext4 = Path("/sys/fs/ext4") / name
+        if not ext4.is_dir():
+            return False
+        try:
+            return (ext4 / "journal_task").read_text().strip() == "<none>"
+        except FileNotFoundError:
+            return not any(Path("/proc/fs/jbd2").glob(f"{glob.escape(name)}-*"))
     except OSError:
-        return False  # not ext4 (or a kernel that does not say)
+        return False
 
 
 def spread_subdirectories(path: Path) -> bool:
@@ -53,7 +65,7 @@ def spread_subdirectories(path: Path) -> bool:
 
     Without it every container's directories share their parent's block group, and so do
     the inodes each start creates and frees: the overlay mount alone makes and deletes four
-    (its work directory's probes). ext4 without a journal does not reuse an inode freed less
+    (its work directory's probes). ext4 without a journal avoids reusing an inode freed less
     than a minute before (six while its inode table block is unwritten), and walks past
     every such inode of the group for each inode it allocates: under a steady churn of
     starts and removals that walk made the overlay mount cost 1.7 ms instead of 0.15.

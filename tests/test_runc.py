@@ -27,8 +27,9 @@ from .helpers import (
     lose_record,
     open_clean,
     real_containers,
-    skip_unless_spread_here,
+    skip_unless_markable,
     spread_mark,
+    without_journal,
 )
 
 pytestmark = real_containers()
@@ -128,13 +129,16 @@ async def _logs(daemon: asyncstart.Daemon, cid: str) -> list[tuple[str, bytes]]:
 
 
 async def test_the_runtimes_state_root_spreads_its_containers_directories(
-    runc_daemon: asyncstart.Daemon, roots: _Roots
+    roots: _Roots, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """runc and crun make a directory per container there at every start (chattr +T: on
     ext4 without a journal, a churn of starts in one block group made every inode allocated
     there walk past those freed in the last minute)."""
-    skip_unless_spread_here(roots.exec)
-    assert spread_mark(roots.exec / "runc")
+    skip_unless_markable(tmp_path)
+    without_journal(monkeypatch)
+    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
+    async with open_clean(config):
+        assert spread_mark(roots.exec / "runc")
 
 
 async def test_echo_is_logged_and_exit_codes_arrive(
