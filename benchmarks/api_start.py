@@ -61,7 +61,7 @@ closes (killed after 5 s otherwise), the daemon's directories are temporary, and
 it, and its firewall rules, at the end (asyncstart's firewall table too if the run made it:
 ``_common.host_as_found``). ``--runtime fake`` needs no root and shows the engine and API alone.
 
-    sudo .venv/bin/python benchmarks/api_start.py --backend asyncio --rounds 5
+    sudo .venv/bin/python benchmarks/api_start.py --backend asyncio --rounds 8
     .venv/bin/python benchmarks/api_start.py --runtime fake --backend trio --rounds 20
 """
 
@@ -726,7 +726,7 @@ def main() -> None:
         default="",
         help="each container's monitor (default: conmon where installed)",
     )
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=VERDICT_ROUNDS)  # (fewer: no verdict)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--network", choices=["bridge", "loopback"], default="bridge")
     parser.add_argument(
