@@ -559,32 +559,37 @@ def _free_bridge() -> tuple[str, str]:
     raise SystemExit("no free 10.213.X.0/24 for the benchmark's bridge")
 
 
+def _bootstrap(
+    rounds: int, statistic: Callable[[list[int]], float], seed: int
+) -> tuple[float, float]:
+    """A 90% bootstrap interval of ``statistic(picks)``: rounds drawn with replacement, the
+    same rounds for every mode it compares (paired: the modes of a round ran one after
+    another, so what drifts between rounds touches them alike)."""
+    draw = random.Random(seed)
+    values = [
+        statistic([draw.randrange(rounds) for _ in range(rounds)]) for _ in range(BOOTSTRAP_DRAWS)
+    ]
+    return percentile(values, 5), percentile(values, 95)
+
+
 def _interval(api: list[list[float]], library: list[list[float]]) -> tuple[float, float]:
-    """A 90% bootstrap interval of api p50 - library p50: rounds drawn with replacement (the
-    same rounds for both, as they ran side by side)."""
-    draw = random.Random(1)
-    diffs = []
-    for _ in range(BOOTSTRAP_DRAWS):
-        picks = [draw.randrange(len(library)) for _ in library]
-        diffs.append(
-            percentile([t for i in picks for t in api[i]], 50)
-            - percentile([t for i in picks for t in library[i]], 50)
+    """A 90% bootstrap interval of api p50 - library p50."""
+
+    def difference(picks: list[int]) -> float:
+        return percentile([t for i in picks for t in api[i]], 50) - percentile(
+            [t for i in picks for t in library[i]], 50
         )
-    return percentile(diffs, 5), percentile(diffs, 95)
+
+    return _bootstrap(len(library), difference, seed=1)
 
 
 def _ratio_interval(walls: list[float], bare: list[float]) -> tuple[float, float]:
-    """A 90% bootstrap interval of a mode's throughput over the bare runtime's: rounds drawn
-    with replacement, the same rounds for both (paired: the modes of a round ran one after
-    another, so what drifts between rounds touches them alike)."""
-    draw = random.Random(2)
-    ratios = []
-    for _ in range(BOOTSTRAP_DRAWS):
-        picks = [draw.randrange(len(walls)) for _ in walls]
-        ratios.append(
-            statistics.fmean(bare[i] for i in picks) / statistics.fmean(walls[i] for i in picks)
-        )
-    return percentile(ratios, 5), percentile(ratios, 95)
+    """A 90% bootstrap interval of a mode's throughput over the bare runtime's."""
+
+    def ratio(picks: list[int]) -> float:
+        return statistics.fmean(bare[i] for i in picks) / statistics.fmean(walls[i] for i in picks)
+
+    return _bootstrap(len(walls), ratio, seed=2)
 
 
 def _host_busy() -> float:
