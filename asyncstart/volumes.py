@@ -331,7 +331,13 @@ class VolumeStore:
             return None
 
     def _make(self, name: str, meta: _Meta) -> Volume:
-        _private_dir(self.root, self._root_ids)
+        try:
+            _private_dir(self.root, self._root_ids)  # (a link there is refused, not followed)
+        except OSError as exc:
+            raise errors.SystemError(
+                f"create {name}: error while creating volume root path '{self.root}': "
+                f"{exc.strerror}"
+            ) from None
         spread_subdirectories(self.root)  # a volume per container, often (anonymous ones)
         path = self.root / name
         try:

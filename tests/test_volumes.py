@@ -283,6 +283,18 @@ async def test_a_volume_directory_that_is_a_link_is_not_a_volume(
     assert (outside / "_data").is_dir()
 
 
+async def test_a_volumes_root_that_is_a_link_is_refused_not_followed(tmp_path: Path) -> None:
+    """A local user who swapped the volumes' directory for a link while the daemon was down
+    got a bare 500 "internal server error" (the OSError escaped the driver)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "volumes").symlink_to(elsewhere)
+    store = VolumeStore(tmp_path / "volumes", fsync=False)
+    with pytest.raises(errors.SystemError, match="error while creating volume root path"):
+        await store.create("v2")
+    assert list(elsewhere.iterdir()) == []
+
+
 async def test_user_namespaces_own_the_data(tmp_path: Path) -> None:
     if os.getuid() != 0:
         pytest.skip("chown needs root")
