@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,6 +38,16 @@ async def test_output_and_status_and_a_large_output_that_outgrows_the_pipe() -> 
     killed = await run_process([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"])
     assert killed.returncode == -9
     assert _children() == before, "every child reaped"
+
+
+async def test_a_child_left_behind_with_the_streams_does_not_hold_the_run() -> None:
+    with anyio.fail_after(10):
+        result = await run_process(["sh", "-c", "sleep 60 & echo $!; echo done >&2"])
+    orphan = int(result.stdout)
+    os.kill(orphan, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):  # re-parented here if this is a subreaper
+        os.waitpid(orphan, 0)  # noqa: ASYNC222 (killed: it ends at once)
+    assert (result.returncode, result.stderr) == (0, b"done\n")
 
 
 async def test_given_descriptors_are_the_childs_streams(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 ``anyio.run_process`` goes through asyncio's subprocess transports and a child watcher (a
 thread per child on asyncio), which costs over a millisecond of the daemon's CPU per process; a
 start runs one or two of them. Here the process is started by :class:`subprocess.Popen`
-(vfork and exec, every other descriptor closed), its output pipes are read as they become
-readable, and its end is awaited on a pidfd, then reaped by that pidfd: no thread, no
-transport, on asyncio and trio alike.
+(vfork and exec, every other descriptor closed), the output asked for goes to an anonymous
+memory file (``memfd``: it never fills, so nothing has to read it while the process runs, and
+is read once at its end), and its end is awaited on a pidfd, then reaped by that pidfd: no
+thread, no transport, no task, on asyncio and trio alike.
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import IO
+from subprocess import PIPE
 
 import anyio
-
-from ..fdio import chunks
 
 __all__ = ["run_process"]
 
 
-async def _drain(stream: IO[bytes], into: list[bytes]) -> None:
-    os.set_blocking(stream.fileno(), False)
-    async for chunk in chunks(stream.fileno()):
-        into.append(chunk)
+def _capture(wanted: int | None) -> int | None:
+    """A memory file for a stream asked as ``PIPE``; None for any other choice."""
+    return os.memfd_create("asyncstart-output", os.MFD_CLOEXEC) if wanted == PIPE else None
+
+
+def _read_all(fd: int | None) -> bytes:
+    """All a memory file of :func:`_capture` holds (b"" for none)."""
+    parts: list[bytes] = []
+    offset = 0
+    while fd is not None and (chunk := os.pread(fd, 1 << 20, offset)):
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def _reap(pidfd: int) -> int:
@@ -49,36 +57,43 @@ async def run_process(
     """Run ``argv`` to its end: its standard streams, ``cwd``, ``env`` and ``pass_fds`` as
     :class:`subprocess.Popen` takes them (``PIPE``: captured and returned). Cancelled, the
     process is killed and reaped first."""
-    # vfork + exec: returns as soon as the child has exec'd (what anyio's runner does too).
-    process = subprocess.Popen(  # noqa: ASYNC220
-        argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, pass_fds=pass_fds
-    )
-    out: list[bytes] = []
-    err: list[bytes] = []
+    out, err = _capture(stdout), _capture(stderr)
     try:
-        pidfd = os.pidfd_open(process.pid)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    try:
+        # vfork + exec: returns as soon as the child has exec'd (as anyio's runner does too).
+        process = subprocess.Popen(  # noqa: ASYNC220
+            argv,
+            stdin=stdin,
+            stdout=stdout if out is None else out,
+            stderr=stderr if err is None else err,
+            cwd=cwd,
+            env=env,
+            pass_fds=pass_fds,
+        )
         try:
-            async with anyio.create_task_group() as tg:
-                if process.stdout is not None:
-                    tg.start_soon(_drain, process.stdout, out)
-                if process.stderr is not None:
-                    tg.start_soon(_drain, process.stderr, err)
-                await anyio.wait_readable(pidfd)
+            pidfd = os.pidfd_open(process.pid)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                await anyio.wait_readable(pidfd)
-                process.returncode = _reap(pidfd)
+            process.kill()
+            process.wait()
             raise
-        process.returncode = _reap(pidfd)
+        try:
+            try:
+                await anyio.wait_readable(pidfd)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    await anyio.wait_readable(pidfd)
+                    process.returncode = _reap(pidfd)
+                raise
+            # (Reaped here, the Popen must know: it would wait for the pid again otherwise.)
+            process.returncode = _reap(pidfd)
+        finally:
+            os.close(pidfd)
+        # What the streams hold when the process has ended is its output (a child it left
+        # behind with them is not waited for).
+        return subprocess.CompletedProcess(
+            list(argv), process.returncode, _read_all(out), _read_all(err)
+        )
     finally:
-        os.close(pidfd)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-    return subprocess.CompletedProcess(list(argv), process.returncode, b"".join(out), b"".join(err))
+        for fd in (out, err):
+            if fd is not None:
+                os.close(fd)
