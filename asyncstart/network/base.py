@@ -3,12 +3,19 @@ libnetwork's network create/delete and endpoint join/leave)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Attachment", "Bridge", "NetworkDriver", "default_route"]
+__all__ = ["Attachment", "Bridge", "NetworkDriver", "default_route", "subnet_network"]
+
+
+@functools.lru_cache(maxsize=64)
+def subnet_network(subnet: str) -> ipaddress.IPv4Network:
+    """The network a bridge's ``subnet`` names (parsed once: it is asked at every start)."""
+    return ipaddress.IPv4Network(subnet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +30,7 @@ class Bridge:
 
     @property
     def prefixlen(self) -> int:
-        return ipaddress.IPv4Network(self.subnet).prefixlen
+        return subnet_network(self.subnet).prefixlen
 
     @property
     def endpoint_gateway(self) -> str:

@@ -11,7 +11,6 @@ handed out until one is free, without building the subnet's list of hosts.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import itertools
 import json
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from .. import errors
 from ..store import write_atomic
-from .base import Bridge
+from .base import Bridge, subnet_network
 
 __all__ = ["Leases"]
 
@@ -29,11 +28,6 @@ def _host_range(subnet: ipaddress.IPv4Network) -> tuple[int, int]:
     or /32, else all but the network and broadcast addresses."""
     first, last = int(subnet.network_address), int(subnet.broadcast_address)
     return (first, last) if subnet.prefixlen >= 31 else (first + 1, last - 1)
-
-
-@functools.lru_cache(maxsize=64)
-def _network(subnet: str) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network(subnet)
 
 
 def _dotted(address: int) -> str:
@@ -93,24 +87,25 @@ class Leases:
         leases = self._leases.setdefault(bridge.name, {})
         if container_id in leases and (not wanted or leases[container_id] == wanted):
             return leases[container_id]
-        subnet = _network(bridge.subnet)
+        subnet = subnet_network(bridge.subnet)
         own = leases.get(container_id)
         taken = self._taken(bridge.name)
         if wanted:
-            if ipaddress.IPv4Address(wanted) not in subnet:  # (a network made anew since)
+            address = ipaddress.IPv4Address(wanted)
+            if address not in subnet:  # (a network made anew since)
                 raise errors.InvalidParameter(
                     f"no configured subnet or ip-range contain the IP address {wanted}"
                 )
             if wanted == bridge.gateway or (wanted in taken and wanted != own):
                 raise errors.Forbidden(f"Address already in use: {wanted}")
-            return self._lease(bridge.name, container_id, wanted)
+            return self._lease(bridge.name, container_id, wanted, int(address))
         first, last = _host_range(subnet)
         previous = self._last.get(bridge.name, last)
         start = previous + 1 if first <= previous < last else first
         for candidate in itertools.chain(range(start, last + 1), range(first, start)):
             address = _dotted(candidate)
             if address != bridge.gateway and (address not in taken or address == own):
-                return self._lease(bridge.name, container_id, address)
+                return self._lease(bridge.name, container_id, address, candidate)
         raise errors.SystemError(f"no available IPv4 addresses on network {subnet}")
 
     def _taken(self, bridge: str) -> set[str]:
@@ -120,14 +115,15 @@ class Leases:
             taken = self._addresses[bridge] = set(self._leases.get(bridge, {}).values())
         return taken
 
-    def _lease(self, bridge: str, container_id: str, address: str) -> str:
+    def _lease(self, bridge: str, container_id: str, address: str, number: int) -> str:
+        """Lease ``address`` (``number``: the same, as an integer) to the container."""
         leases = self._leases[bridge]
         taken = self._taken(bridge)
         if container_id in leases:
             taken.discard(leases[container_id])
         leases[container_id] = address
         taken.add(address)
-        self._last[bridge] = int(ipaddress.IPv4Address(address))
+        self._last[bridge] = number
         self._save()
         return address
 
