@@ -91,14 +91,14 @@ class Leases:
         own = leases.get(container_id)
         taken = self._taken(bridge.name)
         if wanted:
-            address = ipaddress.IPv4Address(wanted)
-            if address not in subnet:  # (a network made anew since)
+            parsed = ipaddress.IPv4Address(wanted)
+            if parsed not in subnet:  # (a network made anew since)
                 raise errors.InvalidParameter(
                     f"no configured subnet or ip-range contain the IP address {wanted}"
                 )
             if wanted == bridge.gateway or (wanted in taken and wanted != own):
                 raise errors.Forbidden(f"Address already in use: {wanted}")
-            return self._lease(bridge.name, container_id, wanted, int(address))
+            return self._lease(bridge.name, container_id, wanted, int(parsed))
         first, last = _host_range(subnet)
         previous = self._last.get(bridge.name, last)
         start = previous + 1 if first <= previous < last else first
