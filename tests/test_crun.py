@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import asyncstart
@@ -158,3 +160,42 @@ async def test_a_process_that_ends_at_once_on_crun_keeps_its_exit_code(
     for code in (0, 7, 0, 42, 0, 3, 0, 0):
         _, got, _ = await _run(daemon, f"exit {code}", Runtime="crun")
         assert got == code
+
+
+@pytest.mark.parametrize("monitor", ["none", "conmon"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_systemds_notify_socket_is_kept_from_the_runtime(
+    tmp_path: Path,
+    busybox_tar: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str,
+    monitor: str,
+) -> None:
+    """A daemon (or a program embedding the engine) run as a systemd ``Type=notify`` service
+    has ``NOTIFY_SOCKET`` in its environment. Passed on, runc hands it to the container and
+    ``runc run --detach`` waits for a ``READY=1`` that never comes: the start hung. As under
+    dockerd, no runtime sees it, and the container's socket hears nothing."""
+    if monitor == "conmon" and shutil.which("conmon") is None:
+        pytest.skip("needs conmon")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with listener:
+        listener.bind(str(tmp_path / "notify"))
+        listener.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        config = _config(tmp_path, monitor=monitor, default_runtime=runtime)
+        async with open_clean(config) as daemon:
+            await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+            with anyio.fail_after(20):
+                cid, code, text = await _run(daemon, 'echo "${NOTIFY_SOCKET:-none}"; exit 3')
+                assert (code, text) == (3, "none\n")
+                alive = await daemon.container_create(
+                    config={"Image": "busybox", "Cmd": ["sleep", "30"]}
+                )
+                await daemon.container_start(alive)
+                exec_id = await daemon.exec_create(alive, {"Cmd": ["sh", "-c", "exit 5"]})
+                await daemon.exec_start(exec_id, detach=True)
+                while (found := await daemon.exec_inspect(exec_id))["Running"]:
+                    await anyio.sleep(0.05)
+                assert found["ExitCode"] == 5
+        with pytest.raises(BlockingIOError):
+            listener.recv(1024)

@@ -28,7 +28,14 @@ from ..fsdirs import spread_subdirectories
 from .base import Bundle, Console, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess, reap, reap_exec_leftovers, set_subreaper
-from .runc_cli import RuncCli, RuntimeChoice, is_crun, runc_error, starts_in_one_call
+from .runc_cli import (
+    RuncCli,
+    RuntimeChoice,
+    is_crun,
+    runc_error,
+    runtime_env,
+    starts_in_one_call,
+)
 from .stdio import ConsoleSocket, ContainerStdio
 
 __all__ = ["RuncRuntime"]
@@ -310,7 +317,7 @@ class RuncRuntime:
     ) -> int:
         try:
             runner = await anyio.open_process(argv, stdin=stdio[0], stdout=stdio[1],
-                                              stderr=stdio[2])  # fmt: skip
+                                              stderr=stdio[2], env=runtime_env())  # fmt: skip
         except OSError as exc:
             raise RuntimeFailure(f"failed to run {argv[0]}: {exc.strerror}") from exc
         try:

@@ -25,6 +25,7 @@ __all__ = [
     "create_failure",
     "launcher",
     "runc_error",
+    "runtime_env",
     "starts_in_one_call",
 ]
 
@@ -49,6 +50,23 @@ _HIDE_UNIFIED = (
     "unshare", "--mount", "--propagation", "private",
     "sh", "-c", 'umount -l /sys/fs/cgroup/unified && exec "$0" "$@"',
 )  # fmt: skip
+
+
+#: What runtime processes (and conmon, which passes its environment on) must not inherit from
+#: the daemon's environment. ``NOTIFY_SOCKET``, set by systemd for a ``Type=notify`` service
+#: (the daemon's, or a program's that embeds the engine): runc and crun would pass that socket
+#: into the container and wait for the container to say ``READY=1`` on it — ``runc run
+#: --detach`` does not return until then, and most containers never do. dockerd's runtime never
+#: sees it either (containerd takes it out of every runc's environment).
+_WITHHELD = ("NOTIFY_SOCKET",)
+
+
+def runtime_env() -> dict[str, str] | None:
+    """The environment of a runtime process: the daemon's, less what the runtime must not
+    inherit (``_WITHHELD``); None when that is the daemon's as it is (nothing to copy)."""
+    if not any(name in os.environ for name in _WITHHELD):
+        return None
+    return {name: value for name, value in os.environ.items() if name not in _WITHHELD}
 
 
 #: The subcommands that set a container's cgroups up.
@@ -149,6 +167,7 @@ class RuncCli:
                 stdin=fds.get("stdin", subprocess.DEVNULL),
                 stdout=fds.get("stdout", subprocess.PIPE),
                 stderr=fds.get("stderr", subprocess.PIPE),
+                env=runtime_env(),
             )
         except OSError as exc:
             raise RuntimeFailure(f"failed to run {argv[0]}: {exc.strerror}") from exc
