@@ -186,7 +186,7 @@ async def test_systemds_notify_socket_is_kept_from_the_runtime(
         async with open_clean(config) as daemon:
             await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
             with anyio.fail_after(20):
-                cid, code, text = await _run(daemon, 'echo "${NOTIFY_SOCKET:-none}"; exit 3')
+                _, code, text = await _run(daemon, 'echo "${NOTIFY_SOCKET:-none}"; exit 3')
                 assert (code, text) == (3, "none\n")
                 alive = await daemon.container_create(
                     config={"Image": "busybox", "Cmd": ["sleep", "30"]}
