@@ -7,6 +7,7 @@ deletes those no record claims. Real processes, as root; the loopback network, n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -164,17 +165,20 @@ async def test_a_process_that_ends_at_once_on_crun_keeps_its_exit_code(
 
 @pytest.mark.parametrize("monitor", ["none", "conmon"])
 @pytest.mark.parametrize("runtime", RUNTIMES)
-async def test_systemds_notify_socket_is_kept_from_the_runtime(
+async def test_systemds_sockets_are_kept_from_the_runtime(
     tmp_path: Path,
     busybox_tar: Path,
     monkeypatch: pytest.MonkeyPatch,
     runtime: str,
     monitor: str,
 ) -> None:
-    """A daemon (or a program embedding the engine) run as a systemd ``Type=notify`` service
-    has ``NOTIFY_SOCKET`` in its environment. Passed on, runc hands it to the container and
-    ``runc run --detach`` waits for a ``READY=1`` that never comes: the start hung. As under
-    dockerd, no runtime sees it, and the container's socket hears nothing."""
+    """A daemon (or a program embedding the engine) run as a systemd service may have
+    ``NOTIFY_SOCKET`` (``Type=notify``) and ``LISTEN_FDS`` (socket activation) in its
+    environment. Passed on, runc handed the notify socket to the container and ``runc run
+    --detach`` waited for a ``READY=1`` that never came: the start hung; crun handed its own
+    descriptors from 3 on (its log file among them) to the container. As under dockerd, no
+    runtime sees them: the container has its three streams and no such variable, and the
+    notify socket hears nothing."""
     if monitor == "conmon" and shutil.which("conmon") is None:
         pytest.skip("needs conmon")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -182,12 +186,16 @@ async def test_systemds_notify_socket_is_kept_from_the_runtime(
         listener.bind(str(tmp_path / "notify"))
         listener.setblocking(False)
         monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        monkeypatch.setenv("LISTEN_FDS", "2")
+        monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+        monkeypatch.setenv("LISTEN_FDNAMES", "api:api")
         config = _config(tmp_path, monitor=monitor, default_runtime=runtime)
         async with open_clean(config) as daemon:
             await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
             with anyio.fail_after(20):
-                _, code, text = await _run(daemon, 'echo "${NOTIFY_SOCKET:-none}"; exit 3')
-                assert (code, text) == (3, "none\n")
+                script = 'ls /proc/$$/fd; env | grep -E "^(NOTIFY|LISTEN)_"; exit 3'
+                _, code, text = await _run(daemon, script)
+                assert (code, text.split()) == (3, ["0", "1", "2"])
                 alive = await daemon.container_create(
                     config={"Image": "busybox", "Cmd": ["sleep", "30"]}
                 )

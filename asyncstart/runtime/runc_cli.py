@@ -53,12 +53,18 @@ _HIDE_UNIFIED = (
 
 
 #: What runtime processes (and conmon, which passes its environment on) must not inherit from
-#: the daemon's environment. ``NOTIFY_SOCKET``, set by systemd for a ``Type=notify`` service
-#: (the daemon's, or a program's that embeds the engine): runc and crun would pass that socket
-#: into the container and wait for the container to say ``READY=1`` on it — ``runc run
-#: --detach`` does not return until then, and most containers never do. dockerd's runtime never
-#: sees it either (containerd takes it out of every runc's environment).
-_WITHHELD = ("NOTIFY_SOCKET",)
+#: the daemon's environment: systemd's, for a service (the daemon's, or a program's that embeds
+#: the engine), which the runtimes take as meant for the container.
+#:
+#: - ``NOTIFY_SOCKET`` (a ``Type=notify`` service): runc and crun pass that socket into the
+#:   container and wait for it to say ``READY=1`` there; ``runc run --detach`` does not return
+#:   until then, and most containers never do. (containerd keeps it from every runc too.)
+#: - ``LISTEN_FDS`` (socket activation), with ``LISTEN_PID`` and ``LISTEN_FDNAMES``: crun hands
+#:   that many of its descriptors from 3 on to the container, whatever they are (its own log
+#:   file, open for writing, was one), and sets ``LISTEN_PID=1`` in its environment.
+#:
+#: dockerd passes neither to a container.
+_WITHHELD = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
 def runtime_env() -> dict[str, str] | None:
