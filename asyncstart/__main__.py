@@ -67,10 +67,10 @@ def _lock_exec_root(exec_root: Path) -> int:
     return fd
 
 
-def _notify_systemd(state: str) -> None:
+async def _notify_systemd(state: str) -> None:
     """As dockerd: tell the systemd of a ``Type=notify`` unit ``state`` (``READY=1`` once the
     API serves, ``STOPPING=1`` when the daemon shuts down) on ``NOTIFY_SOCKET``; nothing
-    outside such a unit, and nothing is waited for (a full queue drops the message)."""
+    outside such a unit. A full queue is waited on for 5 s at most, without blocking."""
     address = os.environ.get("NOTIFY_SOCKET", "")
     if not address.startswith(("/", "@")):
         return
@@ -78,7 +78,14 @@ def _notify_systemd(state: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
         sender.setblocking(False)
         with contextlib.suppress(OSError):
-            sender.sendto(state.encode(), target)
+            sender.connect(target)  # (connected: writable means the queue has room)
+            with anyio.move_on_after(5):
+                while True:
+                    try:
+                        sender.send(state.encode())
+                        return
+                    except BlockingIOError:
+                        await anyio.wait_writable(sender)
 
 
 def _runtime_entry(text: str) -> tuple[str, tuple[str, ...]]:
@@ -126,10 +133,10 @@ async def _serve(args: argparse.Namespace, hosts: list[Host]) -> int:
                 for host in hosts:
                     # dockerd's line; scripts (and the tests) wait for it.
                     print(f"API listen on {host}", file=sys.stderr, flush=True)
-                _notify_systemd("READY=1")
+                await _notify_systemd("READY=1")
                 async for signum in signals:
                     print(f"{signal.Signals(signum).name}: shutting down", file=sys.stderr)
-                    _notify_systemd("STOPPING=1")
+                    await _notify_systemd("STOPPING=1")
                     break
             # The API has stopped accepting and answered what was in flight.
             if args.shutdown_stop:

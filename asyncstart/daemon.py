@@ -103,6 +103,7 @@ from .networks import (
 from .reconcile import reconcile
 from .record import ZERO_TIME, ContainerRecord
 from .runtime import Runtime, StateInfo, translate_start_error
+from .runtime.runc_cli import runtime_env
 from .runtime.stats import read_cgroup_stats, read_network_stats, stats_document
 from .settings import apply_update
 from .signals import parse_signal
@@ -1549,7 +1550,9 @@ class Daemon:
             found: dict[str, str] = {}
             for name, args in self._runtimes.items():
                 try:
-                    result = await anyio.run_process([args[0], "--version"], check=False)
+                    result = await anyio.run_process(
+                        [args[0], "--version"], check=False, env=runtime_env()
+                    )
                 except OSError:
                     continue
                 first = result.stdout.decode(errors="replace").partition("\n")[0]

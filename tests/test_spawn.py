@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ def _children() -> set[int]:
     return found
 
 
-async def test_output_and_status_and_a_large_output_that_outgrows_the_pipe() -> None:
+async def test_output_and_status_and_a_large_output() -> None:
     before = _children()
     script = "import sys; sys.stdout.write('x' * 300000); sys.stderr.write('err'); sys.exit(3)"
     result = await run_process([sys.executable, "-c", script])
@@ -48,6 +49,28 @@ async def test_a_child_left_behind_with_the_streams_does_not_hold_the_run() -> N
     with contextlib.suppress(ChildProcessError):  # re-parented here if this is a subreaper
         os.waitpid(orphan, 0)  # noqa: ASYNC222 (killed: it ends at once)
     assert (result.returncode, result.stderr) == (0, b"done\n")
+
+
+async def test_no_descriptor_is_left_open_whatever_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    await run_process(["sh", "-c", "echo out; echo err >&2"])
+    with anyio.move_on_after(0.3):
+        await run_process(["sleep", "30"])
+    with pytest.raises(FileNotFoundError):
+        await run_process(["/nonexistent/runc"])
+    real = os.memfd_create
+    made: list[int] = []
+
+    def second_fails(name: str, flags: int = 0) -> int:
+        if made:
+            raise OSError(errno.EMFILE, "Too many open files")
+        made.append(real(name, flags))
+        return made[-1]
+
+    monkeypatch.setattr(os, "memfd_create", second_fails)
+    with pytest.raises(OSError, match="Too many open files"):
+        await run_process(["true"])
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 async def test_given_descriptors_are_the_childs_streams(tmp_path: Path) -> None:

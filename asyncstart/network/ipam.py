@@ -98,14 +98,14 @@ class Leases:
                 )
             if wanted == bridge.gateway or (wanted in taken and wanted != own):
                 raise errors.Forbidden(f"Address already in use: {wanted}")
-            return self._lease(bridge.name, container_id, wanted, int(parsed))
+            return self._lease(bridge.name, container_id, int(parsed))
         first, last = _host_range(subnet)
         previous = self._last.get(bridge.name, last)
         start = previous + 1 if first <= previous < last else first
         for candidate in itertools.chain(range(start, last + 1), range(first, start)):
             address = _dotted(candidate)
             if address != bridge.gateway and (address not in taken or address == own):
-                return self._lease(bridge.name, container_id, address, candidate)
+                return self._lease(bridge.name, container_id, candidate)
         raise errors.SystemError(f"no available IPv4 addresses on network {subnet}")
 
     def _taken(self, bridge: str) -> set[str]:
@@ -115,8 +115,9 @@ class Leases:
             taken = self._addresses[bridge] = set(self._leases.get(bridge, {}).values())
         return taken
 
-    def _lease(self, bridge: str, container_id: str, address: str, number: int) -> str:
-        """Lease ``address`` (``number``: the same, as an integer) to the container."""
+    def _lease(self, bridge: str, container_id: str, number: int) -> str:
+        """Lease the address ``number`` to the container; the address, dotted."""
+        address = _dotted(number)
         leases = self._leases[bridge]
         taken = self._taken(bridge)
         if container_id in leases:

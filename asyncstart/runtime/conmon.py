@@ -55,7 +55,13 @@ from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess
 from .runc import RuncRuntime, _Container
-from .runc_cli import RuntimeChoice, create_failure, launcher, runtime_env, starts_in_one_call
+from .runc_cli import (
+    RuntimeChoice,
+    create_failure,
+    launcher,
+    runtime_environb,
+    starts_in_one_call,
+)
 from .spawn import run_process
 
 __all__ = ["ConmonRuntime", "conmon_binary", "monitorable"]
@@ -402,7 +408,7 @@ class ConmonRuntime(RuncRuntime):
                     cwd=box.bundle.path,  # (where conmon would write an ``oom`` file without -0)
                     stdin=subprocess.DEVNULL,
                     # (conmon passes its environment on to the runtime.)
-                    env={**(runtime_env() or os.environ), "_OCI_SYNCPIPE": str(sync_write)},
+                    env={**runtime_environb(), b"_OCI_SYNCPIPE": b"%d" % sync_write},
                     pass_fds=(sync_write,),
                 )
             except OSError as exc:

@@ -26,6 +26,7 @@ __all__ = [
     "launcher",
     "runc_error",
     "runtime_env",
+    "runtime_environb",
     "starts_in_one_call",
 ]
 
@@ -67,12 +68,21 @@ _HIDE_UNIFIED = (
 _WITHHELD = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
+_WITHHELD_B = tuple(name.encode() for name in _WITHHELD)
+
+
 def runtime_env() -> dict[str, str] | None:
     """The environment of a runtime process: the daemon's, less what the runtime must not
     inherit (``_WITHHELD``); None when that is the daemon's as it is (nothing to copy)."""
     if not any(name in os.environ for name in _WITHHELD):
         return None
     return {name: value for name, value in os.environ.items() if name not in _WITHHELD}
+
+
+def runtime_environb() -> dict[bytes, bytes]:
+    """:func:`runtime_env` as bytes, always a copy (for a caller that adds to it): no decoding
+    and encoding of the whole environment again at every start."""
+    return {name: value for name, value in os.environb.items() if name not in _WITHHELD_B}
 
 
 #: The subcommands that set a container's cgroups up.

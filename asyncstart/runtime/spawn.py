@@ -11,20 +11,35 @@ thread, no transport, no task, on asyncio and trio alike.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from subprocess import PIPE
 
 import anyio
 
 __all__ = ["run_process"]
 
 
+#: ``MFD_NOEXEC_SEAL`` (Linux 6.3; not in :mod:`os` before Python 3.12): a host whose
+#: ``vm.memfd_noexec`` is 2 refuses a memory file that could be made executable. Dropped for
+#: good the first time a kernel does not know it (EINVAL).
+_noexec_seal = 0x0008
+
+
 def _capture(wanted: int | None) -> int | None:
     """A memory file for a stream asked as ``PIPE``; None for any other choice."""
-    return os.memfd_create("asyncstart-output", os.MFD_CLOEXEC) if wanted == PIPE else None
+    global _noexec_seal
+    if wanted != subprocess.PIPE:
+        return None
+    while True:
+        try:
+            return os.memfd_create("asyncstart-output", os.MFD_CLOEXEC | _noexec_seal)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not _noexec_seal:
+                raise
+            _noexec_seal = 0
 
 
 def _read_all(fd: int | None) -> bytes:
@@ -55,10 +70,13 @@ async def run_process(
     pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to its end: its standard streams, ``cwd``, ``env`` and ``pass_fds`` as
-    :class:`subprocess.Popen` takes them (``PIPE``: captured and returned). Cancelled, the
-    process is killed and reaped first."""
-    out, err = _capture(stdout), _capture(stderr)
+    :class:`subprocess.Popen` takes them (``PIPE``: captured and returned: what the streams
+    hold when the process ends; a child it left behind with them may write on, unread).
+    Cancelled, the process is killed and reaped first."""
+    out = err = None
     try:
+        out = _capture(stdout)
+        err = _capture(stderr)  # (out is closed below if this fails)
         # vfork + exec: returns as soon as the child has exec'd (as anyio's runner does too).
         process = subprocess.Popen(  # noqa: ASYNC220
             argv,
@@ -88,8 +106,6 @@ async def run_process(
             process.returncode = _reap(pidfd)
         finally:
             os.close(pidfd)
-        # What the streams hold when the process has ended is its output (a child it left
-        # behind with them is not waited for).
         return subprocess.CompletedProcess(
             list(argv), process.returncode, _read_all(out), _read_all(err)
         )
