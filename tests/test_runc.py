@@ -6,6 +6,7 @@ root). Every test checks that nothing is left behind: mounts, runc state, bundle
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -139,6 +140,41 @@ async def test_the_runtimes_state_root_spreads_its_containers_directories(
     config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec, runtime="runc")
     async with open_clean(config):
         assert spread_mark(roots.exec / "runc")
+
+
+def _subreaper() -> int:
+    flag = ctypes.c_int(-1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(37, ctypes.byref(flag), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+    return flag.value
+
+
+async def test_the_process_is_a_subreaper_only_while_a_daemon_is_open(tmp_path: Path) -> None:
+    """A runc daemon makes its process the reaper of orphaned descendants (the containers'
+    inits); once the last daemon of the process is closed, the process is as it was: what a
+    program that embeds the engine leaves behind later is init's again, not its zombies."""
+    before = _subreaper()
+
+    def config(n: int) -> asyncstart.DaemonConfig:
+        return asyncstart.DaemonConfig(data_root=tmp_path / f"d{n}", exec_root=tmp_path / f"x{n}",
+                                       runtime="runc", network="loopback")  # fmt: skip
+
+    async with asyncstart.open_daemon(config(1)):
+        assert _subreaper() == 1
+        async with asyncstart.open_daemon(config(2)):
+            assert _subreaper() == 1
+        assert _subreaper() == 1, "another daemon still needs it"
+    assert _subreaper() == before
+    if before == 0:
+        # An orphan made now is re-parented past this process.
+        orphan = int(subprocess.run(["sh", "-c", "sleep 5 >/dev/null 2>&1 & echo $!"],
+                                    capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        try:
+            status = Path(f"/proc/{orphan}/status").read_text().splitlines()
+            parent = next(line.split()[1] for line in status if line.startswith("PPid"))
+            assert int(parent) != os.getpid()
+        finally:
+            os.kill(orphan, 9)
 
 
 async def test_echo_is_logged_and_exit_codes_arrive(

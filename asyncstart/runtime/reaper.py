@@ -14,20 +14,48 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
 
-__all__ = ["InitProcess", "exit_code", "reap", "reap_exec_leftovers", "set_subreaper"]
+__all__ = ["InitProcess", "child_subreaper", "exit_code", "reap", "reap_exec_leftovers"]
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+
+#: Holders of :func:`child_subreaper` in this process, and whether it was a subreaper before
+#: the first of them.
+_holders = 0
+_was_subreaper = False
 
 
-def set_subreaper() -> None:
-    """Make this process the reaper of its orphaned descendants (the containers' inits)."""
+def _prctl(option: int, arg: int | ctypes.c_int) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    argument = ctypes.byref(arg) if isinstance(arg, ctypes.c_int) else arg
+    if libc.prctl(option, argument, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option})")
+
+
+@contextlib.contextmanager
+def child_subreaper() -> Iterator[None]:
+    """This process the reaper of its orphaned descendants (the containers' inits, conmon)
+    while held — by any number of daemons at once — and as it was before once the last lets
+    go: a program that embeds the engine does not stay the reaper of what its other children
+    leave behind."""
+    global _holders, _was_subreaper
+    if _holders == 0:
+        flag = ctypes.c_int(0)
+        _prctl(_PR_GET_CHILD_SUBREAPER, flag)
+        _was_subreaper = bool(flag.value)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _holders += 1
+    try:
+        yield
+    finally:
+        _holders -= 1
+        if _holders == 0 and not _was_subreaper:
+            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
 
 
 def exit_code(pidfd: int) -> int:

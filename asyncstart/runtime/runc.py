@@ -27,7 +27,7 @@ from .._log import get_logger
 from ..fsdirs import spread_subdirectories
 from .base import Bundle, Console, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
-from .reaper import InitProcess, reap, reap_exec_leftovers, set_subreaper
+from .reaper import InitProcess, child_subreaper, reap, reap_exec_leftovers
 from .runc_cli import (
     RuncCli,
     RuntimeChoice,
@@ -109,15 +109,15 @@ class RuncRuntime:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled: pump the containers' output and report their exits."""
-        set_subreaper()
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         spread_subdirectories(self.state_root)  # the runtime's directory per container
         self._backend = backend
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                task_status.started()
-                await anyio.sleep_forever()
+            with child_subreaper():
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    task_status.started()
+                    await anyio.sleep_forever()
         finally:
             # The containers live on (as with dockerd's live-restore); this process lets go of
             # them, so that a daemon opened later is their only reader and writer.
