@@ -98,6 +98,8 @@ def _runtime_entry(text: str) -> tuple[str, tuple[str, ...]]:
 
 async def _daemon(args: argparse.Namespace) -> int:
     hosts = [parse_host(h, allow_tcp=args.insecure_tcp) for h in args.host or [DEFAULT_HOST]]
+    # dockerd's default umask: what the daemon makes is not narrowed by its caller's.
+    os.umask(0o022)
     # Refuse before touching any container: another daemon here, or on one of the sockets.
     lock = _lock_exec_root(Path(args.exec_root))
     try:

@@ -1775,15 +1775,26 @@ async def open_daemon(
 
 
 def _make_directory(path: str, userns: tuple[int, int, int] | None) -> None:
+    """A missing bind-mount source, as dockerd's ``MkdirAll(path, 0755)``: it and each missing
+    parent 0755 (not the umask's); the leaf the remapped root's under a user namespace."""
     if os.path.lexists(path):
         return
+    missing = []
+    parent = path
+    while parent != "/" and not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    made = False
     try:
-        os.makedirs(path, mode=0o755)
-    except FileExistsError:
-        return
+        for directory in reversed(missing):
+            made = False
+            with contextlib.suppress(FileExistsError):  # (made meanwhile: not ours)
+                os.mkdir(directory, 0o755)
+                os.chmod(directory, 0o755)
+                made = True
     except OSError as exc:
         raise errors.SystemError(f"error while creating mount source path '{path}': {exc}") from exc
-    if userns is not None:
+    if made and userns is not None:
         os.chown(path, userns[0], userns[1])
 
 

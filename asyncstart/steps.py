@@ -362,11 +362,15 @@ def _mount_targets(rootfs: str) -> None:
     etc = os.path.join(rootfs, "etc")
     if not os.path.realpath(etc).startswith(os.path.realpath(rootfs) + os.sep):
         return  # /etc links out of the root: leave it to runc, which resolves inside
-    os.makedirs(etc, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(etc)
+        os.chmod(etc, 0o755)  # (not the umask's)
     for name in ("hostname", "hosts", "resolv.conf"):
         with contextlib.suppress(FileExistsError):  # (or a link: runc resolves it)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            os.close(os.open(os.path.join(etc, name), flags, 0o644))
+            fd = os.open(os.path.join(etc, name), flags, 0o644)
+            os.fchmod(fd, 0o644)
+            os.close(fd)
 
 
 def _host_hard_limits() -> dict[str, int]:

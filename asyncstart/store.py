@@ -81,10 +81,11 @@ def encode_json(value: object) -> bytes:
 
 
 def write_in_place(target: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``target`` over its old content, keeping its inode (made with ``mode`` if new):
-    for files bind-mounted into a container, which a rename would leave behind."""
+    """Write ``target`` over its old content, keeping its inode, with ``mode`` (not the
+    umask's): for files bind-mounted into a container, which a rename would leave behind."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)
         write_all(fd, data)
     finally:
         os.close(fd)
@@ -158,7 +159,9 @@ class RecordStore:
         for name, mode in self.placeholders.items():
             path = directory / name.replace("{id}", container_id)
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(path, flags, mode))
+            fd = os.open(path, flags, mode)
+            os.fchmod(fd, mode)  # (not the umask's)
+            os.close(fd)
 
     def write(self, ops: Mapping[str, bytes | None]) -> None:
         """Apply saves (bytes) and deletions (``None``) in one transaction (blocking)."""

@@ -7,6 +7,7 @@ root). Every test checks that nothing is left behind: mounts, runc state, bundle
 from __future__ import annotations
 
 import ctypes
+import io
 import json
 import os
 import shutil
@@ -175,6 +176,54 @@ async def test_the_process_is_a_subreaper_only_while_a_daemon_is_open(tmp_path: 
             assert int(parent) != os.getpid()
         finally:
             os.kill(orphan, 9)
+
+
+async def test_what_the_container_sees_is_not_narrowed_by_the_programs_umask(
+    tmp_path: Path, busybox_tar: Path
+) -> None:
+    """A program that embeds the engine with a umask of 077 (a service's ``UMask=0077``) got
+    containers whose "/" was 0700 and whose hosts, hostname and resolv.conf were 0600: a
+    container user other than root could read none of it. What the engine makes for a
+    container has dockerd's modes, whatever the umask: "/" 0755 (the container's layer), the
+    network files 0644, a missing bind-mount source and its parents 0755, and directories a
+    layer implies without giving them 0755."""
+    image = tmp_path / "implied.tar"
+    shutil.copy(busybox_tar, image)
+    with tarfile.open(image, "a") as tar:
+        member = tarfile.TarInfo("opt/implied/file")  # (no entry for opt/ or opt/implied/)
+        member.size, member.mode = 2, 0o644
+        tar.addfile(member, io.BytesIO(b"hi"))
+    source = tmp_path / "binds" / "new" / "dir"
+    config = asyncstart.DaemonConfig(data_root=tmp_path / "d", exec_root=tmp_path / "x",
+                                     runtime="runc", network="none")  # fmt: skip
+    old = os.umask(0o077)
+    try:
+        async with open_clean(config) as daemon:
+            await daemon.image_import(str(image), repo="implied", tag="latest")
+            script = "cat /etc/hosts /etc/hostname /etc/resolv.conf /opt/implied/file >/dev/null"
+            cid = await daemon.container_create(
+                config={"Image": "implied", "Cmd": ["sh", "-c", f"{script} && sleep 30"],
+                        "User": "65534:65534"},
+                host_config={"Binds": [f"{source}:/mnt/bound"]},
+            )  # fmt: skip
+            await daemon.container_start(cid)
+            pid = (await daemon.container_inspect(cid))["State"]["Pid"]
+            paths = ["/", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/mnt/bound",
+                     "/opt", "/opt/implied"]  # fmt: skip
+            modes = {p: oct(os.stat(f"/proc/{pid}/root{p}").st_mode & 0o777) for p in paths}
+            assert modes == {
+                "/": "0o755", "/etc/hosts": "0o644", "/etc/hostname": "0o644",
+                "/etc/resolv.conf": "0o644", "/mnt/bound": "0o755", "/opt": "0o755",
+                "/opt/implied": "0o755",
+            }  # fmt: skip
+            made = [source.parent.parent, source.parent, source]
+            assert [oct(p.stat().st_mode & 0o777) for p in made] == ["0o755"] * 3
+            await daemon.container_stop(cid, timeout=0)
+            assert (await daemon.container_inspect(cid))["State"]["ExitCode"] == 137, (
+                "the container's user read every file (else the script ends at once)"
+            )
+    finally:
+        os.umask(old)
 
 
 async def test_echo_is_logged_and_exit_codes_arrive(

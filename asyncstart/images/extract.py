@@ -43,10 +43,20 @@ def _clear(path: str, member: tarfile.TarInfo) -> None:
         os.unlink(path)
 
 
+def _implied(root: str, parts: list[str]) -> None:
+    """The directories a member's path implies and the archive has not given (yet): 0755 and
+    root's, as go-archive's ``createImpliedDirectories`` — not the umask's."""
+    path = root
+    for part in parts:
+        path = os.path.join(path, part)
+        if not os.path.lexists(path):
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)
+
+
 def _whiteout(parent: str, base: str, member: tarfile.TarInfo) -> None:
     """A whiteout hides what lower layers have; overlayfs spells it as a 0/0 device (or, for
-    ``.wh..wh..opq``, as an opaque directory)."""
-    os.makedirs(parent, exist_ok=True)
+    ``.wh..wh..opq``, as an opaque directory). Its directory exists (``_implied``)."""
     if base == _OPAQUE:
         os.setxattr(parent, "trusted.overlay.opaque", b"y")
         return
@@ -90,6 +100,7 @@ def safe_extract(archive: tarfile.TarFile, destination: str, limits: ImportLimit
         parent = os.path.realpath(os.path.join(root, *parts[:-1]))
         if not inside(parent):
             raise _reject(name, "it would be written outside the layer through a symlink")
+        _implied(root, parts[:-1])
         base = parts[-1]
         if base.startswith(_WHITEOUT):
             _whiteout(parent, base, member)

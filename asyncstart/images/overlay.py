@@ -93,6 +93,9 @@ class OverlayMounter:
                 (directory / sub).mkdir(parents=True, exist_ok=True)
                 if self.owner is not None and sub != "merged":
                     os.chown(directory / sub, *self.owner)
+            # The container's "/" has the upper directory's mode: 0755, as dockerd's, whatever
+            # the umask of the program that embeds the engine.
+            os.chmod(directory / "upper", 0o755)
             _make_init_layer(directory / "init", layers, self.owner)
             # overlayfs lists the top layer first.
             lower = [directory / "init", *reversed(layers)]
@@ -211,13 +214,16 @@ def _make_init_layer(init: Path, layers: list[Path], owner: tuple[int, int] | No
     if image_etc is not None:
         os.chown(etc, image_etc.st_uid, image_etc.st_gid)
         os.chmod(etc, stat.S_IMODE(image_etc.st_mode))
-    elif owner is not None:
-        os.chown(etc, *owner)
+    else:
+        if owner is not None:
+            os.chown(etc, *owner)
+        os.chmod(etc, 0o755)  # (not the umask's)
     for name in _INIT_FILES:
         fd = os.open(etc / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             if owner is not None:
                 os.fchown(fd, *owner)
+            os.fchmod(fd, 0o644)
         finally:
             os.close(fd)
 
