@@ -47,10 +47,10 @@ class RuntimeChoice:
 #: that mount, it sees the v1 hierarchies alone and uses them: every limit is still applied
 #: (the controllers the v1 hierarchies have). The namespace is a copy of the daemon's, so the
 #: root filesystems and network namespaces it mounts are there; nothing is unmounted outside.
-_HIDE_UNIFIED = (
-    "unshare", "--mount", "--propagation", "private",
-    "sh", "-c", 'umount -l /sys/fs/cgroup/unified && exec "$0" "$@"',
-)  # fmt: skip
+_HIDE_UNIFIED = ("unshare", "--mount", "--propagation", "private", "sh", "-c")
+_UMOUNT_UNIFIED = "umount -l /sys/fs/cgroup/unified"
+#: What the launcher's shell runs then, by default: the runtime (``$0``) with its arguments.
+EXEC_RUNTIME = 'exec "$0" "$@"'
 
 
 #: What runtime processes (and conmon, which passes its environment on) must not inherit from
@@ -90,23 +90,29 @@ _MAKES_CGROUPS = frozenset({"create", "run", "restore", "exec", "update"})
 
 
 @functools.cache
-def launcher(binary: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[str, ...]:
+def launcher(
+    binary: str, then: str = EXEC_RUNTIME, cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> tuple[str, ...]:
     """What runs ``binary`` on this host: nothing but itself, or, for crun on a hybrid cgroup
-    layout with cgroup2 controllers, the mount namespace that hides the cgroup2 half."""
+    layout with cgroup2 controllers, the mount namespace that hides the cgroup2 half — a
+    shell that hides it, then runs ``then`` (a shell line; ``$0``: the runtime's binary, which
+    follows the launcher, and ``$@``: its arguments)."""
     if not is_crun(binary):
         return ()
     try:
         controllers = (cgroup_root / "unified" / "cgroup.controllers").read_text().split()
     except OSError:
         return ()  # unified (cgroup2 only, which crun handles) or legacy
-    return _HIDE_UNIFIED if controllers else ()
+    return (*_HIDE_UNIFIED, f"{_UMOUNT_UNIFIED} && {then}") if controllers else ()
 
 
 def starts_in_one_call(binary: str) -> bool:
-    """Whether ``run --detach`` may create and start at once. Not with crun: a process that
-    ends while ``crun run`` is still there is reaped by crun, and its exit code is lost (the
-    daemon, its subreaper, must be the one to reap it); ``crun create`` exits before the
-    process can run, so ``create`` + ``start`` it is."""
+    """Whether, with the daemon as the init's reaper, ``run --detach`` may create and start
+    at once. Not with crun: its ``run --detach`` returns before its own child, the init's
+    parent, has exited, so an init that ends at once can still be that child's zombie when the
+    daemon asks for its code (ECHILD: the code is lost). ``crun create`` returns once the
+    process waits to be started, so ``create`` + ``start`` it is. (Under conmon, which reaps
+    whatever comes to it, crun runs detached too.)"""
     return not is_crun(binary)
 
 
