@@ -1775,8 +1775,8 @@ async def open_daemon(
 
 
 def _make_directory(path: str, userns: tuple[int, int, int] | None) -> None:
-    """A missing bind-mount source, as dockerd's ``MkdirAll(path, 0755)``: it and each missing
-    parent 0755 (not the umask's); the leaf the remapped root's under a user namespace."""
+    """A missing bind-mount source, as dockerd's ``MkdirAllAndChownNew(path, 0755)``: it and
+    each missing parent 0755 (not the umask's), the remapped root's under a user namespace."""
     if os.path.lexists(path):
         return
     missing = []
@@ -1784,18 +1784,20 @@ def _make_directory(path: str, userns: tuple[int, int, int] | None) -> None:
     while parent != "/" and not os.path.lexists(parent):
         missing.append(parent)
         parent = os.path.dirname(parent)
-    made = False
     try:
         for directory in reversed(missing):
-            made = False
             with contextlib.suppress(FileExistsError):  # (made meanwhile: not ours)
                 os.mkdir(directory, 0o755)
-                os.chmod(directory, 0o755)
-                made = True
+                # Through a descriptor: never through a link swapped in meanwhile.
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fchmod(fd, 0o755)
+                    if userns is not None:
+                        os.fchown(fd, userns[0], userns[1])
+                finally:
+                    os.close(fd)
     except OSError as exc:
         raise errors.SystemError(f"error while creating mount source path '{path}': {exc}") from exc
-    if made and userns is not None:
-        os.chown(path, userns[0], userns[1])
 
 
 def _check_archive_path(path: str) -> None:

@@ -369,8 +369,10 @@ def _mount_targets(rootfs: str) -> None:
         with contextlib.suppress(FileExistsError):  # (or a link: runc resolves it)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             fd = os.open(os.path.join(etc, name), flags, 0o644)
-            os.fchmod(fd, 0o644)
-            os.close(fd)
+            try:
+                os.fchmod(fd, 0o644)
+            finally:
+                os.close(fd)
 
 
 def _host_hard_limits() -> dict[str, int]:

@@ -156,12 +156,15 @@ class RecordStore:
     def _make_directory(self, container_id: str) -> None:
         directory = self.root / container_id
         directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o755)  # (not the umask's: a remapped root reads its files)
         for name, mode in self.placeholders.items():
             path = directory / name.replace("{id}", container_id)
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(path, flags, mode)
-            os.fchmod(fd, mode)  # (not the umask's)
-            os.close(fd)
+            try:
+                os.fchmod(fd, mode)  # (not the umask's)
+            finally:
+                os.close(fd)
 
     def write(self, ops: Mapping[str, bytes | None]) -> None:
         """Apply saves (bytes) and deletions (``None``) in one transaction (blocking)."""

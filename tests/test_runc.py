@@ -185,8 +185,9 @@ async def test_what_the_container_sees_is_not_narrowed_by_the_programs_umask(
     containers whose "/" was 0700 and whose hosts, hostname and resolv.conf were 0600: a
     container user other than root could read none of it. What the engine makes for a
     container has dockerd's modes, whatever the umask: "/" 0755 (the container's layer), the
-    network files 0644, a missing bind-mount source and its parents 0755, and directories a
-    layer implies without giving them 0755."""
+    network files 0644, a missing bind-mount source and its parents 0755, the mount points the
+    runtime makes (busybox has no /mnt), and directories a layer implies without giving them
+    0755."""
     image = tmp_path / "implied.tar"
     shutil.copy(busybox_tar, image)
     with tarfile.open(image, "a") as tar:
@@ -208,13 +209,13 @@ async def test_what_the_container_sees_is_not_narrowed_by_the_programs_umask(
             )  # fmt: skip
             await daemon.container_start(cid)
             pid = (await daemon.container_inspect(cid))["State"]["Pid"]
-            paths = ["/", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/mnt/bound",
+            paths = ["/", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/mnt", "/mnt/bound",
                      "/opt", "/opt/implied"]  # fmt: skip
             modes = {p: oct(os.stat(f"/proc/{pid}/root{p}").st_mode & 0o777) for p in paths}
             assert modes == {
                 "/": "0o755", "/etc/hosts": "0o644", "/etc/hostname": "0o644",
-                "/etc/resolv.conf": "0o644", "/mnt/bound": "0o755", "/opt": "0o755",
-                "/opt/implied": "0o755",
+                "/etc/resolv.conf": "0o644", "/mnt": "0o755", "/mnt/bound": "0o755",
+                "/opt": "0o755", "/opt/implied": "0o755",
             }  # fmt: skip
             made = [source.parent.parent, source.parent, source]
             assert [oct(p.stat().st_mode & 0o777) for p in made] == ["0o755"] * 3

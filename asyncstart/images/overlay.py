@@ -89,6 +89,8 @@ class OverlayMounter:
         directory = self._dir(container_id)
 
         def make() -> None:
+            directory.mkdir(exist_ok=True)
+            os.chmod(directory, 0o755)  # (not the umask's: a remapped root goes through it)
             for sub in ("upper", "work", "merged"):
                 (directory / sub).mkdir(parents=True, exist_ok=True)
                 if self.owner is not None and sub != "merged":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,16 +24,26 @@ __all__ = ["InitProcess", "child_subreaper", "exit_code", "reap", "reap_exec_lef
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 
-#: Holders of :func:`child_subreaper` in this process, and whether it was a subreaper before
-#: the first of them.
+#: Holders of :func:`child_subreaper` in this process (daemons may open and close in several
+#: threads at once: counted and switched under ``_lock``), and whether it was a subreaper
+#: before the first of them.
 _holders = 0
 _was_subreaper = False
+_lock = threading.Lock()
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _forked() -> None:
+    global _holders, _lock
+    _holders, _lock = 0, threading.Lock()  # (a child process holds nothing of its parent's)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _prctl(option: int, arg: int | ctypes.c_int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     argument = ctypes.byref(arg) if isinstance(arg, ctypes.c_int) else arg
-    if libc.prctl(option, argument, 0, 0, 0) != 0:
+    if _libc.prctl(option, argument, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option})")
 
 
@@ -44,18 +54,20 @@ def child_subreaper() -> Iterator[None]:
     go: a program that embeds the engine does not stay the reaper of what its other children
     leave behind."""
     global _holders, _was_subreaper
-    if _holders == 0:
-        flag = ctypes.c_int(0)
-        _prctl(_PR_GET_CHILD_SUBREAPER, flag)
-        _was_subreaper = bool(flag.value)
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    _holders += 1
+    with _lock:
+        if _holders == 0:
+            flag = ctypes.c_int(0)
+            _prctl(_PR_GET_CHILD_SUBREAPER, flag)
+            _was_subreaper = bool(flag.value)
+            _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        _holders += 1
     try:
         yield
     finally:
-        _holders -= 1
-        if _holders == 0 and not _was_subreaper:
-            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+        with _lock:
+            _holders -= 1
+            if _holders == 0 and not _was_subreaper:
+                _prctl(_PR_SET_CHILD_SUBREAPER, 0)
 
 
 def exit_code(pidfd: int) -> int:

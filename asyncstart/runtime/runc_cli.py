@@ -103,7 +103,7 @@ def launcher(
         controllers = (cgroup_root / "unified" / "cgroup.controllers").read_text().split()
     except OSError:
         return ()  # unified (cgroup2 only, which crun handles) or legacy
-    return (*_HIDE_UNIFIED, f"{_UMOUNT_UNIFIED} && {then}") if controllers else ()
+    return (*_HIDE_UNIFIED, f"{_UMOUNT_UNIFIED} || exit; {then}") if controllers else ()
 
 
 def starts_in_one_call(binary: str) -> bool:

@@ -86,6 +86,9 @@ async def run_process(
             cwd=cwd,
             env=env,
             pass_fds=pass_fds,
+            # dockerd's: what the runtime makes in a container (the mount points it creates in
+            # its root, for one) is not narrowed by the umask of the program that embeds us.
+            umask=0o022,
         )
         try:
             pidfd = os.pidfd_open(process.pid)
