@@ -330,3 +330,36 @@ def test_the_line_that_turns_create_into_run_detach(runtime_args: list[str]) -> 
     restore = ["sh", "-c", _RUN_DETACHED, "printf", n, "%s|", *runtime_args, "restore", "x"]
     said = subprocess.run(restore, capture_output=True, text=True, check=True).stdout
     assert said.split("|")[:-1] == [*runtime_args, "restore", "x"]
+
+
+def _zombie_child(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0] == "Z" and int(fields[1]) == os.getpid()
+    return False
+
+
+async def test_a_later_daemon_in_the_process_reaps_a_conmon_that_ended_meanwhile(
+    roots: _Roots, busybox_tar: Path
+) -> None:
+    """An embedding program closes its daemon while a container runs; the container ends, and
+    its conmon (a child of the program since the daemon made it the subreaper) with it. The
+    next daemon of the program reports the true exit and reaps that conmon: no zombie."""
+    config = asyncstart.DaemonConfig(data_root=roots.data, exec_root=roots.exec,
+                                     runtime="runc", monitor="conmon")  # fmt: skip
+    async with asyncstart.open_daemon(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+        cid = await daemon.container_create(
+            config={"Image": "busybox", "Cmd": ["sh", "-c", "sleep 1; exit 3"]},
+            host_config=NO_NETWORK,
+        )
+        await daemon.container_start(cid)
+        [conmon] = conmons_of(roots.exec)
+    with anyio.fail_after(20):
+        while not _zombie_child(conmon):
+            await anyio.sleep(0.05)
+    async with open_clean(config) as daemon:
+        state = (await daemon.container_inspect(cid))["State"]
+        assert (state["Status"], state["ExitCode"]) == ("exited", 3)
+        assert not Path(f"/proc/{conmon}").exists(), "reaped"
+    assert_nothing_left(roots)

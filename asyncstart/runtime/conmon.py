@@ -56,7 +56,7 @@ import anyio.abc
 from .._log import get_logger
 from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
-from .reaper import InitProcess
+from .reaper import InitProcess, exit_code
 from .runc import RuncRuntime, _Container
 from .runc_cli import RuntimeChoice, create_failure, launcher, runtime_environb
 from .spawn import run_process
@@ -597,6 +597,11 @@ class ConmonRuntime(RuncRuntime):
             box.pid = bundle.read_pid()
         with contextlib.suppress(OSError):
             box.conmon.open(conmon_pid)
+        if box.conmon.pidfd >= 0 and _ended_conmon_child(conmon_pid, self.conmon):
+            # It ended while no daemon of this process watched it (an earlier one had made it
+            # a child of this process): reaped now, not left a zombie; its exit file says why.
+            exit_code(box.conmon.pidfd)  # (conmon's own; the container's is in its exit file)
+            box.conmon.close()
         if box.conmon.pidfd >= 0 and not _is_conmon_of(conmon_pid, container_id, self.conmon):
             box.conmon.close()  # its pid is another process's now
         if box.conmon.pidfd >= 0 and box.pid > 0:
@@ -659,6 +664,23 @@ def _is_conmon_of(pid: int, container_id: str, binary: str) -> bool:
         return False
     program = os.path.basename(binary).encode()
     return os.path.basename(argv[0]) == program and container_id.encode() in argv
+
+
+def _ended_conmon_child(pid: int, binary: str) -> bool:
+    """Whether ``pid`` is a conmon that ended as this process's child: a zombie (its command
+    line is gone, its name stays) whose parent is this process (its pid cannot be reused
+    before it is reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    name, _, rest = stat.partition(" (")[2].rpartition(") ")
+    fields = rest.split()
+    return (
+        name == os.path.basename(binary)[:15]
+        and fields[:1] == ["Z"]
+        and fields[1:2] == [str(os.getpid())]
+    )
 
 
 async def _reap(conmon: InitProcess) -> None:
