@@ -100,7 +100,8 @@ def safe_extract(archive: tarfile.TarFile, destination: str, limits: ImportLimit
         parent = os.path.realpath(os.path.join(root, *parts[:-1]))
         if not inside(parent):
             raise _reject(name, "it would be written outside the layer through a symlink")
-        _implied(root, parts[:-1])
+        if not os.path.isdir(parent):  # (one stat for the usual member, whose directory exists)
+            _implied(root, parts[:-1])
         base = parts[-1]
         if base.startswith(_WHITEOUT):
             _whiteout(parent, base, member)
