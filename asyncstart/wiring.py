@@ -211,6 +211,13 @@ def build_drivers(
     )
 
 
+#: How many starts prepare at once, per CPU the daemon may run on (see :mod:`.saga`): a few,
+#: so that the first reach the runtime at once. (50 starts at once on 2 CPUs, crun: 1, 2, 4 or
+#: 8 at a time all did about the same: some 7% more starts per second than all 50 together,
+#: and half the median latency.)
+_PREPARING_PER_CPU = 2
+
+
 def build_saga(
     config: DaemonConfig,
     drivers: Drivers,
@@ -249,7 +256,7 @@ def build_saga(
             ),
         ),
     )
-    return Saga(steps)
+    return Saga(steps, preparing=_PREPARING_PER_CPU * len(os.sched_getaffinity(0)))
 
 
 #: dockerd's modes: the roots closed to other users (the data root only traversable by its

@@ -44,9 +44,9 @@ class _Step:
             raise errors.SystemError("undo of b failed")  # the rest still run
 
 
-def _ctx() -> StartContext:
+def _ctx(who: str = "c") -> StartContext:
     record = ContainerRecord(
-        id="c" * 64, name="/c", created="", image="", config=Config(), host_config=HostConfig()
+        id=who * 64, name="/c", created="", image="", config=Config(), host_config=HostConfig()
     )
     return StartContext(record)
 
@@ -117,6 +117,56 @@ async def test_a_cancelled_saga_undoes_before_it_propagates() -> None:
         await blocked.wait()
         tg.cancel_scope.cancel()
     assert journal == ["do a", "do b", "do c", "undo b", "undo a"]
+
+
+class _Held:
+    """A step that journals which start ran it, and waits where ``hold`` says."""
+
+    def __init__(self, name: str, journal: list[str], hold: dict[str, anyio.Event]) -> None:
+        self.name, self.journal, self.hold = name, journal, hold
+
+    async def do(self, ctx: StartContext) -> None:
+        step = f"{ctx.record.id[0]}{self.name}"
+        self.journal.append(step)
+        if step in self.hold:
+            await self.hold[step].wait()
+        if step == "yb":
+            raise errors.SystemError("y cannot prepare")
+
+    async def undo(self, ctx: StartContext) -> None:
+        self.journal.append(f"undo {ctx.record.id[0]}{self.name}")
+
+
+async def test_starts_take_turns_to_prepare_in_the_order_they_came() -> None:
+    """One turn: a start prepares (every step but the last, the runtime's) once the one
+    before it has, while that one's last step runs; a failed preparation passes the turn on."""
+    journal: list[str] = []
+    hold = {name: anyio.Event() for name in ("xb", "xc", "zc")}
+    phases = (State.MOUNTING, State.NETWORKING, State.SPEC_READY)
+    saga = Saga(
+        [(phase, _Held(name, journal, hold)) for phase, name in zip(phases, "abc", strict=True)],
+        preparing=1,
+    )
+    failed: list[str] = []
+
+    async def start(who: str) -> None:
+        try:
+            await saga.run(_ctx(who), lambda phase: None)
+        except StartFailed as failure:
+            failed.append(failure.error.message)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for who in "xyz":
+                tg.start_soon(start, who)
+                await anyio.wait_all_tasks_blocked()
+            assert journal == ["xa", "xb"], "y and z wait for x to prepare"
+            hold["xb"].set()
+            await anyio.wait_all_tasks_blocked()
+            assert journal == ["xa", "xb", "xc", "ya", "yb", "za", "zb", "zc"]
+            assert failed == ["y cannot prepare"]
+            hold["xc"].set()
+            hold["zc"].set()
 
 
 async def test_waiters_answer_every_reply_parked_under_a_condition() -> None:
