@@ -230,6 +230,24 @@ async def test_a_failed_create_under_conmon_leaves_nothing(
     assert_nothing_left(roots)
 
 
+async def test_a_conmon_that_fails_at_once_says_why_and_leaves_nothing(
+    roots: _Roots, busybox_tar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conmon's own early errors (it writes them before it lets go of its streams, and ends
+    without a word on the sync pipe) are the start's error."""
+    fake = tmp_path / "conmon"
+    fake.write_text("#!/bin/sh\necho 'conmon: no such option --sync' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("asyncstart.wiring.conmon_binary", lambda: str(fake))
+    async with _library(roots, busybox_tar, network="loopback") as daemon:
+        cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["true"]})
+        with pytest.raises(asyncstart.errors.DockerError, match="no such option --sync"):
+            await daemon.container_start(cid)
+        assert (await daemon.container_inspect(cid))["State"]["Status"] == "created"
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
 async def test_a_busy_engine_does_not_stall_containers(roots: _Roots, busybox_tar: Path) -> None:
     """Output nobody is attached to is not fetched by the engine, so an engine whose event loop
     is busy (here: blocked for 2 s) never holds a container up; conmon logs it all."""

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
+import select
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
-from asyncstart.runtime.spawn import run_process
+from asyncstart.runtime.spawn import read_output, run_process, spawn
 
 pytestmark = pytest.mark.anyio
 
@@ -91,3 +94,32 @@ async def test_a_cancelled_run_kills_and_reaps_the_process() -> None:
 async def test_a_missing_program_is_an_oserror() -> None:
     with pytest.raises(FileNotFoundError):
         await run_process(["/nonexistent/runc", "state", "x"])
+
+
+def test_a_spawned_child_is_reaped_by_its_owner_alone() -> None:
+    """A child left running (conmon) is its owner's to reap by pidfd: neither the collection
+    of the Popen that started it nor a later Popen's polling of those it keeps reaps it."""
+    read, write = os.pipe2(os.O_CLOEXEC)
+    kept, stray = os.pipe()  # inheritable, as a program's own may be: not for the child
+    os.set_inheritable(stray, True)
+    script = (
+        'echo said; [ -e /proc/self/fd/"$1" ] && echo leaked >&2; '
+        'echo up > /proc/self/fd/"$0"; exit 7'
+    )
+    try:
+        pid, output = spawn(["sh", "-c", script, str(write), str(stray)], pass_fds=(write,))
+        pidfd = os.pidfd_open(pid)
+    finally:
+        for fd in (write, kept, stray):
+            os.close(fd)
+    try:
+        assert os.read(read, 10) == b"up\n", "the descriptor passed"
+        assert select.select([pidfd], [], [], 10)[0], "it ended"
+        gc.collect()
+        subprocess.run(["true"], check=True)  # (a Popen polls the children it keeps)
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        assert result is not None and result.si_status == 7
+    finally:
+        os.close(pidfd)
+        os.close(read)
+    assert read_output(output) == b"said\n", "its output, and no stray descriptor"

@@ -45,7 +45,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,7 @@ from .bundle import BundleDir
 from .reaper import InitProcess, exit_code
 from .runc import RuncRuntime, _Container
 from .runc_cli import RuntimeChoice, create_failure, launcher, runtime_environb
-from .spawn import run_process
+from .spawn import read_output, spawn
 
 __all__ = ["ConmonRuntime", "conmon_binary", "monitorable"]
 
@@ -395,36 +394,36 @@ class ConmonRuntime(RuncRuntime):
         )
         argv = self._argv(container_id, box, checkpoint, checkpoint_dir)
         sync_read, sync_write = os.pipe2(os.O_CLOEXEC)
+        output = -1
         try:
             try:
-                result = await run_process(
+                conmon, output = spawn(
                     argv,
                     cwd=box.bundle.path,  # (where conmon would write an ``oom`` file without -0)
-                    stdin=subprocess.DEVNULL,
                     # (conmon passes its environment on to the runtime.)
                     env={**runtime_environb(), b"_OCI_SYNCPIPE": b"%d" % sync_write},
                     pass_fds=(sync_write,),
                 )
+                # With --sync, conmon is this process's child for its whole life: watched by
+                # a pidfd from now (before any await), and named by a pid file for a later
+                # daemon. (It runs the create in a child of its own.)
+                box.conmon.open(conmon)
+                box.conmon_pid_file.write_text(str(conmon))
             except OSError as exc:
                 raise RuntimeFailure(f"failed to run conmon: {exc.strerror}") from exc
             finally:
                 os.close(sync_write)
-            if result.returncode != 0:
-                message = (result.stderr or result.stdout).decode(errors="replace").strip()
-                raise RuntimeFailure(f"conmon failed: {message}")
-            # conmon's parent has written the pid file and gone; its daemon half (re-parented
-            # to this process, the subreaper) runs the create.
-            with contextlib.suppress(OSError, ValueError):
-                box.conmon.open(int(box.conmon_pid_file.read_text()))
             pid, message = await _read_sync(sync_read)
         finally:
             os.close(sync_read)
+            # What conmon said before it let go of its standard streams: its own early errors.
+            said = read_output(output).decode(errors="replace").strip() if output >= 0 else ""
         if pid <= 0:
+            if not message and said:
+                raise RuntimeFailure(f"conmon failed: {said}")
             command = "restore" if checkpoint else "create"
             binary = self._cli.binary_of(box.runtime)
             raise create_failure(box.bundle.runc_log, message, binary, command)
-        if box.conmon.pidfd < 0:
-            raise RuntimeFailure("conmon left no pid file")
         box.pid = pid
         self._connect(container_id, box)  # before it runs: no output is missed
 
@@ -459,7 +458,7 @@ class ConmonRuntime(RuncRuntime):
             self.conmon, "--api-version", "1",
             "-c", container_id, "-u", container_id, "-n", container_id,
             "-r", executable, "-b", str(box.bundle.path),
-            "-p", str(box.bundle.pid_file), "-P", str(box.conmon_pid_file),
+            "-p", str(box.bundle.pid_file), "--sync",
             "-0", str(box.bundle.path),
             "--exit-dir", str(self.exit_dir), "--full-attach",
             "-l", f"k8s-file:{wanted.log_path}" if wanted.log_path else "none",

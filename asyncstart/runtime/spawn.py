@@ -1,4 +1,5 @@
-"""Short-lived helper processes (``runc create``, ``runc delete``...) run to their end, cheaply.
+"""Helper processes run cheaply: short-lived ones (``runc create``, ``runc delete``...) to their
+end, and a long-lived one (a container's conmon) started and left to its owner.
 
 ``anyio.run_process`` goes through asyncio's subprocess transports and a child watcher (a
 thread per child on asyncio), which costs over a millisecond of the daemon's CPU per process; a
@@ -6,7 +7,8 @@ start runs one or two of them. Here the process is started by :class:`subprocess
 (vfork and exec, every other descriptor closed), the output asked for goes to an anonymous
 memory file (``memfd``: it never fills, so nothing has to read it while the process runs, and
 is read once at its end), and its end is awaited on a pidfd, then reaped by that pidfd: no
-thread, no transport, no task, on asyncio and trio alike.
+thread, no transport, no task, on asyncio and trio alike. A long-lived child is started by
+:func:`spawn` and reaped by its owner, by a pidfd: nothing else waits for it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
-__all__ = ["run_process"]
+__all__ = ["read_output", "run_process", "spawn"]
 
 
 #: ``MFD_NOEXEC_SEAL`` (Linux 6.3; not in :mod:`os` before Python 3.12): a host whose
@@ -52,6 +54,79 @@ def _read_all(fd: int | None) -> bytes:
     return b"".join(parts)
 
 
+class _Unwatched(subprocess.Popen[bytes]):
+    """A Popen that leaves its child alone when it is collected: a Popen's ``__del__`` polls a
+    child that still runs, and may reap it behind the pidfd its owner waits on."""
+
+    def __del__(self) -> None:
+        pass
+
+
+def _popen(
+    kind: type[subprocess.Popen[bytes]],
+    argv: Sequence[str],
+    *,
+    stdin: int | None,
+    stdout: int | None,
+    stderr: int | None,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | Mapping[bytes, bytes] | None,
+    pass_fds: Sequence[int],
+) -> subprocess.Popen[bytes]:
+    # vfork + exec: returns as soon as the child has exec'd (as anyio's runner does too); every
+    # descriptor but the three and ``pass_fds`` closed in the child.
+    return kind(
+        argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        pass_fds=pass_fds,
+        # dockerd's: what the runtime makes in a container (the mount points it creates in its
+        # root, for one) is not narrowed by the umask of the program that embeds us.
+        umask=0o022,
+    )
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[bytes, bytes] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> tuple[int, int]:
+    """Start ``argv`` and leave it running: its pid, and a memory file that receives what it
+    writes to its standard output and error (its stdin is /dev/null; the file is read and
+    closed by :func:`read_output`). The child is the caller's to reap, by a pidfd opened on
+    the pid (at once: until it is reaped, the pid cannot be another process's)."""
+    output = _capture(subprocess.PIPE)
+    assert output is not None
+    try:
+        process = _popen(
+            _Unwatched,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            cwd=cwd,
+            env=env,
+            pass_fds=pass_fds,
+        )
+    except BaseException:
+        os.close(output)
+        raise
+    return process.pid, output
+
+
+def read_output(fd: int) -> bytes:
+    """What a child of :func:`spawn` has written to its memory file ``fd``, which is closed."""
+    try:
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
 def _reap(pidfd: int) -> int:
     """The ended child's status, as :mod:`subprocess` gives it (-N if killed by signal N)."""
     result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
@@ -77,8 +152,8 @@ async def run_process(
     try:
         out = _capture(stdout)
         err = _capture(stderr)  # (out is closed below if this fails)
-        # vfork + exec: returns as soon as the child has exec'd (as anyio's runner does too).
-        process = subprocess.Popen(  # noqa: ASYNC220
+        process = _popen(
+            subprocess.Popen,
             argv,
             stdin=stdin,
             stdout=stdout if out is None else out,
@@ -86,9 +161,6 @@ async def run_process(
             cwd=cwd,
             env=env,
             pass_fds=pass_fds,
-            # dockerd's: what the runtime makes in a container (the mount points it creates in
-            # its root, for one) is not narrowed by the umask of the program that embeds us.
-            umask=0o022,
         )
         try:
             pidfd = os.pidfd_open(process.pid)
