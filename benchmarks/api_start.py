@@ -17,7 +17,10 @@ alike; ``--settle`` seconds (1 on runc) pass after each batch's clean-up:
   same rootfs and spec as asyncstart's, with fresh namespaces (no network to set up), as in
   ``runc_start.py``; ``bare crun`` when the daemon's OCI runtime is crun (``--oci``), run as
   this host needs any crun run (``runtime.runc_cli.launcher``: on a hybrid cgroup layout, in a
-  mount namespace without the cgroup2 half).
+  mount namespace without the cgroup2 half). crun compiles the spec's seccomp profile at every
+  create, as a user's crun does; the engine hands it the program it compiled before
+  (``runtime.seccomp_cache``). ``--bare-filter kept`` hands bare crun the same program: the
+  engine's own cost beside a runtime that does the same work.
 
 The exec root and the bare runtime's state and bundles are on a tmpfs of the benchmark's own
 (``--no-run-tmpfs``: the temporary directory's file system), as ``/run`` is on most hosts.
@@ -69,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import ipaddress
 import json
@@ -96,6 +100,7 @@ from asyncstart.__main__ import choose_runtime
 from asyncstart._version import API_VERSION
 from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.logconfig import configure_logging
+from asyncstart.runtime import seccomp_cache
 from asyncstart.runtime.runc_cli import launcher
 
 CMD = ["sleep", "infinity"]
@@ -449,12 +454,20 @@ class Bench:
                     await self.bare.remove_all()
 
 
-async def _asyncstart_spec(daemon: asyncstart.Daemon, exec_root: Path) -> dict[str, Any]:
-    """The OCI spec asyncstart writes for a busybox container, from one real start."""
+async def _asyncstart_spec(
+    daemon: asyncstart.Daemon, exec_root: Path, kept_filter: bool = False
+) -> dict[str, Any]:
+    """The OCI spec asyncstart writes for a busybox container, from one real start (the first:
+    crun compiles its seccomp profile); ``kept_filter``: with the program crun compiled then, as
+    the engine hands it to crun from its second start on (``runtime.seccomp_cache``)."""
     cid = await daemon.container_create(config={"Image": "busybox", "Cmd": CMD})
     try:
         await daemon.container_start(cid)
         spec: dict[str, Any] = json.loads((exec_root / cid / "config.json").read_text())
+        if kept_filter:
+            program = (exec_root / "runc" / cid / "seccomp.bpf").read_bytes()
+            annotations = spec.setdefault("annotations", {})
+            annotations[seccomp_cache.ANNOTATION] = base64.b64encode(program).decode()
     finally:
         await daemon.container_remove(cid, force=True)
     return spec
@@ -471,6 +484,7 @@ async def run(
     oci: str = "",
     monitor: str = "",
     run_dir: Path | None = None,
+    bare_filter: str = "compiled",
 ) -> list[Mode]:
     run_dir = run_dir or root
     config = asyncstart.DaemonConfig(
@@ -491,7 +505,8 @@ async def run(
             await daemon.image_import(str(root / "busybox.tar"), repo="busybox")
             binary = config.runtime_table()[config.runtime_name()][0]
             bare = BareRunc(run_dir / "bare", concurrency, binary)
-            bare.prepare(await _asyncstart_spec(daemon, run_dir / "exec"), root / "rootfs")
+            spec = await _asyncstart_spec(daemon, run_dir / "exec", bare_filter == "kept")
+            bare.prepare(spec, root / "rootfs")
         async with (
             asyncstart.serve_api(daemon, [f"unix://{sock}"]) as server,
             ClientWorker("raw", sock, concurrency) as raw,
@@ -731,6 +746,13 @@ def main() -> None:
         default="",
         help="each container's monitor (default: conmon where installed)",
     )
+    parser.add_argument(
+        "--bare-filter",
+        choices=["compiled", "kept"],
+        default="compiled",
+        help="bare crun compiles the seccomp profile at every create as a user's crun does"
+        " (compiled, the default), or is handed the program as the engine hands it (kept)",
+    )
     parser.add_argument("--rounds", type=int, default=VERDICT_ROUNDS)  # (fewer: no verdict)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--network", choices=["bridge", "loopback"], default="bridge")
@@ -773,7 +795,7 @@ def main() -> None:
         try:
             modes = anyio.run(
                 run, root, runtime, args.network, bridge, args.rounds, args.concurrency,
-                settle, args.oci, args.monitor, run_dir, backend=args.backend,
+                settle, args.oci, args.monitor, run_dir, args.bare_filter, backend=args.backend,
             )  # fmt: skip
         finally:
             if run_dir is not None:
@@ -783,6 +805,7 @@ def main() -> None:
         header += f"network={args.network} " + (f"({bridge[0]} {bridge[1]}) " if bridge else "")
         header += f"oci={args.oci or 'default'} monitor={args.monitor or 'default'} "
         header += f"run-tmpfs={'yes' if args.run_tmpfs else 'no'} "
+        header += f"bare-filter={args.bare_filter} "
     header += (
         f"concurrency={args.concurrency} rounds={args.rounds} "
         f"({args.rounds * args.concurrency} starts per mode)"

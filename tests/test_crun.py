@@ -6,6 +6,7 @@ deletes those no record claims. Real processes, as root; the loopback network, n
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import pytest
 import asyncstart
 from asyncstart.images.busybox import build_busybox_tar
 from asyncstart.runtime.runc_cli import launcher
+from asyncstart.runtime.seccomp_cache import ANNOTATION
 
 from .helpers import lose_record, open_clean, real_containers
 
@@ -223,3 +225,62 @@ async def test_systemds_sockets_are_kept_from_the_runtime(
                 assert found["ExitCode"] == 5
         with pytest.raises(BlockingIOError):
             listener.recv(1024)
+
+
+_PTRACE_ATTACH, _PTRACE_DETACH, _PTRACE_SECCOMP_GET_FILTER = 16, 17, 0x420C
+
+
+def _loaded_filter(pid: int) -> bytes:
+    """The seccomp program the kernel runs for ``pid``: read while it is stopped by ptrace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(_PTRACE_ATTACH, pid, None, None) != 0:
+        raise OSError(ctypes.get_errno(), "ptrace attach")
+    try:
+        os.waitpid(pid, 0x40000000)  # __WALL: it is stopped
+        count = libc.ptrace(_PTRACE_SECCOMP_GET_FILTER, pid, 0, None)
+        if count < 0:
+            raise OSError(ctypes.get_errno(), "no seccomp filter")
+        program = ctypes.create_string_buffer(count * 8)
+        libc.ptrace(_PTRACE_SECCOMP_GET_FILTER, pid, 0, program)
+        return program.raw
+    finally:
+        libc.ptrace(_PTRACE_DETACH, pid, None, None)
+
+
+@pytest.mark.parametrize("monitor", ["none", "conmon"])
+async def test_crun_compiles_a_profile_once_and_the_kernel_runs_the_same_filter(
+    tmp_path: Path, busybox_tar: Path, monitor: str
+) -> None:
+    """crun compiles dockerd's default profile at the first start; the next starts with the
+    same profile hand it the program it compiled then (``run.oci.seccomp_bpf_data``), and the
+    kernel runs the very same filter for them. Another profile (CAP_SYS_ADMIN's) is compiled
+    anew; an unconfined container has no filter at all."""
+    if monitor == "conmon" and shutil.which("conmon") is None:
+        pytest.skip("needs conmon")
+    config = _config(tmp_path, monitor=monitor, default_runtime="crun")
+    async with open_clean(config) as daemon:
+        await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+
+        async def start(**host: Any) -> tuple[bool, bytes]:
+            cid = await daemon.container_create(
+                config={"Image": "busybox", "Cmd": ["sleep", "60"]}, host_config=host
+            )
+            await daemon.container_start(cid)
+            spec = json.loads((tmp_path / "x" / cid / "config.json").read_text())
+            pid = (await daemon.container_inspect(cid))["State"]["Pid"]
+            try:
+                loaded = _loaded_filter(pid)
+            except OSError:
+                loaded = b""
+            await daemon.container_remove(cid, force=True)
+            return ANNOTATION in (spec.get("annotations") or {}), loaded
+
+        default = [await start() for _ in range(3)]
+        admin = [await start(CapAdd=["SYS_ADMIN"]) for _ in range(2)]
+        unconfined = await start(SecurityOpt=["seccomp=unconfined"])
+    assert [handed for handed, _ in default + admin] == [False, True, True, False, True]
+    assert default[0][1] and {program for _, program in default} == {default[0][1]}
+    assert admin[0][1] and {program for _, program in admin} == {admin[0][1]} != {default[0][1]}
+    assert unconfined == (False, b"")

@@ -378,7 +378,7 @@ class ConmonRuntime(RuncRuntime):
         checkpoint: str | None,
         checkpoint_dir: str | None,
     ) -> None:
-        box.bundle.write(bundle.spec, owner=bundle.owner, runtime=box.runtime)
+        learn = self._write_bundle(box.bundle, bundle, box.runtime, bool(checkpoint))
         with contextlib.suppress(FileNotFoundError):
             (self.exit_dir / container_id).unlink()
         options, log_path = box.attach.wanted.log_options, box.attach.wanted.log_path
@@ -425,6 +425,7 @@ class ConmonRuntime(RuncRuntime):
             binary = self._cli.binary_of(box.runtime)
             raise create_failure(box.bundle.runc_log, message, binary, command)
         box.pid = pid
+        self._filters.learn(learn, self.state_root / container_id)
         self._connect(container_id, box)  # before it runs: no output is missed
 
     def _argv(

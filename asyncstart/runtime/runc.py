@@ -36,6 +36,7 @@ from .runc_cli import (
     runtime_env,
     starts_in_one_call,
 )
+from .seccomp_cache import FilterCache, FilterKey
 from .stdio import ConsoleSocket, ContainerStdio
 
 __all__ = ["RuncRuntime"]
@@ -98,6 +99,8 @@ class RuncRuntime:
         self.runtime_args = runtime_args
         self.no_pivot_root = no_pivot_root or bool(os.environ.get("DOCKER_RAMDISK"))
         self._cli = RuncCli(state_root, binary, runtime_args)
+        #: crun's compiled seccomp programs, handed back to it.
+        self._filters = FilterCache()
         self._containers: dict[str, _Container] = {}
         self._backend: RuntimeBackend | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -210,7 +213,7 @@ class RuncRuntime:
         checkpoint: str | None,
         checkpoint_dir: str | None,
     ) -> None:
-        box.bundle.write(bundle.spec, owner=bundle.owner, runtime=box.runtime)
+        learn = self._write_bundle(box.bundle, bundle, box.runtime, bool(checkpoint))
         with box.stdio.child_ends(box.bundle) as child:
             await self._cli.create(
                 container_id,
@@ -227,6 +230,17 @@ class RuncRuntime:
             )
             box.stdio.take_console(child)
         box.init.open(box.bundle.read_pid())
+        self._filters.learn(learn, self.state_root / container_id)
+
+    def _write_bundle(
+        self, directory: BundleDir, bundle: Bundle, runtime: RuntimeChoice, restoring: bool
+    ) -> FilterKey | None:
+        """Write the bundle's ``config.json`` (with crun's seccomp program for its profile if
+        one is kept); what to learn from the create (see :class:`FilterCache`)."""
+        binary = self._cli.binary_of(runtime)
+        spec, learn = self._filters.prepare(binary, bundle.spec, restoring=restoring)
+        directory.write(spec, owner=bundle.owner, runtime=runtime)
+        return learn
 
     async def _delete_leftover(self, container_id: str, runtime: RuntimeChoice) -> None:
         """Delete whatever any runtime has under this ID (and reap its init if it is ours):
