@@ -59,7 +59,7 @@ class Saga:
         debug = log.debug_enabled()  # (asked once a start, not once a phase)
         preparing, last = self.steps[:-1], self.steps[-1:]
         try:
-            async with self._turns or contextlib.nullcontext():
+            async with self._turns if self._turns is not None else contextlib.nullcontext():
                 await self._run_steps(preparing, ctx, enter, done, debug)
             await self._run_steps(last, ctx, enter, done, debug)
         except errors.DockerError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import asyncstart
 from asyncstart import Client
 from asyncstart.network.bridge import DEFAULT_BRIDGE
 from asyncstart.runtime.conmon import _RUN_DETACHED
+from asyncstart.runtime.reaper import InitProcess
 
 from . import test_runc
 from .helpers import daemon_process, real_containers
@@ -244,6 +246,28 @@ async def test_a_conmon_that_fails_at_once_says_why_and_leaves_nothing(
         with pytest.raises(asyncstart.errors.DockerError, match="no such option --sync"):
             await daemon.container_start(cid)
         assert (await daemon.container_inspect(cid))["State"]["Status"] == "created"
+        await daemon.container_remove(cid)
+    assert_nothing_left(roots)
+
+
+async def test_a_conmon_that_cannot_be_watched_is_killed_and_reaped(
+    roots: _Roots, busybox_tar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors for the pidfd: the conmon just started (this process's child, known
+    to nothing else) is killed and reaped, not left to create the container."""
+    async with _library(roots, busybox_tar, network="loopback") as daemon:
+        cid = await daemon.container_create(config={"Image": "busybox", "Cmd": ["sleep", "60"]})
+
+        def no_pidfd(self: InitProcess, pid: int) -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(InitProcess, "open", no_pidfd)
+            with pytest.raises(asyncstart.errors.DockerError, match="failed to watch conmon"):
+                await daemon.container_start(cid)
+        assert conmons_of(roots.exec) == []
+        assert not [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and _zombie_child(int(p.name))], "no zombie"  # fmt: skip
         await daemon.container_remove(cid)
     assert_nothing_left(roots)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from asyncstart.runtime import seccomp_cache
 from asyncstart.runtime.seccomp_cache import ANNOTATION, FilterCache
 
 PROGRAM = bytes(range(16))  # (two 8-byte instructions)
@@ -64,6 +65,7 @@ def test_the_program_crun_compiled_is_handed_back_for_the_same_profile(
         ("crun", _spec(**{"run.oci.seccomp_fail_unknown_syscall": "1"}), False),
         ("crun", _spec(**{ANNOTATION: "the caller's own"}), False),
         ("crun", _spec(), True),  # a restore
+        ("crun", {"linux": {"seccomp": {"defaultAction": "a", "listenerPath": "/l"}}}, False),
     ],
 )
 def test_nothing_is_kept_or_handed_where_it_must_not_be(
@@ -76,11 +78,19 @@ def test_nothing_is_kept_or_handed_where_it_must_not_be(
     assert (written, key) == (spec, None)
 
 
-def test_a_crun_replaced_on_disk_compiles_anew(crun: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("replaced", ["crun", "libseccomp"])
+def test_a_crun_or_libseccomp_replaced_on_disk_compiles_anew(
+    crun: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaced: str
+) -> None:
+    library = tmp_path / "libseccomp.so.2"
+    library.write_bytes(b"")
+    monkeypatch.setattr(seccomp_cache, "_libseccomp", lambda: str(library))
     cache = FilterCache()
     _learnt(cache, crun, _spec(), tmp_path / "first")
-    stat = os.stat(crun)
-    os.utime(crun, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert cache.prepare(crun, _spec())[1] is None, "kept"
+    path = crun if replaced == "crun" else library
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     written, key = cache.prepare(crun, _spec())
     assert ANNOTATION not in (written.get("annotations") or {}) and key is not None
 

@@ -340,10 +340,7 @@ class ConmonRuntime(RuncRuntime):
             await super()._discard(container_id, box)
             return
         box.attach.close()
-        if box.conmon.pidfd < 0:  # cancelled before the pid was read
-            with contextlib.suppress(OSError, ValueError):
-                box.conmon.open(int(box.conmon_pid_file.read_text()))
-        if box.conmon.pidfd >= 0:
+        if box.conmon.pidfd >= 0:  # (else conmon never ran, or was reaped already)
             # Killed, with the runtime it may still be running (its parent-death signal):
             # nothing goes on creating after this.
             with contextlib.suppress(OSError):
@@ -404,15 +401,23 @@ class ConmonRuntime(RuncRuntime):
                     env={**runtime_environb(), b"_OCI_SYNCPIPE": b"%d" % sync_write},
                     pass_fds=(sync_write,),
                 )
-                # With --sync, conmon is this process's child for its whole life: watched by
-                # a pidfd from now (before any await), and named by a pid file for a later
-                # daemon. (It runs the create in a child of its own.)
-                box.conmon.open(conmon)
-                box.conmon_pid_file.write_text(str(conmon))
             except OSError as exc:
-                raise RuntimeFailure(f"failed to run conmon: {exc.strerror}") from exc
+                raise RuntimeFailure(f"failed to run conmon: {exc.strerror or exc}") from exc
             finally:
                 os.close(sync_write)
+            # With --sync, conmon is this process's child for its whole life: watched by a
+            # pidfd from now (before any await; on failure, killed and reaped here: nothing
+            # else knows it), and named by a pid file for a later daemon. (It runs the create
+            # in a child of its own.)
+            try:
+                box.conmon.open(conmon)
+            except OSError as exc:
+                _kill_child(conmon)
+                raise RuntimeFailure(f"failed to watch conmon: {exc.strerror or exc}") from exc
+            try:
+                _write_pid_file(box.conmon_pid_file, conmon)
+            except OSError as exc:
+                raise RuntimeFailure(f"failed to write conmon's pid file: {exc}") from exc
             pid, message = await _read_sync(sync_read)
         finally:
             os.close(sync_read)
@@ -630,6 +635,21 @@ class ConmonRuntime(RuncRuntime):
                 if entry not in keep:
                     with contextlib.suppress(OSError):
                         os.unlink(self.exit_dir / entry)
+
+
+def _kill_child(pid: int) -> None:
+    """Kill and reap a child of this process that is not watched (its pid is still its own:
+    it is not reaped)."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _write_pid_file(path: Path, pid: int) -> None:
+    """``path`` says ``pid``, whole or not at all (written aside, then renamed)."""
+    aside = path.with_name(path.name + ".tmp")
+    aside.write_text(str(pid))
+    os.replace(aside, path)
 
 
 async def _read_sync(fd: int) -> tuple[int, str]:

@@ -7,20 +7,24 @@ crun keeps the program it loaded in its state (``<root>/<id>/seccomp.bpf``) and 
 as it is from the ``run.oci.seccomp_bpf_data`` annotation (base64; the profile's flags still
 apply). A crun built with libgcrypt keeps such a cache itself (``<root>/.cache/seccomp``, by a
 checksum of the profile, crun's and libseccomp's versions and the kernel); Debian's is built
-without. So the engine keeps one, in memory: by the profile's bytes and the crun binary's
-identity on disk (a crun replaced on disk compiles anew). Only a program crun compiled itself,
-for the very same profile, is ever handed back to it.
+without. So the engine keeps one, in memory, by what crun's checksum covers: the profile's
+bytes, crun's and libseccomp's files (by their identity on disk: an upgraded one compiles
+anew) and the kernel's release. Only a program crun compiled itself, for the very same
+profile, is ever handed back to it.
 
 Not for runc (it has no such annotation), a restore (CRIU restores the filter), or a spec whose
 annotations already speak of seccomp (``run.oci.seccomp*``: a caller's own program, a receiver,
-or ``fail_unknown_syscall``, which only a compile checks).
+or ``fail_unknown_syscall``, which only a compile checks), or a profile with a listener (its
+agent is sent the annotations).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,11 @@ ANNOTATION = "run.oci.seccomp_bpf_data"
 #: The file crun writes the program it loads to, in a container's state directory.
 _STATE_FILE = "seccomp.bpf"
 
-#: The crun binary's identity on disk (device, inode, size, mtime) and the profile's bytes.
-FilterKey = tuple[int, int, int, int, bytes]
+#: What the program crun compiled depends on, as crun's own cache checksums it: crun's binary
+#: and libseccomp's library (each by its identity on disk: device, inode, size, mtime; an
+#: upgrade replaces the file), the kernel's release (libseccomp asks the kernel what it
+#: supports) and the profile's bytes.
+FilterKey = tuple[tuple[int, ...], tuple[int, ...], str, bytes]
 
 
 class FilterCache:
@@ -45,6 +52,10 @@ class FilterCache:
     def __init__(self, limit: int = 32) -> None:
         self._programs: dict[FilterKey, str] = {}
         self._limit = limit
+        #: The last profile seen and its bytes: the spec builder shares one profile object
+        #: among the containers with the same capabilities (kept referenced: its id is not
+        #: reused).
+        self._profile: tuple[object, bytes] = (None, b"")
 
     def prepare(
         self, binary: str, spec: dict[str, Any], *, restoring: bool = False
@@ -52,7 +63,7 @@ class FilterCache:
         """The spec to write for a create by ``binary``: ``spec`` itself, or a copy that carries
         the program kept for its profile; and the key to :meth:`learn` the program under once
         crun has compiled it (None: nothing to learn)."""
-        key = None if restoring else _key(binary, spec)
+        key = None if restoring else self._key(binary, spec)
         if key is None:
             return spec, None
         program = self._programs.get(key)
@@ -76,20 +87,44 @@ class FilterCache:
             del self._programs[next(iter(self._programs))]
         self._programs[key] = base64.b64encode(program).decode()
 
+    def _key(self, binary: str, spec: dict[str, Any]) -> FilterKey | None:
+        if not is_crun(binary):
+            return None
+        seccomp = (spec.get("linux") or {}).get("seccomp")
+        annotations = spec.get("annotations") or {}
+        if (
+            not seccomp
+            or seccomp.get("listenerPath")  # (its agent is sent the annotations: kept small)
+            or any(name.startswith("run.oci.seccomp") for name in annotations)
+        ):
+            return None
+        crun = _identity(shutil.which(binary))
+        if crun is None:
+            return None
+        if self._profile[0] is not seccomp:
+            self._profile = (seccomp, msgspec.json.encode(seccomp))
+        library = _identity(_libseccomp()) or ()
+        return (crun, library, os.uname().release, self._profile[1])
 
-def _key(binary: str, spec: dict[str, Any]) -> FilterKey | None:
-    if not is_crun(binary):
-        return None
-    seccomp = (spec.get("linux") or {}).get("seccomp")
-    annotations = spec.get("annotations") or {}
-    if not seccomp or any(name.startswith("run.oci.seccomp") for name in annotations):
-        return None
-    path = shutil.which(binary)
+
+def _identity(path: str | None) -> tuple[int, ...] | None:
+    """A file's identity on disk (through links), or None if there is none."""
     try:
         found = os.stat(path) if path else None
     except OSError:
-        found = None
-    if found is None:
         return None
-    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns,
-            msgspec.json.encode(seccomp))  # fmt: skip
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns) if found else None
+
+
+@functools.cache
+def _libseccomp() -> str | None:
+    """Where the dynamic linker finds libseccomp first (a link to the versioned file)."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    for directory in ("/usr/local/lib", "/lib", "/usr/lib", "/lib64", "/usr/lib64"):
+        for candidate in (
+            f"{directory}/{multiarch}/libseccomp.so.2",
+            f"{directory}/libseccomp.so.2",
+        ):
+            if os.path.exists(candidate):
+                return candidate
+    return None
