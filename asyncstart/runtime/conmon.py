@@ -1,8 +1,9 @@
 """conmon as every container's monitor: the runtime interface on runc or crun, with a small
 process per container that outlives the engine (podman's and CRI-O's ``conmon``).
 
-The engine runs ``conmon``, which runs the OCI runtime's ``create`` and reports the init's pid
-on a sync pipe; the engine then runs ``start`` itself. A container that no one needs connected
+The engine runs ``conmon`` (``--sync``: it stays the engine's child, watched by a pidfd from
+the moment it exists; the engine writes its pid file), which runs the OCI runtime's ``create``
+and reports the init's pid on a sync pipe; the engine then runs ``start`` itself. A container that no one needs connected
 before its process runs (no stdin, no attached client) is created and started by one ``run
 --detach``: conmon's ``create`` is turned into it by a shell line (:data:`_RUN_DETACHED`; on
 crun, by the shell of its launcher), which costs far less than a second runtime process (and
