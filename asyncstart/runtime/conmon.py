@@ -3,14 +3,14 @@ process per container that outlives the engine (podman's and CRI-O's ``conmon``)
 
 The engine runs ``conmon`` (``--sync``: it stays the engine's child, watched by a pidfd from
 the moment it exists; the engine writes its pid file), which runs the OCI runtime's ``create``
-and reports the init's pid on a sync pipe; the engine then runs ``start`` itself. A container that no one needs connected
-before its process runs (no stdin, no attached client) is created and started by one ``run
---detach``: conmon's ``create`` is turned into it by a shell line (:data:`_RUN_DETACHED`; on
-crun, by the shell of its launcher), which costs far less than a second runtime process (and
-on crun saves 6-10 ms: its ``create`` is that much slower). conmon reaps whatever comes to it,
-so an init that ends before crun's own child has exited is not lost (without a monitor, crun
-creates then starts: see ``starts_in_one_call``). From then on conmon, not the engine, holds
-the container's standard streams:
+and reports the init's pid on a sync pipe; the engine then runs ``start`` itself. A container
+that no one needs connected before its process runs (no stdin, no attached client) is created
+and started by one ``run --detach``: conmon's ``create`` is turned into it by a shell line
+(:data:`_RUN_DETACHED`; on crun, by the shell of its launcher), which costs far less than a
+second runtime process (and on crun saves 6-10 ms: its ``create`` is that much slower). conmon
+reaps whatever comes to it, so an init that ends before crun's own child has exited is not lost
+(without a monitor, crun creates then starts: see ``starts_in_one_call``). From then on
+conmon, not the engine, holds the container's standard streams:
 
 - it writes stdout and stderr to the container's log in the ``k8s-file`` format (read by
   :mod:`asyncstart.logs.reader`), so output written while no engine runs is kept;
