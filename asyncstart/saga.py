@@ -19,7 +19,6 @@ runtime's work overlaps the next starts' preparation.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -59,8 +58,12 @@ class Saga:
         debug = log.debug_enabled()  # (asked once a start, not once a phase)
         preparing, last = self.steps[:-1], self.steps[-1:]
         try:
-            async with self._turns if self._turns is not None else contextlib.nullcontext():
+            await self._take_turn()
+            try:
                 await self._run_steps(preparing, ctx, enter, done, debug)
+            finally:
+                if self._turns is not None:
+                    self._turns.release()
             await self._run_steps(last, ctx, enter, done, debug)
         except errors.DockerError as exc:
             raise StartFailed(exc, done) from exc
@@ -74,6 +77,18 @@ class Saga:
                 await self.undo(ctx, done)
             raise
         return done
+
+    async def _take_turn(self) -> None:
+        """Wait for a turn to prepare, if they are limited. A free one is taken at once,
+        without a pass through the event loop (a start already makes several); a start
+        queues only while every turn is taken (a released turn goes to the first in line,
+        so none is free while any waits)."""
+        if self._turns is None:
+            return
+        try:
+            self._turns.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._turns.acquire()
 
     async def _run_steps(
         self,
