@@ -276,6 +276,49 @@ async def test_a_conmon_that_cannot_be_watched_is_killed_and_reaped(
     assert_nothing_left(roots)
 
 
+async def test_a_daemon_closed_mid_start_reaps_the_conmon_it_made(
+    roots: _Roots, busybox_tar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon closes while a start waits between create and start: the start's undo
+    deletes the container after the runtime has stopped serving, and its conmon (this
+    process's child) is still reaped, with no error out of the close."""
+    from asyncstart.runtime.conmon import ConmonRuntime
+
+    created = anyio.Event()
+    real_start = ConmonRuntime.start
+
+    async def never_starts(self: ConmonRuntime, container_id: str) -> None:
+        created.set()
+        await anyio.sleep_forever()
+
+    config = asyncstart.DaemonConfig(
+        data_root=roots.data, exec_root=roots.exec, runtime="runc", monitor="conmon",
+        network="loopback",
+    )  # fmt: skip
+    monkeypatch.setattr(ConmonRuntime, "start", never_starts)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as callers, asyncstart.open_daemon(config) as daemon:
+            await daemon.image_import(str(busybox_tar), repo="busybox", tag="latest")
+            cid = await daemon.container_create(
+                config={"Image": "busybox", "Cmd": ["cat"], "OpenStdin": True}
+            )
+
+            async def start() -> None:
+                with pytest.raises(asyncstart.errors.Unavailable):  # (shutting down)
+                    await daemon.container_start(cid)
+
+            callers.start_soon(start)
+            await created.wait()
+            [conmon] = conmons_of(roots.exec)
+        while Path(f"/proc/{conmon}").exists():
+            await anyio.sleep(0.05)
+    monkeypatch.setattr(ConmonRuntime, "start", real_start)
+    async with open_clean(config) as daemon:
+        state = (await daemon.container_inspect(cid))["State"]
+        assert (state["Status"], state["Running"]) == ("created", False)
+    assert_nothing_left(roots)
+
+
 async def test_a_busy_engine_does_not_stall_containers(roots: _Roots, busybox_tar: Path) -> None:
     """Output nobody is attached to is not fetched by the engine, so an engine whose event loop
     is busy (here: blocked for 2 s) never holds a container up; conmon logs it all."""

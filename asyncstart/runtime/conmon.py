@@ -572,15 +572,31 @@ class ConmonRuntime(RuncRuntime):
             self._forget_files(container_id)
             return
         await self._cli.delete(container_id, runtime=box.runtime, force=force)
-        del self._containers[container_id]
+        # (Gone already if the runtime stopped serving meanwhile: a daemon closing mid-start.)
+        self._containers.pop(container_id, None)
         box.deleted = True
         box.attach.close()
-        if not box.watched and box.conmon.pidfd >= 0:
-            # Never started: conmon ends now that its container is gone; reaped when it does.
-            assert self._tg is not None
-            self._tg.start_soon(_reap, box.conmon)
+        if not box.watched:
+            # Never started: conmon ends now that its container is gone; reaped when it does,
+            # by a task, or here if the runtime has stopped serving (it let go of the pidfd).
+            if self._serving and box.conmon.pidfd >= 0:
+                assert self._tg is not None
+                self._tg.start_soon(_reap, box.conmon)
+            else:
+                await self._reap_let_go(box.conmon)
         self._forget_files(container_id)
         box.bundle.remove()
+
+    async def _reap_let_go(self, conmon: InitProcess) -> None:
+        """Reap, within 2 s, a conmon this process started and let go of, if it is still
+        this process's child."""
+        if conmon.pidfd < 0 and conmon.pid > 0 and _conmon_child(conmon.pid, self.conmon):
+            with contextlib.suppress(OSError):
+                conmon.open(conmon.pid)
+        if conmon.pidfd >= 0:
+            with anyio.move_on_after(2):
+                await _reap(conmon)
+            conmon.close()
 
     def _forget_files(self, container_id: str) -> None:
         """Remove the exit file of a container."""
@@ -687,21 +703,23 @@ def _is_conmon_of(pid: int, container_id: str, binary: str) -> bool:
     return os.path.basename(argv[0]) == program and container_id.encode() in argv
 
 
-def _ended_conmon_child(pid: int, binary: str) -> bool:
-    """Whether ``pid`` is a conmon that ended as this process's child: a zombie (its command
-    line is gone, its name stays) whose parent is this process (its pid cannot be reused
-    before it is reaped)."""
+def _conmon_child(pid: int, binary: str) -> str:
+    """The state letter of ``pid`` if it is a conmon that is this process's child (``Z``: it
+    ended; a child's pid cannot be reused before it is reaped), else ""."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
+        return ""
     name, _, rest = stat.partition(" (")[2].rpartition(") ")
     fields = rest.split()
-    return (
-        name == os.path.basename(binary)[:15]
-        and fields[:1] == ["Z"]
-        and fields[1:2] == [str(os.getpid())]
-    )
+    mine = name == os.path.basename(binary)[:15] and fields[1:2] == [str(os.getpid())]
+    return fields[0] if mine and fields else ""
+
+
+def _ended_conmon_child(pid: int, binary: str) -> bool:
+    """Whether ``pid`` is a conmon that ended as this process's child: a zombie (its command
+    line is gone, its name stays) whose parent is this process."""
+    return _conmon_child(pid, binary) == "Z"
 
 
 async def _reap(conmon: InitProcess) -> None:
