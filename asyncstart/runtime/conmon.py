@@ -578,25 +578,15 @@ class ConmonRuntime(RuncRuntime):
         box.attach.close()
         if not box.watched:
             # Never started: conmon ends now that its container is gone; reaped when it does,
-            # by a task, or here if the runtime has stopped serving (it let go of the pidfd).
-            if self._serving and box.conmon.pidfd >= 0:
-                assert self._tg is not None
+            # by a task, or here (within 2 s) if the runtime has stopped serving and let go of
+            # the pidfd: by the pid, while it is still this process's child.
+            if self._tg is not None and box.conmon.pidfd >= 0:
                 self._tg.start_soon(_reap, box.conmon)
-            else:
-                await self._reap_let_go(box.conmon)
+            elif box.conmon.pidfd >= 0 or _conmon_child(box.conmon.pid, self.conmon):
+                await box.conmon.reap()
+                box.conmon.close()
         self._forget_files(container_id)
         box.bundle.remove()
-
-    async def _reap_let_go(self, conmon: InitProcess) -> None:
-        """Reap, within 2 s, a conmon this process started and let go of, if it is still
-        this process's child."""
-        if conmon.pidfd < 0 and conmon.pid > 0 and _conmon_child(conmon.pid, self.conmon):
-            with contextlib.suppress(OSError):
-                conmon.open(conmon.pid)
-        if conmon.pidfd >= 0:
-            with anyio.move_on_after(2):
-                await _reap(conmon)
-            conmon.close()
 
     def _forget_files(self, container_id: str) -> None:
         """Remove the exit file of a container."""
@@ -619,7 +609,7 @@ class ConmonRuntime(RuncRuntime):
             box.pid = bundle.read_pid()
         with contextlib.suppress(OSError):
             box.conmon.open(conmon_pid)
-        if box.conmon.pidfd >= 0 and _ended_conmon_child(conmon_pid, self.conmon):
+        if box.conmon.pidfd >= 0 and _conmon_child(conmon_pid, self.conmon) == "Z":
             # It ended while no daemon of this process watched it (an earlier one had made it
             # a child of this process): reaped now, not left a zombie; its exit file says why.
             exit_code(box.conmon.pidfd)  # (conmon's own; the container's is in its exit file)
@@ -714,12 +704,6 @@ def _conmon_child(pid: int, binary: str) -> str:
     fields = rest.split()
     mine = name == os.path.basename(binary)[:15] and fields[1:2] == [str(os.getpid())]
     return fields[0] if mine and fields else ""
-
-
-def _ended_conmon_child(pid: int, binary: str) -> bool:
-    """Whether ``pid`` is a conmon that ended as this process's child: a zombie (its command
-    line is gone, its name stays) whose parent is this process."""
-    return _conmon_child(pid, binary) == "Z"
 
 
 async def _reap(conmon: InitProcess) -> None:

@@ -103,9 +103,8 @@ class RuncRuntime:
         self._filters = FilterCache()
         self._containers: dict[str, _Container] = {}
         self._backend: RuntimeBackend | None = None
+        #: run()'s task group while it serves (None before and after).
         self._tg: anyio.abc.TaskGroup | None = None
-        #: run() serves: its task group takes tasks.
-        self._serving = False
 
     async def run(
         self,
@@ -121,11 +120,10 @@ class RuncRuntime:
             with child_subreaper():
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
-                    self._serving = True
                     task_status.started()
                     await anyio.sleep_forever()
         finally:
-            self._serving = False
+            self._tg = None
             # The containers live on (as with dockerd's live-restore); this process lets go of
             # them, so that a daemon opened later is their only reader and writer.
             for box in self._containers.values():

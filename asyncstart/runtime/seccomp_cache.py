@@ -46,6 +46,10 @@ _STATE_FILE = "seccomp.bpf"
 FilterKey = tuple[tuple[int, ...], tuple[int, ...], str, bytes]
 
 
+#: The running kernel's release (a process outlives no kernel).
+_KERNEL = os.uname().release
+
+
 class FilterCache:
     """The programs crun compiled, by (binary, profile); the ``limit`` most recently learnt."""
 
@@ -104,7 +108,7 @@ class FilterCache:
         if self._profile[0] is not seccomp:
             self._profile = (seccomp, msgspec.json.encode(seccomp))
         library = _identity(_libseccomp()) or ()
-        return (crun, library, os.uname().release, self._profile[1])
+        return (crun, library, _KERNEL, self._profile[1])
 
 
 def _identity(path: str | None) -> tuple[int, ...] | None:
