@@ -240,7 +240,7 @@ class ContainerActor(ContainerState):
         if self._lifecycle.state not in PROCESS_STATES:
             reply.set(False)
             return
-        stdio = container_stdio(self._record, self.services.records.log_path, self._io.hub.publish)
+        stdio = container_stdio(self._record, self.services.records.log_file, self._io.hub.publish)
         found = await self.services.runtime.restore(self.id, stdio)
         if found is not None and found.state == "start":
             reply.set(True)

@@ -31,12 +31,21 @@ __all__ = [
     "LifecycleEvent",
     "Refusal",
     "Request",
+    "SingletonEnum",
     "State",
     "refusal",
 ]
 
 
-class State(enum.Enum):
+class SingletonEnum(enum.Enum):
+    """An enum whose members hash by identity: they are singletons and compare by identity,
+    and ``enum.Enum`` hashes them by name in Python code, a call per table lookup (the
+    lifecycle's tables are looked up several times at every start)."""
+
+    __hash__ = object.__hash__
+
+
+class State(SingletonEnum):
     """Where a container is in its life."""
 
     CREATED = "created"
@@ -54,7 +63,7 @@ class State(enum.Enum):
     REMOVED = "removed"
 
 
-class LifecycleEvent(enum.Enum):
+class LifecycleEvent(SingletonEnum):
     """What can happen to a container."""
 
     START = "start"
@@ -237,7 +246,7 @@ def docker_status(state: State, *, ran_before: bool, via_restart: bool = False) 
     return status
 
 
-class Request(enum.Enum):
+class Request(SingletonEnum):
     """What is asked of a container: the Docker verbs (and the daemon's own ``adopt``)."""
 
     START = "start"

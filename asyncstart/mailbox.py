@@ -295,19 +295,20 @@ class Mailbox:
         while the owner is not holding, until none is left (the next message schedules the
         mailbox again) or the owner has finished: then :meth:`close`. Cancelled with the
         daemon, the request being handled and those queued are answered that the daemon is
-        shutting down. A checkpoint before each: a cancelled actor takes nothing more."""
+        shutting down. A checkpoint before each is handled: a cancelled actor handles nothing
+        more (the message taken is answered with the others)."""
         owner = self._owner
         assert owner is not None
         current: Message | None = None
         try:
             while not owner.finished():
-                await anyio.lowlevel.checkpoint_if_cancelled()
                 current = self.take_nowait()
                 if current is None:
                     if self._refusal is None:
                         self._serving = False  # (idle: no await between this and the end)
                         return
                     break
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 await owner.handle(current)
                 while not owner.holding() and (current := self.next_deferred()) is not None:
                     await owner.handle(current)

@@ -49,6 +49,9 @@ class Saga:
         once; the others wait their turn, first come first served (0: no limit)."""
         #: Each step with the lifecycle state it runs in.
         self.steps = tuple(steps)
+        # (Each with its state's name, for the durations: split once, not at every start.)
+        named = [(phase, phase.value, step) for phase, step in self.steps]
+        self._preparing, self._last = tuple(named[:-1]), tuple(named[-1:])
         self._turns = anyio.Semaphore(preparing) if preparing > 0 else None
 
     async def run(self, ctx: StartContext, enter: Callable[[State], None]) -> list[Step]:
@@ -56,15 +59,14 @@ class Saga:
         waits for its turn to prepare before it enters its first phase."""
         done: list[Step] = []
         debug = log.debug_enabled()  # (asked once a start, not once a phase)
-        preparing, last = self.steps[:-1], self.steps[-1:]
         try:
             await self._take_turn()
             try:
-                await self._run_steps(preparing, ctx, enter, done, debug)
+                await self._run_steps(self._preparing, ctx, enter, done, debug)
             finally:
                 if self._turns is not None:
                     self._turns.release()
-            await self._run_steps(last, ctx, enter, done, debug)
+            await self._run_steps(self._last, ctx, enter, done, debug)
         except errors.DockerError as exc:
             raise StartFailed(exc, done) from exc
         except Exception as exc:
@@ -92,42 +94,39 @@ class Saga:
 
     async def _run_steps(
         self,
-        steps: Sequence[tuple[State, Step]],
+        steps: Sequence[tuple[State, str, Step]],
         ctx: StartContext,
         enter: Callable[[State], None],
         done: list[Step],
         debug: bool,
     ) -> None:
-        for phase, step in steps:
+        durations = ctx.durations
+        for phase, name, step in steps:
             enter(phase)
-            await self._run_step(step, phase, ctx, debug)
+            began = time.perf_counter()
+            try:
+                await step.do(ctx)
+            except errors.DockerError as exc:
+                log.warning(
+                    "phase.failed",
+                    container_id=ctx.record.id,
+                    phase=step.name,
+                    state=name,
+                    duration_ms=round((time.perf_counter() - began) * 1000, 3),
+                    error=exc.message,
+                )
+                raise
+            duration = time.perf_counter() - began
+            durations[name] = durations.get(name, 0.0) + duration
             done.append(step)
-
-    async def _run_step(self, step: Step, phase: State, ctx: StartContext, debug: bool) -> None:
-        container_id = ctx.record.id
-        began = time.perf_counter()
-        try:
-            await step.do(ctx)
-        except errors.DockerError as exc:
-            log.warning(
-                "phase.failed",
-                container_id=container_id,
-                phase=step.name,
-                state=phase.value,
-                duration_ms=round((time.perf_counter() - began) * 1000, 3),
-                error=exc.message,
-            )
-            raise
-        duration = time.perf_counter() - began
-        ctx.durations[phase.value] = ctx.durations.get(phase.value, 0.0) + duration
-        if debug:
-            log.debug(
-                "phase.complete",
-                container_id=container_id,
-                phase=step.name,
-                state=phase.value,
-                duration_ms=round(duration * 1000, 3),
-            )
+            if debug:
+                log.debug(
+                    "phase.complete",
+                    container_id=ctx.record.id,
+                    phase=step.name,
+                    state=name,
+                    duration_ms=round(duration * 1000, 3),
+                )
 
     async def undo(self, ctx: StartContext, done: list[Step]) -> None:
         """Undo ``done`` in reverse order; a failing undo is logged and the rest still run."""

@@ -9,12 +9,12 @@ plain method that returns whether the caller must perform the close *now*; no ta
 
 from __future__ import annotations
 
-import enum
+from .lifecycle import SingletonEnum
 
 __all__ = ["StdinCloser", "StdinState"]
 
 
-class StdinState(enum.Enum):
+class StdinState(SingletonEnum):
     WAITING = "waiting"  # no process yet, no close asked for
     CLOSE_PENDING = "close-pending"  # close asked for, process not ready yet
     READY = "ready"  # process ready, stdin open

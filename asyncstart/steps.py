@@ -470,7 +470,7 @@ class SpecStep:
 
 def container_stdio(
     record: ContainerRecord,
-    logs: Callable[[str], Path] | None,
+    logs: Callable[[str], str] | None,
     on_output: Callable[[str, bytes], None],
 ) -> Stdio:
     """The container's streams as the runtime needs them (at create, and when re-adopting).
@@ -481,7 +481,7 @@ def container_stdio(
         open_stdin=config.open_stdin,
         stdin_once=config.stdin_once,
         tty=config.tty,
-        log_path=str(logs(record.id)) if logs else None,
+        log_path=logs(record.id) if logs else None,
         log_options=container_log_options(record),
         on_output=on_output,
     )
@@ -513,7 +513,7 @@ class RuntimeStep:
         self,
         runtime: Runtime,
         bundles: Path,
-        logs: Callable[[str], Path] | None = None,
+        logs: Callable[[str], str] | None = None,
         runtimes: Mapping[str, tuple[str, ...]] | None = None,
         owner: tuple[int, int] | None = None,
     ) -> None:

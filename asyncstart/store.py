@@ -5,7 +5,9 @@ Records live in one SQLite database, ``data_root/containers.db``, in WAL mode wi
 daemon reopened after being killed mid-write — sees the old record or the new one, never a torn
 one. Saves made while a transaction is being written are gathered into the next one (group
 commit): whoever saves while no writer is busy writes the batch in a worker thread, one thread
-hand-off and one fsync for every save in it, and wakes the others. Each container keeps its
+hand-off and one fsync for every save in it. The first saver of a batch leads it: it waits for
+the transaction before (if one is being written), then writes its batch; the others of the batch
+wait once, for their batch to be written. Each container keeps its
 directory ``data_root/containers/<id>/`` for its log, network files and checkpoints; the files
 a start writes there (``placeholders``) are made, empty, with the directory at create, so that a
 start rewrites them in place and allocates no inode on the data root's file system. Records of
@@ -94,14 +96,14 @@ def write_in_place(target: Path, data: bytes, mode: int = 0o644) -> None:
 class _Batch:
     """Saves (record bytes) and deletions (``None``) gathered for one transaction."""
 
-    __slots__ = ("done", "error", "ops", "wake")
+    __slots__ = ("done", "error", "ops", "written")
 
     def __init__(self) -> None:
         self.ops: dict[str, bytes | None] = {}
         self.done = False
         self.error: Exception | None = None
-        #: Set when the batch is written, or when the writer went idle with it still open.
-        self.wake = anyio.Event()
+        #: Set once the batch is written (or failed to be).
+        self.written = anyio.Event()
 
 
 class RecordStore:
@@ -114,6 +116,7 @@ class RecordStore:
         """``placeholders``: file name (``{id}`` stands for the container's ID) -> mode, made
         empty in each new container's directory."""
         self.root = root
+        self._root = str(root)
         self.fsync = fsync
         self.placeholders = dict(placeholders or {})
         self.database = root.parent / DATABASE
@@ -134,7 +137,11 @@ class RecordStore:
 
     def log_path(self, container_id: str) -> Path:
         """The container's json-file log (dockerd's ``<id>-json.log`` beside its record)."""
-        return self.root / container_id / LOG_FILE.replace("{id}", container_id)
+        return Path(self.log_file(container_id))
+
+    def log_file(self, container_id: str) -> str:
+        """:meth:`log_path` as a string (made at every start: without pathlib's parsing)."""
+        return f"{self._root}/{container_id}/{LOG_FILE.replace('{id}', container_id)}"
 
     # --- the database (worker threads, one at a time) ----------------------------------------
 
@@ -196,7 +203,7 @@ class RecordStore:
         close the database."""
         with anyio.CancelScope(shield=True):
             while self._writing is not None:
-                await self._writing.wake.wait()
+                await self._writing.written.wait()
             if self._open is not None:
                 await self._write_open_batch()
             if self._connection is not None:
@@ -209,16 +216,20 @@ class RecordStore:
         """Have the change written; return once its transaction is on disk. All or nothing,
         as a single write would be: shielded, a caller cancelled meanwhile learns of it once
         the transaction is written (it takes milliseconds)."""
-        if self._open is None:
-            self._open = _Batch()
         batch = self._open
+        leads = batch is None
+        if batch is None:
+            batch = self._open = _Batch()
         batch.ops[container_id] = data
         with anyio.CancelScope(shield=True):
             while not batch.done:
-                if self._writing is not None:
-                    await batch.wake.wait()
+                writing = self._writing
+                if writing is None:
+                    await self._write_open_batch()  # (ours: a batch is open until written)
+                elif leads and writing is not batch:
+                    await writing.written.wait()  # then write ours
                 else:
-                    await self._write_open_batch()
+                    await batch.written.wait()
         if batch.error is not None:
             raise batch.error
 
@@ -226,7 +237,6 @@ class RecordStore:
         batch, self._open = self._open, None
         assert batch is not None
         self._writing = batch
-        batch.wake = anyio.Event()  # (those who woke to lead it wait again)
         try:
             await anyio.to_thread.run_sync(self.write, batch.ops)
         except Exception as exc:
@@ -234,9 +244,7 @@ class RecordStore:
         finally:
             batch.done = True
             self._writing = None
-            batch.wake.set()
-            if self._open is not None:
-                self._open.wake.set()  # its savers wait: one of them writes it
+            batch.written.set()  # (the next batch's leader waits for this too)
 
     async def save(self, record: ContainerRecord) -> None:
         """Write ``record`` durably (in a worker thread: the event loop never waits on disk)."""

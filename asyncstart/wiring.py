@@ -250,7 +250,7 @@ def build_saga(
             RuntimeStep(
                 drivers.runtime,
                 Path(config.exec_root),
-                records.log_path,
+                records.log_file,
                 config.runtime_table(),
                 owner=userns[:2] if userns else None,
             ),
