@@ -13,7 +13,6 @@ and nothing but a container's actor holds its state.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -110,9 +109,7 @@ class ContainerState:
 
     def snapshot(self) -> ContainerSnapshot:
         """The record and lifecycle now, copied: what the daemon reads (list, inspect, ...)."""
-        return ContainerSnapshot(
-            msgspec.structs.replace(self._record), dataclasses.replace(self._lifecycle)
-        )
+        return ContainerSnapshot(msgspec.structs.replace(self._record), self._lifecycle.copy())
 
     def running_spec(self) -> dict[str, Any] | None:
         """The ``process`` and ``root`` of the OCI spec the running process was started with,

@@ -8,25 +8,46 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "render_key_values"]
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     structlog.configure(
         processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
             # log.exception(): the exception's type, message and traceback, not "exc_info=True".
             structlog.processors.format_exc_info,
-            structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]),
+            render_key_values,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+#: The last second a line was stamped with, and its text.
+_stamped: tuple[int, str] = (-1, "")
+
+
+def render_key_values(_logger: object, method: str, event_dict: EventDict) -> str:
+    """One line: ``timestamp='…Z' level='info' event='…'``, then the event's other keys in
+    the order given, each ``key=repr(value)`` (structlog's ``TimeStamper``, ``add_log_level``
+    and ``KeyValueRenderer`` in one step: the engine logs a line at every start)."""
+    global _stamped
+    now = time.time()
+    second = int(now)
+    stamped = _stamped  # (read once: another thread may stamp a new second meanwhile)
+    if stamped[0] != second:  # (the date and time to the second, formatted once a second)
+        stamped = _stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    stamp = f"{stamped[1]}.{int((now - second) * 1_000_000):06d}Z"
+    event = event_dict.pop("event", None)
+    level = "warning" if method == "warn" else method  # (as structlog's add_log_level)
+    head = f"timestamp='{stamp}' level={level!r} event={event!r}"
+    return " ".join([head, *[f"{key}={value!r}" for key, value in event_dict.items()]])

@@ -236,3 +236,11 @@ def test_enter_phase_closes_the_phases_before_it() -> None:
     assert lifecycle.state is State.SPEC_READY
     with pytest.raises(InvalidTransition):
         Lifecycle("c" * 64, State.RUNNING).enter_phase(State.SPEC_READY)
+
+
+def test_a_copy_holds_every_field_and_moves_alone() -> None:
+    lifecycle = Lifecycle("c" * 64, State.EXITED, ran_before=True, via_restart=True)
+    copy = lifecycle.copy()
+    assert copy == lifecycle and copy is not lifecycle
+    copy.handle(LifecycleEvent.START)
+    assert lifecycle.state is State.EXITED and copy.state is State.MOUNTING

@@ -3,6 +3,7 @@ and logging's configuration are process-wide)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -57,3 +58,36 @@ def test_a_structlog_program_keeps_its_processors(tmp_path: Path) -> None:
     )
     assert "MINE info daemon.ready" in result.stdout
     assert "MINE debug phase.complete" in result.stdout
+
+
+def test_the_entry_points_lines_read_key_by_key(tmp_path: Path) -> None:
+    """``configure_logging``'s one-step renderer: the stamp, the level, the event, then the
+    event's keys in the order given, each ``key=repr(value)``; a logged exception's
+    traceback rendered, not ``exc_info=True``."""
+    result = _run(
+        tmp_path,
+        """
+        import sys
+        from asyncstart._log import get_logger
+        from asyncstart.logconfig import configure_logging
+        configure_logging("info", sys.stdout)
+        log = get_logger("asyncstart.test")
+        log.info("first.event", b="two", a=1, c=None)
+        log.debug("hidden.event")
+        try:
+            raise ValueError("the cause")
+        except ValueError:
+            log.exception("failed.event", container_id="c")
+    """,
+    )
+    lines = result.stdout.splitlines()
+    first, failed = lines[0], next(line for line in lines if "failed.event" in line)
+    assert re.fullmatch(
+        r"timestamp='\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z' level='info' "
+        r"event='first.event' b='two' a=1 c=None",
+        first,
+    ), first
+    assert "hidden.event" not in result.stdout
+    assert "level='error' event='failed.event' container_id='c' exception='Traceback" in failed
+    assert "ValueError: the cause" in failed and "exc_info" not in failed
+    assert "event='daemon.ready'" in result.stdout  # (the engine's own, through the same)
