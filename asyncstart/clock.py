@@ -1,4 +1,5 @@
-"""Time for timers: the event loop's clock, or a fake one that tests move by hand.
+"""Time for timers: the event loop's clock, or a fake one that tests move by hand; and the
+wall clock's seconds as text (:func:`utc_second`).
 
 Timers (restart backoff, stop timeouts) compute an absolute deadline when they are armed, then
 sleep until it; a test can therefore arm a timer, observe that it was armed (an event), and
@@ -7,13 +8,15 @@ advance a :class:`FakeClock` past it without a race and without sleeping.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
+import time
 from typing import Protocol
 
 import anyio
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "utc_second"]
 
 
 class Clock(Protocol):
@@ -75,3 +78,10 @@ class FakeClock:
     def sleepers(self) -> int:
         """How many timers are armed (including ones whose task was cancelled)."""
         return len(self._sleepers)
+
+
+@functools.lru_cache(maxsize=16)
+def utc_second(second: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a Unix second, in UTC (cached: timestamps made one after
+    another fall in a few seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

@@ -14,6 +14,8 @@ from typing import TextIO
 import structlog
 from structlog.typing import EventDict
 
+from .clock import utc_second
+
 __all__ = ["configure_logging", "render_key_values"]
 
 
@@ -32,21 +34,13 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     )
 
 
-#: The last second a line was stamped with, and its text.
-_stamped: tuple[int, str] = (-1, "")
-
-
 def render_key_values(_logger: object, method: str, event_dict: EventDict) -> str:
     """One line: ``timestamp='…Z' level='info' event='…'``, then the event's other keys in
     the order given, each ``key=repr(value)`` (structlog's ``TimeStamper``, ``add_log_level``
     and ``KeyValueRenderer`` in one step: the engine logs a line at every start)."""
-    global _stamped
     now = time.time()
     second = int(now)
-    stamped = _stamped  # (read once: another thread may stamp a new second meanwhile)
-    if stamped[0] != second:  # (the date and time to the second, formatted once a second)
-        stamped = _stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    stamp = f"{stamped[1]}.{int((now - second) * 1_000_000):06d}Z"
+    stamp = f"{utc_second(second)}.{int((now - second) * 1_000_000):06d}Z"
     event = event_dict.pop("event", None)
     level = "warning" if method == "warn" else method  # (as structlog's add_log_level)
     head = f"timestamp='{stamp}' level={level!r} event={event!r}"

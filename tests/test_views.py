@@ -3,9 +3,12 @@ lifecycle built by hand (no daemon), and the time helpers they use."""
 
 from __future__ import annotations
 
+import datetime as _dt
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asyncstart.config import parse_config, parse_host_config
 from asyncstart.lifecycle import Lifecycle, State
@@ -360,3 +363,12 @@ def test_human_duration_as_go_units(seconds: float, text: str) -> None:
 def test_human_duration_rounds_half_hours_up_as_go_units() -> None:
     assert human_duration(2.5 * HOUR) == "3 hours"
     assert human_duration(4.5 * HOUR) == "5 hours"
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_format_time_reads_as_datetime_has_it(timestamp: float) -> None:
+    """Formatted from a cache of seconds, the microseconds rounded as ``datetime`` rounds them
+    (half to even), trailing zeros trimmed."""
+    moment = _dt.datetime.fromtimestamp(timestamp, _dt.UTC).replace(tzinfo=None)
+    expected = moment.isoformat(timespec="microseconds").rstrip("0").rstrip(".") + "Z"
+    assert format_time(timestamp) == expected
