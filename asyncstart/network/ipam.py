@@ -11,6 +11,7 @@ handed out until one is free, without building the subnet's list of hosts.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import json
@@ -23,9 +24,11 @@ from .base import Bridge, subnet_network
 __all__ = ["Leases"]
 
 
-def _host_range(subnet: ipaddress.IPv4Network) -> tuple[int, int]:
+@functools.lru_cache(maxsize=64)
+def _host_range(cidr: str) -> tuple[int, int]:
     """The subnet's usable addresses, first and last, as ``hosts()`` gives them: all of a /31
-    or /32, else all but the network and broadcast addresses."""
+    or /32, else all but the network and broadcast addresses. (Worked out once a subnet.)"""
+    subnet = subnet_network(cidr)
     first, last = int(subnet.network_address), int(subnet.broadcast_address)
     return (first, last) if subnet.prefixlen >= 31 else (first + 1, last - 1)
 
@@ -99,7 +102,7 @@ class Leases:
             if wanted == bridge.gateway or (wanted in taken and wanted != own):
                 raise errors.Forbidden(f"Address already in use: {wanted}")
             return self._lease(bridge.name, container_id, int(parsed))
-        first, last = _host_range(subnet)
+        first, last = _host_range(bridge.subnet)
         previous = self._last.get(bridge.name, last)
         start = previous + 1 if first <= previous < last else first
         for candidate in itertools.chain(range(start, last + 1), range(first, start)):
