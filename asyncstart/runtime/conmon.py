@@ -40,7 +40,6 @@ back by :class:`~asyncstart.runtime.runc.RuncRuntime`'s own means (FIFOs, pidfd 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -54,11 +53,12 @@ import anyio
 import anyio.abc
 
 from .._log import get_logger
+from ..store import write_atomic
 from .base import Bundle, RuntimeBackend, RuntimeFailure, StateInfo, Stdio
 from .bundle import BundleDir
 from .reaper import InitProcess, exit_code
 from .runc import RuncRuntime, _Container
-from .runc_cli import RuntimeChoice, create_failure, launcher, runtime_environb
+from .runc_cli import RuntimeChoice, create_failure, executable, launcher, runtime_environb
 from .spawn import read_output, spawn
 
 __all__ = ["ConmonRuntime", "conmon_binary", "monitorable"]
@@ -86,12 +86,6 @@ def monitorable(stdio: Stdio) -> bool:
     starting it over (``--log-size-max``: dockerd's ``max-file`` 1); a log that keeps older
     files (``max-file`` > 1) is written by the engine, from FIFOs, as without a monitor."""
     return stdio.log_options.max_size <= 0 or stdio.log_options.max_file <= 1
-
-
-@functools.cache
-def _executable(name: str) -> str:
-    """The path conmon is to run ``name`` by (conmon does not search PATH): looked up once."""
-    return shutil.which(name) or name
 
 
 def conmon_binary() -> str | None:
@@ -416,7 +410,7 @@ class ConmonRuntime(RuncRuntime):
                 _kill_child(conmon)
                 raise RuntimeFailure(f"failed to watch conmon: {exc.strerror or exc}") from exc
             try:
-                _write_pid_file(box.conmon_pid_file, conmon)
+                write_atomic(box.conmon_pid_file, b"%d" % conmon, fsync=False)
             except OSError as exc:
                 raise RuntimeFailure(f"failed to write conmon's pid file: {exc}") from exc
             pid, message = await _read_sync(sync_read)
@@ -458,13 +452,13 @@ class ConmonRuntime(RuncRuntime):
             wrapper = launcher(binary)
             prefix = (*wrapper, binary) if wrapper else ()
         runtime_args[:0] = prefix[1:]
-        executable = _executable(prefix[0] if prefix else binary)
+        path = executable(prefix[0] if prefix else binary)  # (conmon does not search PATH)
         wanted = box.attach.wanted
         options = wanted.log_options
         argv = [
             self.conmon, "--api-version", "1",
             "-c", container_id, "-u", container_id, "-n", container_id,
-            "-r", executable, "-b", str(box.bundle.path),
+            "-r", path, "-b", str(box.bundle.path),
             "-p", str(box.bundle.pid_file), "--sync",
             "-0", str(box.bundle.path),
             "--exit-dir", str(self.exit_dir), "--full-attach",
@@ -650,13 +644,6 @@ def _kill_child(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-
-
-def _write_pid_file(path: Path, pid: int) -> None:
-    """``path`` says ``pid``, whole or not at all (written aside, then renamed)."""
-    aside = path.with_name(path.name + ".tmp")
-    aside.write_text(str(pid))
-    os.replace(aside, path)
 
 
 async def _read_sync(fd: int) -> tuple[int, str]:

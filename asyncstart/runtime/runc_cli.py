@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,12 @@ def runtime_environb() -> dict[bytes, bytes]:
 
 #: The subcommands that set a container's cgroups up.
 _MAKES_CGROUPS = frozenset({"create", "run", "restore", "exec", "update"})
+
+
+@functools.cache
+def executable(name: str) -> str:
+    """The file ``name`` runs as, found on PATH once (a path is itself)."""
+    return shutil.which(name) or name
 
 
 @functools.cache

@@ -23,14 +23,13 @@ from __future__ import annotations
 import base64
 import functools
 import os
-import shutil
 import sysconfig
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from .runc_cli import is_crun
+from .runc_cli import executable, is_crun
 
 __all__ = ["ANNOTATION", "FilterCache", "FilterKey"]
 
@@ -102,7 +101,7 @@ class FilterCache:
             or any(name.startswith("run.oci.seccomp") for name in annotations)
         ):
             return None
-        crun = _identity(shutil.which(binary))
+        crun = _identity(executable(binary))
         if crun is None:
             return None
         if self._profile[0] is not seccomp:
