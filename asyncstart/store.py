@@ -3,11 +3,12 @@
 Records live in one SQLite database, ``data_root/containers.db``, in WAL mode with
 ``synchronous=FULL``: a save returns once its transaction is on disk, and a reader — or a
 daemon reopened after being killed mid-write — sees the old record or the new one, never a torn
-one. Saves made while a transaction is being written are gathered into the next one (group
-commit): whoever saves while no writer is busy writes the batch in a worker thread, one thread
-hand-off and one fsync for every save in it. The first saver of a batch leads it: it waits for
-the transaction before (if one is being written), then writes its batch; the others of the batch
-wait once, for their batch to be written. Each container keeps its
+one. While the daemon runs, its saves are written by a child process, the record writer
+(``recordwriter``: why a process and not a thread is said there): a save sends the record and
+waits for the writer's answer, and the writer gathers what has arrived while a transaction was
+written into the next one (group commit: one fsync for every save in it). One waiting saver at a
+time reads the answers and wakes those they cover; a save sent to a writer that has gone fails,
+and the next save starts a new writer. Each container keeps its
 directory ``data_root/containers/<id>/`` for its log, network files and checkpoints; the files
 a start writes there (``placeholders``) are made, empty, with the directory at create, so that a
 start rewrites them in place and allocates no inode on the data root's file system. Records of
@@ -23,7 +24,10 @@ import bisect
 import contextlib
 import os
 import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +35,7 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from . import errors
+from . import errors, recordwriter
 from ._log import get_logger
 from .fdio import write_all
 from .record import ContainerRecord
@@ -53,6 +57,10 @@ LOG_FILE = "{id}-json.log"
 #: An older daemon's record file, in the container's directory (read once, then taken in).
 LEGACY_RECORD_FILE = "container.json"
 _TMP_SUFFIX = ".tmp"
+#: The socket's buffer toward the writer: a burst of saves is sent without waiting.
+_SEND_BUFFER = 1 << 20
+#: How long a closing store waits for its writer to end once every save is answered.
+_WRITER_EXIT_TIMEOUT = 30.0
 
 
 _encoder = msgspec.json.Encoder()
@@ -93,17 +101,154 @@ def write_in_place(target: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
-class _Batch:
-    """Saves (record bytes) and deletions (``None``) gathered for one transaction."""
+class _WriteFailed(Exception):
+    """A save the writer could not make; its words are the reason."""
 
-    __slots__ = ("done", "error", "ops", "written")
 
-    def __init__(self) -> None:
-        self.ops: dict[str, bytes | None] = {}
-        self.done = False
-        self.error: Exception | None = None
-        #: Set once the batch is written (or failed to be).
-        self.written = anyio.Event()
+class _Writer:
+    """The writer process (``recordwriter``) as the daemon sees it. Each save sends a frame
+    and gets a ticket, its number; the answers come back to whichever waiting saver is reading
+    them (one at a time), which then wakes every saver to see whether its ticket is answered
+    (and one of those left takes over the reading)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.process = process
+        self.sock = sock
+        self.sent = 0
+        #: Frames answered (their tickets are this one and below), and transactions.
+        self.handled = 0
+        self.commits = 0
+        #: Ticket -> why it failed, until its saver takes it.
+        self.failed: dict[int, str] = {}
+        #: Set, and replaced, whenever answers are taken or the writer is gone.
+        self.answered = anyio.Event()
+        #: Frames the socket did not take yet (a writer far behind), and whether a saver is
+        #: sending them.
+        self.out = bytearray()
+        self.flushing = False
+        self.reading = False
+        self.answers = bytearray()
+        #: Why it can no longer be used (None: it can).
+        self.gone: str | None = None
+
+    def submit(self, kind: int, container_id: str, data: bytes | None) -> int:
+        """Send a frame; its ticket."""
+        self.sent += 1
+        message = recordwriter.frame(kind, container_id, data)
+        if self.out or self.gone is not None:
+            self.out += message  # (after what waits to be sent)
+            return self.sent
+        try:
+            sent = self.sock.send(message)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._end(f"the record writer is gone: {recordwriter.reason(exc)}")
+            return self.sent
+        if sent < len(message):
+            self.out += message[sent:]
+        return self.sent
+
+    async def wait(self, ticket: int) -> str | None:
+        """Until ``ticket`` is answered, taking a turn at sending or reading when no other
+        saver is (safe to cancel: another takes over); why it failed, or None."""
+        while self.handled < ticket and self.gone is None:
+            if self.out and not self.flushing:
+                await self._flush()
+            elif not self.reading:
+                await self._read()
+            else:
+                await self.answered.wait()
+        if self.handled >= ticket:
+            return self.failed.pop(ticket, None)
+        return self.gone
+
+    def _wake(self) -> None:
+        answered, self.answered = self.answered, anyio.Event()
+        answered.set()
+
+    async def _flush(self) -> None:
+        self.flushing = True
+        try:
+            while self.out and self.gone is None:
+                await anyio.wait_writable(self.sock)
+                try:
+                    sent = self.sock.send(self.out)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._end(f"the record writer is gone: {recordwriter.reason(exc)}")
+                    return
+                del self.out[:sent]
+        finally:
+            self.flushing = False
+
+    async def _read(self) -> None:
+        self.reading = True
+        try:
+            await anyio.wait_readable(self.sock)
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                chunk, why = b"", recordwriter.reason(exc)
+            else:
+                why = "it exited"
+            if not chunk:
+                self._end(f"the record writer is gone: {why}")
+                return
+            self.answers += chunk
+            self._take_answers()
+        finally:
+            self.reading = False
+            self._wake()
+
+    def _take_answers(self) -> None:
+        answers = self.answers
+        offset = 0
+        while len(answers) - offset >= recordwriter.ACK.size:
+            handled, count = recordwriter.ACK.unpack_from(answers, offset)
+            end = offset + recordwriter.ACK.size
+            failed = {}
+            for _ in range(count):
+                if len(answers) - end < recordwriter.FAILURE.size:
+                    break
+                number, length = recordwriter.FAILURE.unpack_from(answers, end)
+                end += recordwriter.FAILURE.size
+                if len(answers) - end < length:
+                    break
+                failed[number] = bytes(answers[end : end + length]).decode()
+                end += length
+            else:
+                offset = end
+                self.handled = handled
+                self.failed |= failed
+                self.commits += 1
+                continue
+            break  # (an answer not whole yet)
+        del answers[:offset]
+
+    def _end(self, why: str) -> None:
+        """Every save not answered fails with ``why``; the next save starts a new writer."""
+        self.gone = why
+        self.out.clear()
+        self._wake()
+
+    async def aclose(self) -> None:
+        """Once every save sent is answered: end its input, and wait for it to exit."""
+        await self.wait(self.sent)
+        self.sock.close()
+        if self.gone is not None and self.process.poll() is None:
+            self.process.kill()  # (gone but not ended: nothing it could still write)
+        await anyio.to_thread.run_sync(self._reap)
+
+    def _reap(self) -> None:
+        try:
+            self.process.wait(timeout=_WRITER_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:  # (stuck on a disk that does not answer)
+            self.process.kill()
+            self.process.wait()
 
 
 class RecordStore:
@@ -125,12 +270,24 @@ class RecordStore:
         #: IDs whose records were moved there by the last :meth:`load_all`: what their
         #: containers hold (runtime state, layer, namespace) is left alone, not cleaned up.
         self.quarantined: set[str] = set()
-        #: Transactions written (each carrying one or more saves).
-        self.commits = 0
         self._connection: sqlite3.Connection | None = None
-        self._open: _Batch | None = None
-        self._writing: _Batch | None = None  # the batch a worker thread is writing
-        self._directories: set[str] = set()  # containers whose directory exists
+        self._writer: _Writer | None = None
+        #: Why no writer process can run here (None: not known to fail).
+        self._unable: str | None = None
+        self._one_at_a_time: anyio.CapacityLimiter | None = None
+        self._commits = 0  # (those of writers that have ended, and of this process's own)
+        self._directories: set[str] = set()  # containers whose directory exists (or is sent)
+
+    @property
+    def commits(self) -> int:
+        """Transactions written (each carrying one or more saves)."""
+        return self._commits + (self._writer.commits if self._writer is not None else 0)
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The record writer's process ID (None: none is running)."""
+        writer = self._writer
+        return writer.process.pid if writer is not None and writer.gone is None else None
 
     def path(self, container_id: str) -> Path:
         return self.root / container_id
@@ -143,138 +300,145 @@ class RecordStore:
         """:meth:`log_path` as a string (made at every start: without pathlib's parsing)."""
         return f"{self._root}/{container_id}/{LOG_FILE.replace('{id}', container_id)}"
 
-    # --- the database (worker threads, one at a time) ----------------------------------------
+    # --- in this process (loading; worker threads, one at a time) -----------------------------
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            self.database.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.database, os.O_WRONLY | os.O_CREAT, 0o600))
-            connection = sqlite3.connect(
-                self.database, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, data BLOB NOT NULL)"
-            )
-            self._connection = connection
+            self._connection = recordwriter.connect(str(self.database), fsync=self.fsync)
         return self._connection
 
-    def _make_directory(self, container_id: str) -> None:
-        directory = self.root / container_id
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o755)  # (not the umask's: a remapped root reads its files)
-        for name, mode in self.placeholders.items():
-            path = directory / name.replace("{id}", container_id)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(path, flags, mode)
-            try:
-                os.fchmod(fd, mode)  # (not the umask's)
-            finally:
-                os.close(fd)
-
     def write(self, ops: Mapping[str, bytes | None]) -> None:
-        """Apply saves (bytes) and deletions (``None``) in one transaction (blocking)."""
+        """Apply saves (bytes) and deletions (``None``) in one transaction, in this process
+        (blocking; as the store loads, before any writer runs)."""
         for container_id, data in ops.items():
             if data is not None and container_id not in self._directories:
-                self._make_directory(container_id)
+                recordwriter.make_directory(self._root, container_id, self.placeholders)
                 self._directories.add(container_id)
-        connection = self._connect()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.executemany(
-                "INSERT OR REPLACE INTO records (id, data) VALUES (?, ?)",
-                [(key, data) for key, data in ops.items() if data is not None],
-            )
-            connection.executemany(
-                "DELETE FROM records WHERE id = ?",
-                [(key,) for key, data in ops.items() if data is None],
-            )
-            connection.execute("COMMIT")
-        except BaseException:
-            # (A failed COMMIT may leave the transaction open: the next BEGIN would fail.)
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        self.commits += 1
+        recordwriter.apply(self._connect(), ops)
+        self._commits += 1
 
     async def aclose(self) -> None:
-        """Once the transaction being written (if any) is done: write what is still open,
-        close the database."""
+        """Once every save made is written: stop the writer, close the database."""
         with anyio.CancelScope(shield=True):
-            while self._writing is not None:
-                await self._writing.written.wait()
-            if self._open is not None:
-                await self._write_open_batch()
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.aclose()
+                self._commits += writer.commits
             if self._connection is not None:
                 await anyio.to_thread.run_sync(self._connection.close)
                 self._connection = None
 
-    # --- group commit ------------------------------------------------------------------------
+    # --- the writer process ------------------------------------------------------------------
+
+    def _start_writer(self) -> _Writer:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    recordwriter.__file__,
+                    str(theirs.fileno()),
+                    str(self.database),
+                    self._root,
+                    "FULL" if self.fsync else "OFF",
+                    *(f"{name}={mode:o}" for name, mode in self.placeholders.items()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return _Writer(process, ours)
+
+    def _writer_for_save(self) -> _Writer | None:
+        """The writer, started anew if there is none or it has gone; None if no writer
+        process can run here (then this process writes, in a worker thread)."""
+        writer = self._writer
+        if writer is not None and writer.gone is None:
+            return writer
+        if writer is not None:
+            self._commits += writer.commits
+            if writer.process.poll() is None:
+                writer.process.kill()
+            writer.sock.close()
+            writer.process.wait()  # (ended or killed: at once)
+            self._writer = None
+        if self._unable is None:
+            try:
+                self._writer = self._start_writer()
+            except OSError as exc:
+                self._unable = recordwriter.reason(exc)
+                log.warning("store.no_writer_process", error=self._unable)
+        return self._writer
 
     async def _commit(self, container_id: str, data: bytes | None) -> None:
         """Have the change written; return once its transaction is on disk. All or nothing,
         as a single write would be: a caller cancelled meanwhile learns of it once the
         transaction is written (it takes milliseconds)."""
-        batch = self._open
-        leads = batch is None
-        if batch is None:
-            batch = self._open = _Batch()
-        batch.ops[container_id] = data
+        writer = self._writer_for_save()
+        if writer is None:
+            await self._write_here({container_id: data})
+            return
+        if data is None:
+            kind = recordwriter.DELETE
+            self._directories.discard(container_id)
+        elif container_id in self._directories:
+            kind = recordwriter.SAVE
+        else:
+            kind = recordwriter.SAVE_NEW
+            self._directories.add(container_id)
+        ticket = writer.submit(kind, container_id, data)
         try:
-            await self._see_written(batch, leads)
+            error = await writer.wait(ticket)
         except anyio.get_cancelled_exc_class():
             # (Shielded only then: a cancel scope at every save costs trio a start's 3%.)
             with anyio.CancelScope(shield=True):
-                await self._see_written(batch, leads)
+                error = await writer.wait(ticket)
+            if error is not None and kind == recordwriter.SAVE_NEW:
+                self._directories.discard(container_id)
             raise
-        if batch.error is not None:
-            raise batch.error
+        if error is not None:
+            if kind == recordwriter.SAVE_NEW:
+                self._directories.discard(container_id)  # (made at its next save)
+            raise _WriteFailed(error)
 
-    async def _see_written(self, batch: _Batch, leads: bool) -> None:
-        """Wait until ``batch`` is written: its leader writes it once the transaction before
-        is written, the others wait for it. (Taken up again where it left off if cancelled.)"""
-        while not batch.done:
-            writing = self._writing
-            if writing is None:
-                await self._write_open_batch()  # (ours: a batch is open until written)
-            elif leads and writing is not batch:
-                await writing.written.wait()  # then write ours
-            else:
-                await batch.written.wait()
-
-    async def _write_open_batch(self) -> None:
-        batch, self._open = self._open, None
-        assert batch is not None
-        self._writing = batch
+    async def _write_here(self, ops: Mapping[str, bytes | None]) -> None:
+        """Without a writer process: one transaction per save, from a worker thread, one
+        at a time."""
+        self._directories.difference_update(key for key, data in ops.items() if data is None)
+        if self._one_at_a_time is None:
+            self._one_at_a_time = anyio.CapacityLimiter(1)
         try:
             with anyio.CancelScope(shield=True):  # (done means written: never cut short)
-                await anyio.to_thread.run_sync(self.write, batch.ops)
-        except Exception as exc:
-            batch.error = exc  # (every saver of the batch is told)
-        finally:
-            batch.done = True
-            self._writing = None
-            batch.written.set()  # (the next batch's leader waits for this too)
+                await anyio.to_thread.run_sync(self.write, ops, limiter=self._one_at_a_time)
+        except (OSError, sqlite3.Error) as exc:
+            raise _WriteFailed(recordwriter.reason(exc)) from exc
 
     async def save(self, record: ContainerRecord) -> None:
-        """Write ``record`` durably (in a worker thread: the event loop never waits on disk)."""
+        """Write ``record`` durably (by the writer process: the event loop never waits on
+        disk)."""
         data = encode_json(record)
         try:
             await self._commit(record.id, data)
-        except (OSError, sqlite3.Error) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            raise errors.SystemError(f"failed to save container {record.id}: {reason}") from exc
+        except _WriteFailed as exc:
+            raise errors.SystemError(f"failed to save container {record.id}: {exc}") from exc
 
     async def delete(self, container_id: str) -> None:
         """Forget the record, then remove the container's directory."""
         directory = self.root / container_id
         try:
             await self._commit(container_id, None)
-            self._directories.discard(container_id)
             with contextlib.suppress(FileNotFoundError):
                 await anyio.to_thread.run_sync(shutil.rmtree, directory)
-        except (OSError, sqlite3.Error) as exc:
+        except (_WriteFailed, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise errors.SystemError(
                 f"unable to remove filesystem for {container_id}: {reason}"

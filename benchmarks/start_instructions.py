@@ -5,10 +5,10 @@ Starts per second on a small shared machine swing by a fifth from one run to the
 instructions the engine executes per start do not (a tenth of a percent). This runs the same
 workload as ``concurrent_start.py`` (containers created, then started with C in flight, info
 logs to a file, records saved) twice under ``valgrind --tool=callgrind``: once with the starts,
-once without, and prints the difference per start, every thread of the process counted (the
-record writer's too). Records are not fsynced: a commit's timing would change how saves are
-batched, and so the count. Slow (about a minute a backend); for comparing two versions of the
-engine, not for a figure in seconds.
+once without, and prints the difference per start, every thread of the process counted (not
+the record writer, a child process: SQLite's work, not the engine's). Records are not fsynced:
+a commit's timing would change how saves are batched, and so the count. Slow (about a minute
+a backend); for comparing two versions of the engine, not for a figure in seconds.
 
     python benchmarks/start_instructions.py --containers 300 --backend both
 """

@@ -58,6 +58,7 @@ SUPPORT: Final = (
     "asyncstart.spec",
     "asyncstart.views",
     "asyncstart.store",
+    "asyncstart.recordwriter",  # the records' database, and the process that writes it
     "asyncstart.events",
     "asyncstart.attach",
     "asyncstart.detach",

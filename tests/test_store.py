@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -62,27 +63,33 @@ async def test_concurrent_saves_share_transactions_and_each_waits_for_its_own(
     tmp_path: Path,
 ) -> None:
     store = RecordStore(tmp_path / "containers")
-    records = [_record(new_id(), restart_count=n) for n in range(200)]
-    saved: list[str] = []
+    records = [_record(new_id()) for _ in range(100)]
 
-    async def save(record: ContainerRecord) -> None:
-        await store.save(record)
-        # Answered only once its transaction is on disk: another connection sees it.
-        with sqlite3.connect(tmp_path / DATABASE) as reader:
-            row = reader.execute("SELECT data FROM records WHERE id = ?", (record.id,))
-            stored = msgspec.json.decode(row.fetchone()[0], type=ContainerRecord)
-            assert stored.restart_count == record.restart_count
-        saved.append(record.id)
+    async def save(record: ContainerRecord, counts: range) -> None:
+        for count in counts:
+            record = msgspec.structs.replace(record, restart_count=count)
+            await store.save(record)
+            # Answered only once its transaction is on disk: another connection sees it.
+            with contextlib.closing(sqlite3.connect(tmp_path / DATABASE)) as reader:
+                row = reader.execute("SELECT data FROM records WHERE id = ?", (record.id,))
+                stored = msgspec.json.decode(row.fetchone()[0], type=ContainerRecord)
+            assert stored.restart_count == count
 
     async with anyio.create_task_group() as tg:
         for record in records:
-            tg.start_soon(save, record)
-    assert sorted(saved) == sorted(r.id for r in records)
-    assert 1 < store.commits < len(records) / 4, "saves made together are written together"
+            tg.start_soon(save, record, range(1))
+    first = store.commits
+    assert 0 < first < len(records) / 4, "saves made together are written together"
+    # Saves made while transactions are being written go into later ones.
+    async with anyio.create_task_group() as tg:
+        for record in records:
+            tg.start_soon(save, record, range(1, 3))
+    assert store.commits > first
     await store.delete(records[0].id)
     await store.aclose()
     loaded = await RecordStore(tmp_path / "containers").load_all()
     assert {r.id for r in loaded} == {r.id for r in records[1:]}
+    assert {r.restart_count for r in loaded} == {2}
 
 
 async def test_a_failed_write_fails_its_save_and_the_next_ones_work(
@@ -211,3 +218,62 @@ async def test_directories_without_a_database_are_kept_for_a_person(tmp_path: Pa
     (kept,) = (tmp_path / "quarantine").iterdir()
     assert (kept / "log").read_text() == "kept"
     await reopened.aclose()
+
+
+async def test_saves_sent_to_a_writer_that_dies_fail_and_the_next_start_a_new_one(
+    tmp_path: Path,
+) -> None:
+    store = RecordStore(tmp_path / "containers")
+    first = _record(new_id())
+    await store.save(first)
+    pid = store.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    lost = _record(new_id())
+    with pytest.raises(
+        errors.SystemError,
+        match=f"^failed to save container {lost.id}: the record writer is gone",
+    ):
+        await store.save(lost)
+    again = msgspec.structs.replace(lost, restart_count=1)
+    await store.save(again)
+    assert store.writer_pid not in (None, pid)
+    await store.aclose()
+    assert not Path(f"/proc/{pid}").exists(), "the dead writer was reaped"
+    loaded = await RecordStore(tmp_path / "containers").load_all()
+    assert sorted(loaded, key=lambda r: r.id) == sorted([first, again], key=lambda r: r.id)
+
+
+async def test_the_writer_ignores_a_terminals_signals_and_ends_with_the_store(
+    tmp_path: Path,
+) -> None:
+    store = RecordStore(tmp_path / "containers")
+    await store.save(_record(new_id()))
+    pid = store.writer_pid
+    assert pid is not None
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (ctrl-C, a stop, a hangup)
+        os.kill(pid, number)
+    record = _record(new_id())
+    await store.save(record)  # the same writer, still there
+    assert store.writer_pid == pid
+    await store.aclose()
+    assert not Path(f"/proc/{pid}").exists(), "ended and reaped"
+    assert len(await RecordStore(tmp_path / "containers").load_all()) == 2
+
+
+async def test_without_a_python_to_run_the_writer_this_process_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    store = RecordStore(tmp_path / "containers", placeholders={"hosts": 0o644})
+    records = [_record(new_id(), restart_count=n) for n in range(10)]
+    async with anyio.create_task_group() as tg:
+        for record in records:
+            tg.start_soon(store.save, record)
+    assert store.writer_pid is None
+    assert (tmp_path / "containers" / records[0].id / "hosts").stat().st_mode & 0o777 == 0o644
+    await store.delete(records[0].id)
+    assert not (tmp_path / "containers" / records[0].id).exists()
+    await store.aclose()
+    loaded = await RecordStore(tmp_path / "containers").load_all()
+    assert sorted(loaded, key=lambda r: r.restart_count) == records[1:]
