@@ -54,7 +54,7 @@ SAVE, SAVE_NEW, DELETE = 0, 1, 2
 HEADER = struct.Struct("<BHI")
 ACK = struct.Struct("<QI")
 FAILURE = struct.Struct("<QI")
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16
 
 
 def connect(database: str, *, fsync: bool) -> sqlite3.Connection:
