@@ -13,8 +13,10 @@ The daemon (``store.RecordStore``) sends the writer frames on a stream socket, e
 - ``SAVE_NEW``: the same, for a container whose directory is made first (its first save);
 - ``DELETE``: no data.
 
-The writer takes every frame that has arrived and writes them in one transaction (group commit:
-frames that arrive while a transaction is written share the next one). After each transaction
+Its first answer, an ``ACK`` of 0 frames, says it has opened the database; if it cannot, that
+answer carries one ``FAILURE`` (number 0) with the reason, and it exits. It then takes every frame
+that has arrived and writes them in one transaction (group commit: frames that arrive while a
+transaction is written share the next one). After each transaction
 it answers with an ``ACK``: how many frames it has handled since it started, and how many of
 them failed, each of those as a ``FAILURE`` (its number, counted from 1, and the reason's
 length) then the reason in UTF-8. A frame is handled once its transaction is on disk (with
@@ -151,7 +153,7 @@ def _write(
         if kind == SAVE_NEW:
             try:
                 make_directory(root, key, placeholders)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 failed[number] = reason(exc)
                 continue
         ops[key] = None if kind == DELETE else data
@@ -204,9 +206,17 @@ def main(argv: Sequence[str]) -> int:
     fd, database, root, sync, *names = argv
     placeholders = {name: int(mode, 8) for name, _, mode in (n.rpartition("=") for n in names)}
     with socket.socket(fileno=int(fd)) as sock:
-        connection = connect(database, fsync=sync == "FULL")
         try:
+            connection = connect(database, fsync=sync == "FULL")
+        except (OSError, sqlite3.Error) as exc:
+            text = reason(exc).encode()
+            sock.sendall(ACK.pack(0, 1) + FAILURE.pack(0, len(text)) + text)
+            return 1
+        try:
+            sock.sendall(ACK.pack(0, 0))  # (ready: the first answer, before any frame's)
             serve(sock, connection, root, placeholders)
+        except (BrokenPipeError, ConnectionResetError):
+            return 0  # (the daemon is gone: nothing to answer)
         finally:
             connection.close()
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -61,6 +62,8 @@ _TMP_SUFFIX = ".tmp"
 _SEND_BUFFER = 1 << 20
 #: How long a closing store waits for its writer to end once every save is answered.
 _WRITER_EXIT_TIMEOUT = 30.0
+#: What starting the writer fails with where it can never run (not worth a new try per save).
+_CANNOT_RUN = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.ENOTDIR})
 
 
 _encoder = msgspec.json.Encoder()
@@ -109,7 +112,8 @@ class _Writer:
     """The writer process (``recordwriter``) as the daemon sees it. Each save sends a frame
     and gets a ticket, its number; the answers come back to whichever waiting saver is reading
     them (one at a time), which then wakes every saver to see whether its ticket is answered
-    (and one of those left takes over the reading)."""
+    (and one of those left takes over the reading). A saver whose frame the socket did not
+    take whole sends the rest, and what follows."""
 
     def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self.process = process
@@ -118,9 +122,13 @@ class _Writer:
         #: Frames answered (their tickets are this one and below), and transactions.
         self.handled = 0
         self.commits = 0
+        #: It has opened the database, or has said why it cannot (its first answer).
+        self.ready = False
+        self.refused = False
         #: Ticket -> why it failed, until its saver takes it.
         self.failed: dict[int, str] = {}
-        #: Set, and replaced, whenever answers are taken or the writer is gone.
+        #: Set, and replaced, whenever answers are taken, a turn is given up, or the writer
+        #: is gone.
         self.answered = anyio.Event()
         #: Frames the socket did not take yet (a writer far behind), and whether a saver is
         #: sending them.
@@ -133,8 +141,8 @@ class _Writer:
 
     def submit(self, kind: int, container_id: str, data: bytes | None) -> int:
         """Send a frame; its ticket."""
-        self.sent += 1
         message = recordwriter.frame(kind, container_id, data)
+        self.sent += 1
         if self.out or self.gone is not None:
             self.out += message  # (after what waits to be sent)
             return self.sent
@@ -152,7 +160,9 @@ class _Writer:
     async def wait(self, ticket: int) -> str | None:
         """Until ``ticket`` is answered, taking a turn at sending or reading when no other
         saver is (safe to cancel: another takes over); why it failed, or None."""
-        while self.handled < ticket and self.gone is None:
+        # (Answered, it still sends what is left if no one is: a flusher cancelled, taken
+        # up again shielded, must not leave another's frame half sent.)
+        while (self.handled < ticket or (self.out and not self.flushing)) and self.gone is None:
             if self.out and not self.flushing:
                 await self._flush()
             elif not self.reading:
@@ -180,8 +190,11 @@ class _Writer:
                     self._end(f"the record writer is gone: {recordwriter.reason(exc)}")
                     return
                 del self.out[:sent]
+        except anyio.ClosedResourceError:
+            self._end("the record writer is gone: its socket was closed")
         finally:
             self.flushing = False
+            self._wake()  # (what is left to send is another saver's turn)
 
     async def _read(self) -> None:
         self.reading = True
@@ -200,6 +213,8 @@ class _Writer:
                 return
             self.answers += chunk
             self._take_answers()
+        except anyio.ClosedResourceError:
+            self._end("the record writer is gone: its socket was closed")
         finally:
             self.reading = False
             self._wake()
@@ -222,6 +237,13 @@ class _Writer:
                 end += length
             else:
                 offset = end
+                if handled == 0:  # (its first answer: the database is open, or why not)
+                    if failed:
+                        self.refused = True
+                        self._end(f"the record writer cannot start: {failed.popitem()[1]}")
+                        break
+                    self.ready = True
+                    continue
                 self.handled = handled
                 self.failed |= failed
                 self.commits += 1
@@ -231,19 +253,37 @@ class _Writer:
 
     def _end(self, why: str) -> None:
         """Every save not answered fails with ``why``; the next save starts a new writer."""
-        self.gone = why
+        if self.gone is None:
+            self.gone = why
         self.out.clear()
         self._wake()
+
+    def retire(self) -> None:
+        """Stop using it: the tasks waiting on its socket told it is closing, the process
+        killed unless it has ended. (The socket is closed once no task uses it: a new one
+        with its number would otherwise meet their registrations.)"""
+        anyio.notify_closing(self.sock)
+        if self.process.poll() is None:
+            self.process.kill()
+
+    def done_with(self) -> bool:
+        """Retired, ended and reaped, no task using its socket: closed now, if so."""
+        if self.reading or self.flushing or self.process.poll() is None:
+            return False
+        self.sock.close()
+        return True
 
     async def aclose(self) -> None:
         """Once every save sent is answered: end its input, and wait for it to exit."""
         await self.wait(self.sent)
+        anyio.notify_closing(self.sock)
         self.sock.close()
         if self.gone is not None and self.process.poll() is None:
             self.process.kill()  # (gone but not ended: nothing it could still write)
-        await anyio.to_thread.run_sync(self._reap)
+        await anyio.to_thread.run_sync(self.reap)
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
+        """Wait for the process to end (blocking)."""
         try:
             self.process.wait(timeout=_WRITER_EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:  # (stuck on a disk that does not answer)
@@ -275,6 +315,9 @@ class RecordStore:
         #: Why no writer process can run here (None: not known to fail).
         self._unable: str | None = None
         self._one_at_a_time: anyio.CapacityLimiter | None = None
+        #: Writers that have gone, killed, until reaped (at close, or once they have ended).
+        self._retired: list[_Writer] = []
+        self._closed = False
         self._commits = 0  # (those of writers that have ended, and of this process's own)
         self._directories: set[str] = set()  # containers whose directory exists (or is sent)
 
@@ -318,12 +361,18 @@ class RecordStore:
         self._commits += 1
 
     async def aclose(self) -> None:
-        """Once every save made is written: stop the writer, close the database."""
+        """Once every save made is written: stop the writer (and reap those that ended),
+        close the database. Saves made after this are written by this process."""
         with anyio.CancelScope(shield=True):
+            self._closed = True
             writer, self._writer = self._writer, None
             if writer is not None:
                 await writer.aclose()
                 self._commits += writer.commits
+            retired, self._retired = self._retired, []
+            for old in retired:
+                await anyio.to_thread.run_sync(old.reap)
+                old.sock.close()
             if self._connection is not None:
                 await anyio.to_thread.run_sync(self._connection.close)
                 self._connection = None
@@ -366,18 +415,26 @@ class RecordStore:
             return writer
         if writer is not None:
             self._commits += writer.commits
-            if writer.process.poll() is None:
-                writer.process.kill()
-            writer.sock.close()
-            writer.process.wait()  # (ended or killed: at once)
+            writer.retire()
+            self._retired = [old for old in self._retired if not old.done_with()]
+            self._retired.append(writer)
             self._writer = None
-        if self._unable is None:
+        if self._unable is None and not self._closed:
+            if not sys.executable or getattr(sys, "frozen", False):
+                # (A frozen program's executable is the program, not a Python.)
+                self._no_writer("no Python interpreter to run it")
+                return None
             try:
                 self._writer = self._start_writer()
             except OSError as exc:
-                self._unable = recordwriter.reason(exc)
-                log.warning("store.no_writer_process", error=self._unable)
+                if exc.errno not in _CANNOT_RUN:
+                    raise _WriteFailed(f"cannot start the record writer: {exc.strerror}") from exc
+                self._no_writer(recordwriter.reason(exc))
         return self._writer
+
+    def _no_writer(self, why: str) -> None:
+        self._unable = why
+        log.warning("store.no_writer_process", error=why)
 
     async def _commit(self, container_id: str, data: bytes | None) -> None:
         """Have the change written; return once its transaction is on disk. All or nothing,
@@ -394,8 +451,9 @@ class RecordStore:
             kind = recordwriter.SAVE
         else:
             kind = recordwriter.SAVE_NEW
-            self._directories.add(container_id)
         ticket = writer.submit(kind, container_id, data)
+        if kind == recordwriter.SAVE_NEW:
+            self._directories.add(container_id)  # (the next save need not make it)
         try:
             error = await writer.wait(ticket)
         except anyio.get_cancelled_exc_class():
@@ -405,10 +463,18 @@ class RecordStore:
             if error is not None and kind == recordwriter.SAVE_NEW:
                 self._directories.discard(container_id)
             raise
-        if error is not None:
-            if kind == recordwriter.SAVE_NEW:
-                self._directories.discard(container_id)  # (made at its next save)
-            raise _WriteFailed(error)
+        if error is None:
+            return
+        if kind == recordwriter.SAVE_NEW:
+            self._directories.discard(container_id)  # (made at its next save)
+        if not writer.ready and not writer.refused and writer.gone is not None:
+            # Ended before it said a word: no Python of ours runs there (a wrapper, a
+            # program of another kind). This process writes from now on.
+            if self._unable is None:
+                self._no_writer(f"it ended at once ({writer.gone})")
+            await self._write_here({container_id: data})
+            return
+        raise _WriteFailed(error)
 
     async def _write_here(self, ops: Mapping[str, bytes | None]) -> None:
         """Without a writer process: one transaction per save, from a worker thread, one

@@ -5,21 +5,25 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
+from typing import cast
 
 import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
 
-from asyncstart import errors
+from asyncstart import errors, recordwriter
 from asyncstart.config import Config, HostConfig
 from asyncstart.record import ContainerRecord, new_id
-from asyncstart.store import DATABASE, ContainerIndex, RecordStore
+from asyncstart.store import DATABASE, ContainerIndex, RecordStore, _Writer
 
 pytestmark = pytest.mark.anyio
 
@@ -277,3 +281,133 @@ async def test_without_a_python_to_run_the_writer_this_process_writes(
     await store.aclose()
     loaded = await RecordStore(tmp_path / "containers").load_all()
     assert sorted(loaded, key=lambda r: r.restart_count) == records[1:]
+
+
+async def test_a_writer_killed_while_a_save_reads_its_answers_fails_it_and_the_next_work(
+    tmp_path: Path,
+) -> None:
+    store = RecordStore(tmp_path / "containers")
+    await store.save(_record(new_id()))
+    pid = store.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # (its answers stop: the next save waits, reading)
+    outcome: list[str] = []
+
+    async def save_and_tell() -> None:
+        with pytest.raises(errors.SystemError, match="the record writer is gone"):
+            await store.save(_record(new_id()))
+        outcome.append("failed")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(save_and_tell)
+            await anyio.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+            while Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                time.sleep(0.01)  # noqa: ASYNC251 (blocking on purpose: no reader wakes meanwhile)
+            # The first save finds the socket broken; the second starts a new writer, whose
+            # socket may get the old one's number while the reader still waits on it.
+            with pytest.raises(errors.SystemError, match="the record writer is gone"):
+                await store.save(_record(new_id()))
+            kept = _record(new_id())
+            await store.save(kept)
+    assert outcome == ["failed"]
+    await store.aclose()
+    assert not Path(f"/proc/{pid}").exists(), "the killed writer was reaped"
+    assert kept.id in {r.id for r in await RecordStore(tmp_path / "containers").load_all()}
+
+
+async def test_a_sender_cancelled_once_answered_leaves_no_frame_half_sent() -> None:
+    # The writer's part is played by a thread: it takes two frames and answers them, then
+    # reads no more until told, so that the third frame (4 MiB), sent after the second by
+    # the second's saver, stays half sent when that saver, answered, is cancelled.
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    writer = _Writer(cast("subprocess.Popen[bytes]", None), ours)
+    resume = threading.Event()
+
+    def peer() -> None:
+        time.sleep(0.3)  # (the second frame is still being sent when the third is made)
+        first_two = len(recordwriter.frame(recordwriter.SAVE, "a", b"1")) + len(
+            recordwriter.frame(recordwriter.SAVE, "b", big)
+        )
+        while first_two:  # (exactly those: the third's first bytes are read later)
+            first_two -= len(theirs.recv(min(first_two, 1 << 16)))
+        theirs.sendall(recordwriter.ACK.pack(2, 0))
+        resume.wait(timeout=10)
+        buffer, handled = bytearray(), 2
+        while chunk := theirs.recv(1 << 16):
+            buffer += chunk
+            frames, used = recordwriter._frames(buffer)
+            del buffer[:used]
+            if frames:
+                handled += len(frames)
+                theirs.sendall(recordwriter.ACK.pack(handled, 0))
+
+    big = b"x" * (4 << 20)
+    playing = threading.Thread(target=peer, daemon=True)
+    playing.start()
+    answered: list[str] = []
+
+    async def save(name: str, ticket: int) -> None:
+        try:
+            assert await writer.wait(ticket) is None
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):  # (as the store's saves do)
+                assert await writer.wait(ticket) is None
+            answered.append(name)
+            raise
+        answered.append(name)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(save, "small", writer.submit(recordwriter.SAVE, "a", b"1"))
+            await anyio.sleep(0.05)
+            sending = anyio.CancelScope()
+            ticket = writer.submit(recordwriter.SAVE, "b", big)
+
+            async def send_it() -> None:
+                with sending:
+                    await save("sender", ticket)
+
+            tg.start_soon(send_it)
+            await anyio.sleep(0.05)
+            tg.start_soon(save, "last", writer.submit(recordwriter.SAVE, "c", big))
+            while writer.handled < 2:
+                await anyio.sleep(0.01)
+            assert writer.out, "the last frame waits to be sent"
+            sending.cancel()
+            await anyio.sleep(0.05)
+            resume.set()
+    assert sorted(answered) == ["last", "sender", "small"]
+    assert not writer.out
+    ours.close()  # (the peer reads its end, and stops)
+    playing.join(10)
+    theirs.close()
+
+
+async def test_a_writer_that_ends_at_once_makes_this_process_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/true")  # (a wrapper, not a Python)
+    store = RecordStore(tmp_path / "containers")
+    records = [_record(new_id(), restart_count=n) for n in range(5)]
+    async with anyio.create_task_group() as tg:
+        for record in records:
+            tg.start_soon(store.save, record)
+    await store.save(_record(new_id()))
+    assert store.writer_pid is None
+    await store.aclose()
+    assert len(await RecordStore(tmp_path / "containers").load_all()) == 6
+
+
+async def test_a_writer_that_cannot_open_the_database_says_why(tmp_path: Path) -> None:
+    (tmp_path / DATABASE).mkdir()  # (a directory where the database should be)
+    store = RecordStore(tmp_path / "containers")
+    record = _record(new_id())
+    with pytest.raises(
+        errors.SystemError,
+        match=f"^failed to save container {record.id}: the record writer cannot start: Is a",
+    ):
+        await store.save(record)
+    await store.aclose()
