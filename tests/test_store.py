@@ -224,6 +224,14 @@ async def test_directories_without_a_database_are_kept_for_a_person(tmp_path: Pa
     await reopened.aclose()
 
 
+async def _store_with_a_writer(tmp_path: Path) -> tuple[RecordStore, int]:
+    """A store that has saved a record: its writer runs; its pid."""
+    store = RecordStore(tmp_path / "containers")
+    await store.save(_record(new_id()))
+    assert store.writer_pid is not None
+    return store, store.writer_pid
+
+
 async def test_saves_sent_to_a_writer_that_dies_fail_and_the_next_start_a_new_one(
     tmp_path: Path,
 ) -> None:
@@ -251,10 +259,7 @@ async def test_saves_sent_to_a_writer_that_dies_fail_and_the_next_start_a_new_on
 async def test_the_writer_ignores_a_terminals_signals_and_ends_with_the_store(
     tmp_path: Path,
 ) -> None:
-    store = RecordStore(tmp_path / "containers")
-    await store.save(_record(new_id()))
-    pid = store.writer_pid
-    assert pid is not None
+    store, pid = await _store_with_a_writer(tmp_path)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (ctrl-C, a stop, a hangup)
         os.kill(pid, number)
     record = _record(new_id())
@@ -286,10 +291,7 @@ async def test_without_a_python_to_run_the_writer_this_process_writes(
 async def test_a_writer_killed_while_a_save_reads_its_answers_fails_it_and_the_next_work(
     tmp_path: Path,
 ) -> None:
-    store = RecordStore(tmp_path / "containers")
-    await store.save(_record(new_id()))
-    pid = store.writer_pid
-    assert pid is not None
+    store, pid = await _store_with_a_writer(tmp_path)
     os.kill(pid, signal.SIGSTOP)  # (its answers stop: the next save waits, reading)
     outcome: list[str] = []
 
