@@ -44,10 +44,12 @@ __all__ = [
     "HEADER",
     "SAVE",
     "SAVE_NEW",
+    "answer",
     "apply",
     "connect",
     "frame",
     "make_directory",
+    "read_answers",
     "reason",
     "serve",
 ]
@@ -122,6 +124,39 @@ def frame(kind: int, container_id: str, data: bytes | None) -> bytes:
     return HEADER.pack(kind, len(key), len(payload)) + key + payload
 
 
+def answer(handled: int, failed: Mapping[int, str]) -> bytes:
+    """An answer: ``handled`` frames so far, and the failed ones' numbers and reasons."""
+    parts = [ACK.pack(handled, len(failed))]
+    for number, why in failed.items():
+        text = why.encode()
+        parts += [FAILURE.pack(number, len(text)), text]
+    return b"".join(parts)
+
+
+def read_answers(buffer: bytearray) -> tuple[list[tuple[int, dict[int, str]]], int]:
+    """The whole answers at the start of ``buffer`` (handled, failed), and the bytes they
+    take."""
+    answers: list[tuple[int, dict[int, str]]] = []
+    offset = 0
+    size = len(buffer)
+    while offset + ACK.size <= size:
+        handled, count = ACK.unpack_from(buffer, offset)
+        end = offset + ACK.size
+        failed = {}
+        for _ in range(count):
+            if end + FAILURE.size > size:
+                return answers, offset
+            number, length = FAILURE.unpack_from(buffer, end)
+            end += FAILURE.size
+            if end + length > size:
+                return answers, offset
+            failed[number] = bytes(buffer[end : end + length]).decode()
+            end += length
+        answers.append((handled, failed))
+        offset = end
+    return answers, offset
+
+
 def _frames(buffer: bytearray) -> tuple[list[tuple[int, str, bytes]], int]:
     """The complete frames at the start of ``buffer``, and the bytes they take."""
     frames = []
@@ -164,11 +199,7 @@ def _write(
             why = reason(exc)
             for number in range(first, first + len(frames)):
                 failed.setdefault(number, why)
-    parts = [ACK.pack(first + len(frames) - 1, len(failed))]
-    for number, why in failed.items():
-        text = why.encode()
-        parts += [FAILURE.pack(number, len(text)), text]
-    return b"".join(parts)
+    return answer(first + len(frames) - 1, failed)
 
 
 def serve(
@@ -209,11 +240,10 @@ def main(argv: Sequence[str]) -> int:
         try:
             connection = connect(database, fsync=sync == "FULL")
         except (OSError, sqlite3.Error) as exc:
-            text = reason(exc).encode()
-            sock.sendall(ACK.pack(0, 1) + FAILURE.pack(0, len(text)) + text)
+            sock.sendall(answer(0, {0: reason(exc)}))
             return 1
         try:
-            sock.sendall(ACK.pack(0, 0))  # (ready: the first answer, before any frame's)
+            sock.sendall(answer(0, {}))  # (ready: the first answer, before any frame's)
             serve(sock, connection, root, placeholders)
         except (BrokenPipeError, ConnectionResetError):
             return 0  # (the daemon is gone: nothing to answer)

@@ -122,9 +122,8 @@ class _Writer:
         #: Frames answered (their tickets are this one and below), and transactions.
         self.handled = 0
         self.commits = 0
-        #: It has opened the database, or has said why it cannot (its first answer).
-        self.ready = False
-        self.refused = False
+        #: It has answered: opened the database, or said why it cannot (its first answer).
+        self.spoke = False
         #: Ticket -> why it failed, until its saver takes it.
         self.failed: dict[int, str] = {}
         #: Set, and replaced, whenever answers are taken, a turn is given up, or the writer
@@ -220,36 +219,18 @@ class _Writer:
             self._wake()
 
     def _take_answers(self) -> None:
-        answers = self.answers
-        offset = 0
-        while len(answers) - offset >= recordwriter.ACK.size:
-            handled, count = recordwriter.ACK.unpack_from(answers, offset)
-            end = offset + recordwriter.ACK.size
-            failed = {}
-            for _ in range(count):
-                if len(answers) - end < recordwriter.FAILURE.size:
-                    break
-                number, length = recordwriter.FAILURE.unpack_from(answers, end)
-                end += recordwriter.FAILURE.size
-                if len(answers) - end < length:
-                    break
-                failed[number] = bytes(answers[end : end + length]).decode()
-                end += length
-            else:
-                offset = end
-                if handled == 0:  # (its first answer: the database is open, or why not)
-                    if failed:
-                        self.refused = True
-                        self._end(f"the record writer cannot start: {failed.popitem()[1]}")
-                        break
-                    self.ready = True
-                    continue
-                self.handled = handled
-                self.failed |= failed
-                self.commits += 1
+        answers, used = recordwriter.read_answers(self.answers)
+        del self.answers[:used]
+        for handled, failed in answers:
+            if handled == 0:  # (its first answer: the database is open, or why not)
+                self.spoke = True
+                if failed:
+                    self._end(f"the record writer cannot start: {failed.popitem()[1]}")
+                    return
                 continue
-            break  # (an answer not whole yet)
-        del answers[:offset]
+            self.handled = handled
+            self.failed |= failed
+            self.commits += 1
 
     def _end(self, why: str) -> None:
         """Every save not answered fails with ``why``; the next save starts a new writer."""
@@ -440,13 +421,14 @@ class RecordStore:
         """Have the change written; return once its transaction is on disk. All or nothing,
         as a single write would be: a caller cancelled meanwhile learns of it once the
         transaction is written (it takes milliseconds)."""
+        if data is None:
+            self._directories.discard(container_id)
         writer = self._writer_for_save()
         if writer is None:
             await self._write_here({container_id: data})
             return
         if data is None:
             kind = recordwriter.DELETE
-            self._directories.discard(container_id)
         elif container_id in self._directories:
             kind = recordwriter.SAVE
         else:
@@ -454,20 +436,20 @@ class RecordStore:
         ticket = writer.submit(kind, container_id, data)
         if kind == recordwriter.SAVE_NEW:
             self._directories.add(container_id)  # (the next save need not make it)
+        error: str | None = None
         try:
             error = await writer.wait(ticket)
         except anyio.get_cancelled_exc_class():
             # (Shielded only then: a cancel scope at every save costs trio a start's 3%.)
             with anyio.CancelScope(shield=True):
                 error = await writer.wait(ticket)
-            if error is not None and kind == recordwriter.SAVE_NEW:
-                self._directories.discard(container_id)
             raise
+        finally:
+            if error is not None and kind == recordwriter.SAVE_NEW:
+                self._directories.discard(container_id)  # (made at its next save)
         if error is None:
             return
-        if kind == recordwriter.SAVE_NEW:
-            self._directories.discard(container_id)  # (made at its next save)
-        if not writer.ready and not writer.refused and writer.gone is not None:
+        if not writer.spoke and writer.gone is not None:
             # Ended before it said a word: no Python of ours runs there (a wrapper, a
             # program of another kind). This process writes from now on.
             if self._unable is None:
@@ -479,7 +461,6 @@ class RecordStore:
     async def _write_here(self, ops: Mapping[str, bytes | None]) -> None:
         """Without a writer process: one transaction per save, from a worker thread, one
         at a time."""
-        self._directories.difference_update(key for key, data in ops.items() if data is None)
         if self._one_at_a_time is None:
             self._one_at_a_time = anyio.CapacityLimiter(1)
         try:

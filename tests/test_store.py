@@ -335,7 +335,7 @@ async def test_a_sender_cancelled_once_answered_leaves_no_frame_half_sent() -> N
         )
         while first_two:  # (exactly those: the third's first bytes are read later)
             first_two -= len(theirs.recv(min(first_two, 1 << 16)))
-        theirs.sendall(recordwriter.ACK.pack(2, 0))
+        theirs.sendall(recordwriter.answer(2, {}))
         resume.wait(timeout=10)
         buffer, handled = bytearray(), 2
         while chunk := theirs.recv(1 << 16):
@@ -344,7 +344,7 @@ async def test_a_sender_cancelled_once_answered_leaves_no_frame_half_sent() -> N
             del buffer[:used]
             if frames:
                 handled += len(frames)
-                theirs.sendall(recordwriter.ACK.pack(handled, 0))
+                theirs.sendall(recordwriter.answer(handled, {}))
 
     big = b"x" * (4 << 20)
     playing = threading.Thread(target=peer, daemon=True)
