@@ -7,6 +7,7 @@ applied on top.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -189,7 +190,9 @@ def build_spec(
         env.insert(0, DEFAULT_PATH)
     if config.tty and not any(item.startswith("TERM=") for item in env):
         env.append("TERM=xterm")
-    capabilities = _capabilities(host_config.cap_add or (), host_config.cap_drop or ())
+    capabilities = list(
+        _capabilities(tuple(host_config.cap_add or ()), tuple(host_config.cap_drop or ()))
+    )
     security = parse_security_opt(host_config.security_opt)  # checked at create; cached
     # A namespace of its own for each kind, but those HostConfig shares with the host.
     namespaces: list[dict[str, str]] = [
@@ -354,13 +357,15 @@ def update_resources(old: HostConfig, new: HostConfig) -> dict[str, Any]:
     return resources
 
 
-def _capabilities(add: Sequence[str], drop: Sequence[str]) -> list[str]:
+@functools.lru_cache(maxsize=256)
+def _capabilities(add: tuple[str, ...], drop: tuple[str, ...]) -> tuple[str, ...]:
     """dockerd's ``TweakCapabilities``: ``ALL`` added is every capability but those dropped;
-    ``ALL`` dropped leaves only those added; else the defaults, plus added, minus dropped."""
+    ``ALL`` dropped leaves only those added; else the defaults, plus added, minus dropped.
+    (Worked out once per distinct ``CapAdd``/``CapDrop``: most containers share theirs.)"""
     added = {capability_name(c) for c in add}
     dropped = {capability_name(c) for c in drop}
     if "ALL" in added:
-        return sorted(set(CAPABILITIES) - dropped)
+        return tuple(sorted(set(CAPABILITIES) - dropped))
     if "ALL" in dropped:
-        return sorted(added)
-    return sorted((set(DEFAULT_CAPABILITIES) | added) - dropped)
+        return tuple(sorted(added))
+    return tuple(sorted((set(DEFAULT_CAPABILITIES) | added) - dropped))

@@ -491,15 +491,18 @@ def container_log_options(record: ContainerRecord) -> LogOptions:
     """The container's log options now: rotation, and the attributes its entries carry (a
     ``tag`` shows the name it has now)."""
     config = record.config
-    source = LogSource(
-        id=record.id,
-        name=record.name,
-        image_id=record.image,
-        image_name=config.image,
-        command=[*(config.entrypoint or ()), *(config.cmd or ())],
-        labels=config.labels,
-        env=config.env or (),
-    )
+
+    def source() -> LogSource:
+        return LogSource(
+            id=record.id,
+            name=record.name,
+            image_id=record.image,
+            image_name=config.image,
+            command=[*(config.entrypoint or ()), *(config.cmd or ())],
+            labels=config.labels,
+            env=config.env or (),
+        )
+
     return log_options(record.host_config.log_config.config, source)
 
 

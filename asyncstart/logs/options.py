@@ -16,7 +16,7 @@ import json
 import math
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .. import errors
@@ -32,6 +32,8 @@ _BUILT_IN = ("mode", "max-buffer-size", "cache-disabled", "cache-max-size", "cac
 _BUILT_IN_CACHE = ("cache-compress",)
 #: ``logger.Info``'s extra attributes, common to the drivers that write metadata.
 _ATTRIBUTE_OPTS = ("env", "env-regex", "labels", "labels-regex", "tag")
+#: Those that give an entry attributes (the regex ones are refused: not_applied).
+_ATTRIBUTE_SOURCES = ("env", "labels", "tag")
 _JSON_FILE_OPTS = ("max-file", "max-size", "compress")
 #: The longest part of a client's value quoted back in a message.
 _ECHO = 100
@@ -271,9 +273,11 @@ def _attributes(config: Mapping[str, str], source: LogSource) -> dict[str, str]:
     return dict(sorted(extra.items()))  # Go writes a map's keys sorted
 
 
-def log_options(config: Mapping[str, str], source: LogSource) -> LogOptions:
+def log_options(config: Mapping[str, str], source: Callable[[], LogSource]) -> LogOptions:
     """The options of a container about to start: rotation, and the attributes its entries
-    carry (``labels``, ``env``, ``tag`` rendered now, as dockerd does when
-    the logger starts)."""
+    carry (``labels``, ``env``, ``tag`` rendered now, as dockerd does when the logger starts,
+    from the container ``source()`` describes: asked only if an option names one)."""
     checked = check_log_options(config)
-    return LogOptions(checked.max_size, checked.max_file, _attributes(config, source))
+    if not any(config.get(key) for key in _ATTRIBUTE_SOURCES):
+        return checked  # (no attributes: the common case, at every start)
+    return LogOptions(checked.max_size, checked.max_file, _attributes(config, source()))
