@@ -202,7 +202,9 @@ class ContainerState:
         network_events(self.services.bus, self._record, "connect")
         self._emit("start")
         self._waiters.resolve("start")
-        phases = {f"{phase}_ms": round(s * 1000, 3) for phase, s in ctx.durations.items()}
+        # To the microsecond: n / 1000 prints as n's decimal, as round(ms, 3) would, at a
+        # fraction of round's cost (a decimal conversion each).
+        phases = {f"{phase}_ms": int(s * 1e6) / 1000 for phase, s in ctx.durations.items()}
         log.info("container.started", container_id=self.id, pid=info.pid, **phases)
 
     async def _on_exited(self, info: StateInfo) -> None:
