@@ -26,6 +26,7 @@ from . import errors
 from ._log import get_logger
 from .attach import ContainerIO
 from .clock import Clock
+from .config import HostConfig, validate_host_config
 from .events import EventBus, container_event, network_events
 from .images import MountDriver
 from .lifecycle import PROCESS_STATES, Lifecycle, LifecycleEvent, Request, State, refusal
@@ -93,6 +94,8 @@ class ContainerState:
         self._ctx: StartContext | None = None
         self._done: list[Step] = []
         self._started_at = 0.0
+        #: The HostConfig check_settings passed (None: none yet).
+        self._checked: HostConfig | None = None
         self._mailbox = Mailbox(record.id)
         self._timers = Timers(self._mailbox, services.clock, services.task_group)
         self._waiters = Waiters()
@@ -110,6 +113,19 @@ class ContainerState:
     def snapshot(self) -> ContainerSnapshot:
         """The record and lifecycle now, copied: what the daemon reads (list, inspect, ...)."""
         return ContainerSnapshot(msgspec.structs.replace(self._record), self._lifecycle.copy())
+
+    def record(self) -> ContainerRecord:
+        """The record now, copied (its settings, for a caller that needs no state)."""
+        return msgspec.structs.replace(self._record)
+
+    def check_settings(self) -> None:
+        """dockerd's ``verifyContainerSettings`` before a start: its 400 for a ``HostConfig``
+        this engine refuses (a record of an older daemon's). A ``HostConfig`` is checked once:
+        the check depends on it alone, and an update replaces it."""
+        host_config = self._record.host_config
+        if host_config is not self._checked:
+            validate_host_config(host_config)
+            self._checked = host_config
 
     def running_spec(self) -> dict[str, Any] | None:
         """The ``process`` and ``root`` of the OCI spec the running process was started with,

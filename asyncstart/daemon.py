@@ -46,7 +46,7 @@ from ._version import API_VERSION, MIN_API_VERSION, __version__
 from .actor import ActorServices, ContainerActor, Pending
 from .attach import AttachSession
 from .clock import Clock, SystemClock
-from .config import Config, HostConfig, validate_host_config, validate_name
+from .config import Config, HostConfig, validate_name
 from .create import new_record
 from .detach import attach_detach_keys, detach_keys_for
 from .events import EventBus, container_event
@@ -381,14 +381,14 @@ class Daemon:
         await self._adopt(record, new=True)
         return container_id
 
-    async def _make_bind_sources(self, record: ContainerRecord) -> None:
+    async def _make_bind_sources(self, actor: ContainerActor) -> None:
         """dockerd's ``-v /host/path:/path``: a host directory that does not exist is made
         (0755, owned by the container's root) when the container starts. Not on the fake
         runtime, whose containers touch nothing of the host's."""
         if self.config.runtime == "fake":
             return
         userns = self.config.userns()
-        for point in record.mount_points or ():
+        for point in actor.record().mount_points or ():
             if point.type == "bind" and point.create_source:
                 await anyio.to_thread.run_sync(_make_directory, point.source, userns)
 
@@ -473,9 +473,8 @@ class Daemon:
             if not self.config.experimental:
                 raise errors.InvalidParameter("checkpoint is only supported in experimental mode")
         actor = self._actor(reference)
-        record = actor.snapshot().record
-        validate_host_config(record.host_config)
-        await self._make_bind_sources(record)
+        actor.check_settings()
+        await self._make_bind_sources(actor)
         if checkpoint and not checkpoint_dir:
             checkpoint_dir = str(self._records.path(actor.id) / "checkpoints")
         await actor.request(
@@ -579,7 +578,7 @@ class Daemon:
         or read. An ``export`` event once the stream has been read to its end."""
         actor = self._actor(reference)
         actor.check(Request.EXPORT, reference)
-        stream = self._exported(actor.snapshot().record, reference)
+        stream = self._exported(actor.record(), reference)
         await anext(stream)  # (mounted and the tar begun; started, closed unread it unmounts)
         return stream
 
@@ -818,7 +817,7 @@ class Daemon:
             raise errors.InvalidParameter("Neither old nor new names may be empty")
         new = validate_name(name)
         actor = self._actor(reference)
-        old = actor.snapshot().record.name
+        old = actor.record().name
         if new == old:
             raise errors.InvalidParameter(
                 "Renaming a container with the same name as its current name"
@@ -837,7 +836,7 @@ class Daemon:
         """``docker rm``; ``force`` kills a running container first; ``volumes`` (``-v``)
         removes its anonymous volumes too, those no other container uses (as dockerd)."""
         actor = self._actor(reference)
-        points = actor.snapshot().record.mount_points or ()
+        points = actor.record().mount_points or ()
         await actor.request(Request.REMOVE, force, reference)
         if volumes:
             await self._remove_anonymous_volumes(points)
@@ -898,7 +897,7 @@ class Daemon:
         instance = ExecInstance(actor.id, parsed)
         self._forget_ended_execs(actor.id)
         self._execs[instance.id] = instance
-        record = actor.snapshot().record
+        record = actor.record()
         container_event(self._events, record, f"exec_create: {instance.summary()}",
                         execID=instance.id)  # fmt: skip
         return instance.id
@@ -962,7 +961,7 @@ class Daemon:
             io.begin()
         instance.started = instance.running = True
         self._exec_io[exec_id] = io
-        record = actor.snapshot().record
+        record = actor.record()
         container_event(self._events, record, f"exec_start: {instance.summary()}",
                         execID=exec_id)  # fmt: skip
         self._task_group.start_soon(self._run_exec, instance, io, process)
@@ -1005,7 +1004,7 @@ class Daemon:
             io.close()
             self._exec_io.pop(instance.id, None)
             with contextlib.suppress(errors.NotFound):
-                record = self._actor(instance.container_id).snapshot().record
+                record = self._actor(instance.container_id).record()
                 container_event(self._events, record, "exec_die", execID=instance.id,
                                 exitCode=str(code))  # fmt: skip
 

@@ -124,6 +124,31 @@ async def test_a_record_that_does_not_decode_is_quarantined_and_the_rest_served(
     assert engine.mounter.layers.get(bad) is not None, "its layer is left for a person"
 
 
+async def test_settings_a_record_holds_and_this_engine_refuses_are_refused_at_each_start(
+    open_engine: OpenEngine,
+) -> None:
+    """A record whose HostConfig this engine refuses (an older daemon's, a database edited by
+    hand): dockerd's 400 at start (its verifyContainerSettings), at every start, the container
+    left created. An update that puts the settings right lets it start."""
+    async with open_engine() as engine:
+        cid = await create(engine.daemon, "odd")
+    with sqlite3.connect(engine.root / "data" / "containers.db") as database:
+        (whole,) = database.execute("SELECT data FROM records WHERE id = ?", (cid,)).fetchone()
+        record = json.loads(whole)
+        record["host_config"]["RestartPolicy"] = {"Name": "sometimes", "MaximumRetryCount": 0}
+        database.execute("UPDATE records SET data = ? WHERE id = ?", (json.dumps(record), cid))
+    async with open_engine(runtime=engine.runtime, mounter=engine.mounter) as engine:
+        for _ in range(2):
+            with pytest.raises(errors.InvalidParameter, match="unknown policy 'sometimes'"):
+                await engine.daemon.container_start("odd")
+            shown = await engine.daemon.container_inspect("odd")
+            assert shown["State"]["Status"] == "created"
+        assert cid not in engine.runtime.processes
+        await engine.daemon.container_update("odd", {"RestartPolicy": {"Name": "no"}})
+        await engine.daemon.container_start("odd")
+        assert (await engine.daemon.container_inspect("odd"))["State"]["Running"]
+
+
 @pytest.mark.parametrize(
     ("config", "host_config", "message"),
     [
