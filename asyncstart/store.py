@@ -150,7 +150,7 @@ class _Writer:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._end(f"the record writer is gone: {recordwriter.reason(exc)}")
+            self._gone(recordwriter.reason(exc))
             return self.sent
         if sent < len(message):
             self.out += message[sent:]
@@ -186,11 +186,11 @@ class _Writer:
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    self._end(f"the record writer is gone: {recordwriter.reason(exc)}")
+                    self._gone(recordwriter.reason(exc))
                     return
                 del self.out[:sent]
         except anyio.ClosedResourceError:
-            self._end("the record writer is gone: its socket was closed")
+            self._gone("its socket was closed")
         finally:
             self.flushing = False
             self._wake()  # (what is left to send is another saver's turn)
@@ -208,12 +208,12 @@ class _Writer:
             else:
                 why = "it exited"
             if not chunk:
-                self._end(f"the record writer is gone: {why}")
+                self._gone(why)
                 return
             self.answers += chunk
             self._take_answers()
         except anyio.ClosedResourceError:
-            self._end("the record writer is gone: its socket was closed")
+            self._gone("its socket was closed")
         finally:
             self.reading = False
             self._wake()
@@ -231,6 +231,9 @@ class _Writer:
             self.handled = handled
             self.failed |= failed
             self.commits += 1
+
+    def _gone(self, why: str) -> None:
+        self._end(f"the record writer is gone: {why}")
 
     def _end(self, why: str) -> None:
         """Every save not answered fails with ``why``; the next save starts a new writer."""
@@ -486,9 +489,8 @@ class RecordStore:
             with contextlib.suppress(FileNotFoundError):
                 await anyio.to_thread.run_sync(shutil.rmtree, directory)
         except (_WriteFailed, OSError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise errors.SystemError(
-                f"unable to remove filesystem for {container_id}: {reason}"
+                f"unable to remove filesystem for {container_id}: {recordwriter.reason(exc)}"
             ) from exc
 
     # --- loading -----------------------------------------------------------------------------
